@@ -1,0 +1,5 @@
+"""``python -m runevents`` runs the CLI."""
+
+from runevents.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""Request dependencies: the app state, authentication and per-workspace authorization.
+
+Order of checks on a route (contract sections 1 and 7): who is calling (401),
+are the path ids well-formed (422, before any file or row is touched), may the
+caller touch that workspace with that role (403).
+
+A request carrying ``Authorization: Bearer`` is authenticated by it alone. A
+request with only the session cookie acts as the cookie's token; if it changes
+state it must also carry an ``Origin`` that matches the server (a cross-site
+form post or fetch cannot forge that header), else 403.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Path, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+
+from runevents.app import App
+from runevents.auth import OPEN_PRINCIPAL, Principal, SessionSigner, TokenRegistry
+from runevents.exceptions import Forbidden, Unauthorized
+from runevents.ids import check_name
+from runevents.manager import RunManager
+from runevents.settings import Settings
+
+#: workspace and configuration ids (contract section 1; "." and ".." cannot match)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: path parameters carry the patterns so the OpenAPI schema states them
+WorkspaceId = Annotated[str, Path(pattern=NAME_PATTERN, description="workspace id")]
+ConfigurationId = Annotated[str, Path(pattern=NAME_PATTERN, description="configuration id")]
+RunId = Annotated[str, Path(pattern=r"^run_[0-9A-HJKMNP-TV-Z]{26}$", description="run id")]
+
+#: name of the browser session cookie (contract section 7)
+SESSION_COOKIE = "runevents_session"
+#: methods that never change state
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# auto_error=False: we raise our own 401 in the contract's error shape; these
+# objects are here so the OpenAPI schema documents both ways to authenticate
+_bearer = HTTPBearer(auto_error=False, description="a token from the tokens file")
+_cookie = APIKeyCookie(
+    name=SESSION_COOKIE, auto_error=False, description="browser session (POST /api/v1/session)"
+)
+
+
+@dataclasses.dataclass(slots=True)
+class ApiState:
+    """What routes need, stored on ``app.state.api``."""
+
+    settings: Settings
+    tokens: TokenRegistry
+    signer: SessionSigner
+    #: set by the lifespan once the App is open
+    app: App | None = None
+
+    @property
+    def manager(self) -> RunManager:
+        if self.app is None:  # pragma: no cover - only before the lifespan ran
+            raise RuntimeError("the application is not started")
+        return self.app.manager
+
+
+def api_state(request: Request) -> ApiState:
+    """The :class:`ApiState` of this app."""
+    state: ApiState = request.app.state.api
+    return state
+
+
+def manager(request: Request) -> RunManager:
+    """The run manager."""
+    return api_state(request).manager
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if not origin or not host:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in {"http", "https"} and parts.netloc.lower() == host.lower()
+
+
+async def principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie: Annotated[str | None, Depends(_cookie)],
+) -> Principal:
+    """Who the request acts as (401 without a valid token or session)."""
+    state = api_state(request)
+    if state.tokens.open:
+        return OPEN_PRINCIPAL
+    header = request.headers.get("authorization")
+    if header is not None:
+        if bearer is None or bearer.scheme.lower() != "bearer":
+            raise Unauthorized("use Authorization: Bearer <token>")
+        found = state.tokens.authenticate(bearer.credentials)
+        if found is None:
+            raise Unauthorized("unknown token")
+        return found
+    if cookie:
+        found = state.signer.verify(cookie)
+        if found is None:
+            raise Unauthorized("the session expired or is invalid; sign in again")
+        if request.method not in SAFE_METHODS and not _same_origin(request):
+            raise Forbidden("a request signed in by cookie must come from this site (Origin)")
+        return found
+    raise Unauthorized()
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def reader(workspace_id: WorkspaceId, who: Caller) -> Principal:
+    """The caller, if it may read ``workspace_id`` (422 bad id, 403 foreign workspace)."""
+    check_name(workspace_id, "workspace_id")
+    if not who.can_read(workspace_id):
+        raise Forbidden(f"token {who.name!r} may not access workspace {workspace_id!r}")
+    return who
+
+
+def writer(workspace_id: WorkspaceId, who: Caller) -> Principal:
+    """The caller, if it may change ``workspace_id`` (role write or admin)."""
+    reader(workspace_id, who)
+    if not who.can_write(workspace_id):
+        raise Forbidden(f"token {who.name!r} has role {who.role.value!r}; this needs write")
+    return who
+
+
+Reader = Annotated[Principal, Depends(reader)]
+Writer = Annotated[Principal, Depends(writer)]
+Manager = Annotated[RunManager, Depends(manager)]
+State = Annotated[ApiState, Depends(api_state)]

@@ -1,0 +1,221 @@
+"""Producer ingest: the request body -> a validated batch of drafts (contract section 6).
+
+Pure functions, no I/O except :func:`read_body`, which enforces the batch limit
+while the body arrives (Content-Length first, then by counting), so an
+oversized upload is refused without ever being buffered whole.
+
+Rules for the NDJSON body:
+
+* one JSON object per line, split on ``\\n`` only; a ``\\r`` before it is JSON
+  whitespace and so tolerated;
+* lines that are empty or only whitespace are skipped, wherever they are
+  (producers that concatenate batches often leave one); line numbers in
+  errors still count them, so they match the producer's own file;
+* ``type`` is a non-empty string; ``payload`` an object (missing: ``{}``);
+  ``created_at`` RFC 3339 (normalized to UTC); ``source`` and ``build_id``
+  strings or null; ``workspace_id``/``configuration_id``/``run_id``, when
+  present, equal the path's; ``sequence`` and ``event_id`` are ignored (the
+  server assigns them), as is any other key;
+* a line longer than ``max_event_bytes`` -> 413; nesting deeper than
+  :data:`MAX_DEPTH` or invalid UTF-8 -> the line is invalid (422).
+
+The first bad line stops the batch: :class:`~runevents.exceptions.InvalidEvent`
+names it; nothing is appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from runevents.events import EventDraft, normalize_created_at, parse_draft
+from runevents.exceptions import (
+    InvalidEvent,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+#: the media type of an ingest body
+NDJSON = "application/x-ndjson"
+#: an event nested deeper than this (objects and arrays) is invalid
+MAX_DEPTH = 64
+
+
+def check_content_type(content_type: str | None) -> None:
+    """415 unless the body is declared as ``application/x-ndjson``."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != NDJSON:
+        raise UnsupportedMediaType(
+            f"send events as {NDJSON} (one JSON object per line), not {media or 'no content type'}"
+        )
+
+
+async def read_body(
+    stream: AsyncIterator[bytes], content_length: str | None, max_bytes: int
+) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed ``max_bytes``."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number") from None
+        if declared > max_bytes:
+            raise PayloadTooLarge(f"the batch is {declared} bytes; the limit is {max_bytes}")
+    body = bytearray()
+    async for part in stream:
+        body += part
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"the batch exceeds the limit of {max_bytes} bytes")
+    return bytes(body)
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of a decoded JSON value (iterative: no recursion on hostile input)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _draft(line: bytes, number: int, ids: tuple[str, str, str]) -> EventDraft:
+    """One line -> a draft (``events.parse_draft``), plus the nesting bound."""
+    workspace_id, configuration_id, run_id = ids
+    try:
+        draft = parse_draft(
+            line,
+            workspace_id=workspace_id,
+            configuration_id=configuration_id,
+            run_id=run_id,
+            line_no=number,
+        )
+    except RecursionError:
+        raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels", line=number) from None
+    if _too_deep(line, draft):
+        raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels", line=number)
+    return draft
+
+
+def _too_deep(line: bytes, draft: EventDraft) -> bool:
+    """Is the event nested deeper than MAX_DEPTH? (the line is one level above the payload)"""
+    # the cheap byte count bounds the depth: only suspicious lines are walked
+    return (
+        line.count(b"{") + line.count(b"[") > MAX_DEPTH and json_depth(draft.payload) >= MAX_DEPTH
+    )
+
+
+#: decodes one line straight into a draft (unknown keys ignored)
+_draft_decoder = msgspec.json.Decoder(EventDraft)
+#: every byte but "{", "[" and newline (deleted to count brackets per line in C)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{[\n")
+#: keys that must be compared with the path: their presence takes the checked path
+_ID_KEYS = (b'"workspace_id"', b'"configuration_id"', b'"run_id"')
+
+
+def _fast_batch(body: bytes, max_event_bytes: int) -> list[EventDraft] | None:
+    """The common batch in a few C calls per line; None sends it to the checked path.
+
+    Only for bodies without blank lines and without id keys; every line is
+    still decoded on its own (so a line is exactly one event). Any doubt --
+    an error, a suspiciously nested line -- returns None, and the line-by-line
+    path then finds and names the culprit.
+    """
+    if any(key in body for key in _ID_KEYS):
+        return None
+    lines = body.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    if not lines or not all(lines) or max(map(len, lines)) > max_event_bytes:
+        return None
+    decode = _draft_decoder.decode
+    try:
+        drafts = [decode(line) for line in lines]
+        for draft in drafts:
+            if not draft.type:
+                return None
+            if draft.created_at is not None:
+                draft.created_at = normalize_created_at(draft.created_at)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, InvalidInput):
+        return None
+    # brackets per line bound the nesting depth; a line that might be too deep
+    # is left to the checked path, which measures it exactly
+    brackets = body.translate(None, _NOT_BRACKETS).split(b"\n")
+    if max(map(len, brackets)) > MAX_DEPTH:
+        return None
+    return drafts
+
+
+def parse_batch(
+    body: bytes,
+    *,
+    workspace_id: str,
+    configuration_id: str,
+    run_id: str,
+    max_event_bytes: int,
+) -> list[EventDraft]:
+    """The drafts of an NDJSON body; InvalidEvent / PayloadTooLarge name the first bad line."""
+    drafts = _fast_batch(body, max_event_bytes)
+    if drafts is None:
+        drafts = checked_batch(
+            body,
+            workspace_id=workspace_id,
+            configuration_id=configuration_id,
+            run_id=run_id,
+            max_event_bytes=max_event_bytes,
+        )
+    _check_completed_last(body, drafts)
+    return drafts
+
+
+def checked_batch(
+    body: bytes,
+    *,
+    workspace_id: str,
+    configuration_id: str,
+    run_id: str,
+    max_event_bytes: int,
+) -> list[EventDraft]:
+    """The line-by-line path: every rule checked per line, the first bad one named."""
+    ids = (workspace_id, configuration_id, run_id)
+    drafts: list[EventDraft] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if len(line) > max_event_bytes:
+            raise PayloadTooLarge(
+                f"line {number}: the event is {len(line)} bytes; the limit is {max_event_bytes}",
+                line=number,
+            )
+        if not line.strip():
+            continue
+        drafts.append(_draft(line, number, ids))
+    if not drafts:
+        raise InvalidEvent("the batch holds no events")
+    return drafts
+
+
+def _check_completed_last(body: bytes, drafts: list[EventDraft]) -> None:
+    for number, draft in enumerate(drafts, start=1):
+        if draft.type == "run.completed" and number != len(drafts):
+            # report the physical line: find it again (rare path)
+            raise InvalidEvent(
+                "run.completed must be the last event of the batch",
+                line=_physical_line(body, number),
+            )
+
+
+def _physical_line(body: bytes, nth_event: int) -> int:
+    """The 1-based line number of the ``nth_event``-th non-blank line."""
+    seen = 0
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if line.strip():
+            seen += 1
+            if seen == nth_event:
+                return number
+    return nth_event

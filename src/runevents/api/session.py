@@ -1,0 +1,70 @@
+"""Browser sign-in (contract section 7): a token in, an HttpOnly session cookie out.
+
+The cookie holds a signed, expiring reference to the token entry
+(``auth.SessionSigner``), never the token. ``POST`` and ``DELETE`` are exempt
+from the Origin rule of cookie requests: signing in needs the token itself, and
+signing out can do no harm.
+
+In open mode (no tokens) there is nothing to sign in to: ``GET`` answers the
+open principal, ``POST`` answers 204 without setting a cookie.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from runevents.api import schemas
+from runevents.api.deps import SESSION_COOKIE, Caller, State
+from runevents.api.runs import require_json
+from runevents.api.schemas import errors
+from runevents.exceptions import Unauthorized
+
+router = APIRouter(prefix="/api/v1", tags=["session"])
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+@router.post(
+    "/session",
+    status_code=204,
+    response_class=Response,
+    responses=errors(401, 413, 415, 422),
+    dependencies=[Depends(require_json)],
+)
+async def sign_in(body: schemas.SessionRequest, request: Request, state: State) -> Response:
+    """Exchange a token for the ``runevents_session`` cookie (401 for a bad token)."""
+    response = Response(status_code=204)
+    if state.tokens.open:
+        return response
+    principal = state.tokens.authenticate(body.token)
+    if principal is None:
+        raise Unauthorized("unknown token")
+    response.set_cookie(
+        SESSION_COOKIE,
+        state.signer.issue(principal),
+        max_age=int(state.settings.session_ttl_seconds),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    return response
+
+
+@router.get("/session", response_model=schemas.SessionOut, responses=errors(401))
+async def whoami(who: Caller) -> dict[str, object]:
+    """The signed-in token's name, role and workspaces (401 if none)."""
+    return who.to_dict()
+
+
+@router.delete("/session", status_code=204, response_class=Response)
+async def sign_out(request: Request) -> Response:
+    """Sign out: clear the cookie (always 204)."""
+    response = Response(status_code=204)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request)
+    )
+    return response

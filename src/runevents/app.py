@@ -1,0 +1,146 @@
+"""Composition root: builds every component from :class:`Settings`, once.
+
+``App.open`` is the only place that turns URLs into backends (database by
+SQLAlchemy URL, log store by URL scheme) and wires the manager, the notifier,
+the embedded worker and the maintenance schedule. The HTTP app, the CLI and
+the tests all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from runevents.configs import ConfigRegistry, Configuration, load_config_file
+from runevents.db.engine import Database, open_database
+from runevents.db.repository import RunRepository
+from runevents.eventlog import EventLog
+from runevents.logstore import open_log_store
+from runevents.manager import RunManager
+from runevents.notify import LocalNotifier
+from runevents.pgnotify import PostgresBridge, asyncpg_dsn
+from runevents.settings import Settings
+from runevents.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def load_configurations(settings: Settings) -> ConfigRegistry:
+    """The configurations of ``--config`` plus, with ``--demo``, the bundled demo."""
+    configs: list[Configuration] = []
+    if settings.demo:
+        from runevents.demo import demo_config_path
+
+        configs.extend(load_config_file(demo_config_path()))
+    if settings.config_file is not None:
+        configs.extend(load_config_file(Path(settings.config_file)))
+    return ConfigRegistry(configs)
+
+
+class App:
+    """The running pieces of one runevents process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        manager: RunManager,
+        worker: Worker | None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.manager = manager
+        self.worker = worker
+        self._maintenance: asyncio.Task[None] | None = None
+        self.bridge: PostgresBridge | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, worker: bool = True) -> App:
+        """Open the database (migrating it), the log store and the manager; start the worker."""
+        configs = load_configurations(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = await open_database(settings.resolved_database_url)
+        bridge = None
+        try:
+            store = open_log_store(settings.resolved_storage_url)
+            notifier = LocalNotifier()
+            dsn = asyncpg_dsn(settings.resolved_database_url)
+            if dsn is not None:
+                # cross-process wake-ups; without it tailers still poll the log
+                bridge = PostgresBridge(dsn, notifier.wake)
+                notifier.publish = bridge.publish
+                await bridge.start()
+            event_log = EventLog(
+                store,
+                spool_dir=settings.data_dir / "spool",
+                flush_events=settings.flush_events,
+                flush_interval_ms=settings.flush_interval_ms,
+                live_flush_interval_ms=settings.live_flush_interval_ms,
+                max_event_bytes=settings.max_event_bytes,
+                fsync=settings.fsync,
+                poll_interval_ms=settings.poll_interval_ms,
+                notifier=notifier,
+            )
+            manager = RunManager(
+                settings=settings,
+                repo=RunRepository(database),
+                log=event_log,
+                configs=configs,
+            )
+        except BaseException:
+            if bridge is not None:
+                await bridge.close()
+            await database.close()
+            raise
+        runner = None
+        if worker and settings.worker_concurrency > 0:
+            runner = Worker(manager, concurrency=settings.worker_concurrency)
+            manager.on_queued = runner.wake
+            runner.start()
+        app = cls(settings=settings, database=database, manager=manager, worker=runner)
+        app.bridge = bridge
+        if settings.demo and settings.start_demo_run and runner is not None:
+            await app._start_demo_run()
+        if settings.maintenance_interval_seconds > 0:
+            app._maintenance = asyncio.create_task(app._maintain(), name="maintenance")
+        return app
+
+    async def _start_demo_run(self) -> None:
+        """With ``--demo``, start one demo run (unless one is live) so a newcomer sees it live."""
+        from runevents.models import RunQuery, RunStatus
+
+        live = {RunStatus.QUEUED, RunStatus.BUILDING, RunStatus.RUNNING}
+        runs, _ = await self.manager.list_runs(
+            RunQuery(workspace_id="demo", statuses=frozenset(live), limit=1)
+        )
+        if not runs:
+            await self.manager.create_run("demo", "extract", options={})
+
+    async def _maintain(self) -> None:
+        """Compaction and retention on a schedule (see ``maintenance``)."""
+        from runevents.maintenance import scheduled_pass
+
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval_seconds)
+            try:
+                await scheduled_pass(self.manager)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduled maintenance failed; will retry next interval")
+
+    async def close(self) -> None:
+        """Stop the worker and the schedule, release writers, close the database."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.manager.close()
+        if self.bridge is not None:
+            await self.bridge.close()
+        await self.database.close()

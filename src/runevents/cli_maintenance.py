@@ -1,0 +1,198 @@
+"""``runevents compact | retention | reindex``: maintenance from the command line.
+
+Same ``--data-dir`` / ``--database-url`` / ``--storage-url`` options as
+``serve``; safe while a server runs on the same data. Long work shows a Rich
+progress bar and ends with a summary of what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from runevents.cli import DatabaseUrl, DataDir, StorageUrl, _fail, app, build_settings, console
+from runevents.exceptions import RuneventsError
+from runevents.settings import parse_duration
+
+if TYPE_CHECKING:
+    # imported lazily at run time: every CLI command (also the HTTP client ones)
+    # loads this module, and the App pulls in SQLAlchemy and Alembic
+    from runevents.app import App
+    from runevents.maintenance import Report
+    from runevents.models import Run
+
+OlderThan = Annotated[
+    str, typer.Option("--older-than", help="Age since completed_at, like 0s, 36h, 7d")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="List what would change; change nothing")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON")]
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _run_pass(
+    settings_kw: dict[str, object],
+    label: str,
+    work: Callable[[App, Callable[[Run | None, int | None], None]], Awaitable[Report]],
+    as_json: bool,
+) -> None:
+    settings = build_settings(**settings_kw, maintenance_interval_seconds=0)
+
+    async def main() -> Report:
+        from runevents.app import App
+
+        app_ = await App.open(settings, worker=False)
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=as_json,
+            ) as bar:
+                task = bar.add_task(label, total=None)
+
+                def progress(run: Run | None, total: int | None) -> None:
+                    if total is not None:
+                        bar.update(task, total=total)
+                    else:
+                        bar.advance(task)
+
+                return await work(app_, progress)
+        finally:
+            await app_.close()
+
+    try:
+        report = asyncio.run(main())
+    except RuneventsError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        verb = "would change" if report.dry_run else "changed"
+        console.print(
+            f"[bold]{report.action}[/]: {verb} {report.runs} run(s); "
+            f"bytes {_human(report.bytes_before)} -> {_human(report.bytes_after)} "
+            f"(saved {_human(report.bytes_saved)})"
+        )
+        if report.recovered:
+            console.print(
+                f"finished {len(report.recovered)} compaction(s) an interrupted pass left"
+            )
+        if report.skipped:
+            console.print(f"skipped {report.skipped} run(s) another process was working on")
+        if report.dry_run:
+            # stdout, one per line: the list is the answer (pipe it, count it)
+            for run_id in report.run_ids:
+                typer.echo(run_id)
+    for error in report.errors:
+        console.print(f"[red]error:[/] {error}")
+    if report.errors:
+        raise typer.Exit(code=1)
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except RuneventsError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command("compact")
+def compact_cmd(
+    older_than: OlderThan,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
+) -> None:
+    """Compress the logs of runs that ended more than --older-than ago."""
+    from runevents.maintenance import compact
+
+    age = _duration(older_than)
+    _run_pass(
+        {"data_dir": data_dir, "database_url": database_url, "storage_url": storage_url},
+        "compacting",
+        lambda a, p: compact(a.manager, age, dry_run=dry_run, progress=p),
+        as_json,
+    )
+
+
+@app.command("retention")
+def retention_cmd(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Delete the bodies of runs that ended longer ago than this (0s, 36h, 7d)",
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
+    keep_per_configuration: Annotated[
+        int | None,
+        typer.Option(min=0, help="Keep the bodies of the N newest runs per configuration"),
+    ] = None,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(min=0, help="Delete the oldest bodies until the rest take at most this"),
+    ] = None,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
+) -> None:
+    """Delete the log bodies of ended runs by age, count or size (rows and summaries stay)."""
+    from runevents.maintenance import retention
+
+    if older_than is None and keep_per_configuration is None and max_bytes is None:
+        console.print(
+            "[bold red]error:[/] give --older-than, --keep-per-configuration or --max-bytes"
+        )
+        raise typer.Exit(code=2)
+    age = None if older_than is None else _duration(older_than)
+    _run_pass(
+        {"data_dir": data_dir, "database_url": database_url, "storage_url": storage_url},
+        "retention",
+        lambda a, p: retention(
+            a.manager,
+            age,
+            keep_per_configuration=keep_per_configuration,
+            max_bytes=max_bytes,
+            dry_run=dry_run,
+            progress=p,
+        ),
+        as_json,
+    )
+
+
+@app.command("reindex")
+def reindex_cmd(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Rebuild every run row and summary from the logs alone."""
+    from runevents.maintenance import reindex
+
+    _run_pass(
+        {"data_dir": data_dir, "database_url": database_url, "storage_url": storage_url},
+        "reindexing",
+        lambda a, p: reindex(a.manager, progress=p),
+        as_json,
+    )

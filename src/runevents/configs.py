@@ -1,0 +1,427 @@
+"""Configurations: what a run executes, registered on the server from a TOML file.
+
+``runevents serve --config runevents.toml`` loads a file of ``[[configuration]]``
+entries::
+
+    [[configuration]]
+    workspace = "acme"                       # required, a workspace id
+    id = "etl"                               # required, a configuration id
+    description = "Nightly ETL"              # optional
+    command = ["python", "etl.py", "--fast"] # required: argv list, or one string split like a shell
+    cwd = "jobs/etl"                         # optional, default: the TOML file's directory
+    timeout = "30m"                          # optional: duration (0s, 90m, 36h, 7d) or seconds
+    env = { LOG_LEVEL = "debug" }            # optional: string -> string, added to the environment
+
+    [configuration.build]                    # optional build step, cached by content hash
+    commands = [["python", "-m", "venv", ".venv"],
+                [".venv/bin/pip", "install", "-r", "requirements.txt"]]
+    inputs = ["requirements.txt"]            # files whose content joins the cache key
+    timeout = "10m"
+
+Paths:
+
+- ``cwd`` is resolved against the directory of the TOML file, and defaults to it,
+  so a file can sit next to its scripts. It must exist when the file is loaded.
+- A relative program path (``command[0]`` or a build command's first item that
+  contains a ``/``, e.g. ``./run.sh`` or ``.venv/bin/python``) is made absolute
+  against the configuration's ``cwd``: the directory the program runs in, where
+  a shell or ``subprocess`` would look for it, and where the build step creates
+  what it builds. A bare name (``python``) is left for the ``PATH`` lookup.
+  Programs are not required to exist at load time: a build step may create
+  them, and a missing one fails the run with that reason.
+- Build ``inputs`` are resolved against ``cwd`` too.
+
+Every error -- a missing file, TOML that does not parse, a bad or unknown key, a
+duplicate ``(workspace, id)`` -- raises :class:`~runevents.exceptions.ConfigError`
+whose message is ``FILE: KEY PATH: REASON``, e.g. ``runevents.toml:
+configuration[2].timeout: invalid duration 'ten minutes': use forms like 0s, 90m,
+36h, 7d``. Entries are numbered from 0, as TOML arrays are. Unknown keys are
+errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runevents.exceptions import ConfigError, ConfigurationNotFound, InvalidInput
+from runevents.ids import check_name
+from runevents.settings import parse_duration
+
+#: bumps whenever the content-hash document changes shape (old build caches miss)
+HASH_SCHEME = "runevents.configuration/v1"
+#: read size when hashing build inputs (bytes)
+_HASH_CHUNK = 1024 * 1024
+
+_ENTRY_KEYS = ("workspace", "id", "description", "command", "cwd", "timeout", "env", "build")
+_BUILD_KEYS = ("commands", "inputs", "timeout")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildStep:
+    """A configuration's build step: commands run in order, again only when the hash changes."""
+
+    #: argv lists, run in order in the configuration's cwd
+    commands: tuple[tuple[str, ...], ...]
+    #: files whose *content* joins the cache key (e.g. requirements.txt), resolved against cwd
+    inputs: tuple[Path, ...] = ()
+    #: for the whole build step; None = no limit
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Configuration:
+    """What a run of ``(workspace_id, configuration_id)`` executes."""
+
+    workspace_id: str
+    configuration_id: str
+    #: argv of the run's command
+    command: tuple[str, ...]
+    #: working directory (absolute when loaded from a file); None = the executor's choice
+    cwd: Path | None = None
+    #: added to the child's environment; may hold secrets, never shown by to_dict()
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: for the run's command; None = no limit
+    timeout_seconds: float | None = None
+    build: BuildStep | None = None
+    description: str = ""
+    #: the TOML file it came from (None when built in code)
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Ids end up in file paths and URLs: never let a bad one into a registry.
+        try:
+            check_name(self.workspace_id, "workspace id")
+            check_name(self.configuration_id, "configuration id")
+        except InvalidInput as exc:
+            raise ConfigError(exc.message) from None
+        if not self.command or not self.command[0]:
+            raise ConfigError(f"configuration {self.key_text}: command must not be empty")
+
+    @property
+    def key_text(self) -> str:
+        """``workspace/configuration`` for messages."""
+        return f"{self.workspace_id}/{self.configuration_id}"
+
+    def content_hash(self) -> str:
+        """SHA-256 hex of what the build depends on.
+
+        Covers the command, cwd, env, the build commands and timeout, and the
+        *contents* of the build inputs (a missing or unreadable input hashes as
+        a marker, so creating it later changes the hash).
+        """
+        build: dict[str, Any] | None = None
+        if self.build is not None:
+            build = {
+                "commands": [list(argv) for argv in self.build.commands],
+                "timeout_seconds": self.build.timeout_seconds,
+                "inputs": [
+                    [str(path), _file_digest(self._input_path(path))] for path in self.build.inputs
+                ],
+            }
+        document = {
+            "scheme": HASH_SCHEME,
+            "command": list(self.command),
+            "cwd": None if self.cwd is None else str(self.cwd),
+            "env": sorted(self.env.items()),
+            "build": build,
+        }
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _input_path(self, path: Path) -> Path:
+        if path.is_absolute() or self.cwd is None:
+            return path
+        return self.cwd / path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON of ``GET /api/v1/configurations``.
+
+        Env values may be secrets: only their names are listed (``env_keys``).
+        """
+        return {
+            "workspace_id": self.workspace_id,
+            "configuration_id": self.configuration_id,
+            "description": self.description,
+            "command": list(self.command),
+            "has_build": self.build is not None,
+            "timeout_seconds": self.timeout_seconds,
+            "env_keys": sorted(self.env),
+        }
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 hex of a file's content, or a marker that can never equal one."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the path
+        return f"unreadable:{type(exc).__name__}"
+    return digest.hexdigest()
+
+
+class ConfigRegistry:
+    """The configurations a server knows, by ``(workspace_id, configuration_id)``."""
+
+    def __init__(self, configs: Iterable[Configuration] = ()) -> None:
+        self._configs: dict[tuple[str, str], Configuration] = {}
+        for config in configs:
+            self.add(config)
+
+    def add(self, config: Configuration) -> None:
+        """Register ``config``; a second one with the same ids is a ConfigError."""
+        key = (config.workspace_id, config.configuration_id)
+        existing = self._configs.get(key)
+        if existing is not None:
+            where = " and ".join(str(c.source or "<code>") for c in (existing, config))
+            raise ConfigError(f"duplicate configuration {config.key_text}: defined in {where}")
+        self._configs[key] = config
+
+    def get(self, workspace_id: str, configuration_id: str) -> Configuration:
+        """The configuration, or ConfigurationNotFound."""
+        config = self._configs.get((workspace_id, configuration_id))
+        if config is None:
+            raise ConfigurationNotFound(
+                f"no configuration {configuration_id!r} in workspace {workspace_id!r}"
+            )
+        return config
+
+    def list(self, workspaces: Collection[str] | None = None) -> list[Configuration]:
+        """Configurations of ``workspaces`` (None or a ``"*"`` in it: all), sorted by ids."""
+        every = workspaces is None or "*" in workspaces
+        return [
+            config
+            for key, config in sorted(self._configs.items())
+            if every or (workspaces is not None and key[0] in workspaces)
+        ]
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+class _EntryError(Exception):
+    """A bad value at ``key`` (a key path like ``configuration[2].timeout``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def load_config_file(path: Path) -> list[Configuration]:
+    """Parse and validate a configurations TOML file (see the module docstring).
+
+    Raises ConfigError naming the file, the key path and the reason.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})", file=str(path)) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", file=str(path)) from None
+    try:
+        return _parse_document(document, path)
+    except _EntryError as exc:
+        raise ConfigError(
+            f"{path}: {exc.key}: {exc.reason}", file=str(path), key=exc.key, reason=exc.reason
+        ) from None
+
+
+def _parse_document(document: dict[str, Any], path: Path) -> list[Configuration]:
+    _reject_unknown(document, ("configuration",), "")
+    entries = document.get("configuration", [])
+    if not isinstance(entries, list):
+        raise _EntryError("configuration", "must be an array of tables: [[configuration]]")
+    base = Path(os.path.normpath(path.absolute().parent))
+    configs: list[Configuration] = []
+    seen: dict[tuple[str, str], str] = {}
+    for index, entry in enumerate(entries):
+        where = f"configuration[{index}]"
+        config = _parse_entry(entry, where, base, path)
+        key = (config.workspace_id, config.configuration_id)
+        if key in seen:
+            raise _EntryError(
+                where, f"duplicate configuration {config.key_text} (first at {seen[key]})"
+            )
+        seen[key] = where
+        configs.append(config)
+    return configs
+
+
+def _parse_entry(entry: object, where: str, base: Path, source: Path) -> Configuration:
+    table = _table(entry, where)
+    _reject_unknown(table, _ENTRY_KEYS, where)
+    workspace = _name(table, "workspace", where, "workspace id")
+    configuration_id = _name(table, "id", where, "configuration id")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise _EntryError(f"{where}.description", "must be a string")
+    cwd = _cwd(table.get("cwd"), f"{where}.cwd", base)
+    if "command" not in table:
+        raise _EntryError(f"{where}.command", "missing (the argv to run)")
+    build = table.get("build")
+    return Configuration(
+        workspace_id=workspace,
+        configuration_id=configuration_id,
+        command=_argv(table["command"], f"{where}.command", cwd),
+        cwd=cwd,
+        env=_env(table.get("env", {}), f"{where}.env"),
+        timeout_seconds=_timeout(table.get("timeout"), f"{where}.timeout"),
+        build=None if build is None else _build(build, f"{where}.build", cwd),
+        description=description,
+        source=source,
+    )
+
+
+def _build(value: object, where: str, cwd: Path) -> BuildStep:
+    table = _table(value, where)
+    _reject_unknown(table, _BUILD_KEYS, where)
+    commands = table.get("commands")
+    if not isinstance(commands, list) or not commands:
+        raise _EntryError(
+            f"{where}.commands", "must be a non-empty list of commands (each an argv list)"
+        )
+    inputs = table.get("inputs", [])
+    if not isinstance(inputs, list):
+        raise _EntryError(f"{where}.inputs", "must be a list of file paths")
+    paths: list[Path] = []
+    for index, item in enumerate(inputs):
+        if not isinstance(item, str) or not item:
+            raise _EntryError(f"{where}.inputs[{index}]", "must be a non-empty file path string")
+        _no_nul(item, f"{where}.inputs[{index}]")
+        paths.append(_under(cwd, item))
+    return BuildStep(
+        commands=tuple(
+            _argv(argv, f"{where}.commands[{index}]", cwd) for index, argv in enumerate(commands)
+        ),
+        inputs=tuple(paths),
+        timeout_seconds=_timeout(table.get("timeout"), f"{where}.timeout"),
+    )
+
+
+# -- value checks -----------------------------------------------------------------------
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _EntryError(where, "must be a table")
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else key
+            raise _EntryError(path, f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _name(table: dict[str, Any], key: str, where: str, what: str) -> str:
+    if key not in table:
+        raise _EntryError(f"{where}.{key}", f"missing (the {what})")
+    try:
+        return check_name(table[key], what)
+    except InvalidInput as exc:
+        raise _EntryError(f"{where}.{key}", exc.message) from None
+
+
+def _no_nul(text: str, where: str) -> None:
+    # A NUL cannot reach a process: argv, env and paths are C strings.
+    if "\0" in text:
+        raise _EntryError(where, "must not contain a NUL character")
+
+
+def _under(directory: Path, relative: str) -> Path:
+    """``relative`` made absolute against ``directory``, without following symlinks.
+
+    Symlinks are kept on purpose: ``.venv/bin/python`` must stay the venv's link,
+    not become the interpreter it points to.
+    """
+    return Path(os.path.normpath(directory / relative))
+
+
+def _cwd(value: object, where: str, base: Path) -> Path:
+    if value is None:
+        return base
+    if not isinstance(value, str) or not value:
+        raise _EntryError(where, "must be a non-empty directory path string")
+    _no_nul(value, where)
+    cwd = _under(base, value)
+    if not cwd.is_dir():
+        raise _EntryError(where, f"not an existing directory: {cwd}")
+    return cwd
+
+
+def _argv(value: object, where: str, cwd: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(value)
+        except ValueError as exc:
+            raise _EntryError(where, f"cannot split the command string: {exc}") from None
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise _EntryError(f"{where}[{index}]", "must be a string")
+        parts = list(value)
+    else:
+        raise _EntryError(where, "must be a list of strings (argv) or a command string")
+    if not parts or not parts[0]:
+        raise _EntryError(where, "must not be empty")
+    for index, part in enumerate(parts):
+        _no_nul(part, f"{where}[{index}]")
+    program = parts[0]
+    if "/" in program and not os.path.isabs(program):
+        program = str(_under(cwd, program))
+    return (program, *parts[1:])
+
+
+def _env(value: object, where: str) -> dict[str, str]:
+    table = _table(value, where)
+    env: dict[str, str] = {}
+    for key, item in table.items():
+        if not key or "=" in key:
+            raise _EntryError(f"{where}.{key}", "invalid variable name (empty or contains '=')")
+        if not isinstance(item, str):
+            raise _EntryError(f"{where}.{key}", "must be a string (quote numbers and booleans)")
+        _no_nul(key, f"{where}.{key}")
+        _no_nul(item, f"{where}.{key}")
+        env[key] = item
+    return env
+
+
+def _timeout(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value).total_seconds()
+        except InvalidInput as exc:
+            raise _EntryError(where, exc.message) from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise _EntryError(where, "must be a duration like '30m' or a number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _EntryError(where, f"must be a positive duration, got {value!r}")
+    return seconds

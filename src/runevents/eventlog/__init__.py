@@ -1,0 +1,456 @@
+"""The event log engine: one append-only NDJSON log per run on top of a :class:`LogStore`.
+
+:class:`EventLog` is the facade the manager and the API use. Its parts, one
+concept per module: ``writer`` (the single writer, buffering, flush policy,
+write failures), ``recovery`` (torn tails after a crash), ``index`` (the
+sparse sequence -> offset sidecar), ``reader`` (streaming chunks of whole
+lines), ``tail`` (live fan-out), ``compressed`` / ``compaction`` (zstd frames),
+``locate`` (which form of a log to read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from runevents.eventlog import compaction, sealing
+from runevents.eventlog.compressed import FRAME_BYTES, LEVEL, StepHook, read_compressed
+from runevents.eventlog.files import DEFAULT_OPS, FileOps, WriterLock, last_line
+from runevents.eventlog.index import EVERY_BYTES, EVERY_EVENTS, SparseIndex, build_index
+from runevents.eventlog.locate import (
+    CompressedLog,
+    Keys,
+    PlainLog,
+    keys_for,
+    object_url,
+    open_any,
+)
+from runevents.eventlog.reader import Cursor, StaleIndex, iter_lines
+from runevents.eventlog.recovery import Recovered, recover_index, recover_log
+from runevents.eventlog.tail import Tail, read_behind, take
+from runevents.eventlog.types import (
+    Chunk,
+    CompactInfo,
+    LogStats,
+    RunRef,
+    SealInfo,
+)
+from runevents.eventlog.writer import RunWriter, WriterConfig
+from runevents.events import RUN_COMPLETED_PREFIX
+from runevents.exceptions import StorageError, WriterBusy
+from runevents.logstore.base import LogStore
+from runevents.notify import Notifier
+
+__all__ = [
+    "Chunk",
+    "CompactInfo",
+    "EventLog",
+    "LogStats",
+    "RunRef",
+    "RunWriter",
+    "SealInfo",
+    "WriterConfig",
+    "object_url",
+]
+
+#: bytes of recent chunks a live tail keeps for caught-up subscribers
+TAIL_BYTES = 4 * 1024 * 1024
+TAIL_CHUNKS = 4096
+
+
+class EventLog:
+    """Every run's event log: writers, readers, live tails, sealing, compaction, retention."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        *,
+        spool_dir: Path,
+        flush_events: int = 512,
+        flush_interval_ms: int = 50,
+        live_flush_interval_ms: int = 20,
+        fsync: Literal["never", "flush", "batch"] = "never",
+        poll_interval_ms: int = 250,
+        notifier: Notifier | None = None,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+        max_event_bytes: int | None = None,
+        tail_bytes: int = TAIL_BYTES,
+        index_every_bytes: int = EVERY_BYTES,
+        index_every_events: int = EVERY_EVENTS,
+        frame_bytes: int = FRAME_BYTES,
+        compression_level: int = LEVEL,
+        file_ops: FileOps = DEFAULT_OPS,
+    ) -> None:
+        self.store = store
+        self.spool_dir = Path(spool_dir)
+        self.notifier = notifier
+        self.poll_interval = poll_interval_ms / 1000
+        self.config = WriterConfig(
+            flush_events=flush_events,
+            flush_interval_ms=flush_interval_ms,
+            live_flush_interval_ms=live_flush_interval_ms,
+            fsync=fsync,
+            max_buffer_bytes=max_buffer_bytes,
+            max_event_bytes=max_event_bytes,
+            index_every_bytes=index_every_bytes,
+            index_every_events=index_every_events,
+        )
+        self.tail_bytes = tail_bytes
+        self.frame_bytes = frame_bytes
+        self.compression_level = compression_level
+        self.file_ops = file_ops
+        #: test seam for crash tests of compaction (called with each step's name)
+        self.step_hook: StepHook | None = None
+        self._writers: dict[str, RunWriter] = {}
+        self._tails: dict[str, Tail] = {}
+        self._keys: dict[RunRef, Keys] = {}
+
+    def keys(self, ref: RunRef) -> Keys:
+        """Storage keys and local paths of ``ref``'s log."""
+        keys = self._keys.get(ref)
+        if keys is None:
+            # building them validates ids and makes paths: worth remembering, boundedly
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            keys = self._keys[ref] = keys_for(self.store, self.spool_dir, ref)
+        return keys
+
+    def events_path(self, ref: RunRef) -> str:
+        """Where the log lives: a local absolute path (file://) or the object's URL."""
+        keys = self.keys(ref)
+        return str(keys.live) if not keys.spooled else object_url(self.store, keys.log)
+
+    # ------------------------------------------------------------------ writing
+    async def open_writer(self, ref: RunRef, *, source: str = "worker") -> RunWriter:
+        """The run's single writer. WriterBusy if this or another process holds it.
+
+        Recovers a torn tail left by a crash. For a log that already ended
+        (run.completed, or sealed/compacted away from the live file) the writer
+        opens but ``prepare`` raises RunEnded.
+        """
+        keys = self.keys(ref)
+        if keys.log in self._writers:
+            raise WriterBusy(f"this process already holds the writer of run {ref.run_id}")
+        try:
+            keys.live.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {keys.live.parent}: {exc}") from exc
+        lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
+        try:
+            writer = await self._open_locked(ref, keys, lock, source)
+        except BaseException:
+            lock.release()
+            raise
+        self._writers[keys.log] = writer
+        return writer
+
+    async def _open_locked(
+        self, ref: RunRef, keys: Keys, lock: WriterLock, source: str
+    ) -> RunWriter:
+        common: dict[str, Any] = {
+            "source": source,
+            "path": keys.live,
+            "index_path": keys.live_index,
+            "lock": lock,
+            "config": self.config,
+            "ops": self.file_ops,
+            "on_visible": self._on_visible,
+            "on_close": self._on_writer_closed,
+            "watched": self._watched,
+        }
+        if not keys.live.exists():
+            stats = await sealing.stored_stats(self, keys)
+            if stats is not None:
+                # sealed and uploaded, or compacted: the run is over, write nothing
+                return RunWriter(
+                    ref,
+                    fd=None,
+                    index_fd=None,
+                    index=build_index([])[0],
+                    offset=0,
+                    last_sequence=stats.event_count,
+                    ended=True,
+                    **common,
+                )
+        try:
+            fd = os.open(keys.live, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open {keys.live}: {exc}") from exc
+        try:
+            recovered, (index, index_fd) = await _off_loop_if_large(
+                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        return RunWriter(
+            ref,
+            fd=fd,
+            index_fd=index_fd,
+            index=index,
+            offset=recovered.end,
+            last_sequence=recovered.last_sequence,
+            ended=recovered.ended,
+            **common,
+        )
+
+    def _on_visible(
+        self, writer: RunWriter, start: int, data: bytearray, first: int, last: int
+    ) -> None:
+        tail = self._tails.get(self.keys(writer.ref).log)
+        if tail is not None:
+            tail.publish(start, data, first, last)
+        if self.notifier is not None:
+            self.notifier.notify(writer.ref.run_id)
+
+    def _watched(self, writer: RunWriter) -> bool:
+        return self.keys(writer.ref).log in self._tails
+
+    def _on_writer_closed(self, writer: RunWriter) -> None:
+        key = self.keys(writer.ref).log
+        if self._writers.get(key) is writer:
+            del self._writers[key]
+
+    # ------------------------------------------------------------------ reading
+    async def read(
+        self, ref: RunRef, after_sequence: int = 0, limit: int | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The events after ``after_sequence`` that the log holds now, in chunks.
+
+        Constant memory; plain, live or compressed. LogNotFound if there is no log.
+        """
+        log = await self.open_log(ref)
+        try:
+            if isinstance(log, CompressedLog):
+                async for chunk in read_compressed(log.source, log.index, after_sequence, limit):
+                    yield chunk
+            else:
+                async for chunk in self._read_plain(ref, log, after_sequence, limit):
+                    yield chunk
+        finally:
+            log.close()
+
+    async def open_log(self, ref: RunRef) -> PlainLog | CompressedLog:
+        """The log in the form readers use now (LogNotFound); the caller closes it."""
+        keys = self.keys(ref)
+        log = await open_any(self.store, keys)
+        writer = self._writers.get(keys.log)
+        if isinstance(log, PlainLog) and log.fd is not None and writer is not None:
+            # this process writes it: read only what is visible (fsynced if the mode says so)
+            log.end = min(log.end, writer.visible_offset)
+        return log
+
+    async def _read_plain(
+        self,
+        ref: RunRef,
+        log: PlainLog,
+        after_sequence: int,
+        limit: int | None,
+        cursor: Cursor | None = None,
+    ) -> AsyncIterator[Chunk]:
+        if log.index is None and log.end > 4 * self.config.index_every_bytes:
+            await self._repair_index(ref, log)  # a large ended log lost its index
+        # With the index (checked where it is used); if it is stale, once more with a
+        # rebuilt one; failing that, a plain scan from the start.
+        for attempt in range(3):
+            start_sequence, start_offset = 1, 0
+            if log.index is not None and attempt < 2:
+                start_sequence, start_offset = log.index.lookup(after_sequence + 1, log.end)
+            try:
+                async for chunk in iter_lines(
+                    log.source,
+                    start_sequence=start_sequence,
+                    start_offset=start_offset,
+                    end_offset=log.end,
+                    after_sequence=after_sequence,
+                    limit=limit,
+                    verify=start_offset > 0,
+                    cursor=cursor,
+                ):
+                    yield chunk
+                return
+            except StaleIndex:
+                # raised before anything was yielded (the first line is checked)
+                log.index = None
+                await self._repair_index(ref, log)
+
+    async def _repair_index(self, ref: RunRef, log: PlainLog) -> None:
+        """Rebuild the sidecar of an ended local log whose index is missing or stale."""
+        keys = self.keys(ref)
+        if keys.log in self._writers or log.fd is None:
+            return  # a writer here maintains it
+        fd, end = log.fd, log.end
+        tail = last_line(fd, end)
+        if tail is None or not tail[1].startswith(RUN_COMPLETED_PREFIX):
+            return  # live in another process: its writer rebuilt the index when it opened
+
+        def blocks() -> Iterator[bytes]:
+            position = 0
+            while position < end:
+                data = os.pread(fd, min(1 << 20, end - position), position)
+                if not data:
+                    return
+                position += len(data)
+                yield data
+
+        index, _ = await asyncio.to_thread(build_index, blocks(), self.config.index_every_bytes)
+        log.index = index
+        if keys.spooled:
+            return  # a sealed spool file is about to be uploaded with a fresh index
+        with contextlib.suppress(StorageError):
+            await self.store.write(keys.index, index.to_bytes())
+
+    async def follow(self, ref: RunRef, after_sequence: int = 0) -> AsyncIterator[Chunk]:
+        """Replay after ``after_sequence``, then live; ends after the chunk holding run.completed.
+
+        Seamless: the replay and the live part are one cursor over one log,
+        so nothing is missed or repeated however the appends interleave.
+        """
+        log = await self.open_log(ref)
+        try:
+            if isinstance(log, CompressedLog) or log.fd is None:
+                # sealed elsewhere (compressed or uploaded): the run has ended
+                async for chunk in self.read(ref, after_sequence):
+                    yield chunk
+                return
+            cursor = Cursor(0, 0)
+            async for chunk in self._read_plain(ref, log, after_sequence, None, cursor):
+                yield chunk
+                if chunk.ends_run:
+                    return
+            if cursor.offset:
+                line = last_line(log.fd, cursor.offset)
+                if line is not None and line[1].startswith(RUN_COMPLETED_PREFIX):
+                    return  # the position is already past run.completed
+            tail = self._acquire_tail(ref, log, cursor)
+            try:
+                # The live loop is inline (not a nested generator): it runs for every
+                # subscriber on every flush, and each generator layer costs.
+                while True:
+                    generation = tail.generation  # noted before looking (close-and-replace)
+                    if cursor.offset < tail.ring_start:
+                        # fell behind the ring: read the file from our own cursor
+                        before = cursor.offset
+                        async for chunk in read_behind(tail, cursor, after_sequence):
+                            yield chunk
+                            if chunk.ends_run:
+                                return
+                        if cursor.offset == before:
+                            raise StorageError(f"the log of run {ref.run_id} shrank under a reader")
+                        continue
+                    parts = take(tail, cursor, after_sequence)
+                    for part in parts:
+                        yield part
+                        if part.ends_run:
+                            return
+                    if cursor.offset < tail.end_offset:
+                        continue  # more arrived while the consumer took those
+                    if tail.ended:
+                        return
+                    if cursor.offset > tail.end_offset and tail.refill():
+                        continue  # we replayed further than the tail had read
+                    # nothing awaited since ``generation`` was noted: no growth is missed
+                    await tail.wait(generation)
+            finally:
+                await self._release_tail(tail)
+        finally:
+            log.close()
+
+    def _acquire_tail(self, ref: RunRef, log: PlainLog, cursor: Cursor) -> Tail:
+        keys = self.keys(ref)
+        tail = self._tails.get(keys.log)
+        if tail is None:
+            assert log.fd is not None
+            writers = self._writers
+
+            def visible_end() -> int:
+                writer = writers.get(keys.log)
+                if writer is not None:
+                    return writer.visible_offset
+                return os.fstat(tail_fd).st_size
+
+            # its own descriptor (a dup): valid as long as the tail lives
+            tail_fd = os.dup(log.fd)
+            tail = Tail(
+                run_id=ref.run_id,
+                fd=tail_fd,
+                name=str(log.path),
+                start=Cursor(cursor.sequence, cursor.offset),
+                visible_end=visible_end,
+                max_bytes=self.tail_bytes,
+                max_chunks=TAIL_CHUNKS,
+                notifier=self.notifier,
+                poll_interval=self.poll_interval,
+            )
+            self._tails[keys.log] = tail
+            tail.start()
+        tail.subscribers += 1
+        return tail
+
+    async def _release_tail(self, tail: Tail) -> None:
+        tail.subscribers -= 1
+        if tail.subscribers == 0:
+            for key, value in list(self._tails.items()):
+                if value is tail:
+                    del self._tails[key]
+            await tail.stop()
+
+    # ------------------------------------------------------------------ sealing, stats
+    async def seal(self, ref: RunRef) -> SealInfo:
+        """Make an ended log final: fsync, full index, and for a remote store upload it
+        (index, then log) and remove the spool files. Idempotent."""
+        return await sealing.seal(self, ref)
+
+    async def stats(self, ref: RunRef) -> LogStats:
+        """Event count, bytes and form of the run's log (form None: no log)."""
+        return await sealing.stats(self, ref)
+
+    # ------------------------------------------------------------------ maintenance
+    async def compact(self, ref: RunRef) -> CompactInfo:
+        """Write and verify the compressed form of an ended log; the plain log stays."""
+        return await compaction.compact(self, ref)
+
+    async def drop_plain(self, ref: RunRef) -> None:
+        """Delete the plain log and its index once a complete compressed form exists."""
+        await compaction.drop_plain(self, ref)
+
+    async def delete(self, ref: RunRef) -> None:
+        """Remove every object of the run's log, in every form (retention). Idempotent."""
+        await compaction.delete(self, ref)
+
+    def scan(self) -> AsyncIterator[RunRef]:
+        """Every run log in storage and spool; configuration_id comes from the first line."""
+        return compaction.scan(self)
+
+    def writer_open(self, ref: RunRef) -> bool:
+        """Whether this process holds the run's writer."""
+        return self.keys(ref).log in self._writers
+
+
+#: files up to this size are recovered on the event loop (a few small reads);
+#: larger ones in a thread (a torn tail may take longer to find and move)
+INLINE_RECOVERY_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+
+
+async def _off_loop_if_large(fd: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` inline for a small file, in a thread for a large one.
+
+    Opening a run's writer is on the path of every run; a thread hop costs
+    more than recovering a small, clean log.
+    """
+    if os.fstat(fd).st_size <= INLINE_RECOVERY_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+def _recover(
+    fd: int, keys: Keys, run_id: str, every_bytes: int
+) -> tuple[Recovered, tuple[SparseIndex, int | None]]:
+    recovered = recover_log(fd, keys.live, run_id)
+    return recovered, recover_index(fd, keys.live_index, recovered.end, every_bytes)

@@ -1,0 +1,285 @@
+"""The event envelope and its byte-exact NDJSON codec.
+
+One event is one line of a run's log: the envelope of contract section 2,
+encoded as compact JSON with the fields in the contract's order, followed by
+``\\n``. msgspec does the encoding and decoding (fast, typed).
+
+Line safety, decided once here:
+
+* JSON escapes every control character, so an encoded event never holds a raw
+  ``\\n`` or ``\\r``; logs are split on ``b"\\n"`` only. U+2028/U+2029 and emoji
+  are stored as raw UTF-8 (valid JSON, and nothing here splits on them;
+  callers must never use ``str.splitlines()``).
+* Lone surrogates: Python strings handed to the writer (for example a child's
+  output decoded with ``surrogateescape``) may hold code points that UTF-8
+  cannot encode. They are **replaced** with U+FFFD at encoding time, and an
+  escaped surrogate pair (``"\\ud83d\\ude00"`` as two code points) is joined into
+  the character it stands for, so a run never loses a line to a bad byte.
+* Producer input over HTTP is **rejected** instead (:func:`parse_draft`): bytes
+  that are not UTF-8, or a JSON ``\\uD800`` escape without its pair, make the
+  line invalid (422 naming the line), because the producer can fix it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from runevents.exceptions import InvalidEvent, InvalidInput
+
+#: the type of the event that ends every run's log, exactly once
+RUN_COMPLETED = "run.completed"
+#: how an encoded run.completed line starts (the type is the first field)
+RUN_COMPLETED_PREFIX = b'{"type":"run.completed",'
+
+
+class Event(msgspec.Struct, kw_only=True, gc=False):
+    """One envelope (contract section 2). Field order is the serialized order.
+
+    ``gc=False``: an event never takes part in a reference cycle (its payload is
+    a plain JSON tree), and skipping GC tracking makes millions of them cheaper.
+    """
+
+    type: str
+    event_id: str
+    created_at: str
+    sequence: int
+    source: str
+    workspace_id: str
+    configuration_id: str
+    run_id: str
+    build_id: str | None
+    payload: dict[str, Any]
+
+
+class EventDraft(msgspec.Struct, kw_only=True, gc=False):
+    """What a producer hands to a writer; the writer fills in the rest of the envelope."""
+
+    type: str
+    payload: dict[str, Any] = {}
+    created_at: str | None = None
+    source: str | None = None
+    build_id: str | None = None
+
+
+class _IngestLine(msgspec.Struct, kw_only=True):
+    """One producer line as sent over HTTP (contract section 6); unknown keys are ignored."""
+
+    type: str
+    payload: dict[str, Any] = {}
+    created_at: str | None = None
+    source: str | None = None
+    build_id: str | None = None
+    workspace_id: str | None = None
+    configuration_id: str | None = None
+    run_id: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_ingest_decoder = msgspec.json.Decoder(_IngestLine)
+
+
+# ---------------------------------------------------------------------------
+# encoding
+
+
+def _clean_str(value: str) -> str:
+    # UTF-16 with surrogatepass pairs up surrogate halves into real characters;
+    # decoding with "replace" turns every lone half into U+FFFD.
+    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every string (keys too) made encodable as UTF-8."""
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def sanitize_event(event: Event) -> Event:
+    """A copy of ``event`` whose strings hold no lone surrogates (replaced by U+FFFD)."""
+    return msgspec.structs.replace(
+        event,
+        type=_clean_str(event.type),
+        source=_clean_str(event.source),
+        build_id=None if event.build_id is None else _clean_str(event.build_id),
+        payload=_clean(event.payload),
+    )
+
+
+def encode_into(event: Event, buffer: bytearray) -> None:
+    """Append ``event``'s line (with its ``\\n``) to ``buffer``.
+
+    Raises InvalidEvent if the payload holds something JSON cannot represent;
+    ``buffer`` is then left as it was.
+    """
+    start = len(buffer)
+    try:
+        try:
+            _encoder.encode_into(event, buffer, -1)
+        except UnicodeEncodeError:
+            del buffer[start:]
+            _encoder.encode_into(sanitize_event(event), buffer, -1)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        # (UnicodeEncodeError is a ValueError: only reachable if sanitizing failed)
+        del buffer[start:]
+        raise InvalidEvent(f"event {event.type!r} cannot be encoded as JSON: {exc}") from exc
+    buffer.append(10)
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    """The NDJSON lines of ``events``, each ending with ``\n``, in one call (the hot path).
+
+    Same bytes as joining :func:`encode_event` of each; raises InvalidEvent like it.
+    """
+    try:
+        return _encoder.encode_lines(events)
+    except UnicodeEncodeError:
+        pass  # rare: some string holds a lone surrogate; encode one by one, replacing it
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        pass  # find the culprit below, for the message
+    buffer = bytearray()
+    for event in events:
+        encode_into(event, buffer)
+    return bytes(buffer)
+
+
+def encode_event(event: Event) -> bytes:
+    """One NDJSON line: the event as compact JSON, ending with ``b"\\n"`` and no other newline."""
+    buffer = bytearray()
+    encode_into(event, buffer)
+    return bytes(buffer)
+
+
+# ---------------------------------------------------------------------------
+# decoding
+
+
+def decode_event(line: bytes) -> Event:
+    """Parse one log line (with or without its trailing newline). InvalidEvent if it is not one."""
+    try:
+        return _event_decoder.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"not a valid event line: {exc}") from exc
+
+
+def parse_draft(
+    line: bytes,
+    *,
+    workspace_id: str,
+    configuration_id: str,
+    run_id: str,
+    line_no: int | None = None,
+) -> EventDraft:
+    """Validate one producer NDJSON line (contract section 6) into a draft.
+
+    ``type`` must be a non-empty string and ``payload`` an object; ``created_at``
+    must be RFC 3339 (converted to UTC); ids, when present, must match the path.
+    Any problem raises InvalidEvent naming ``line_no``.
+    """
+    try:
+        raw = _ingest_decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc), line=line_no) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports a lone \uD800 escape as "truncated": say what it means
+        raise InvalidEvent(
+            f"not a JSON object in UTF-8 (lone surrogate escapes are not allowed): {exc}",
+            line=line_no,
+        ) from exc
+    if not raw.type:
+        raise InvalidEvent("type must be a non-empty string", line=line_no)
+    expected = {"workspace_id": workspace_id, "configuration_id": configuration_id}
+    expected["run_id"] = run_id
+    for name, want in expected.items():
+        got = getattr(raw, name)
+        if got is not None and got != want:
+            raise InvalidEvent(f"{name} {got!r} contradicts the path ({want!r})", line=line_no)
+    created_at = None
+    if raw.created_at is not None:
+        try:
+            created_at = normalize_created_at(raw.created_at)
+        except InvalidInput as exc:
+            raise InvalidEvent(exc.message, line=line_no) from exc
+    return EventDraft(
+        type=raw.type,
+        payload=raw.payload,
+        created_at=created_at,
+        source=raw.source,
+        build_id=raw.build_id,
+    )
+
+
+# ---------------------------------------------------------------------------
+# timestamps
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
+def normalize_created_at(value: str) -> str:
+    """An RFC 3339 timestamp as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    Offsets are converted to UTC; fractions beyond microseconds are truncated;
+    a leap second (``:60``) is clamped to ``:59.999999``. Anything that is not
+    RFC 3339 (no offset, a date that does not exist, ...) raises InvalidInput.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput("created_at must be an RFC 3339 string")
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        raise InvalidInput(f"created_at {value!r} is not an RFC 3339 timestamp")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    micros = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    if second == 60:
+        second, micros = 59, 999_999
+    try:
+        if m.group(8):
+            offset = timedelta(0)
+        else:
+            sign = 1 if m.group(9) == "+" else -1
+            oh, om = int(m.group(10)), int(m.group(11))
+            if oh > 23 or om > 59:
+                raise ValueError("offset out of range")
+            offset = sign * timedelta(hours=oh, minutes=om)
+        moment = datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC) - offset
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"created_at {value!r} is not a valid date and time: {exc}") from exc
+    if not offset and m.group(6) != "60" and _CANONICAL.fullmatch(value):
+        # already canonical (the common case): no reformatting
+        return value
+    # (not strftime: glibc's %Y does not zero-pad years before 1000)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
+
+
+#: (second, "YYYY-MM-DDTHH:MM:SS") of the last call; one tuple so threads see a matching pair
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp() -> str:
+    """The server clock now, as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    The date-time part is formatted once per second: ``strftime`` per event
+    would be a visible share of the append path.
+    """
+    global _ts_cache
+    second, rest = divmod(time.time_ns(), 1_000_000_000)
+    cached_second, prefix = _ts_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _ts_cache = (second, prefix)
+    return f"{prefix}.{str(1_000_000 + rest // 1000)[1:]}Z"  # (faster than :06d)

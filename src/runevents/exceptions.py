@@ -1,0 +1,157 @@
+"""Every error runevents raises on purpose.
+
+One base class, :class:`RuneventsError`; the class docstring is the default
+message and ``code`` is the stable machine name clients see in
+``{"error": {"code": ..., "message": ...}}``. The HTTP status of each family is
+decided in exactly one place, ``api/errors.py``; nothing below the edge knows
+about HTTP.
+
+Tree::
+
+    RuneventsError
+    ├── InvalidInput            (422)  bad ids, bad events, bad options
+    │   └── InvalidEvent              one bad NDJSON line (carries ``line``)
+    ├── NotFound                (404)
+    │   ├── RunNotFound
+    │   ├── ConfigurationNotFound
+    │   └── LogNotFound               storage has no object at that key
+    ├── Conflict                (409)
+    │   ├── RunEnded                  the run already has run.completed
+    │   ├── InvalidTransition         status change not allowed
+    │   └── WriterBusy                another writer holds the run's log
+    ├── LogExpired              (410)  retention removed the log body
+    ├── PayloadTooLarge         (413)
+    ├── UnsupportedMediaType    (415)
+    ├── Unauthorized            (401)
+    ├── Forbidden               (403)
+    ├── StorageError            (503)  disk/object storage failure
+    │   └── DatabaseError             the SQL database failed
+    └── ConfigError                    bad configuration/tokens file (start-up)
+"""
+
+from __future__ import annotations
+
+
+class RuneventsError(Exception):
+    """An error occurred in runevents."""
+
+    code = "error"
+
+    def __init__(self, message: str | None = None, **details: object) -> None:
+        self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidInput(RuneventsError):
+    """The request is invalid."""
+
+    code = "invalid_input"
+
+
+class InvalidEvent(InvalidInput):
+    """An event line is invalid."""
+
+    code = "invalid_event"
+
+    def __init__(self, message: str | None = None, *, line: int | None = None) -> None:
+        self.line = line
+        if line is not None and message is not None:
+            message = f"line {line}: {message}"
+        super().__init__(message, line=line)
+
+
+class NotFound(RuneventsError):
+    """Not found."""
+
+    code = "not_found"
+
+
+class RunNotFound(NotFound):
+    """No such run."""
+
+    code = "run_not_found"
+
+
+class ConfigurationNotFound(NotFound):
+    """No such configuration."""
+
+    code = "configuration_not_found"
+
+
+class LogNotFound(NotFound):
+    """The log storage has no object at that key."""
+
+    code = "log_not_found"
+
+
+class Conflict(RuneventsError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+
+
+class RunEnded(Conflict):
+    """The run has already ended."""
+
+    code = "run_ended"
+
+
+class InvalidTransition(Conflict):
+    """That status change is not allowed."""
+
+    code = "invalid_transition"
+
+
+class WriterBusy(Conflict):
+    """Another writer holds this run's log."""
+
+    code = "writer_busy"
+
+
+class LogExpired(RuneventsError):
+    """The events of this run were removed by the retention policy."""
+
+    code = "log_expired"
+
+
+class PayloadTooLarge(RuneventsError):
+    """The request body or one event is too large."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RuneventsError):
+    """Unsupported content type."""
+
+    code = "unsupported_media_type"
+
+
+class Unauthorized(RuneventsError):
+    """A valid bearer token is required."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RuneventsError):
+    """This token may not do that."""
+
+    code = "forbidden"
+
+
+class StorageError(RuneventsError):
+    """The log storage failed."""
+
+    code = "storage_error"
+
+
+class ConfigError(RuneventsError):
+    """A configuration or tokens file is invalid."""
+
+    code = "config_error"
+
+
+class DatabaseError(StorageError):
+    """The database failed."""
+
+    code = "database_error"

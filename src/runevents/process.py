@@ -1,0 +1,453 @@
+"""Run one child process, capture its output as events, and stop it for good.
+
+:func:`run_process` is the single primitive the build step and the run command
+share. The child gets its own session (``start_new_session=True``), so the
+child and everything it spawns can be signalled as one process group;
+stdout and stderr are read concurrently through a small
+:class:`asyncio.SubprocessProtocol` that pauses a pipe when its consumer falls
+behind (the pipe then fills and the child blocks: bounded memory, no deadlock).
+Everything that arrived in one read becomes one ``sink.emit`` call.
+
+Stopping (cancel, timeout, or processes left behind by a command that exited):
+SIGTERM to the group, SIGKILL after the grace period, then reap. On Linux the
+session is also enumerated through ``/proc`` so a descendant that moved to its
+own process group (``setpgid``) is found too, and so dead-but-unreaped
+members (zombies: an init that reaps slowly) do not count as running.
+Only a descendant that starts a new *session* of its own escapes; if it still
+holds our pipes we stop reading after :data:`DRAIN_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final, Literal, Protocol, cast
+
+from runevents.capture import ConsoleTranslator, Line, LineSplitter, Stream
+from runevents.events import EventDraft
+
+#: a pipe stops being read once this many bytes wait for the consumer
+HIGH_WATER: Final = 256 * 1024
+#: after the process group is gone, how long to wait for the pipes to close
+DRAIN_SECONDS: Final = 2.0
+#: how often the group is checked while waiting for it to exit after SIGTERM
+POLL_SECONDS: Final = 0.05
+
+Ending = Literal["exited", "cancelled", "timeout", "spawn_failed"]
+
+
+class Sink(Protocol):
+    """Where drafts go (the executor's ``EventSink.emit``)."""
+
+    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+        """Append ``drafts`` to the run's log, in order."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcessOutcome:
+    """How one child process ended."""
+
+    #: exited on its own, or stopped for cancel/timeout, or never started
+    ending: Ending
+    #: exit status; a child killed by signal N reports ``128 + N`` (shell convention)
+    exit_code: int | None
+    #: the killing signal's name (``SIGTERM``...) when the child died of a signal
+    signal: str | None
+    #: for ``spawn_failed``: ``command_not_found`` or ``spawn_failed``, and why
+    error_code: str | None
+    error_message: str | None
+    duration_ms: int
+
+
+class Emitter:
+    """Serializes everything one execution emits through one translator.
+
+    stdout, stderr and the executor's own notices share the lock so batches
+    never interleave inside a ``sink.emit`` call and the translator's phase
+    state sees lines in the order they are emitted.
+    """
+
+    def __init__(self, sink: Sink, translator: ConsoleTranslator) -> None:
+        self.sink = sink
+        self.translator = translator
+        self._lock = asyncio.Lock()
+
+    async def lines(self, stream: Stream, lines: list[Line], *, braces: bool = True) -> None:
+        """Translate and emit one batch of lines of ``stream`` (``braces``: see translate)."""
+        async with self._lock:
+            drafts = self.translator.translate(stream, lines, braces=braces)
+            if drafts:
+                await self.sink.emit(drafts)
+
+    async def notice(self, message: str, *, level: str = "warning") -> None:
+        """Emit a console line written by runevents itself."""
+        await self.emit([self.translator.notice(message, level=level)])
+
+    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+        """Emit ready-made drafts (lifecycle events)."""
+        async with self._lock:
+            await self.sink.emit(drafts)
+
+
+class _Pipe:
+    """Buffered bytes of one child pipe, waiting for the consumer."""
+
+    __slots__ = ("chunks", "eof", "paused", "size", "waiter")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.eof = False
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _ChildProtocol(asyncio.SubprocessProtocol):
+    """Collects stdout/stderr chunks with flow control; signals process exit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.pipes = {1: _Pipe(), 2: _Pipe()}
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Duck-typed, not isinstance: uvloop (uvicorn's default loop) hands out its
+        # own transport classes, which do not subclass asyncio's.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        pipe = self.pipes[fd]
+        pipe.chunks.append(bytes(data))
+        pipe.size += len(data)
+        if pipe.size >= HIGH_WATER and not pipe.paused:
+            reader = self._pipe_transport(fd)
+            if reader is not None:
+                reader.pause_reading()
+                pipe.paused = True
+        pipe.wake()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in self.pipes:
+            self.pipes[fd].eof = True
+            self.pipes[fd].wake()
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    async def read(self, fd: int) -> bytes:
+        """Everything buffered for ``fd`` (waiting for some); ``b""`` at end of stream."""
+        pipe = self.pipes[fd]
+        while not pipe.chunks and not pipe.eof:
+            pipe.waiter = self._loop.create_future()
+            try:
+                await pipe.waiter
+            finally:
+                pipe.waiter = None
+        data = pipe.chunks[0] if len(pipe.chunks) == 1 else b"".join(pipe.chunks)
+        pipe.chunks.clear()
+        pipe.size = 0
+        if pipe.paused:
+            reader = self._pipe_transport(fd)
+            if reader is not None:
+                reader.resume_reading()
+            pipe.paused = False
+        return data
+
+    def _pipe_transport(self, fd: int) -> asyncio.ReadTransport | None:
+        if self.transport is None:
+            return None
+        reader = self.transport.get_pipe_transport(fd)
+        # duck-typed for the same reason as in connection_made (uvloop)
+        if reader is None or not hasattr(reader, "pause_reading"):
+            return None
+        return cast(asyncio.ReadTransport, reader)
+
+
+_LINUX = sys.platform.startswith("linux")
+#: prctl(2) option: signal the child gets when the process that forked it dies
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it if its worker dies.
+
+    The child has its own session (so cancel can signal its whole group), which
+    also means nothing stops it when the worker is killed with SIGKILL: the
+    lease reaper finishes the run as failed, but a silent child would run on
+    forever. Linux's parent-death signal survives exec and closes that gap for
+    the direct child (its own children are in the same process group, which the
+    child's death leaves to them). Kept to one libc call: preexec code must not
+    take locks another thread of the parent might have held at fork time.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def exit_code_of(returncode: int) -> tuple[int, str | None]:
+    """``(exit_code, signal name)``: asyncio's ``-N`` for "killed by signal N" -> ``128 + N``."""
+    if returncode >= 0:
+        return returncode, None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return 128 - returncode, name
+
+
+def live_session_members(sid: int) -> list[int] | None:
+    """Pids of the *running* (not zombie) processes of session ``sid``.
+
+    ``None`` where ``/proc`` is not available (callers then fall back to
+    ``killpg(pgid, 0)``, which also counts zombies).
+    """
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    members = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp session ..."; comm may contain spaces and ')'
+        fields = stat[stat.rfind(b")") + 2 :].split(b" ", 5)
+        if len(fields) > 4 and int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+            members.append(int(name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the child's session/group is still running."""
+    members = live_session_members(pgid)
+    if members is not None:
+        return bool(members)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the child's process group and to session members outside it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for pid in live_session_members(pgid) or ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+async def stop_group(
+    pgid: int, exited: asyncio.Future[None], grace_seconds: float
+) -> Literal["none", "SIGTERM", "SIGKILL"]:
+    """SIGTERM the group, SIGKILL what is left after ``grace_seconds``; wait until it is gone.
+
+    Returns the strongest signal that was needed (``none`` if nothing was running).
+    """
+    if exited.done() and not group_alive(pgid):
+        return "none"
+    signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if exited.done() and not group_alive(pgid):
+            return "SIGTERM"
+        await asyncio.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+    if exited.done() and not group_alive(pgid):
+        return "SIGTERM"
+    signal_group(pgid, signal.SIGKILL)
+    await asyncio.shield(exited)
+    # SIGKILL cannot be caught; members vanish as the kernel tears them down
+    for _ in range(100):
+        if not group_alive(pgid):
+            break
+        signal_group(pgid, signal.SIGKILL)
+        await asyncio.sleep(POLL_SECONDS / 5)
+    return "SIGKILL"
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    emitter: Emitter,
+    cancel: asyncio.Event,
+    timeout_seconds: float | None,
+    kill_grace_seconds: float,
+    max_line_bytes: int,
+) -> ProcessOutcome:
+    """Run ``argv`` to its end, emitting its output; stop it on cancel or timeout.
+
+    Raises only what ``emitter`` raises (sink failures) or ``CancelledError``;
+    in both cases the process group is killed and reaped first.
+    """
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    protocol = _ChildProtocol(loop)
+    try:
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent if _LINUX else None,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        where = exc.filename if exc.filename is not None else argv[0]
+        what = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
+        if str(where) == str(cwd):
+            code, message = "spawn_failed", f"working directory not usable: {cwd} ({exc.strerror})"
+        else:
+            code, message = "command_not_found", f"command {what}: {where}"
+        return _spawn_failed(code, message, started)
+    except OSError as exc:
+        return _spawn_failed("spawn_failed", f"cannot start {argv[0]}: {exc}", started)
+
+    pgid = transport.get_pid()
+    pumps = [
+        asyncio.create_task(_pump(protocol, 1, "stdout", emitter, max_line_bytes)),
+        asyncio.create_task(_pump(protocol, 2, "stderr", emitter, max_line_bytes)),
+    ]
+    try:
+        ending = await _wait(protocol.exited, pumps, cancel, timeout_seconds, started)
+        if ending == "exited":
+            if group_alive(pgid):
+                await emitter.notice("the command exited but left processes running; stopping them")
+                await stop_group(pgid, protocol.exited, kill_grace_seconds)
+        else:
+            why = (
+                "cancel requested"
+                if ending == "cancelled"
+                else (f"timed out after {timeout_seconds:g}s")
+            )
+            await emitter.notice(
+                f"{why}; sending SIGTERM to the process group"
+                f" (SIGKILL after {kill_grace_seconds:g}s)"
+            )
+            used = await stop_group(pgid, protocol.exited, kill_grace_seconds)
+            if used == "SIGKILL":
+                await emitter.notice("the process group did not exit after SIGTERM; killed")
+        await _drain(pumps, emitter)
+    except BaseException:
+        # sink failure or our own cancellation: never leave the child behind
+        signal_group(pgid, signal.SIGKILL)
+        for pump in pumps:
+            pump.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(protocol.exited)
+        transport.close()
+        raise
+    transport.close()
+    returncode = transport.get_returncode()
+    assert returncode is not None
+    exit_code, signame = exit_code_of(returncode)
+    return ProcessOutcome(
+        ending=ending,
+        exit_code=exit_code,
+        signal=signame,
+        error_code=None,
+        error_message=None,
+        duration_ms=_ms_since(started),
+    )
+
+
+async def _pump(
+    protocol: _ChildProtocol, fd: int, stream: Stream, emitter: Emitter, max_line_bytes: int
+) -> None:
+    splitter = LineSplitter(max_line_bytes)
+    while True:
+        data = await protocol.read(fd)
+        if not data:
+            tail = splitter.finish()
+            if tail:
+                await emitter.lines(stream, tail)
+            return
+        lines = splitter.feed(data)
+        if lines:
+            # one memchr over the chunk saves a per-line check in the common case
+            await emitter.lines(stream, lines, braces=b"{" in data)
+
+
+async def _wait(
+    exited: asyncio.Future[None],
+    pumps: list[asyncio.Task[None]],
+    cancel: asyncio.Event,
+    timeout_seconds: float | None,
+    started: float,
+) -> Ending:
+    """Wait for exit, cancel or timeout; re-raise a pump's (sink's) failure at once."""
+    cancelled = asyncio.create_task(cancel.wait())
+    watched: set[asyncio.Future[object]] = {exited, cancelled, *pumps}  # type: ignore[arg-type]
+    try:
+        while True:
+            remaining = None
+            if timeout_seconds is not None:
+                remaining = max(timeout_seconds - (time.monotonic() - started), 0)
+            done, _ = await asyncio.wait(
+                watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in pumps:
+                    task.result()  # raises the sink's error, if any
+                    watched.discard(task)
+            if exited in done:
+                return "exited"
+            if cancelled in done:
+                return "cancelled"
+            if not done:
+                return "timeout"
+    finally:
+        cancelled.cancel()
+
+
+async def _drain(pumps: list[asyncio.Task[None]], emitter: Emitter) -> None:
+    """Let the pumps read to end of stream; give up if an escaped process holds a pipe."""
+    done, pending = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
+    for task in done:
+        task.result()
+    if pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await emitter.notice(
+            "output pipes are still held open by a process outside the run's session;"
+            " stopped reading"
+        )
+
+
+def _spawn_failed(code: str, message: str, started: float) -> ProcessOutcome:
+    return ProcessOutcome(
+        ending="spawn_failed",
+        exit_code=None,
+        signal=None,
+        error_code=code,
+        error_message=message,
+        duration_ms=_ms_since(started),
+    )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -1,0 +1,148 @@
+"""Settings: the only module that reads the environment.
+
+Every knob is a ``RUNEVENTS_*`` environment variable and most are also CLI
+flags (``cli.py`` builds a :class:`Settings` from both, flags winning). Nothing
+else in the package calls ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runevents.exceptions import InvalidInput
+
+FsyncMode = Literal["never", "flush", "batch"]
+
+_DURATION_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``0s``, ``90m``, ``36h``, ``7d``, ``1h30m`` into a timedelta (InvalidInput if bad)."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m["n"]) * _UNITS[m["unit"]]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise InvalidInput(f"invalid duration {text!r}: use forms like 0s, 90m, 36h, 7d")
+    return timedelta(seconds=total)
+
+
+class Settings(BaseSettings):
+    """Server, worker and maintenance settings."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNEVENTS_", frozen=True, extra="ignore")
+
+    # -- where things live ------------------------------------------------
+    #: local data directory: embedded SQLite database, local logs, build caches
+    data_dir: Path = Path("runevents-data")
+    #: SQLAlchemy-style URL; default sqlite:///{data_dir}/runevents.db
+    database_url: str | None = None
+    #: file:///path or s3://bucket/prefix; default file://{data_dir}
+    storage_url: str | None = None
+
+    # -- HTTP ---------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: TOML file of [[token]] entries (hashes only); none = open mode (loopback only)
+    tokens_file: Path | None = None
+    #: TOML file of configurations
+    config_file: Path | None = None
+    #: also register the bundled demo configuration
+    demo: bool = False
+    #: with ``demo``: start one demo run at start-up (``serve --demo`` only, not workers)
+    start_demo_run: bool = False
+    #: key that signs browser session cookies; None: generated once, kept in data_dir/session.key
+    session_secret: str | None = None
+    #: a browser session (cookie) expires this long after sign-in (seconds)
+    session_ttl_seconds: float = Field(default=7 * 86400.0, gt=0)
+    #: an SSE client that does not take a chunk within this long is dropped (seconds)
+    sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # -- the write path -----------------------------------------------------
+    #: flush the append buffer after this many events...
+    flush_events: int = Field(default=512, ge=1)
+    #: ...or after this many milliseconds, whichever comes first
+    flush_interval_ms: int = Field(default=50, ge=1)
+    #: while this process has live followers on a run, flush at most this late (ms)
+    live_flush_interval_ms: int = Field(default=20, ge=1)
+    #: never: page cache only (fsync when the log is sealed); flush: fsync every flush;
+    #: batch: fsync before an append call returns
+    fsync: FsyncMode = "never"
+    #: one event at most (bytes of its NDJSON line)
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: one ingest request body at most (bytes)
+    max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: console lines longer than this are cut, with a visible marker (bytes)
+    max_line_bytes: int = Field(default=64 * 1024, ge=64)
+
+    # -- the tail path --------------------------------------------------------
+    #: SSE keepalive comment interval while idle (seconds)
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    #: cross-process fallback: how often a tailer re-checks the log (ms)
+    poll_interval_ms: int = Field(default=250, ge=10)
+
+    # -- workers ---------------------------------------------------------------
+    #: runs executed at once by the embedded/standalone worker (0 = no embedded worker)
+    worker_concurrency: int = Field(default=4, ge=0)
+    #: a worker that stops heart-beating for this long loses its runs (seconds)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    #: SIGTERM -> SIGKILL grace period on cancel/timeout (seconds)
+    kill_grace_seconds: float = Field(default=5.0, ge=0)
+
+    # -- maintenance ---------------------------------------------------------------
+    #: compact finished logs older than this (e.g. "1d"); None disables scheduled compaction
+    compact_after: str | None = "1d"
+    #: delete log bodies older than this (e.g. "30d"); None keeps them forever
+    retention_after: str | None = None
+    #: keep at most this many log bodies per configuration (None = no limit)
+    retention_keep_per_configuration: int | None = None
+    #: keep at most this many bytes of log bodies in total (None = no limit)
+    retention_max_bytes: int | None = None
+    #: how often the server runs compaction/retention (seconds; 0 disables)
+    maintenance_interval_seconds: float = Field(default=3600.0, ge=0)
+
+    @field_validator("compact_after", "retention_after", mode="before")
+    @classmethod
+    def _check_duration(cls, value: object) -> object:
+        # "", "off" and "none" switch the policy off (so an env var can disable it)
+        if isinstance(value, str) and value.strip().lower() in {"", "off", "none"}:
+            return None
+        if isinstance(value, str):
+            try:
+                parse_duration(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from exc
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'runevents.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir.resolve()).as_uri()
+
+
+class ClientSettings(BaseSettings):
+    """Settings of the CLI's client commands (they talk to a running server over HTTP)."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNEVENTS_", frozen=True, extra="ignore")
+
+    #: base URL of the server
+    server: str = "http://127.0.0.1:8000"
+    #: bearer token (needed when the server has --tokens)
+    token: str | None = None

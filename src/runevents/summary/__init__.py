@@ -1,0 +1,53 @@
+"""The run summary (contract section 2.1): a pure reducer from a run's events to one object.
+
+:class:`RunSummaryBuilder` is fed events in sequence order -- live, as a run
+writes them, or from a stored log with :meth:`RunSummaryBuilder.add_line` --
+and :meth:`RunSummaryBuilder.build` returns the summary. It keeps O(tables +
+phases) state, never the events, so summarizing a log of millions of lines
+runs in constant memory.
+
+Rules beyond the contract's words (each is a choice the contract leaves open):
+
+- **Only payload fields the summary reads are type-checked.** A telemetry event
+  whose read fields have the wrong type is skipped and counted in
+  ``events.ignored`` (it still counts in ``events.total`` and ``by_type``).
+  ``bool`` is never an integer count. Required fields: ``table_id`` and
+  ``source_file`` of ``run.table.summary``, ``severity`` and ``code`` of
+  ``run.validation.issue``, ``phase`` of phase events; a missing required field
+  makes the event malformed, a missing optional one is read as null.
+- **``run.completed``'s own ``payload.summary`` is never read**: the server
+  replaces it with this summary, so rebuilding from the stored log gives the
+  same object as building before it was stored.
+- **A log without ``run.completed``** (a live run, or a partial log) still
+  builds: ``status``, ``failure`` and ``execution.completed_at`` are null and a
+  phase that never completed and has no later phase start gets a null
+  ``duration_ms``, because the run has no end yet.
+- **Phase matching**: a completed event closes the latest still-open start of
+  the same scope and phase name; a completed event with no open start adds no
+  entry. Durations derived from timestamps are whole milliseconds, truncated,
+  never negative (producers may supply skewed ``created_at`` values).
+- **``max_severity``** is computed from ``issues_by_severity``; a producer's own
+  ``max_severity`` is used only when it sent no ``issues_by_severity`` map, and
+  only if it is one of the ranked names. A missing ``issues_total`` is the sum
+  of ``issues_by_severity``.
+- Maps in the output (``by_type``, ``by_stream``, ...) are sorted by key so the
+  serialized summary is byte-for-byte deterministic.
+"""
+
+from runevents.summary.builder import (
+    SNIPPET_BYTES,
+    SUMMARY_SCHEMA,
+    RunSummaryBuilder,
+    run_fields,
+    summarize_lines,
+)
+from runevents.summary.telemetry import SEVERITY_RANK
+
+__all__ = [
+    "SEVERITY_RANK",
+    "SNIPPET_BYTES",
+    "SUMMARY_SCHEMA",
+    "RunSummaryBuilder",
+    "run_fields",
+    "summarize_lines",
+]

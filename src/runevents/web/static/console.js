@@ -1,0 +1,390 @@
+// The virtual console: renders only the rows in view, at a fixed row height,
+// from a log source (log-source.js), however many rows the log has.
+//
+// Layout: a scrolling viewport holds a sticky "screen" (exactly the viewport's
+// height; the rows are drawn into it) followed by a spacer that gives the
+// scrollbar its length. Browsers cap an element's height (~17-33 million px),
+// so past MAX_SCROLL_PX the scrollbar is scaled: `pos` is the position in
+// content pixels and scrollTop = pos / ratio. Wheel and keys move `pos` directly
+// (smooth at any size); dragging the scrollbar maps back through the ratio.
+//
+// Follow-the-tail: while `following`, new rows keep the view at the bottom.
+// Any upward scroll by the user stops it; "Jump to latest" (or scrolling back
+// to the bottom, or End) resumes it.
+
+import { ansiToHtml, stripAnsi } from "./ansi.js";
+import { escapeHtml } from "./dom.js";
+import { formatClock, formatDuration, formatNumber } from "./format.js";
+
+export const ROW_HEIGHT = 20; // px, must match .ln in styles.css
+const MAX_SCROLL_PX = 8_000_000; // well under every browser's element height cap
+
+/** One line of text for a non-console event (shown dimmed in the console). */
+export function describeEvent(event) {
+  const p = event.payload ?? {};
+  const dur = Number.isFinite(p.duration_ms) ? ` in ${formatDuration(p.duration_ms)}` : "";
+  switch (event.type) {
+    case "console.line":
+      return stripAnsi(p.message);
+    case "run.queued":
+      return `run queued${p.mode ? ` (${p.mode})` : ""}`;
+    case "build.created":
+      return `build created${p.reason ? `: ${p.reason}` : ""}`;
+    case "build.started":
+      return "build started";
+    case "build.phase.started":
+      return `build phase ${p.phase ?? "?"} started${p.message ? ` — ${p.message}` : ""}`;
+    case "build.phase.completed":
+      return `build phase ${p.phase ?? "?"} ${p.status ?? "completed"}${dur}`;
+    case "build.completed":
+      return `build ${p.status ?? "completed"}${p.exit_code != null ? ` (exit ${p.exit_code})` : ""}${dur}`;
+    case "run.started":
+      return "run started";
+    case "run.phase.started":
+      return `phase ${p.phase ?? "?"} started${p.message ? ` — ${p.message}` : ""}`;
+    case "run.phase.completed":
+      return `phase ${p.phase ?? "?"} ${p.status ?? "completed"}${dur}`;
+    case "run.table.summary": {
+      const where = [p.source_file, p.source_sheet].filter(Boolean).join(" / ");
+      const rows = p.row_count != null ? `${formatNumber(p.row_count)} rows` : "rows unknown";
+      const cols = p.column_count != null ? ` × ${p.column_count} columns` : "";
+      return `table ${p.table_id ?? "?"}: ${rows}${cols}${where ? ` (${where})` : ""}`;
+    }
+    case "run.validation.summary":
+      return `validation: ${formatNumber(p.issues_total ?? 0)} issues${p.max_severity ? `, max ${p.max_severity}` : ""}`;
+    case "run.validation.issue": {
+      const at = [p.field ? `field ${p.field}` : null, p.row != null ? `row ${p.row}` : null].filter(Boolean).join(", ");
+      return `[${p.severity ?? "?"}] ${p.code ?? "issue"}${at ? ` (${at})` : ""}${p.message ? `: ${p.message}` : ""}`;
+    }
+    case "run.error":
+      return `error in ${p.stage ?? "?"}${p.phase ? `/${p.phase}` : ""}: ${p.code ?? ""}${p.message ? ` — ${p.message}` : ""}`;
+    case "run.completed": {
+      const ex = p.execution ?? {};
+      const parts = [ex.exit_code != null ? `exit ${ex.exit_code}` : null, Number.isFinite(ex.duration_ms) ? formatDuration(ex.duration_ms) : null].filter(Boolean);
+      const failure = p.failure?.message ? ` — ${p.failure.message}` : "";
+      return `run ${p.status ?? "completed"}${parts.length ? ` (${parts.join(", ")})` : ""}${failure}`;
+    }
+    default: {
+      const text = JSON.stringify(p);
+      return `${event.type} ${text.length > 300 ? `${text.slice(0, 300)}…` : text}`;
+    }
+  }
+}
+
+/** CSS classes of a row: kind, stream, level. */
+function rowClasses(event) {
+  const p = event.payload ?? {};
+  if (event.type === "console.line") {
+    return `ln k-line s-${p.stream === "stderr" ? "stderr" : "stdout"} l-${p.level ?? "info"}${p.scope === "build" ? " sc-build" : ""}`;
+  }
+  let level = "info";
+  if (event.type === "run.error") level = "error";
+  else if (event.type === "run.validation.issue") level = ["error", "critical"].includes(p.severity) ? "error" : "warning";
+  else if (event.type === "run.completed") level = p.status === "succeeded" ? "ok" : p.status === "failed" ? "error" : "warning";
+  return `ln k-meta l-${level}`;
+}
+
+/** The inner HTML of one row. */
+export function rowHtml(event, highlight = null) {
+  const seq = event.sequence;
+  const p = event.payload ?? {};
+  const time = `<span class="ln-time">${formatClock(event.created_at)}</span>`;
+  const no = `<a class="ln-no" href="#seq=${seq}" tabindex="-1" aria-label="Line ${seq}">${seq}</a>`;
+  let tag = "";
+  let msg;
+  if (event.type === "console.line") {
+    if (p.stream === "stderr") tag = '<span class="ln-tag tag-err" title="stderr">err</span>';
+    else if (p.scope === "build") tag = '<span class="ln-tag tag-build" title="build output">bld</span>';
+    else tag = '<span class="ln-tag" aria-hidden="true"></span>';
+    msg = ansiToHtml(p.message, highlight);
+  } else {
+    tag = '<span class="ln-tag tag-meta" aria-hidden="true">›</span>';
+    msg = escapeHtml(describeEvent(event));
+    if (highlight) msg = ansiToHtml(describeEvent(event), highlight);
+  }
+  return `${no}${time}${tag}<span class="ln-msg">${msg}</span>`;
+}
+
+export class VirtualConsole {
+  /**
+   * `onFollowChange(following)` when following starts or stops;
+   * `onRender(info)` after each render ({first, last, count}).
+   */
+  constructor(root, { onFollowChange = () => {}, onRender = () => {} } = {}) {
+    this.root = root;
+    this.onFollowChange = onFollowChange;
+    this.onRender = onRender;
+    this.source = null;
+    this.pos = 0;
+    this.following = true;
+    this.highlightSeq = null;
+    this.cursorSeq = null;
+    this.highlight = null;
+    this.emptyText = "No lines yet.";
+    this.pool = [];
+    this.frame = 0;
+    this.expectedScrollTop = -1;
+
+    this.viewport = document.createElement("div");
+    this.viewport.className = "console-viewport";
+    this.viewport.tabIndex = 0;
+    this.viewport.setAttribute("role", "region");
+    this.viewport.setAttribute("aria-label", "Console output. Arrow keys, Page Up/Down, Home and End scroll.");
+    this.screen = document.createElement("div");
+    this.screen.className = "console-screen";
+    this.rowsEl = document.createElement("div");
+    this.rowsEl.className = "console-rows";
+    this.rowsEl.setAttribute("role", "list");
+    this.empty = document.createElement("div");
+    this.empty.className = "console-empty";
+    this.spacer = document.createElement("div");
+    this.spacer.className = "console-spacer";
+    this.screen.append(this.rowsEl, this.empty);
+    this.viewport.append(this.screen, this.spacer);
+    root.append(this.viewport);
+
+    this.onWheel = this.onWheel.bind(this);
+    this.onScroll = this.onScroll.bind(this);
+    this.onKey = this.onKey.bind(this);
+    this.viewport.addEventListener("wheel", this.onWheel, { passive: false });
+    this.viewport.addEventListener("scroll", this.onScroll, { passive: true });
+    this.viewport.addEventListener("keydown", this.onKey);
+    this.resizeObserver = new ResizeObserver(() => this.layout());
+    this.resizeObserver.observe(this.viewport);
+    this.layout();
+  }
+
+  setSource(source, { keepPosition = false } = {}) {
+    this.source = source;
+    if (!keepPosition) this.pos = 0;
+    this.pool.forEach((el) => {
+      el._key = null;
+    });
+    this.refresh();
+  }
+
+  setEmptyText(text) {
+    this.emptyText = text;
+    this.refresh();
+  }
+
+  /** A RegExp whose matches are marked in the rows (search), or null. */
+  setHighlight(regex) {
+    this.highlight = regex;
+    this.pool.forEach((el) => {
+      el._key = null;
+    });
+    this.refresh();
+  }
+
+  get count() {
+    return this.source?.count ?? 0;
+  }
+
+  get viewHeight() {
+    return this.viewport.clientHeight || 1;
+  }
+
+  get contentHeight() {
+    return this.count * ROW_HEIGHT;
+  }
+
+  get maxPos() {
+    return Math.max(0, this.contentHeight - this.viewHeight);
+  }
+
+  get scrollSpace() {
+    return Math.min(this.contentHeight, MAX_SCROLL_PX);
+  }
+
+  /** Content pixels per scrollbar pixel (1 unless the log is huge). */
+  get ratio() {
+    const maxScroll = Math.max(0, this.scrollSpace - this.viewHeight);
+    return maxScroll > 0 ? this.maxPos / maxScroll : 1;
+  }
+
+  layout() {
+    this.screen.style.height = `${this.viewHeight}px`;
+    this.refresh();
+  }
+
+  refresh() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.render();
+    });
+  }
+
+  setFollowing(on) {
+    if (this.following === on) return;
+    this.following = on;
+    this.onFollowChange(on);
+  }
+
+  jumpToLatest() {
+    this.setFollowing(true);
+    this.pos = this.maxPos;
+    this.render();
+  }
+
+  /** Whether row `index` is entirely on screen. */
+  isIndexVisible(index) {
+    const top = index * ROW_HEIGHT;
+    return top >= this.pos && top + ROW_HEIGHT <= this.pos + this.viewHeight;
+  }
+
+  /** Scroll so that row `index` is in view (centred unless it already is), and stop following. */
+  scrollToIndex(index, { center = true } = {}) {
+    this.setFollowing(false);
+    if (this.isIndexVisible(index)) {
+      this.render();
+      return;
+    }
+    const target = index * ROW_HEIGHT - (center ? Math.floor(this.viewHeight / 2 - ROW_HEIGHT) : 0);
+    this.pos = Math.max(0, Math.min(this.maxPos, target));
+    this.render();
+  }
+
+  /** Move by `delta` content pixels on the user's behalf. */
+  scrollBy(delta) {
+    this.pos = Math.max(0, Math.min(this.maxPos, this.pos + delta));
+    if (delta < 0 && this.pos < this.maxPos) this.setFollowing(false);
+    else if (this.pos >= this.maxPos) this.setFollowing(true);
+    this.render();
+  }
+
+  onWheel(event) {
+    if (Math.abs(event.deltaX) > Math.abs(event.deltaY)) return; // horizontal: let the screen scroll
+    event.preventDefault();
+    const unit = event.deltaMode === 1 ? ROW_HEIGHT : event.deltaMode === 2 ? this.viewHeight : 1;
+    this.scrollBy(event.deltaY * unit);
+  }
+
+  onScroll() {
+    const top = this.viewport.scrollTop;
+    if (Math.abs(top - this.expectedScrollTop) < 1) return; // our own write
+    const previous = this.pos;
+    this.pos = Math.max(0, Math.min(this.maxPos, top * this.ratio));
+    const atBottom = top + this.viewHeight >= this.viewport.scrollHeight - 2;
+    if (atBottom) this.pos = this.maxPos;
+    if (this.pos < previous && !atBottom) this.setFollowing(false);
+    else if (atBottom) this.setFollowing(true);
+    this.render();
+  }
+
+  onKey(event) {
+    const page = Math.max(ROW_HEIGHT, this.viewHeight - ROW_HEIGHT);
+    const keys = {
+      ArrowDown: ROW_HEIGHT,
+      ArrowUp: -ROW_HEIGHT,
+      PageDown: page,
+      PageUp: -page,
+      " ": event.shiftKey ? -page : page,
+    };
+    if (event.key in keys) {
+      event.preventDefault();
+      this.scrollBy(keys[event.key]);
+    } else if (event.key === "Home") {
+      event.preventDefault();
+      this.setFollowing(false);
+      this.pos = 0;
+      this.render();
+    } else if (event.key === "End") {
+      event.preventDefault();
+      this.jumpToLatest();
+    }
+  }
+
+  render() {
+    if (this.frame) {
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+    }
+    const count = this.count;
+    const viewH = this.viewHeight;
+    if (this.following) this.pos = this.maxPos;
+    this.pos = Math.max(0, Math.min(this.maxPos, this.pos));
+
+    // scrollbar: spacer gives the scroll height; the screen itself is viewH tall
+    const spacerH = Math.max(0, this.scrollSpace - viewH);
+    if (this.spacer._h !== spacerH) {
+      this.spacer.style.height = `${spacerH}px`;
+      this.spacer._h = spacerH;
+    }
+    const scrollTop = Math.round(this.pos / this.ratio);
+    if (Math.abs(this.viewport.scrollTop - scrollTop) >= 1) {
+      this.expectedScrollTop = scrollTop;
+      this.viewport.scrollTop = scrollTop;
+      this.expectedScrollTop = this.viewport.scrollTop;
+    } else {
+      this.expectedScrollTop = this.viewport.scrollTop;
+    }
+
+    const first = Math.floor(this.pos / ROW_HEIGHT);
+    const offset = this.pos - first * ROW_HEIGHT;
+    const visible = Math.ceil((viewH + offset) / ROW_HEIGHT);
+    const last = Math.min(count - 1, first + visible - 1);
+    this.rowsEl.style.transform = `translateY(${-offset}px)`;
+    const digits = String(Math.max(count, 1)).length;
+    this.rowsEl.style.setProperty("--gutter", `${digits + 1}ch`);
+
+    const needed = Math.max(0, last - first + 1);
+    while (this.pool.length < needed) {
+      const el = document.createElement("div");
+      el.setAttribute("role", "listitem");
+      this.rowsEl.append(el);
+      this.pool.push(el);
+    }
+    for (let k = 0; k < this.pool.length; k += 1) {
+      const el = this.pool[k];
+      if (k >= needed) {
+        if (el._key !== "hidden") {
+          el.hidden = true;
+          el._key = "hidden";
+          el.className = "";
+          el.removeAttribute("data-seq");
+          el.textContent = "";
+        }
+        continue;
+      }
+      const index = first + k;
+      const event = this.source.rowAt(index);
+      const seq = event ? event.sequence : (this.source.seqAt(index) ?? null);
+      const marked = seq !== null && seq === this.highlightSeq;
+      const key = event ? `${seq}|${marked}` : `loading|${seq}`;
+      if (el._key === key) continue;
+      el._key = key;
+      el.hidden = false;
+      if (event) {
+        el.className = rowClasses(event) + (marked ? " ln-hl" : "");
+        el.dataset.seq = seq;
+        el.innerHTML = rowHtml(event, this.highlight);
+      } else {
+        el.className = "ln ln-loading";
+        el.dataset.seq = seq ?? "";
+        el.innerHTML = seq !== null
+          ? `<span class="ln-no">${seq}</span><span class="ln-msg">loading…</span>`
+          : '<span class="ln-no"></span><span class="ln-msg">loading more…</span>';
+      }
+    }
+    this.empty.hidden = count > 0;
+    if (count === 0) this.empty.textContent = this.emptyText;
+    if (this.source && count > 0) this.source.ensure(first, last);
+    this.onRender({ first, last, count });
+  }
+
+  /** Sequences of the rows currently drawn (tests and diagnostics). */
+  visibleSequences() {
+    return this.pool.filter((el) => !el.hidden && el.dataset.seq).map((el) => Number(el.dataset.seq));
+  }
+
+  destroy() {
+    cancelAnimationFrame(this.frame);
+    this.resizeObserver.disconnect();
+    this.viewport.removeEventListener("wheel", this.onWheel);
+    this.viewport.removeEventListener("scroll", this.onScroll);
+    this.viewport.removeEventListener("keydown", this.onKey);
+    this.root.replaceChildren();
+  }
+}

@@ -1,0 +1,185 @@
+"""The worker: claims queued runs with a lease and executes them.
+
+One loop claims runs while it has free slots (``concurrency``); each claimed
+run gets a heartbeat task that renews its lease and relays a cancel request
+set by another process. A run whose worker died is noticed by any worker's
+reaper when its lease expires and is finished ``failed`` with the reason --
+never left ``running`` forever. The file lock on the run's log is the final
+arbiter: a reaper cannot finish a run whose writer is still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+
+from runevents import ids
+from runevents.exceptions import ConfigurationNotFound, Conflict, RuneventsError
+from runevents.executor import execute
+from runevents.manager import RunManager
+from runevents.models import Run
+from runevents.session import RunSession
+
+log = logging.getLogger(__name__)
+
+#: how long the claim loop sleeps when the queue is empty (seconds)
+IDLE_POLL_SECONDS = 0.5
+
+
+def _ms_between(start: str | None, end: str | None) -> int | None:
+    if not start or not end:
+        return None
+    a = datetime.fromisoformat(start.replace("Z", "+00:00")).astimezone(UTC)
+    b = datetime.fromisoformat(end.replace("Z", "+00:00")).astimezone(UTC)
+    return max(0, round((b - a).total_seconds() * 1000))
+
+
+class Worker:
+    """Executes queued runs, ``concurrency`` at a time."""
+
+    def __init__(self, manager: RunManager, *, concurrency: int, worker_id: str | None = None):
+        self.manager = manager
+        self.settings = manager.settings
+        self.concurrency = max(1, concurrency)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-6:]}"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """A run was queued in this process: claim without waiting for the poll."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Start the claim loop in the background."""
+        self._loop_task = asyncio.create_task(self.run(), name=f"worker {self.worker_id}")
+
+    async def stop(self, *, cancel_running: bool = True) -> None:
+        """Stop claiming; cancel (or wait for) the runs in flight."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if cancel_running:
+            for task in list(self._tasks):
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def run(self) -> None:
+        """Claim and execute until stopped."""
+        next_reap = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                if loop.time() >= next_reap:
+                    next_reap = loop.time() + max(1.0, self.settings.lease_seconds / 3)
+                    for lost in await self.manager.reap_expired_leases(self.worker_id):
+                        log.warning("run %s finished as failed: its worker was lost", lost.id)
+                claimed = False
+                while len(self._tasks) < self.concurrency and not self._stopping.is_set():
+                    run = await self.manager.claim_next(self.worker_id)
+                    if run is None:
+                        break
+                    claimed = True
+                    task = asyncio.create_task(self._execute(run), name=f"run {run.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if not claimed:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_SECONDS)
+                else:
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # the database may be briefly unavailable; keep the worker alive
+                log.exception("worker loop error; retrying")
+                await asyncio.sleep(IDLE_POLL_SECONDS)
+
+    async def _execute(self, run: Run) -> None:
+        session = await self.manager.start_session(run, self.worker_id)
+        if session is None:
+            with contextlib.suppress(RuneventsError):
+                await self.manager.release(run, self.worker_id)
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(session))
+        try:
+            await self._run_session(session)
+        except asyncio.CancelledError:
+            # worker shutdown: release the writer; the lease reaper (here after a
+            # restart, or another worker) finishes the run as failed with the reason
+            await session.abandon()
+            raise
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _run_session(self, session: RunSession) -> None:
+        run = session.run
+        try:
+            config = self.manager.configs.get(run.workspace_id, run.configuration_id)
+        except ConfigurationNotFound as exc:
+            await session.complete(
+                status="failed",
+                failure={"stage": "run", "code": "configuration_not_found", "message": exc.message},
+                execution=None,
+            )
+            return
+        try:
+            result = await execute(
+                config,
+                run_id=run.id,
+                options=run.options,
+                sink=session,
+                cancel=session.cancel,
+                work_dir=self.settings.data_dir.resolve(),
+                max_line_bytes=self.settings.max_line_bytes,
+                kill_grace_seconds=self.settings.kill_grace_seconds,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("run %s: executor failed", run.id)
+            await session.complete(
+                status="failed",
+                failure={
+                    "stage": "run",
+                    "code": "internal_error",
+                    "message": f"{type(exc).__name__}: {exc}"[:500],
+                },
+                execution=None,
+            )
+            return
+        await session.complete(
+            status=result.status,
+            failure=result.failure,
+            execution={
+                "exit_code": result.exit_code,
+                "started_at": result.started_at,
+                "completed_at": result.completed_at,
+                "duration_ms": _ms_between(result.started_at, result.completed_at),
+            },
+        )
+
+    async def _heartbeat(self, session: RunSession) -> None:
+        interval = max(0.2, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.manager.heartbeat(session, self.worker_id)
+            except Conflict:
+                # our lease was taken: stop the child; never write after losing it
+                log.error("run %s: lease lost; cancelling", session.run.id)
+                session.cancel.set()
+                return
+            except Exception:
+                log.exception("run %s: heartbeat failed; will retry", session.run.id)

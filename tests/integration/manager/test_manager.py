@@ -1,0 +1,269 @@
+"""RunManager end to end on SQLite and Postgres: ingest, completion, cancel, reindex."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from runevents.app import App
+from runevents.events import EventDraft, decode_event
+from runevents.exceptions import (
+    ConfigurationNotFound,
+    Conflict,
+    InvalidEvent,
+    InvalidInput,
+    LogExpired,
+    RunEnded,
+    RunNotFound,
+)
+from runevents.models import LogState, RunQuery, RunStatus
+from runevents.summary import summarize_lines
+
+
+def console(message: str, stream: str = "stdout") -> EventDraft:
+    level = "info" if stream == "stdout" else "warning"
+    return EventDraft(
+        type="console.line",
+        payload={"scope": "run", "stream": stream, "level": level, "message": message},
+    )
+
+
+def completed(status: str = "succeeded", **extra: Any) -> EventDraft:
+    return EventDraft(type="run.completed", payload={"status": status, **extra})
+
+
+async def log_lines(app: App, run: Any) -> list[bytes]:
+    lines: list[bytes] = []
+    async for chunk in app.manager.read_events(run):
+        lines.extend(chunk.data.split(b"\n")[:-1])
+    return lines
+
+
+async def test_external_run_lifecycle_builds_summary_from_log(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    assert run.status is RunStatus.QUEUED
+    answer = await m.ingest("acme", "ext", run.id, [console("a"), console("b", "stderr")])
+    assert answer == {"first_sequence": 2, "last_sequence": 3}
+    running = await m.get_run("acme", "ext", run.id)
+    assert running.status is RunStatus.RUNNING and running.started_at is not None
+    table = EventDraft(
+        type="run.table.summary",
+        payload={
+            "table_id": "t1",
+            "source_file": "a.xlsx",
+            "source_sheet": None,
+            "table_index": 0,
+            "row_count": 7,
+            "column_count": 3,
+        },
+    )
+    answer = await m.ingest("acme", "ext", run.id, [table, completed("succeeded")])
+    assert answer == {"first_sequence": 4, "last_sequence": 5}
+
+    done = await m.get_run("acme", "ext", run.id)
+    assert done.status is RunStatus.SUCCEEDED
+    assert done.completed_at is not None and done.log_state is LogState.PLAIN
+    assert done.event_count == 5 and done.events_bytes > 0
+    assert done.table_count == 1 and done.row_count == 7 and done.input_file_count == 1
+    lines = await log_lines(app, done)
+    events = [decode_event(line) for line in lines]
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+    assert events[0].type == "run.queued" and events[-1].type == "run.completed"
+    # the stored run.completed carries the summary; rebuilding from the log gives the same
+    assert events[-1].payload["summary"] == done.summary
+    assert summarize_lines(lines) == done.summary
+    assert done.summary is not None and done.summary["events"]["total"] == 5
+    assert "b" in (done.last_console_snippet or "")
+
+
+async def test_append_after_completion_is_409_and_idempotent_retry_gets_first_answer(
+    app: App,
+) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    first = await m.ingest(
+        "acme", "ext", run.id, [console("x"), completed()], idempotency_key="k-1"
+    )
+    again = await m.ingest(
+        "acme", "ext", run.id, [console("x"), completed()], idempotency_key="k-1"
+    )
+    assert again == first
+    with pytest.raises(RunEnded):
+        await m.ingest("acme", "ext", run.id, [console("late")])
+    assert len(await log_lines(app, run)) == 3
+
+
+async def test_idempotency_key_retry_appends_nothing(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    a = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="b1")
+    b = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="b1")
+    assert a == b == {"first_sequence": 2, "last_sequence": 3}
+    assert len(await log_lines(app, run)) == 3
+
+
+@pytest.mark.parametrize(
+    "drafts",
+    [
+        [],
+        [completed(), console("after")],
+        [EventDraft(type="run.queued", payload={})],
+        [completed("weird")],
+    ],
+    ids=["empty", "completed-not-last", "server-only-type", "bad-final-status"],
+)
+async def test_invalid_batch_appends_nothing(app: App, drafts: list[EventDraft]) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    with pytest.raises(InvalidEvent):
+        await m.ingest("acme", "ext", run.id, drafts)
+    assert len(await log_lines(app, run)) == 1
+
+
+async def test_unknown_ids_are_not_found_or_invalid(app: App) -> None:
+    m = app.manager
+    with pytest.raises(ConfigurationNotFound):
+        await m.create_run("acme", "nope")
+    with pytest.raises(InvalidInput):
+        await m.create_run("../etc", "x", external=True)
+    with pytest.raises(InvalidInput):
+        await m.get_run("acme", "ext", "run_../../x")
+    with pytest.raises(RunNotFound):
+        await m.get_run("acme", "ext", "run_01JAAAAAAAAAAAAAAAAAAAAAAA")
+    run = await m.create_run("acme", "ext", external=True)
+    with pytest.raises(RunNotFound):
+        await m.get_run("other", "ext", run.id)
+
+
+async def test_ingest_into_executed_run_is_a_conflict(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "hello")
+    with pytest.raises(Conflict):
+        await m.ingest("acme", "hello", run.id, [console("x")])
+
+
+async def test_cancel_queued_run_completes_it_once(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "hello")
+    cancelled = await m.cancel_run("acme", "hello", run.id)
+    assert cancelled.status is RunStatus.CANCELLED
+    with pytest.raises(RunEnded):
+        await m.cancel_run("acme", "hello", run.id)
+    types = [decode_event(line).type for line in await log_lines(app, run)]
+    assert types == ["run.queued", "run.completed"]
+
+
+async def test_concurrent_completion_writes_exactly_one_run_completed(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("x")])
+    results = await asyncio.gather(
+        m.ingest("acme", "ext", run.id, [completed("succeeded")]),
+        m.cancel_run("acme", "ext", run.id),
+        m.ingest("acme", "ext", run.id, [completed("failed")]),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, RunEnded) for r in results if isinstance(r, BaseException))
+    types = [decode_event(line).type for line in await log_lines(app, run)]
+    assert types.count("run.completed") == 1 and types[-1] == "run.completed"
+
+
+async def test_runs_list_filters_and_pages(app: App) -> None:
+    m = app.manager
+    made = [await m.create_run("acme", "ext", external=True) for _ in range(5)]
+    await m.ingest("acme", "ext", made[0].id, [completed("failed")])
+    page, cursor = await m.list_runs(RunQuery(workspace_id="acme", limit=2))
+    assert [r.id for r in page] == [made[4].id, made[3].id] and cursor
+    rest, _ = await m.list_runs(RunQuery(workspace_id="acme", limit=10, cursor=cursor))
+    assert [r.id for r in rest] == [made[2].id, made[1].id, made[0].id]
+    failed, _ = await m.list_runs(
+        RunQuery(workspace_id="acme", statuses=frozenset({RunStatus.FAILED}))
+    )
+    assert [r.id for r in failed] == [made[0].id]
+    assert "acme" in await m.list_workspaces()
+
+
+async def test_database_bytes_per_run_do_not_grow_with_events(app: App) -> None:
+    """Design doc 4.2: the row holds counters and pointers, never the events."""
+    m = app.manager
+    sizes = []
+    for n in (10, 100_000):
+        run = await m.create_run("acme", "ext", external=True)
+        batch = [console(f"line {i} " + "x" * 60) for i in range(1000)]
+        for _ in range(n // 1000 or 1):
+            await m.ingest("acme", "ext", run.id, batch[: min(n, 1000)])
+        await m.ingest("acme", "ext", run.id, [completed()])
+        done = await m.get_run("acme", "ext", run.id)
+        assert done.event_count == min(n, 1000) * (n // 1000 or 1) + 2
+        row = await app.manager.repo.get_run(run.id)
+        # the console snippet is a bounded tail (<= 4 KiB), measured apart
+        assert len((row.last_console_snippet or "").encode()) <= 4096
+        fields = {**row.to_dict(), "last_console_snippet": None}
+        sizes.append(len(json.dumps(fields, default=str)) + len(json.dumps(row.summary)))
+    # only the digit counts of the counters may differ
+    assert abs(sizes[0] - sizes[1]) < 40, sizes
+
+
+async def test_reindex_rebuilds_rows_from_logs_alone(
+    app: App, settings: Any, tmp_path: Any
+) -> None:
+    from runevents.maintenance import reindex
+    from runevents.settings import Settings
+
+    m = app.manager
+    ok = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", ok.id, [console("a"), completed("succeeded")])
+    orphan = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", orphan.id, [console("b")])
+    original = await m.get_run("acme", "ext", ok.id)
+    await app.manager.close()  # drops the orphan's writer, as a crash would
+
+    fresh_settings = Settings(
+        **{**settings.model_dump(), "database_url": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    )
+    fresh = await App.open(fresh_settings, worker=False)
+    try:
+        report = await reindex(fresh.manager)
+        assert report.runs == 2 and not report.errors
+        rebuilt = await fresh.manager.get_run("acme", "ext", ok.id)
+        assert rebuilt.status is RunStatus.SUCCEEDED
+        assert rebuilt.summary == original.summary
+        assert rebuilt.event_count == original.event_count
+        lost = await fresh.manager.get_run("acme", "ext", orphan.id)
+        assert lost.status is RunStatus.FAILED
+        assert lost.failure is not None and lost.failure["code"] == "orphaned"
+    finally:
+        await fresh.close()
+
+
+async def test_expired_run_keeps_row_and_reports_410(app: App) -> None:
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a"), completed()])
+    done = await m.get_run("acme", "ext", run.id)
+    assert await m.expire_run(done) == done.events_bytes
+    expired = await m.get_run("acme", "ext", run.id)
+    assert expired.log_state is LogState.EXPIRED and expired.summary == done.summary
+    with pytest.raises(LogExpired):
+        await m.open_events("acme", "ext", run.id)
+
+
+async def test_regression_full_retry_buffer_refuses_ingest_whole(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk with a full retry buffer used to drop part of a batch (then a 500)."""
+    from runevents.eventlog.writer import RunWriter
+    from runevents.exceptions import StorageError
+
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    monkeypatch.setattr(RunWriter, "buffer_full", property(lambda self: True))
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("a"), console("b")])
+    monkeypatch.undo()
+    assert len(await log_lines(app, run)) == 1

@@ -1,0 +1,110 @@
+"""The worker executes configured runs: success, failure, missing command, cancel, lost worker."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from runevents.app import App
+from runevents.events import decode_event
+from runevents.models import Run, RunStatus, utcnow
+from runevents.worker import Worker
+
+
+async def wait_ended(app: App, run: Run, timeout: float = 30.0) -> Run:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        current = await app.manager.repo.get_run(run.id)
+        if current.status.ended:
+            return current
+        assert asyncio.get_running_loop().time() < deadline, f"run still {current.status}"
+        await asyncio.sleep(0.05)
+
+
+async def events_of(app: App, run: Run) -> list[dict[str, object]]:
+    out = []
+    async for chunk in app.manager.read_events(run):
+        for line in chunk.data.split(b"\n")[:-1]:
+            e = decode_event(line)
+            out.append({"type": e.type, "sequence": e.sequence, "payload": e.payload})
+    return out
+
+
+async def test_worker_runs_command_and_captures_console(app: App) -> None:
+    worker = Worker(app.manager, concurrency=2)
+    worker.start()
+    try:
+        run = await app.manager.create_run("acme", "hello")
+        done = await wait_ended(app, run)
+    finally:
+        await worker.stop()
+    assert done.status is RunStatus.SUCCEEDED and done.exit_code == 0
+    events = await events_of(app, done)
+    types = [e["type"] for e in events]
+    assert types[0] == "run.queued" and types[-1] == "run.completed"
+    assert "run.started" in types
+    lines = [e["payload"] for e in events if e["type"] == "console.line"]
+    assert {"stream": "stdout", "message": "hello"}.items() <= lines[0].items() or any(
+        p.get("message") == "hello" for p in lines
+    )
+    assert any(p.get("stream") == "stderr" and p.get("level") == "warning" for p in lines)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert done.summary is not None and done.summary["console"]["lines"] == 2
+
+
+async def test_failing_command_ends_failed_with_exit_code(app: App) -> None:
+    worker = Worker(app.manager, concurrency=1)
+    worker.start()
+    try:
+        run = await app.manager.create_run("acme", "failing")
+        done = await wait_ended(app, run)
+    finally:
+        await worker.stop()
+    assert done.status is RunStatus.FAILED and done.exit_code == 3
+    assert done.failure is not None and done.failure["stage"] == "run"
+
+
+async def test_missing_command_fails_with_reason(app: App) -> None:
+    worker = Worker(app.manager, concurrency=1)
+    worker.start()
+    try:
+        run = await app.manager.create_run("acme", "missing")
+        done = await wait_ended(app, run)
+    finally:
+        await worker.stop()
+    assert done.status is RunStatus.FAILED
+    assert done.failure is not None
+    assert "nonexistent" in done.failure["message"]
+
+
+async def test_cancel_running_run(app: App) -> None:
+    worker = Worker(app.manager, concurrency=1)
+    worker.start()
+    try:
+        run = await app.manager.create_run("acme", "sleepy")
+        for _ in range(200):
+            current = await app.manager.repo.get_run(run.id)
+            if current.status is RunStatus.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        await app.manager.cancel_run("acme", "sleepy", run.id)
+        done = await wait_ended(app, run, timeout=15)
+    finally:
+        await worker.stop()
+    assert done.status is RunStatus.CANCELLED
+
+
+async def test_lost_worker_run_is_failed_when_lease_expires(app: App) -> None:
+    # a worker that claimed the run and died: lease set, nobody holds the writer
+    run = await app.manager.create_run("acme", "hello")
+    claimed = await app.manager.repo.claim_queued("ghost-worker", 0.05)
+    assert claimed is not None and claimed.id == run.id
+    await app.manager.repo.update_run(run.id, status=RunStatus.RUNNING, started_at=utcnow())
+    await asyncio.sleep(0.1)
+    reaped = await app.manager.reap_expired_leases()
+    assert [r.id for r in reaped] == [run.id]
+    done = await app.manager.repo.get_run(run.id)
+    assert done.status is RunStatus.FAILED
+    assert done.failure is not None and done.failure["code"] == "worker_lost"
+    assert "ghost-worker" in done.failure["message"]
+    assert done.completed_at is not None and done.completed_at - utcnow() < timedelta(minutes=1)
