@@ -6,7 +6,10 @@ Sections (issue 5 targets in brackets):
   keep-alive connection, against Postgres COPY (1,000-event transactions) and
   INSERT per event (autocommit) of the same events in a scratch database
   [>= 2x COPY, >= 20x INSERT]. Every timed region includes the producer's JSON
-  encoding of its events, as in ``bench_peers``.
+  encoding of its events, as in ``bench_peers``. The producer posts with
+  aiohttp (C HTTP parser), as the COPY side uses asyncpg (C protocol); every
+  other batch goes through httpx (pure-Python h11) instead, and its own row
+  shows what that client costs.
 - SSE replay of the completed run (1,000,000 events; 100,000 quick) to one
   client [>= 200,000 events/s]; the same frames through a plain Starlette
   ``StreamingResponse`` (bench-only route) show what the product's
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -164,7 +168,8 @@ NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 class Rates:
     """Busy seconds and counts of the interleaved designs."""
 
-    ingest: list[float]  # [events, seconds]
+    ingest: list[float]  # [events, seconds] posted with aiohttp
+    httpx: list[float]  # the same, posted with httpx
     copy: list[float]
     insert: list[float]
 
@@ -173,16 +178,35 @@ class Rates:
         return float(done / seconds) if seconds else math.nan
 
 
+async def _post_aiohttp(session: aiohttp.ClientSession, path: str, body: bytes) -> None:
+    async with session.post(path, data=body, headers=NDJSON_HEADERS) as response:
+        response.raise_for_status()
+        await response.read()
+
+
+async def _post_httpx(http: httpx.AsyncClient, path: str, body: bytes) -> None:
+    response = await http.post(path, content=body, headers=NDJSON_HEADERS)
+    response.raise_for_status()
+
+
 async def _interleaved(
-    http: httpx.AsyncClient, run_path: str, conn: Any, n: int, inserts: int
+    clients: tuple[aiohttp.ClientSession, httpx.AsyncClient],
+    run_path: str,
+    conn: Any,
+    n: int,
+    inserts: int,
 ) -> Rates:
     """Ingest ``n`` events over HTTP, COPY the same events and INSERT ``inserts`` per batch.
 
     Batch by batch, in turn: on a shared machine the load changes by the second,
     and interleaving gives every design the same share of it. Each timed region
     includes the JSON encoding of the batch (what a producer pays in each design).
+    Even batches are posted with aiohttp, odd ones with httpx (same run, same
+    connection reuse), each client timed on its own.
     """
-    rates = Rates([0, 0.0], [0, 0.0], [0, 0.0])
+    session, http = clients
+    rates = Rates([0, 0.0], [0, 0.0], [0, 0.0], [0, 0.0])
+    number = 0
     envelopes = iter_console_events(n)
     dumps = orjson.dumps
     table = f"ev_{run_path.rsplit('_', 1)[1].lower()}"  # one table per run: fresh primary keys
@@ -194,10 +218,15 @@ async def _interleaved(
         body = b"".join(
             [dumps({"type": e["type"], "payload": e["payload"]}) + b"\n" for e in batch]
         )
-        response = await http.post(run_path + "/events", content=body, headers=NDJSON_HEADERS)
-        rates.ingest[1] += time.perf_counter() - start
-        rates.ingest[0] += len(batch)
-        response.raise_for_status()
+        if number % 2 == 0:
+            await _post_aiohttp(session, run_path + "/events", body)
+            timed = rates.ingest
+        else:
+            await _post_httpx(http, run_path + "/events", body)
+            timed = rates.httpx
+        timed[1] += time.perf_counter() - start
+        timed[0] += len(batch)
+        number += 1
         if conn is None:
             continue
         start = time.perf_counter()
@@ -234,10 +263,13 @@ async def _complete(http: httpx.AsyncClient, run_path: str) -> None:
 
 async def _ingest_run(url: str, n: int, conn: Any, inserts: int) -> tuple[str, Rates]:
     """A completed run of ``n`` producer events, ingested interleaved with the peers."""
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as session,
+    ):
         run_path = await _create_run(http)
         _progress(f"ingest {n:,} events, interleaved with COPY/INSERT, into {url}")
-        rates = await _interleaved(http, run_path, conn, n, inserts)
+        rates = await _interleaved((session, http), run_path, conn, n, inserts)
         await _complete(http, run_path)
     return run_path, rates
 
@@ -399,7 +431,8 @@ def _ingest_rows(sizes: Sizes, rates: Rates, pg_rates: Rates) -> list[Row]:
     name = "HTTP ingest, 1,000-event NDJSON batches"
     ingest, copy, insert = rates.rate("ingest"), rates.rate("copy"), rates.rate("insert")
     pg_ingest, pg_copy = pg_rates.rate("ingest"), pg_rates.rate("copy")
-    note = "interleaved batch by batch with the peers on the same events"
+    slow = rates.rate("httpx")
+    note = "aiohttp producer, interleaved batch by batch with the peers on the same events"
     return [
         row(INGEST, name + " (SQLite index)", ingest, "events/s", "Postgres COPY",
             ratio(ingest, copy), f"{sizes.events:,} events, one producer; serve default; {note}; "
@@ -409,6 +442,9 @@ def _ingest_rows(sizes: Sizes, rates: Rates, pg_rates: Rates) -> list[Row]:
         row(INGEST, name + " (Postgres index)", pg_ingest, "events/s", "Postgres COPY",
             ratio(pg_ingest, pg_copy), f"{sizes.pg_events:,} events; run rows in Postgres; "
             f"COPY interleaved with it: {pg_copy:,.0f}/s"),
+        row(INGEST, name + ", httpx producer", slow, "events/s", "Postgres COPY",
+            ratio(slow, copy), "the other half of the batches of the SQLite-index run, posted "
+            "with httpx (pure-Python HTTP): the client's own cost"),
         row(INGEST, "Postgres COPY, 1,000-event transactions", copy, "events/s",
             note=f"{sizes.events:,} events, asyncpg copy_records_to_table, jsonb rows"),
         row(INGEST, "Postgres INSERT per event (autocommit)", insert, "events/s",
@@ -422,7 +458,8 @@ async def _collect(sizes: Sizes, url: str, pid: int, tmp: Path) -> list[Row]:
     reason = await pg_unreachable_reason()
     if reason:
         run_path, rates = await _ingest_run(url, sizes.events, None, 0)
-        rows.append(row(INGEST, name, rates.rate("ingest"), "events/s"))
+        rows.append(row(INGEST, name, rates.rate("ingest"), "events/s", note="aiohttp producer"))
+        rows.append(row(INGEST, name + ", httpx producer", rates.rate("httpx"), "events/s"))
         rows.append(skipped_row(INGEST, "Postgres COPY / INSERT", reason))
     else:
         import asyncpg

@@ -208,7 +208,8 @@ def test_runs_list_filters_live_updates_and_cancel(ui_server: Server, page: Any)
         " === 'running'",
         timeout=60_000,
     )
-    page.locator(".run-row[data-status=running] .c-duration").wait_for()
+    # scoped to this run's row: an earlier test's run may still be running beside it
+    page.locator(f"tr[data-run-id='{slow['id']}'][data-status=running] .c-duration").wait_for()
     page.screenshot(
         path=str(SCREENSHOTS / "runs-list.png"), animations="disabled"
     )  # with a live row and its Cancel

@@ -63,15 +63,24 @@ class ApiState:
         return self.app.manager
 
 
-def api_state(request: Request) -> ApiState:
-    """The :class:`ApiState` of this app."""
+# Dependencies are ``async def`` although none awaits: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a thread hand-off per dependency per
+# request, which showed up in the ingest profile.
+
+
+def _state(request: Request) -> ApiState:
     state: ApiState = request.app.state.api
     return state
 
 
-def manager(request: Request) -> RunManager:
+async def api_state(request: Request) -> ApiState:
+    """The :class:`ApiState` of this app."""
+    return _state(request)
+
+
+async def manager(request: Request) -> RunManager:
     """The run manager."""
-    return api_state(request).manager
+    return _state(request).manager
 
 
 def _same_origin(request: Request) -> bool:
@@ -89,7 +98,7 @@ async def principal(
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> Principal:
     """Who the request acts as (401 without a valid token or session)."""
-    state = api_state(request)
+    state = _state(request)
     if state.tokens.open:
         return OPEN_PRINCIPAL
     header = request.headers.get("authorization")
@@ -113,17 +122,21 @@ async def principal(
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def reader(workspace_id: WorkspaceId, who: Caller) -> Principal:
-    """The caller, if it may read ``workspace_id`` (422 bad id, 403 foreign workspace)."""
+def _check_reader(workspace_id: str, who: Principal) -> None:
     check_name(workspace_id, "workspace_id")
     if not who.can_read(workspace_id):
         raise Forbidden(f"token {who.name!r} may not access workspace {workspace_id!r}")
+
+
+async def reader(workspace_id: WorkspaceId, who: Caller) -> Principal:
+    """The caller, if it may read ``workspace_id`` (422 bad id, 403 foreign workspace)."""
+    _check_reader(workspace_id, who)
     return who
 
 
-def writer(workspace_id: WorkspaceId, who: Caller) -> Principal:
+async def writer(workspace_id: WorkspaceId, who: Caller) -> Principal:
     """The caller, if it may change ``workspace_id`` (role write or admin)."""
-    reader(workspace_id, who)
+    _check_reader(workspace_id, who)
     if not who.can_write(workspace_id):
         raise Forbidden(f"token {who.name!r} has role {who.role.value!r}; this needs write")
     return who

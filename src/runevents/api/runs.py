@@ -43,7 +43,7 @@ def run_body(run: Run) -> dict[str, Any]:
     return {"run": run.to_dict(), "summary": run.summary}
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 for a body sent with a content type other than JSON (no content type is fine)."""
     content_type = request.headers.get("content-type")
     if content_type is None:
