@@ -26,17 +26,15 @@ from runevents.db.repository import RunRepository
 from runevents.eventlog import Chunk, EventLog, RunWriter
 from runevents.events import Event, EventDraft
 from runevents.exceptions import (
-    Conflict,
-    InvalidEvent,
     InvalidInput,
     LogExpired,
     LogNotFound,
     RunEnded,
     RunNotFound,
-    StorageError,
     WriterBusy,
 )
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
+from runevents.producer import FINAL_STATUSES, ProducerIngest
 from runevents.search import search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
@@ -45,16 +43,8 @@ from runevents.upkeep import LIVE_STATUSES, RunUpkeep, run_ref
 
 log = logging.getLogger(__name__)
 
-#: event types only the server writes; producers may not send them
-SERVER_ONLY_TYPES = frozenset({"run.queued"})
-FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
-#: a live run's event_count is written to its row at most this often (seconds)
-PROGRESS_SECONDS = 1.0
-#: ``Idempotency-Key`` longer than this is rejected (characters)
-MAX_IDEMPOTENCY_KEY = 200
 
-
-class RunManager(RunUpkeep):
+class RunManager(ProducerIngest, RunUpkeep):
     """Owns every run operation: create, append, start, complete, cancel, read, list."""
 
     def __init__(
@@ -202,118 +192,6 @@ class RunManager(RunUpkeep):
     def list_configurations(self, workspaces: Collection[str] | None) -> list[Configuration]:
         """Registered configurations, filtered to ``workspaces`` (None or '*' = all)."""
         return self.configs.list(workspaces)
-
-    # ------------------------------------------------------------------ ingest (external producers)
-    async def ingest(
-        self,
-        workspace_id: str,
-        configuration_id: str,
-        run_id: str,
-        drafts: Sequence[EventDraft],
-        *,
-        idempotency_key: str | None = None,
-    ) -> dict[str, int]:
-        """Append a producer's batch atomically; a final ``run.completed`` finalizes the run."""
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-        # a malformed batch is refused before any I/O (nothing is appended either way)
-        self._validate_batch(drafts)
-        async with self._lock(run_id):
-            run = self._held.get(run_id)
-            if (
-                run is None
-                or run.workspace_id != workspace_id
-                or run.configuration_id != configuration_id
-            ):
-                # Only runs whose writer this process holds are cached: nobody
-                # else can append to or finish them, so the cached row is current
-                # and the hot path needs no SELECT per batch.
-                run = await self.get_run(workspace_id, configuration_id, run_id)
-            if idempotency_key is not None:
-                # checked before the run's state, so the retry of a batch that
-                # ended the run gets its first answer rather than 409
-                answer = await self.repo.get_idempotency(run_id, idempotency_key)
-                if answer is not None:
-                    return {k: int(v) for k, v in answer.items()}
-            if run.status.ended:
-                raise RunEnded(f"run {run_id} has already ended ({run.status.value})")
-            if not run.external:
-                raise Conflict(
-                    f"run {run_id} is executed by a worker; only external runs accept events"
-                )
-            writer = await self._writer_for(run)
-            if writer.buffer_full:
-                # the disk is failing and the retry buffer is full: a batch is
-                # all-or-nothing, so refuse it whole (503) rather than drop part
-                raise StorageError(
-                    "the log storage is failing and its retry buffer is full; retry later"
-                )
-            events = writer.prepare(drafts)
-            if events[-1].type == "run.completed":
-                run = await self._complete_with(run, writer, events)
-            else:
-                await writer.commit(events)
-                # read-your-writes: an acknowledged batch is readable at once
-                await writer.flush()
-                if writer.degraded and not run.logging_degraded:
-                    run = await self.repo.update_run(run_id, logging_degraded=True)
-                run = await self._record_progress(run, writer)
-                if run.status is RunStatus.QUEUED:
-                    # an external run is running as soon as its producer talks
-                    run = await self.repo.update_run(
-                        run_id,
-                        expect={RunStatus.QUEUED},
-                        status=RunStatus.RUNNING,
-                        started_at=utcnow(),
-                    )
-                self._held[run_id] = run
-            answer = {"first_sequence": events[0].sequence, "last_sequence": events[-1].sequence}
-            if idempotency_key is not None:
-                await self.repo.put_idempotency(run_id, idempotency_key, answer)
-            return answer
-
-    def _validate_batch(self, drafts: Sequence[EventDraft]) -> None:
-        if not drafts:
-            raise InvalidEvent("the batch holds no events")
-        for number, draft in enumerate(drafts, start=1):
-            if draft.type in SERVER_ONLY_TYPES:
-                raise InvalidEvent(f"{draft.type} is written by the server only", line=number)
-            if draft.type == "run.completed":
-                if number != len(drafts):
-                    raise InvalidEvent("run.completed must be the last event", line=number)
-                status = draft.payload.get("status")
-                if status not in FINAL_STATUSES:
-                    raise InvalidEvent(
-                        "run.completed payload.status must be succeeded, failed or cancelled",
-                        line=number,
-                    )
-
-    async def _writer_for(self, run: Run) -> RunWriter:
-        writer = self._writers.get(run.id)
-        if writer is None:
-            writer = await self.log.open_writer(run_ref(run), source="producer")
-            self._writers[run.id] = writer
-        return writer
-
-    async def _record_progress(self, run: Run, writer: RunWriter, *, force: bool = False) -> Run:
-        """Keep ``event_count``/``events_bytes`` of a live run roughly current.
-
-        At most one UPDATE per run per ``PROGRESS_SECONDS`` (the row must not
-        turn into a per-event write path), so lists and UIs can show progress
-        and start a live view near the end of a long run.
-        """
-        now = asyncio.get_running_loop().time()
-        if not force and now - self._progress_at.get(run.id, 0.0) < PROGRESS_SECONDS:
-            return run
-        self._progress_at[run.id] = now
-        if writer.last_sequence == run.event_count:
-            return run
-        return await self.repo.update_run(
-            run.id,
-            expect=LIVE_STATUSES,
-            event_count=writer.last_sequence,
-            events_bytes=writer.bytes_written,
-        )
 
     # ------------------------------------------------------------------ completion
     async def _summarize(self, run: Run, pending: Sequence[Event]) -> RunSummaryBuilder:

@@ -332,7 +332,7 @@ class RunRepository:
     async def get_idempotency(self, run_id: str, key: str) -> dict[str, Any] | None:
         """The answer stored for ``key`` on the run, or None."""
         stmt = sa.select(ingest_keys.c.answer).where(
-            ingest_keys.c.run_id == run_id, ingest_keys.c.key == key
+            ingest_keys.c.run_id == run_id, ingest_keys.c.key == scrub(key)
         )
         async with self._tx() as conn:
             answer = await conn.scalar(stmt)
@@ -357,6 +357,14 @@ class RunRepository:
         except Conflict as exc:
             # the primary key cannot clash (DO NOTHING): only the run's foreign key can
             raise RunNotFound(f"run {run_id} not found") from exc
+
+    async def delete_idempotency(self, run_id: str, key: str) -> None:
+        """Forget ``key`` on the run (its batch never reached the log); no-op if unknown."""
+        stmt = sa.delete(ingest_keys).where(
+            ingest_keys.c.run_id == run_id, ingest_keys.c.key == scrub(key)
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
 
     # -- maintenance -----------------------------------------------------------------
 

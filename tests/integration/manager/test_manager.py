@@ -106,6 +106,52 @@ async def test_idempotency_key_retry_appends_nothing(app: App) -> None:
     assert len(await log_lines(app, run)) == 3
 
 
+async def test_idempotency_key_stored_before_a_crash_that_lost_the_batch_appends_once(
+    app: App,
+) -> None:
+    # the key is stored before the append: a process that died in between left
+    # an answer the log does not bear out; the retry appends, exactly once
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await app.manager.repo.put_idempotency(run.id, "lost", {"first_sequence": 2, "last_sequence": 3})
+    a = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="lost")
+    assert a == {"first_sequence": 2, "last_sequence": 3}
+    b = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="lost")
+    assert b == a
+    lines = [decode_event(x) for x in await log_lines(app, run)]
+    assert [e.payload.get("message") for e in lines[1:]] == ["1", "2"]
+
+
+async def test_idempotency_answer_whose_sequences_hold_other_events_is_not_replayed(
+    app: App,
+) -> None:
+    # a stale answer (its batch never landed) whose sequences other batches took
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await app.manager.repo.put_idempotency(run.id, "stale", {"first_sequence": 2, "last_sequence": 2})
+    await m.ingest("acme", "ext", run.id, [console("other")])
+    answer = await m.ingest("acme", "ext", run.id, [console("mine")], idempotency_key="stale")
+    assert answer == {"first_sequence": 3, "last_sequence": 3}
+    lines = [decode_event(x) for x in await log_lines(app, run)]
+    assert [e.payload.get("message") for e in lines[1:]] == ["other", "mine"]
+    again = await m.ingest("acme", "ext", run.id, [console("mine")], idempotency_key="stale")
+    assert again == answer
+    assert len(await log_lines(app, run)) == 3
+
+
+async def test_idempotency_key_of_a_refused_batch_does_not_stick(app: App) -> None:
+    # an append refused after the key was stored (here: an event over the size
+    # limit found at encoding) must not turn the retry into a false success
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    huge = console("x" * (app.settings.max_event_bytes + 10))
+    with pytest.raises(Exception) as first:
+        await m.ingest("acme", "ext", run.id, [huge], idempotency_key="big")
+    with pytest.raises(type(first.value)):
+        await m.ingest("acme", "ext", run.id, [huge], idempotency_key="big")
+    assert len(await log_lines(app, run)) == 1
+
+
 @pytest.mark.parametrize(
     "drafts",
     [

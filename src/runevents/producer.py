@@ -1,0 +1,219 @@
+"""Producer ingest: batches an external producer appends to its run (contract section 6).
+
+Part of :class:`runevents.manager.RunManager` (it inherits this mixin), kept in
+its own module because these steps share one concern -- the hot path of a
+producer's batch: validate, number, append, flush, keep the row roughly
+current, and answer a retried batch exactly once.
+
+Idempotency (``Idempotency-Key``): the answer is stored *before* the batch is
+appended, and the log decides whether it holds. A retry whose stored answer
+names events the log really holds (same types and payloads at those
+sequences) gets that answer back; a stored answer the log does not bear out
+-- the process died between storing it and appending, or the append was
+refused -- is dropped and the batch is appended now. So a crash anywhere in
+between never appends a batch twice and never acknowledges one that is not
+in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from runevents.eventlog import EventLog, RunWriter
+from runevents.events import RUN_COMPLETED, EventDraft, decode_event
+from runevents.exceptions import (
+    Conflict,
+    InvalidEvent,
+    InvalidInput,
+    LogExpired,
+    LogNotFound,
+    RunEnded,
+    StorageError,
+)
+from runevents.models import Run, RunStatus, utcnow
+from runevents.upkeep import LIVE_STATUSES, run_ref
+
+if TYPE_CHECKING:
+    from runevents.db.repository import RunRepository
+    from runevents.events import Event
+
+#: event types only the server writes; producers may not send them
+SERVER_ONLY_TYPES = frozenset({"run.queued"})
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: a live run's event_count is written to its row at most this often (seconds)
+PROGRESS_SECONDS = 1.0
+#: ``Idempotency-Key`` longer than this is rejected (characters)
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class ProducerIngest:
+    """The ingest steps of ``RunManager`` (mixed into it)."""
+
+    repo: RunRepository
+    log: EventLog
+    _writers: dict[str, RunWriter]
+    _held: dict[str, Run]
+    _progress_at: dict[str, float]
+
+    if TYPE_CHECKING:
+        # provided by RunManager
+
+        def _lock(self, run_id: str) -> asyncio.Lock: ...
+
+        async def get_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run: ...
+
+        async def _complete_with(self, run: Run, writer: RunWriter, events: list[Event]) -> Run: ...
+
+    async def ingest(
+        self,
+        workspace_id: str,
+        configuration_id: str,
+        run_id: str,
+        drafts: Sequence[EventDraft],
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, int]:
+        """Append a producer's batch atomically; a final ``run.completed`` finalizes the run."""
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+        # a malformed batch is refused before any I/O (nothing is appended either way)
+        self._validate_batch(drafts)
+        async with self._lock(run_id):
+            run = self._held.get(run_id)
+            if (
+                run is None
+                or run.workspace_id != workspace_id
+                or run.configuration_id != configuration_id
+            ):
+                # Only runs whose writer this process holds are cached: nobody
+                # else can append to or finish them, so the cached row is current
+                # and the hot path needs no SELECT per batch.
+                run = await self.get_run(workspace_id, configuration_id, run_id)
+            if idempotency_key is not None:
+                # checked before the run's state, so the retry of a batch that
+                # ended the run gets its first answer rather than 409
+                answer = await self._replayed_answer(run, idempotency_key, drafts)
+                if answer is not None:
+                    return answer
+            if run.status.ended:
+                raise RunEnded(f"run {run_id} has already ended ({run.status.value})")
+            if not run.external:
+                raise Conflict(
+                    f"run {run_id} is executed by a worker; only external runs accept events"
+                )
+            writer = await self._writer_for(run)
+            if writer.buffer_full:
+                # the disk is failing and the retry buffer is full: a batch is
+                # all-or-nothing, so refuse it whole (503) rather than drop part
+                raise StorageError(
+                    "the log storage is failing and its retry buffer is full; retry later"
+                )
+            events = writer.prepare(drafts)
+            answer = {"first_sequence": events[0].sequence, "last_sequence": events[-1].sequence}
+            if idempotency_key is not None:
+                # before the append: a crash after it must find the key (see the module doc)
+                await self.repo.put_idempotency(run_id, idempotency_key, answer)
+            if events[-1].type == RUN_COMPLETED:
+                await self._complete_with(run, writer, events)
+            else:
+                await writer.commit(events)
+                # read-your-writes: an acknowledged batch is readable at once
+                await writer.flush()
+                if writer.degraded and not run.logging_degraded:
+                    run = await self.repo.update_run(run_id, logging_degraded=True)
+                run = await self._record_progress(run, writer)
+                if run.status is RunStatus.QUEUED:
+                    # an external run is running as soon as its producer talks
+                    run = await self.repo.update_run(
+                        run_id,
+                        expect={RunStatus.QUEUED},
+                        status=RunStatus.RUNNING,
+                        started_at=utcnow(),
+                    )
+                self._held[run_id] = run
+            return answer
+
+    async def _replayed_answer(
+        self, run: Run, key: str, drafts: Sequence[EventDraft]
+    ) -> dict[str, int] | None:
+        """The stored answer for ``key`` if the log holds that batch; else None (and forget it)."""
+        stored = await self.repo.get_idempotency(run.id, key)
+        if stored is None:
+            return None
+        answer = {k: int(v) for k, v in stored.items()}
+        first, last = answer["first_sequence"], answer["last_sequence"]
+        if last - first + 1 == len(drafts):
+            try:
+                if await self._log_holds(run, first, drafts):
+                    return answer
+            except (LogExpired, LogNotFound):
+                # retention removed the log of an ended run: nothing to compare
+                # with, and nothing can be appended either; the first answer stands
+                if run.status.ended:
+                    return answer
+                raise
+        # the key was stored but its batch never reached the log
+        await self.repo.delete_idempotency(run.id, key)
+        return None
+
+    async def _log_holds(self, run: Run, first: int, drafts: Sequence[EventDraft]) -> bool:
+        """Does the log hold ``drafts`` from sequence ``first`` on (same types and payloads)?"""
+        if run.id in self._writers:
+            await self._writers[run.id].flush()
+        expected = iter(drafts)
+        count = 0
+        async for chunk in self.log.read(run_ref(run), after_sequence=first - 1, limit=len(drafts)):
+            for line in chunk.data.split(b"\n")[:-1]:
+                event = decode_event(line)
+                draft = next(expected, None)
+                if draft is None or event.sequence != first + count or event.type != draft.type:
+                    return False
+                # run.completed gets its summary and artifacts added by the server
+                if event.type != RUN_COMPLETED and event.payload != draft.payload:
+                    return False
+                count += 1
+        return count == len(drafts)
+
+    def _validate_batch(self, drafts: Sequence[EventDraft]) -> None:
+        if not drafts:
+            raise InvalidEvent("the batch holds no events")
+        for number, draft in enumerate(drafts, start=1):
+            if draft.type in SERVER_ONLY_TYPES:
+                raise InvalidEvent(f"{draft.type} is written by the server only", line=number)
+            if draft.type == RUN_COMPLETED:
+                if number != len(drafts):
+                    raise InvalidEvent("run.completed must be the last event", line=number)
+                status = draft.payload.get("status")
+                if status not in FINAL_STATUSES:
+                    raise InvalidEvent(
+                        "run.completed payload.status must be succeeded, failed or cancelled",
+                        line=number,
+                    )
+
+    async def _writer_for(self, run: Run) -> RunWriter:
+        writer = self._writers.get(run.id)
+        if writer is None:
+            writer = await self.log.open_writer(run_ref(run), source="producer")
+            self._writers[run.id] = writer
+        return writer
+
+    async def _record_progress(self, run: Run, writer: RunWriter, *, force: bool = False) -> Run:
+        """Keep ``event_count``/``events_bytes`` of a live run roughly current.
+
+        At most one UPDATE per run per ``PROGRESS_SECONDS`` (the row must not
+        turn into a per-event write path), so lists and UIs can show progress
+        and start a live view near the end of a long run.
+        """
+        now = asyncio.get_running_loop().time()
+        if not force and now - self._progress_at.get(run.id, 0.0) < PROGRESS_SECONDS:
+            return run
+        self._progress_at[run.id] = now
+        if writer.last_sequence == run.event_count:
+            return run
+        fields: dict[str, Any] = {
+            "event_count": writer.last_sequence,
+            "events_bytes": writer.bytes_written,
+        }
+        return await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
