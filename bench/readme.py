@@ -19,7 +19,9 @@ def section(latest: str) -> str:
     """The lines of ``latest`` the README shows: machine, date, mode and the table."""
     lines = latest.splitlines()
     if "Mode: full" not in lines:
-        raise SystemExit("latest.md is not from a full run (make bench); the README keeps its table")
+        raise SystemExit(
+            "latest.md is not from a full run (make bench); the README keeps its table"
+        )
     machine = next(line for line in lines if line.startswith("Machine:"))
     when = [line for line in lines if line.startswith(("Date:", "Suite wall time:"))]
     table = [line for line in lines if line.startswith("|")]
