@@ -113,7 +113,9 @@ async def test_idempotency_key_stored_before_a_crash_that_lost_the_batch_appends
     # an answer the log does not bear out; the retry appends, exactly once
     m = app.manager
     run = await m.create_run("acme", "ext", external=True)
-    await app.manager.repo.put_idempotency(run.id, "lost", {"first_sequence": 2, "last_sequence": 3})
+    await app.manager.repo.put_idempotency(
+        run.id, "lost", {"first_sequence": 2, "last_sequence": 3}
+    )
     a = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="lost")
     assert a == {"first_sequence": 2, "last_sequence": 3}
     b = await m.ingest("acme", "ext", run.id, [console("1"), console("2")], idempotency_key="lost")
@@ -128,7 +130,9 @@ async def test_idempotency_answer_whose_sequences_hold_other_events_is_not_repla
     # a stale answer (its batch never landed) whose sequences other batches took
     m = app.manager
     run = await m.create_run("acme", "ext", external=True)
-    await app.manager.repo.put_idempotency(run.id, "stale", {"first_sequence": 2, "last_sequence": 2})
+    await app.manager.repo.put_idempotency(
+        run.id, "stale", {"first_sequence": 2, "last_sequence": 2}
+    )
     await m.ingest("acme", "ext", run.id, [console("other")])
     answer = await m.ingest("acme", "ext", run.id, [console("mine")], idempotency_key="stale")
     assert answer == {"first_sequence": 3, "last_sequence": 3}
