@@ -330,7 +330,7 @@ async def large_log(directory: Path, corpus: list[bytes], quick: bool) -> list[R
             size / compact_s / MB,
             "MB/s",
             "compress MB/s (frames only)",
-            ratio(sample_size / framed_s, size / compact_s),
+            ratio(size / compact_s, sample_size / framed_s),
             note=f"{label}; one run; verify decompresses every frame again",
         )
     )
