@@ -55,6 +55,7 @@ class App:
         self.manager = manager
         self.worker = worker
         self._maintenance: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
 
     @classmethod
@@ -106,6 +107,7 @@ class App:
             await app._start_demo_run()
         if settings.maintenance_interval_seconds > 0:
             app._maintenance = asyncio.create_task(app._maintain(), name="maintenance")
+        app._watch = asyncio.create_task(app._watch_held(), name="held runs")
         return app
 
     async def _start_demo_run(self) -> None:
@@ -132,12 +134,25 @@ class App:
             except Exception:
                 log.exception("scheduled maintenance failed; will retry next interval")
 
+    async def _watch_held(self) -> None:
+        """Relayed cancels of the external runs this process writes, at a heartbeat's pace."""
+        interval = min(10.0, max(0.5, self.settings.lease_seconds / 3))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.manager.watch_held_runs()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking held runs for cancels failed; will retry")
+
     async def close(self) -> None:
         """Stop the worker and the schedule, release writers, close the database."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        for task in (self._maintenance, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.worker is not None:
             await self.worker.stop()
         await self.manager.close()

@@ -34,7 +34,7 @@ from runevents.exceptions import (
     WriterBusy,
 )
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
-from runevents.producer import FINAL_STATUSES, ProducerIngest
+from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
 from runevents.search import search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
@@ -352,23 +352,10 @@ class RunManager(ProducerIngest, RunUpkeep):
                         await writer.close()
                         self._forget(run_id)
                         raise RunEnded(f"run {run_id} has already ended")
-                    events = writer.prepare(
-                        [
-                            EventDraft(
-                                type="run.completed",
-                                payload={
-                                    "status": "cancelled",
-                                    "failure": {
-                                        "stage": "run",
-                                        "code": "cancelled",
-                                        "message": "cancelled by request",
-                                    },
-                                },
-                            )
-                        ]
-                    )
+                    events = writer.prepare([cancelled_by_request()])
                     return await self._complete_with(current, writer, events)
-        # a worker (maybe in another process) runs it: it sees the flag on its next heartbeat
+        # a worker -- or, for an external run, the process holding its writer --
+        # sees the flag on its next heartbeat / watch_held_runs
         return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
 
     # ------------------------------------------------------------------ reading events

@@ -48,6 +48,17 @@ PROGRESS_SECONDS = 1.0
 MAX_IDEMPOTENCY_KEY = 200
 
 
+def cancelled_by_request() -> EventDraft:
+    """The ``run.completed`` of a run cancelled by a user's request."""
+    return EventDraft(
+        type=RUN_COMPLETED,
+        payload={
+            "status": "cancelled",
+            "failure": {"stage": "run", "code": "cancelled", "message": "cancelled by request"},
+        },
+    )
+
+
 class ProducerIngest:
     """The ingest steps of ``RunManager`` (mixed into it)."""
 
@@ -61,6 +72,8 @@ class ProducerIngest:
         # provided by RunManager
 
         def _lock(self, run_id: str) -> asyncio.Lock: ...
+
+        def _forget(self, run_id: str) -> None: ...
 
         async def get_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run: ...
 
@@ -124,6 +137,12 @@ class ProducerIngest:
                 if writer.degraded and not run.logging_degraded:
                     run = await self.repo.update_run(run_id, logging_degraded=True)
                 run = await self._record_progress(run, writer)
+                if run.cancel_requested:
+                    # a cancel sent to another replica (it could only set the
+                    # flag; this process holds the writer): this batch is in,
+                    # the run ends now, and the producer's next batch gets 409
+                    await self._complete_with(run, writer, writer.prepare([cancelled_by_request()]))
+                    return answer
                 if run.status is RunStatus.QUEUED:
                     # an external run is running as soon as its producer talks
                     run = await self.repo.update_run(
@@ -134,6 +153,33 @@ class ProducerIngest:
                     )
                 self._held[run_id] = run
             return answer
+
+    async def watch_held_runs(self) -> list[Run]:
+        """Honour cancels of the external runs whose writer this process holds.
+
+        A cancel that reaches another replica can only set ``cancel_requested``
+        (the writer is here); this re-reads the rows of the held runs and
+        completes the flagged ones ``cancelled`` -- for a producer that is idle
+        as much as for a busy one (whose next progress update also sees the
+        flag). The app calls it periodically. Returns the runs it cancelled.
+        """
+        cancelled: list[Run] = []
+        for run_id in list(self._held):
+            async with self._lock(run_id):
+                writer = self._writers.get(run_id)
+                if run_id not in self._held or writer is None:
+                    continue  # completed meanwhile
+                row = await self.repo.get_run(run_id)
+                if row.status.ended:
+                    # only the writer's holder can end it; release rather than guess
+                    await writer.close()
+                    self._forget(run_id)
+                elif row.cancel_requested:
+                    events = writer.prepare([cancelled_by_request()])
+                    cancelled.append(await self._complete_with(row, writer, events))
+                else:
+                    self._held[run_id] = row
+        return cancelled
 
     async def _replayed_answer(
         self, run: Run, key: str, drafts: Sequence[EventDraft]

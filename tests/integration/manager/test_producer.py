@@ -1,0 +1,94 @@
+"""Producer ingest across replicas: a cancel that reaches the process without the writer.
+
+Two Apps on one database and one data directory stand for two API replicas;
+the file lock makes the one that created the external run its only writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from runevents.app import App
+from runevents.events import EventDraft, decode_event
+from runevents.exceptions import RunEnded
+from runevents.models import Run, RunStatus
+from runevents.settings import Settings
+
+
+def console(message: str) -> EventDraft:
+    return EventDraft(
+        type="console.line",
+        payload={"scope": "run", "stream": "stdout", "level": "info", "message": message},
+    )
+
+
+@pytest.fixture
+async def replicas(settings: Settings) -> AsyncIterator[tuple[App, App]]:
+    first = await App.open(settings, worker=False)
+    second = await App.open(settings, worker=False)
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def wait_status(app: App, run: Run, status: RunStatus, timeout: float = 10.0) -> Run:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        current = await app.manager.get_run(run.workspace_id, run.configuration_id, run.id)
+        if current.status is status:
+            return current
+        assert asyncio.get_running_loop().time() < deadline, f"still {current.status}"
+        await asyncio.sleep(0.05)
+
+
+async def last_event_type_and_status(app: App, run: Run) -> tuple[str, object]:
+    lines: list[bytes] = []
+    async for chunk in app.manager.read_events(run):
+        lines.extend(chunk.data.split(b"\n")[:-1])
+    last = decode_event(lines[-1])
+    return last.type, last.payload.get("status")
+
+
+async def test_cancel_sent_to_another_replica_ends_an_idle_external_run(
+    replicas: tuple[App, App],
+) -> None:
+    holder, other = replicas
+    run = await holder.manager.create_run("acme", "ext", external=True)
+    await holder.manager.ingest("acme", "ext", run.id, [console("working")])
+    # the other replica cannot take the writer: it can only flag the run
+    flagged = await other.manager.cancel_run("acme", "ext", run.id)
+    assert flagged.cancel_requested and not flagged.status.ended
+    # the producer stays idle; the holder's watch ends the run on its own
+    done = await wait_status(other, run, RunStatus.CANCELLED)
+    assert done.failure is not None and done.failure["code"] == "cancelled"
+    assert await last_event_type_and_status(other, run) == ("run.completed", "cancelled")
+    with pytest.raises(RunEnded):
+        await holder.manager.ingest("acme", "ext", run.id, [console("late")])
+
+
+@pytest.mark.parametrize("lease_seconds", [60.0])  # the watch waits 10 s: ingest sees it first
+async def test_cancel_sent_to_another_replica_ends_a_busy_external_run_at_its_next_batch(
+    settings: Settings, lease_seconds: float
+) -> None:
+    settings = settings.model_copy(update={"lease_seconds": lease_seconds})
+    holder = await App.open(settings, worker=False)
+    other = await App.open(settings, worker=False)
+    try:
+        run = await holder.manager.create_run("acme", "ext", external=True)
+        await holder.manager.ingest("acme", "ext", run.id, [console("1")])
+        await other.manager.cancel_run("acme", "ext", run.id)
+        await asyncio.sleep(1.1)  # PROGRESS_SECONDS: the next batch re-reads the row
+        answer = await holder.manager.ingest("acme", "ext", run.id, [console("2")])
+        assert answer == {"first_sequence": 3, "last_sequence": 3}  # this batch is in
+        done = await other.manager.get_run("acme", "ext", run.id)
+        assert done.status is RunStatus.CANCELLED and done.event_count == 4
+        with pytest.raises(RunEnded):
+            await holder.manager.ingest("acme", "ext", run.id, [console("3")])
+    finally:
+        await other.close()
+        await holder.close()
