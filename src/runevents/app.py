@@ -135,16 +135,25 @@ class App:
                 log.exception("scheduled maintenance failed; will retry next interval")
 
     async def _watch_held(self) -> None:
-        """Relayed cancels of the external runs this process writes, at a heartbeat's pace."""
+        """Relayed cancels and producer timeouts of external runs, at a heartbeat's pace.
+
+        Runs this process holds are checked every round; the database query for
+        silent runs nobody holds (their process restarted) every ~minute.
+        """
         interval = min(10.0, max(0.5, self.settings.lease_seconds / 3))
+        loop = asyncio.get_running_loop()
+        next_unheld = loop.time() + min(60.0, self.settings.external_idle_timeout_seconds or 60.0)
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.manager.watch_held_runs()
+                if loop.time() >= next_unheld:
+                    next_unheld = loop.time() + 60.0
+                    await self.manager.fail_idle_external_runs()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("checking held runs for cancels failed; will retry")
+                log.exception("checking external runs for cancels/timeouts failed; will retry")
 
     async def close(self) -> None:
         """Stop the worker and the schedule, release writers, close the database."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from runevents.eventlog import EventLog, RunWriter
@@ -31,6 +32,7 @@ from runevents.exceptions import (
     LogNotFound,
     RunEnded,
     StorageError,
+    WriterBusy,
 )
 from runevents.models import Run, RunStatus, utcnow
 from runevents.upkeep import LIVE_STATUSES, run_ref
@@ -38,6 +40,7 @@ from runevents.upkeep import LIVE_STATUSES, run_ref
 if TYPE_CHECKING:
     from runevents.db.repository import RunRepository
     from runevents.events import Event
+    from runevents.settings import Settings
 
 #: event types only the server writes; producers may not send them
 SERVER_ONLY_TYPES = frozenset({"run.queued"})
@@ -46,6 +49,21 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 PROGRESS_SECONDS = 1.0
 #: ``Idempotency-Key`` longer than this is rejected (characters)
 MAX_IDEMPOTENCY_KEY = 200
+
+
+def producer_timeout(seconds: float) -> EventDraft:
+    """The ``run.completed`` of an external run whose producer went silent."""
+    return EventDraft(
+        type=RUN_COMPLETED,
+        payload={
+            "status": "failed",
+            "failure": {
+                "stage": "run",
+                "code": "producer_timeout",
+                "message": f"no events from the producer for {seconds:g} s",
+            },
+        },
+    )
 
 
 def cancelled_by_request() -> EventDraft:
@@ -62,6 +80,7 @@ def cancelled_by_request() -> EventDraft:
 class ProducerIngest:
     """The ingest steps of ``RunManager`` (mixed into it)."""
 
+    settings: Settings
     repo: RunRepository
     log: EventLog
     _writers: dict[str, RunWriter]
@@ -155,15 +174,18 @@ class ProducerIngest:
             return answer
 
     async def watch_held_runs(self) -> list[Run]:
-        """Honour cancels of the external runs whose writer this process holds.
+        """Cancels and producer timeouts of the external runs whose writer this process holds.
 
         A cancel that reaches another replica can only set ``cancel_requested``
         (the writer is here); this re-reads the rows of the held runs and
         completes the flagged ones ``cancelled`` -- for a producer that is idle
         as much as for a busy one (whose next progress update also sees the
-        flag). The app calls it periodically. Returns the runs it cancelled.
+        flag). A held run whose row has not changed for
+        ``external_idle_timeout_seconds`` is failed ``producer_timeout``. The
+        app calls it periodically. Returns the runs it ended.
         """
-        cancelled: list[Run] = []
+        ended: list[Run] = []
+        timeout = self.settings.external_idle_timeout_seconds
         for run_id in list(self._held):
             async with self._lock(run_id):
                 writer = self._writers.get(run_id)
@@ -176,10 +198,41 @@ class ProducerIngest:
                     self._forget(run_id)
                 elif row.cancel_requested:
                     events = writer.prepare([cancelled_by_request()])
-                    cancelled.append(await self._complete_with(row, writer, events))
+                    ended.append(await self._complete_with(row, writer, events))
+                elif timeout and _idle_since(row) >= timeout:
+                    events = writer.prepare([producer_timeout(timeout)])
+                    ended.append(await self._complete_with(row, writer, events))
                 else:
                     self._held[run_id] = row
-        return cancelled
+        return ended
+
+    async def fail_idle_external_runs(self) -> list[Run]:
+        """Fail external runs nobody holds whose producer went silent (``producer_timeout``).
+
+        The held ones are :meth:`watch_held_runs`' job; a run whose writer
+        another live process holds is that process's (WriterBusy: skipped).
+        """
+        timeout = self.settings.external_idle_timeout_seconds
+        if not timeout:
+            return []
+        ended: list[Run] = []
+        before = utcnow() - timedelta(seconds=timeout)
+        for run in await self.repo.idle_external_runs(before):
+            if run.id in self._held:
+                continue
+            async with self._lock(run.id):
+                try:
+                    writer = await self.log.open_writer(run_ref(run), source="server")
+                except WriterBusy:
+                    continue
+                current = await self.repo.get_run(run.id)
+                if current.status.ended or _idle_since(current) < timeout:
+                    await writer.close()
+                    self._forget(run.id)
+                    continue
+                events = writer.prepare([producer_timeout(timeout)])
+                ended.append(await self._complete_with(current, writer, events))
+        return ended
 
     async def _replayed_answer(
         self, run: Run, key: str, drafts: Sequence[EventDraft]
@@ -263,3 +316,8 @@ class ProducerIngest:
             "events_bytes": writer.bytes_written,
         }
         return await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
+
+
+def _idle_since(run: Run) -> float:
+    """Seconds since the run's row last changed (a batch, progress, a status change)."""
+    return (utcnow() - run.updated_at).total_seconds()

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     #: SIGTERM -> SIGKILL grace period on cancel/timeout (seconds)
     kill_grace_seconds: float = Field(default=5.0, ge=0)
+    #: an external run whose producer sends nothing for this long is failed
+    #: (``producer_timeout``), as CI systems time out a lost agent (seconds; 0 = never)
+    external_idle_timeout_seconds: float = Field(default=3600.0, ge=0)
 
     # -- maintenance ---------------------------------------------------------------
     #: compact finished logs older than this (e.g. "1d"); None disables scheduled compaction

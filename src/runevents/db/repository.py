@@ -327,6 +327,21 @@ class RunRepository:
         )
         return await self._runs(stmt)
 
+    async def idle_external_runs(self, before: datetime, *, limit: int = 100) -> list[Run]:
+        """External runs not ended whose row has not changed since ``before``, oldest first."""
+        before = check_aware(before, "before") or utcnow()
+        stmt = (
+            runs.select()
+            .where(
+                runs.c.external.is_(True),
+                runs.c.status.in_(_NOT_ENDED),
+                runs.c.updated_at < before,
+            )
+            .order_by(runs.c.updated_at, runs.c.id)
+            .limit(limit)
+        )
+        return await self._runs(stmt)
+
     # -- ingest idempotency -------------------------------------------------------------
 
     async def get_idempotency(self, run_id: str, key: str) -> dict[str, Any] | None:

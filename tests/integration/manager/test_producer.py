@@ -92,3 +92,57 @@ async def test_cancel_sent_to_another_replica_ends_a_busy_external_run_at_its_ne
     finally:
         await other.close()
         await holder.close()
+
+
+async def test_external_run_whose_producer_went_silent_fails_with_producer_timeout(
+    settings: Settings,
+) -> None:
+    app = await App.open(
+        settings.model_copy(update={"external_idle_timeout_seconds": 1.0}), worker=False
+    )
+    try:
+        run = await app.manager.create_run("acme", "ext", external=True)
+        await app.manager.ingest("acme", "ext", run.id, [console("then silence")])
+        # the held-runs watch (every lease_seconds/3) ends it; nobody calls anything
+        done = await wait_status(app, run, RunStatus.FAILED)
+        assert done.failure is not None and done.failure["code"] == "producer_timeout"
+        assert await last_event_type_and_status(app, run) == ("run.completed", "failed")
+    finally:
+        await app.close()
+
+
+async def test_silent_external_run_that_no_process_holds_is_failed_by_any_replica(
+    settings: Settings,
+) -> None:
+    first = await App.open(settings, worker=False)
+    run = await first.manager.create_run("acme", "ext", external=True)
+    await first.manager.ingest("acme", "ext", run.id, [console("1")])
+    await first.close()  # the holder restarts: nobody holds the writer now
+    quick = settings.model_copy(update={"external_idle_timeout_seconds": 1.0})
+    second = await App.open(quick, worker=False)
+    try:
+        assert await second.manager.fail_idle_external_runs() == []  # not silent long enough
+        await asyncio.sleep(1.1)
+        ended = await second.manager.fail_idle_external_runs()
+        assert [r.id for r in ended] == [run.id]
+        assert ended[0].status is RunStatus.FAILED
+        assert ended[0].failure is not None and ended[0].failure["code"] == "producer_timeout"
+        assert ended[0].event_count == 3
+    finally:
+        await second.close()
+
+
+async def test_a_producer_that_keeps_sending_is_never_timed_out(settings: Settings) -> None:
+    app = await App.open(
+        settings.model_copy(update={"external_idle_timeout_seconds": 2.5}), worker=False
+    )
+    try:
+        run = await app.manager.create_run("acme", "ext", external=True)
+        for number in range(14):  # ~4 s, longer than the timeout
+            await app.manager.ingest("acme", "ext", run.id, [console(str(number))])
+            await asyncio.sleep(0.3)
+        assert await app.manager.watch_held_runs() == []
+        current = await app.manager.get_run("acme", "ext", run.id)
+        assert current.status is RunStatus.RUNNING
+    finally:
+        await app.close()
