@@ -69,6 +69,8 @@ class RunManager(ProducerIngest, RunUpkeep):
         self._cancel_signals: dict[str, asyncio.Event] = {}
         # when each live run's progress counters were last written (loop time)
         self._progress_at: dict[str, float] = {}
+        # when each held external run last took a batch (loop time): idle writers are let go
+        self._last_batch: dict[str, float] = {}
         #: called after a run is queued, so an embedded worker claims it at once
         self.on_queued: Callable[[], None] | None = None
 
@@ -83,6 +85,7 @@ class RunManager(ProducerIngest, RunUpkeep):
         self._locks.pop(run_id, None)
         self._writers.pop(run_id, None)
         self._held.pop(run_id, None)
+        self._last_batch.pop(run_id, None)
 
     async def close(self) -> None:
         """Flush and release every writer this process holds (server shutdown)."""

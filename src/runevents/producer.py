@@ -86,6 +86,7 @@ class ProducerIngest:
     _writers: dict[str, RunWriter]
     _held: dict[str, Run]
     _progress_at: dict[str, float]
+    _last_batch: dict[str, float]
 
     if TYPE_CHECKING:
         # provided by RunManager
@@ -171,6 +172,7 @@ class ProducerIngest:
                         started_at=utcnow(),
                     )
                 self._held[run_id] = run
+                self._last_batch[run_id] = asyncio.get_running_loop().time()
             return answer
 
     async def watch_held_runs(self) -> list[Run]:
@@ -181,11 +183,16 @@ class ProducerIngest:
         completes the flagged ones ``cancelled`` -- for a producer that is idle
         as much as for a busy one (whose next progress update also sees the
         flag). A held run whose row has not changed for
-        ``external_idle_timeout_seconds`` is failed ``producer_timeout``. The
-        app calls it periodically. Returns the runs it ended.
+        ``external_idle_timeout_seconds`` is failed ``producer_timeout``; one
+        without a batch for ``external_writer_release_seconds`` is let go (the
+        writer closed, the run still live), so whichever replica gets the
+        producer's next batch can take it. The app calls this periodically.
+        Returns the runs it ended.
         """
         ended: list[Run] = []
         timeout = self.settings.external_idle_timeout_seconds
+        release = self.settings.external_writer_release_seconds
+        now = asyncio.get_running_loop().time()
         for run_id in list(self._held):
             async with self._lock(run_id):
                 writer = self._writers.get(run_id)
@@ -202,9 +209,28 @@ class ProducerIngest:
                 elif timeout and _idle_since(row) >= timeout:
                     events = writer.prepare([producer_timeout(timeout)])
                     ended.append(await self._complete_with(row, writer, events))
+                elif (
+                    release
+                    and not writer.degraded  # its retry buffer must not be dropped
+                    and now - self._last_batch.setdefault(run_id, now) >= release
+                ):
+                    await self._record_progress(row, writer, force=True)
+                    await self._release(run_id, writer)
                 else:
                     self._held[run_id] = row
         return ended
+
+    async def _release(self, run_id: str, writer: RunWriter) -> None:
+        """Close a live external run's writer (flushed; the run stays live). Caller holds the lock.
+
+        The run's lock stays in place: a batch already waiting on it must
+        serialize with whoever comes next, and it reopens the writer itself.
+        """
+        await writer.close()
+        self._writers.pop(run_id, None)
+        self._held.pop(run_id, None)
+        self._last_batch.pop(run_id, None)
+        self._progress_at.pop(run_id, None)
 
     async def fail_idle_external_runs(self) -> list[Run]:
         """Fail external runs nobody holds whose producer went silent (``producer_timeout``).

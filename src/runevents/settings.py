@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     #: an external run whose producer sends nothing for this long is failed
     #: (``producer_timeout``), as CI systems time out a lost agent (seconds; 0 = never)
     external_idle_timeout_seconds: float = Field(default=3600.0, ge=0)
+    #: a process lets go of an external run's writer after this long without a
+    #: batch, so another replica can take the producer's next one (seconds; 0 = keep)
+    external_writer_release_seconds: float = Field(default=10.0, ge=0)
 
     # -- maintenance ---------------------------------------------------------------
     #: compact finished logs older than this (e.g. "1d"); None disables scheduled compaction

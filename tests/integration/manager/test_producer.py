@@ -13,9 +13,13 @@ import pytest
 
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
-from runevents.exceptions import RunEnded
+from runevents.exceptions import RunEnded, WriterBusy
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
+
+
+def completed() -> EventDraft:
+    return EventDraft(type="run.completed", payload={"status": "succeeded"})
 
 
 def console(message: str) -> EventDraft:
@@ -146,3 +150,40 @@ async def test_a_producer_that_keeps_sending_is_never_timed_out(settings: Settin
         assert current.status is RunStatus.RUNNING
     finally:
         await app.close()
+
+
+async def test_idle_external_runs_writer_is_released_to_the_replica_that_gets_the_next_batch(
+    settings: Settings,
+) -> None:
+    quick = settings.model_copy(update={"external_writer_release_seconds": 0.5})
+    holder = await App.open(quick, worker=False)
+    other = await App.open(quick, worker=False)
+    try:
+        run = await holder.manager.create_run("acme", "ext", external=True)
+        await holder.manager.ingest("acme", "ext", run.id, [console("1")])
+        with pytest.raises(WriterBusy):  # held: the API answers 409 writer_busy
+            await other.manager.ingest("acme", "ext", run.id, [console("2")])
+        # the holder lets go of the idle writer; the other replica takes the next batch
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                answer = await other.manager.ingest("acme", "ext", run.id, [console("2")])
+                break
+            except WriterBusy:
+                assert asyncio.get_running_loop().time() < deadline, "never released"
+                await asyncio.sleep(0.1)
+        assert answer == {"first_sequence": 3, "last_sequence": 3}
+        row = await holder.manager.get_run("acme", "ext", run.id)
+        assert row.status is RunStatus.RUNNING and row.event_count >= 2
+        await other.manager.ingest("acme", "ext", run.id, [completed()])
+        lines: list[bytes] = []
+        async for chunk in holder.manager.read_events(run):
+            lines.extend(chunk.data.split(b"\n")[:-1])
+        events = [decode_event(line) for line in lines]
+        assert [e.sequence for e in events] == [1, 2, 3, 4]
+        assert [e.payload.get("message") for e in events[1:3]] == ["1", "2"]
+        done = await holder.manager.get_run("acme", "ext", run.id)
+        assert done.status is RunStatus.SUCCEEDED and done.event_count == 4
+    finally:
+        await other.close()
+        await holder.close()
