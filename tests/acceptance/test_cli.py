@@ -162,7 +162,10 @@ def test_run_follows_the_console_live_and_tail_joins_the_live_run(
         if tail_cmd is not None:
             tail_cmd.kill()
 
-    done = demo_server.get(run)
+    # The clients exit on the run.completed event; the row is finished right
+    # after it (log first, then row: the seal's fsync lies in between), so a
+    # GET at that instant may still say running.
+    done = demo_server.wait_status(run, ENDED, timeout=30)
     assert done["run"]["status"] == "succeeded", done
     events = demo_server.events(run)
     assert run_code == 0, run_cmd.stderr()
@@ -187,7 +190,9 @@ def test_run_exits_with_the_run_s_exit_code(demo_server: Server) -> None:
     bad = cli("run", "demo", "extract", "-o", "speed=50", "-o", "fail=true", server=demo_server.url)
     found = RUN_ID_RE.search(bad.stderr)
     assert found is not None, bad.stderr
-    run = demo_server.http.get(f"/api/v1/runs/{found[0]}").json()["run"]
+    found_run = demo_server.http.get(f"/api/v1/runs/{found[0]}").json()["run"]
+    # the CLI exits on run.completed; the row finishes just after it (see above)
+    run = demo_server.wait_status(found_run, ENDED, timeout=30)["run"]
     assert run["status"] == "failed"
     assert run["exit_code"] not in (None, 0)
     assert bad.returncode == run["exit_code"], bad.stderr
