@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runevents.eventlog import EventLog, RunWriter
 from runevents.events import RUN_COMPLETED, EventDraft, decode_event
@@ -32,7 +32,6 @@ from runevents.exceptions import (
     LogNotFound,
     RunEnded,
     StorageError,
-    WriterBusy,
 )
 from runevents.models import Run, RunStatus, utcnow
 from runevents.upkeep import LIVE_STATUSES, run_ref
@@ -60,10 +59,14 @@ def producer_timeout(seconds: float) -> EventDraft:
             "failure": {
                 "stage": "run",
                 "code": "producer_timeout",
-                "message": f"no events from the producer for {seconds:g} s",
+                "message": _timeout_message(seconds),
             },
         },
     )
+
+
+def _timeout_message(seconds: float) -> str:
+    return f"no events from the producer for {seconds:g} s"
 
 
 def cancelled_by_request() -> EventDraft:
@@ -98,6 +101,8 @@ class ProducerIngest:
         async def get_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run: ...
 
         async def _complete_with(self, run: Run, writer: RunWriter, events: list[Event]) -> Run: ...
+
+        async def fail_orphan(self, run: Run, *, code: str, message: str) -> Run | None: ...
 
     async def ingest(
         self,
@@ -246,18 +251,12 @@ class ProducerIngest:
         for run in await self.repo.idle_external_runs(before):
             if run.id in self._held:
                 continue
-            async with self._lock(run.id):
-                try:
-                    writer = await self.log.open_writer(run_ref(run), source="server")
-                except WriterBusy:
-                    continue
-                current = await self.repo.get_run(run.id)
-                if current.status.ended or _idle_since(current) < timeout:
-                    await writer.close()
-                    self._forget(run.id)
-                    continue
-                events = writer.prepare([producer_timeout(timeout)])
-                ended.append(await self._complete_with(current, writer, events))
+            # the lease reaper's step: None when a live writer still holds the run
+            failed = await self.fail_orphan(
+                run, code="producer_timeout", message=_timeout_message(timeout)
+            )
+            if failed is not None:
+                ended.append(failed)
         return ended
 
     async def _replayed_answer(
@@ -337,11 +336,12 @@ class ProducerIngest:
         self._progress_at[run.id] = now
         if writer.last_sequence == run.event_count:
             return run
-        fields: dict[str, Any] = {
-            "event_count": writer.last_sequence,
-            "events_bytes": writer.bytes_written,
-        }
-        return await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
+        return await self.repo.update_run(
+            run.id,
+            expect=LIVE_STATUSES,
+            event_count=writer.last_sequence,
+            events_bytes=writer.bytes_written,
+        )
 
 
 def _idle_since(run: Run) -> float:
