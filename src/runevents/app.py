@@ -56,6 +56,8 @@ class App:
         self.worker = worker
         self._maintenance: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
+        self._repair: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
 
     @classmethod
@@ -96,6 +98,15 @@ class App:
                 await bridge.close()
             await database.close()
             raise
+        # Leases first: a run taken from here on is renewed. Then the repair pass, before
+        # the worker claims anything: what a crash left half done is finished at start-up.
+        leases = asyncio.create_task(manager.ownership.run(), name="writer leases")
+        from runevents.repair import repair_forever, repair_pass
+
+        try:
+            await repair_pass(manager)
+        except Exception:
+            log.exception("start-up repair pass failed; the periodic pass retries")
         runner = None
         if worker and settings.worker_concurrency > 0:
             runner = Worker(manager, concurrency=settings.worker_concurrency)
@@ -103,6 +114,11 @@ class App:
             runner.start()
         app = cls(settings=settings, database=database, manager=manager, worker=runner)
         app.bridge = bridge
+        app._leases = leases
+        if settings.repair_interval_seconds > 0:
+            app._repair = asyncio.create_task(
+                repair_forever(manager, settings.repair_interval_seconds), name="repair"
+            )
         if settings.demo and settings.start_demo_run and runner is not None:
             await app._start_demo_run()
         if settings.maintenance_interval_seconds > 0:
@@ -157,7 +173,7 @@ class App:
 
     async def close(self) -> None:
         """Stop the worker and the schedule, release writers, close the database."""
-        for task in (self._maintenance, self._watch):
+        for task in (self._maintenance, self._watch, self._repair):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +181,10 @@ class App:
         if self.worker is not None:
             await self.worker.stop()
         await self.manager.close()
+        if self._leases is not None:
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
         if self.bridge is not None:
             await self.bridge.close()
         await self.database.close()

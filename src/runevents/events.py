@@ -136,6 +136,17 @@ def encode_into(event: Event, buffer: bytearray) -> None:
     buffer.append(10)
 
 
+#: how the last line of every commit unit (one ingest batch, one executor emit) ends:
+#: a space before the newline. JSON ignores it; recovery uses it to cut the whole
+#: lines of a unit that was not written whole (contract 2.2).
+UNIT_END = b" \n"
+
+
+def mark_unit_end(data: bytes) -> bytes:
+    """``data`` (output of :func:`encode_batch`) with its last line marked as a unit end."""
+    return data[:-1] + UNIT_END
+
+
 def encode_batch(events: list[Event]) -> bytes:
     """The NDJSON lines of ``events``, each ending with ``\n``, in one call (the hot path).
 

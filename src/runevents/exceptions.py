@@ -10,7 +10,8 @@ Tree::
 
     RuneventsError
     ├── InvalidInput            (422)  bad ids, bad events, bad options
-    │   └── InvalidEvent              one bad NDJSON line (carries ``line``)
+    │   ├── InvalidEvent              one bad NDJSON line (carries ``line``)
+    │   └── IdempotencyKeyReused      the key named another batch (other bytes)
     ├── NotFound                (404)
     │   ├── RunNotFound
     │   ├── ConfigurationNotFound
@@ -24,8 +25,10 @@ Tree::
     ├── UnsupportedMediaType    (415)
     ├── Unauthorized            (401)
     ├── Forbidden               (403)
-    ├── StorageError            (503)  disk/object storage failure
-    │   └── DatabaseError             the SQL database failed
+    ├── StorageError            (503 + Retry-After)  disk/object storage failure
+    │   ├── DatabaseError             the SQL database failed
+    │   ├── WriterFenced              this process lost the run's writer lease
+    │   └── WriterMoving              the run's writer is held elsewhere for now
     └── ConfigError                    bad configuration/tokens file (start-up)
 """
 
@@ -59,6 +62,12 @@ class InvalidEvent(InvalidInput):
         if line is not None and message is not None:
             message = f"line {line}: {message}"
         super().__init__(message, line=line)
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """This Idempotency-Key was used for a batch with a different body."""
+
+    code = "idempotency_key_reused"
 
 
 class NotFound(RuneventsError):
@@ -143,6 +152,20 @@ class StorageError(RuneventsError):
     """The log storage failed."""
 
     code = "storage_error"
+    #: seconds a client should wait before retrying (the Retry-After header)
+    retry_after = 1
+
+
+class WriterFenced(StorageError):
+    """This process no longer owns the run's log (its writer lease was taken over)."""
+
+    code = "writer_fenced"
+
+
+class WriterMoving(StorageError):
+    """The run's writer is held by another process for now; retry shortly."""
+
+    code = "writer_moving"
 
 
 class ConfigError(RuneventsError):

@@ -3,43 +3,48 @@
 Routes, the worker and the CLI call only this class; it is the one owner of the
 rules that span the run row and the run's log:
 
-* a run's log is written by exactly one :class:`~runevents.eventlog.RunWriter`
-  (a file lock, so also across processes); within this process one
-  ``asyncio.Lock`` per run serializes prepare/commit so sequences stay gap-free;
-* ``run.completed`` is written exactly once and last: the summary is built from
-  the log plus the completing event, stored in the event's ``payload.summary``,
-  and the row is finished with a conditional UPDATE that only one caller wins;
+* a run's log is written only by the process that *holds* it
+  (``held.HeldRun``: the file lock, the writer lease with its fencing epoch,
+  the summary fold); every path that writes or seals a log -- ingest,
+  executor, cancel, reaper, idle timeout, completion, repair -- takes it
+  through ``self.held`` and its per-run lock;
+* ``run.completed`` is written exactly once and last, durable before the row
+  is finished (``HeldRun.complete``); the lifecycle is ``lifecycle.py``;
 * the database never holds events -- only the row, the summary and pointers.
+
+The ingest steps live in ``producer.py`` and the recovery/maintenance steps in
+``upkeep.py`` (mixed in); all per-run state is in ``self.held``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from runevents import ids
 from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.repository import RunRepository
-from runevents.eventlog import Chunk, EventLog, RunWriter
-from runevents.events import Event, EventDraft
+from runevents.eventlog import Chunk, EventLog
+from runevents.events import EventDraft
 from runevents.exceptions import (
     InvalidInput,
     LogExpired,
     LogNotFound,
     RunEnded,
     RunNotFound,
-    WriterBusy,
+    StorageError,
+    WriterMoving,
 )
-from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
+from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
+from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
+from runevents.ownership import Ownership
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
 from runevents.search import search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
-from runevents.summary import RunSummaryBuilder, run_fields
-from runevents.upkeep import LIVE_STATUSES, RunUpkeep, run_ref
+from runevents.upkeep import RunUpkeep
 
 log = logging.getLogger(__name__)
 
@@ -54,46 +59,27 @@ class RunManager(ProducerIngest, RunUpkeep):
         repo: RunRepository,
         log: EventLog,
         configs: ConfigRegistry,
+        owner_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.log = log
         self.configs = configs
-        # one lock per run: prepare/commit of one run never interleave in this process
-        self._locks: dict[str, asyncio.Lock] = {}
-        # writers this process holds for external runs (ingest), kept open between batches
-        self._writers: dict[str, RunWriter] = {}
-        # the rows of those runs: current, since only the writer's holder changes them
-        self._held: dict[str, Run] = {}
+        #: this process's writer leases (renewed by ``ownership.run()``)
+        self.ownership = Ownership(
+            repo, owner=owner_id, lease_seconds=settings.writer_lease_seconds
+        )
+        #: the runs this process holds, and the per-run lock of every operation
+        self.held = HeldRuns(log, repo, self.ownership)
         # cancel signals of runs executed by this process's worker (immediate local cancel)
         self._cancel_signals: dict[str, asyncio.Event] = {}
-        # when each live run's progress counters were last written (loop time)
-        self._progress_at: dict[str, float] = {}
-        # when each held external run last took a batch (loop time): idle writers are let go
-        self._last_batch: dict[str, float] = {}
         #: called after a run is queued, so an embedded worker claims it at once
         self.on_queued: Callable[[], None] | None = None
 
-    # ------------------------------------------------------------------ helpers
-    def _lock(self, run_id: str) -> asyncio.Lock:
-        lock = self._locks.get(run_id)
-        if lock is None:
-            lock = self._locks[run_id] = asyncio.Lock()
-        return lock
-
-    def _forget(self, run_id: str) -> None:
-        self._locks.pop(run_id, None)
-        self._writers.pop(run_id, None)
-        self._held.pop(run_id, None)
-        self._last_batch.pop(run_id, None)
-
     async def close(self) -> None:
-        """Flush and release every writer this process holds (server shutdown)."""
-        for run_id, writer in list(self._writers.items()):
-            with contextlib.suppress(Exception):
-                await writer.close()
-            self._writers.pop(run_id, None)
-            self._held.pop(run_id, None)
+        """Let go of every run this process holds (server shutdown); nothing is lost:
+        every acknowledged batch is durable already."""
+        await self.held.close()
 
     # ------------------------------------------------------------------ create / read rows
     async def create_run(
@@ -129,38 +115,19 @@ class RunManager(ProducerIngest, RunUpkeep):
             updated_at=now,
             log_state=LogState.LIVE,
         )
-        ref = run_ref(run)
-        run = run.evolve(events_path=self.log.events_path(ref))
-        # The log is written before the row: a row always has a log, and a log
-        # without a row (crash in between) is picked up by `reindex`.
-        writer = await self.log.open_writer(ref, source="server")
-        try:
-            await writer.append(
-                [
-                    EventDraft(
-                        type="run.queued",
-                        payload={
-                            "status": "queued",
-                            "mode": mode,
-                            "options": options,
-                            "external": external,
-                        },
-                    )
-                ]
-            )
-            await writer.flush()
-            await self.repo.insert_run(run.evolve(event_count=1))
-        except BaseException:
-            await writer.close()
-            raise
-        if external:
-            # the producer's batches will come to this process: keep the writer
-            self._writers[run.id] = writer
-            self._held[run.id] = run.evolve(event_count=1)
-        else:
-            await writer.close()
-            if self.on_queued is not None:
-                self.on_queued()
+        run = run.evolve(events_path=self.log.events_path(run_ref(run)))
+        queued = EventDraft(
+            type="run.queued",
+            # the row's created_at is exactly this event's (contract 2): reindex rebuilds it
+            created_at=rfc3339(now),
+            payload={"status": "queued", "mode": mode, "options": options, "external": external},
+        )
+        # an external run's producer comes here next: keep its writer
+        held = await self.held.create(run, queued, keep=external)
+        if held is not None:
+            return held.run
+        if self.on_queued is not None:
+            self.on_queued()
         return run.evolve(event_count=1)
 
     async def get_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run:
@@ -197,83 +164,41 @@ class RunManager(ProducerIngest, RunUpkeep):
         return self.configs.list(workspaces)
 
     # ------------------------------------------------------------------ completion
-    async def _summarize(self, run: Run, pending: Sequence[Event]) -> RunSummaryBuilder:
-        """Fold the stored log plus not-yet-committed ``pending`` events into a builder."""
-        builder = RunSummaryBuilder()
-        async for chunk in self.log.read(run_ref(run)):
-            for line in chunk.data.split(b"\n")[:-1]:
-                builder.add_line(line)
-        for event in pending:
-            builder.add(event.type, event.created_at, event.payload)
-        return builder
-
-    async def _complete_with(self, run: Run, writer: RunWriter, events: list[Event]) -> Run:
-        """Commit ``events`` (the last is run.completed) and finish the run row.
-
-        Caller holds the run lock and the writer; ``events`` come from ``writer.prepare``.
-        """
-        completed = events[-1]
-        payload = completed.payload
-        payload.setdefault("failure", None)
-        artifacts = payload.get("artifacts")
-        if not isinstance(artifacts, dict):
-            artifacts = {}
-        artifacts.setdefault("output_paths", list(run.output_paths))
-        artifacts["events_path"] = run.events_path
-        payload["artifacts"] = artifacts
-        await writer.flush()
-        builder = await self._summarize(run, events)
-        summary = builder.build()
-        payload["summary"] = summary
-        await writer.commit(events)
-        await writer.close()
-        self._writers.pop(run.id, None)
-        self._held.pop(run.id, None)
-        seal = await self.log.seal(run_ref(run))
-        execution = summary.get("execution") or {}
-        exit_code = execution.get("exit_code")
-        fields: dict[str, Any] = {
-            "status": RunStatus(payload["status"]),
-            "exit_code": exit_code if isinstance(exit_code, int) else None,
-            "completed_at": utcnow(),
-            "summary": summary,
-            "failure": summary.get("failure"),
-            "last_console_snippet": builder.console_snippet or None,
-            "logging_degraded": run.logging_degraded or writer.degraded,
-            "event_count": seal.event_count,
-            "events_bytes": seal.bytes,
-            "events_path": seal.events_path,
-            "log_state": LogState.PLAIN,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            **run_fields(summary),
-        }
-        if run.started_at is None:
-            fields["started_at"] = fields["completed_at"]
-        finished = await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
-        self._locks.pop(run.id, None)
-        self._progress_at.pop(run.id, None)
-        return finished
+    async def complete_held(self, held: HeldRun, draft: EventDraft) -> Run:
+        """End a held run with ``draft`` (a run.completed). Caller holds ``held.lock``."""
+        held.run = await self.repo.get_run(held.run.id)  # the row may carry a newer flag
+        if held.run.status.ended:
+            # only possible for a row finished by an older epoch: the log is the judge
+            return await self.finish_from_log(held)
+        return await held.complete(held.writer.prepare([draft]))
 
     async def complete_run(
         self,
-        run: Run,
-        writer: RunWriter,
+        session: RunSession,
         *,
         status: str,
         failure: dict[str, Any] | None,
         execution: dict[str, Any] | None,
     ) -> Run:
-        """Write ``run.completed`` for a run this process executes and finish the row."""
+        """Write ``run.completed`` for a run this process executes and finish the row.
+
+        StorageError if it could not be made durable: the event stays buffered
+        and :meth:`settle_session` finishes the job once the disk works again.
+        """
         if status not in FINAL_STATUSES:
             raise InvalidInput(f"invalid final status {status!r}")
         payload: dict[str, Any] = {"status": status, "failure": failure}
         if execution is not None:
             payload["execution"] = execution
-        async with self._lock(run.id):
-            current = await self.repo.get_run(run.id)
-            events = writer.prepare([EventDraft(type="run.completed", payload=payload)])
-            return await self._complete_with(current, writer, events)
+        async with self.held.lock(session.run.id):
+            return await self.complete_held(
+                session.held, EventDraft(type="run.completed", payload=payload)
+            )
+
+    async def settle_session(self, session: RunSession) -> Run:
+        """Finish a completion that failed half-way (run.completed not durable, or the row)."""
+        async with self.held.lock(session.run.id):
+            return await session.held.settle()
 
     # ------------------------------------------------------------------ executed runs
     async def claim_next(self, worker_id: str) -> Run | None:
@@ -281,48 +206,62 @@ class RunManager(ProducerIngest, RunUpkeep):
         return await self.repo.claim_queued(worker_id, self.settings.lease_seconds)
 
     async def heartbeat(self, session: RunSession, worker_id: str) -> None:
-        """Renew the lease of a run this worker executes; relay a remote cancel request."""
+        """Renew the execution lease of a run this worker executes; relay a remote cancel.
+
+        The writer lease is renewed with every other lease of this process
+        (``Ownership.run``); a lost one fences the writer (WriterFenced on write).
+        """
         run = await self.repo.renew_lease(session.run.id, worker_id, self.settings.lease_seconds)
-        if run.cancel_requested:
+        if run.cancel_requested or session.held.lease.lost:
             session.cancel.set()
-        await self._record_progress(run, session.writer, force=True)
+        session.held.run = run
+        await session.held.record_progress(force=True)
 
     async def release(self, run: Run, worker_id: str) -> None:
         """Give a claimed run back to the queue (we could not start it)."""
         await self.repo.release_lease(run.id, worker_id)
 
     async def start_session(self, run: Run, worker_id: str) -> RunSession | None:
-        """Open the writer of a run this worker claimed; None if it is not ours to run.
+        """Take the log of a run this worker claimed; None if it is not ours to run.
 
         Returns None when another process holds the writer or the run already ended.
         """
-        try:
-            writer = await self.log.open_writer(run_ref(run), source="worker")
-        except WriterBusy:
-            return None
-        current = await self.repo.get_run(run.id)
-        if current.status.ended or current.lease_owner != worker_id:
-            await writer.close()
-            return None
+        async with self.held.lock(run.id):
+            current = await self.repo.get_run(run.id)
+            if current.status.ended or current.lease_owner != worker_id:
+                return None
+            try:
+                # an executor's console lines are buffered and retried on failure:
+                # nobody was promised them
+                held = await self.held.take(current, source="worker", atomic=False)
+            except WriterMoving:
+                return None
         cancel = asyncio.Event()
         if current.cancel_requested:
             cancel.set()
         self._cancel_signals[run.id] = cancel
-        return RunSession(self, current, writer, cancel)
+        return RunSession(self, held, cancel)
 
     def end_session(self, run_id: str) -> None:
         """The worker is done with a run (completed or abandoned)."""
         self._cancel_signals.pop(run_id, None)
 
-    async def append_executed(
-        self, run: Run, writer: RunWriter, drafts: Sequence[EventDraft]
-    ) -> Run:
-        """Append an executor's events to a run this process executes."""
-        async with self._lock(run.id):
-            await writer.append(drafts)
-        if writer.degraded and not run.logging_degraded:
-            run = await self.repo.update_run(run.id, logging_degraded=True)
-        return run
+    async def append_executed(self, session: RunSession, drafts: list[EventDraft]) -> Run:
+        """Append an executor's events to a run this process executes (buffered)."""
+        held = session.held
+        async with self.held.lock(held.run.id):
+            held.commit(drafts)
+        await held.writer.flush_if_due()
+        if held.writer.degraded and not held.run.logging_degraded:
+            await held.record_progress()
+        return held.run
+
+    async def abandon(self, session: RunSession) -> None:
+        """Let go of an executed run without completing it (worker shutdown)."""
+        self.end_session(session.run.id)
+        async with self.held.lock(session.run.id):
+            if self.held.get(session.run.id) is session.held:
+                await session.held.release()
 
     async def set_status(self, run: Run, status: RunStatus) -> Run:
         """Move a live run to ``building`` or ``running`` (InvalidTransition otherwise)."""
@@ -333,7 +272,12 @@ class RunManager(ProducerIngest, RunUpkeep):
         return await self.repo.update_run(run.id, expect=expect, **fields)
 
     async def cancel_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run:
-        """Cancel a run: immediately if nobody executes it, else signal its worker."""
+        """Cancel a run: at once if nobody executes it, else signal its worker.
+
+        A run nobody executes (queued and unclaimed, or external) is completed
+        ``cancelled`` by whoever can take its log; if another process holds it,
+        the flag is set and the holder completes it (``watch_held_runs``).
+        """
         run = await self.get_run(workspace_id, configuration_id, run_id)
         if run.status.ended:
             raise RunEnded(f"run {run_id} has already ended ({run.status.value})")
@@ -342,21 +286,18 @@ class RunManager(ProducerIngest, RunUpkeep):
             local.set()
             return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
         if run.external or run.lease_owner is None:
-            async with self._lock(run_id):
-                writer = self._writers.get(run_id)
-                if writer is None:
-                    try:
-                        writer = await self.log.open_writer(run_ref(run), source="server")
-                    except WriterBusy:
-                        writer = None
-                if writer is not None:
+            async with self.held.lock(run_id):
+                held = self.held.get(run_id)
+                if held is None:
                     current = await self.repo.get_run(run_id)
                     if current.status.ended:
-                        await writer.close()
-                        self._forget(run_id)
                         raise RunEnded(f"run {run_id} has already ended")
-                    events = writer.prepare([cancelled_by_request()])
-                    return await self._complete_with(current, writer, events)
+                    try:
+                        held = await self.held.take(current, source="server", atomic=True)
+                    except WriterMoving:
+                        held = None
+                if held is not None:
+                    return await self.complete_held(held, cancelled_by_request())
         # a worker -- or, for an external run, the process holding its writer --
         # sees the flag on its next heartbeat / watch_held_runs
         return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
@@ -376,15 +317,41 @@ class RunManager(ProducerIngest, RunUpkeep):
         self, run: Run, after_sequence: int = 0, limit: int | None = None
     ) -> AsyncIterator[Chunk]:
         """What the log holds now after ``after_sequence`` (then the iterator ends)."""
-        return _expired_if_missing(
+        return self._expired_if_missing(
             run, self.log.read(run_ref(run), after_sequence=after_sequence, limit=limit)
         )
 
     def follow_events(self, run: Run, after_sequence: int = 0) -> AsyncIterator[Chunk]:
         """Replay after ``after_sequence``, then live, until the chunk holding run.completed."""
-        return _expired_if_missing(
+        return self._expired_if_missing(
             run, self.log.follow(run_ref(run), after_sequence=after_sequence)
         )
+
+    async def _expired_if_missing(
+        self, run: Run, chunks: AsyncIterator[Chunk]
+    ) -> AsyncIterator[Chunk]:
+        """A missing log is 410 only when retention removed it.
+
+        Retention deletes the body before it marks the row, so a row that still
+        says plain or compressed with no body was expired (410). A row that says
+        ``live`` has a log that is being sealed or moved (a crash interrupted
+        it; the repair loop finishes it): 503, retry -- never "removed by
+        retention".
+        """
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except LogNotFound as exc:
+            current = await self.repo.get_run(run.id)
+            if current.log_state is LogState.LIVE:
+                raise StorageError(
+                    f"the log of run {run.id} is being sealed or moved; retry shortly"
+                ) from exc
+            if current.status.ended:
+                raise LogExpired(
+                    f"the events of run {run.id} were removed by the retention policy"
+                ) from exc
+            raise
 
     async def search_events(
         self,
@@ -409,23 +376,6 @@ class RunManager(ProducerIngest, RunUpkeep):
             after_sequence=after_sequence,
             limit=limit,
         )
-
-
-async def _expired_if_missing(run: Run, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """An ended run whose log is gone was expired by retention, even if its row lags.
-
-    Retention deletes the body before it marks the row; a crash in between
-    leaves ``log_state`` stale, and readers must still answer 410, not 404.
-    """
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except LogNotFound as exc:
-        if run.status.ended:
-            raise LogExpired(
-                f"the events of run {run.id} were removed by the retention policy"
-            ) from exc
-        raise
 
 
 #: reverse of models.TRANSITIONS for the live moves a session may make

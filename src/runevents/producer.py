@@ -2,30 +2,42 @@
 
 Part of :class:`runevents.manager.RunManager` (it inherits this mixin), kept in
 its own module because these steps share one concern -- the hot path of a
-producer's batch: validate, number, append, flush, keep the row roughly
-current, and answer a retried batch exactly once.
+producer's batch: validate, judge its idempotency key, number, append, make
+durable, keep the row roughly current.
 
-Idempotency (``Idempotency-Key``): the answer is stored *before* the batch is
-appended, and the log decides whether it holds. A retry whose stored answer
-names events the log really holds (same types and payloads at those
-sequences) gets that answer back; a stored answer the log does not bear out
--- the process died between storing it and appending, or the append was
-refused -- is dropped and the batch is appended now. So a crash anywhere in
-between never appends a batch twice and never acknowledges one that is not
-in the log.
+**A 200 means durable.** A batch is committed to the run's atomic writer
+under the run's lock, then made durable *outside* it (``writer.sync``), so
+concurrent batches share one fsync (group commit). A write or fsync that
+fails rolls the batch back -- with every batch committed after it -- and each
+gets 503 + Retry-After; none of it is ever in the log.
+
+**Idempotency-Key.** Only the process holding the run's log judges a key
+(under the run's lock). The record is stored *before* the batch is
+committed, with the SHA-256 of the request body and the ``event_id`` of the
+batch's first event; on a retry, the same key with other bytes is 422
+``idempotency_key_reused``; with the same bytes, the log is the judge: if it
+holds a line with that ``event_id`` at the recorded sequence the stored answer
+is replayed, otherwise (the process died before the batch was durable, or it
+was rolled back) the record is replaced and the batch appended now. Batches
+are atomic across crashes too (recovery cuts a unit that was not written
+whole), so no crash point appends a keyed batch twice or acknowledges one
+the log lacks. A retry of the batch that ended the run gets its first answer
+(the log of an ended run no longer changes, so no owner is needed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from runevents.eventlog import EventLog, RunWriter
+from runevents.eventlog import EventLog
 from runevents.events import RUN_COMPLETED, EventDraft, decode_event
 from runevents.exceptions import (
     Conflict,
+    IdempotencyKeyReused,
     InvalidEvent,
     InvalidInput,
     LogExpired,
@@ -33,19 +45,18 @@ from runevents.exceptions import (
     RunEnded,
     StorageError,
 )
+from runevents.held import HeldRun, HeldRuns, run_ref
 from runevents.models import Run, RunStatus, utcnow
-from runevents.upkeep import LIVE_STATUSES, run_ref
 
 if TYPE_CHECKING:
-    from runevents.db.repository import RunRepository
-    from runevents.events import Event
+    from runevents.db.repository import IdempotencyRecord, RunRepository
     from runevents.settings import Settings
 
+log = logging.getLogger(__name__)
+
 #: event types only the server writes; producers may not send them
-SERVER_ONLY_TYPES = frozenset({"run.queued"})
+SERVER_ONLY_TYPES = frozenset({"run.queued", "log.recovered"})
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-#: a live run's event_count is written to its row at most this often (seconds)
-PROGRESS_SECONDS = 1.0
 #: ``Idempotency-Key`` longer than this is rejected (characters)
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -86,23 +97,18 @@ class ProducerIngest:
     settings: Settings
     repo: RunRepository
     log: EventLog
-    _writers: dict[str, RunWriter]
-    _held: dict[str, Run]
-    _progress_at: dict[str, float]
-    _last_batch: dict[str, float]
+    held: HeldRuns
 
     if TYPE_CHECKING:
         # provided by RunManager
 
-        def _lock(self, run_id: str) -> asyncio.Lock: ...
-
-        def _forget(self, run_id: str) -> None: ...
-
         async def get_run(self, workspace_id: str, configuration_id: str, run_id: str) -> Run: ...
 
-        async def _complete_with(self, run: Run, writer: RunWriter, events: list[Event]) -> Run: ...
+        async def complete_held(self, held: HeldRun, draft: EventDraft) -> Run: ...
 
-        async def fail_orphan(self, run: Run, *, code: str, message: str) -> Run | None: ...
+        async def fail_orphan(
+            self, run: Run, *, code: str, message: str, expired_lease: bool = False
+        ) -> Run | None: ...
 
     async def ingest(
         self,
@@ -112,136 +118,207 @@ class ProducerIngest:
         drafts: Sequence[EventDraft],
         *,
         idempotency_key: str | None = None,
+        body_sha256: str | None = None,
     ) -> dict[str, int]:
-        """Append a producer's batch atomically; a final ``run.completed`` finalizes the run."""
+        """Append a producer's batch atomically and durably; a final ``run.completed``
+        finalizes the run. StorageError (503) if it cannot be made durable."""
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
         # a malformed batch is refused before any I/O (nothing is appended either way)
         self._validate_batch(drafts)
-        async with self._lock(run_id):
-            run = self._held.get(run_id)
-            if (
-                run is None
-                or run.workspace_id != workspace_id
-                or run.configuration_id != configuration_id
+        async with self.held.lock(run_id):
+            held = self.held.get(run_id)
+            if held is not None and (
+                held.run.workspace_id != workspace_id
+                or held.run.configuration_id != configuration_id
             ):
-                # Only runs whose writer this process holds are cached: nobody
-                # else can append to or finish them, so the cached row is current
-                # and the hot path needs no SELECT per batch.
-                run = await self.get_run(workspace_id, configuration_id, run_id)
+                held = None  # (another path; get_run below answers 404)
+            # Only held runs are cached: nobody else can append to or finish them,
+            # so the cached row is current and the hot path needs no SELECT per batch.
+            run = (
+                held.run
+                if held is not None
+                else await self.get_run(workspace_id, configuration_id, run_id)
+            )
+            record = None
             if idempotency_key is not None:
                 # checked before the run's state, so the retry of a batch that
                 # ended the run gets its first answer rather than 409
-                answer = await self._replayed_answer(run, idempotency_key, drafts)
-                if answer is not None:
-                    return answer
+                record = await self.repo.get_idempotency(run_id, idempotency_key)
+                if record is not None:
+                    if (
+                        record.body_sha256 is not None
+                        and body_sha256 is not None
+                        and record.body_sha256 != body_sha256
+                    ):
+                        raise IdempotencyKeyReused(
+                            f"Idempotency-Key {idempotency_key!r} was used for another batch "
+                            "of this run (a different body); use a new key for a new batch"
+                        )
+                    if run.status.ended:
+                        answer = await self._ended_answer(run, record, drafts)
+                        if answer is not None:
+                            return answer
             if run.status.ended:
                 raise RunEnded(f"run {run_id} has already ended ({run.status.value})")
             if not run.external:
                 raise Conflict(
                     f"run {run_id} is executed by a worker; only external runs accept events"
                 )
-            writer = await self._writer_for(run)
-            if writer.buffer_full:
-                # the disk is failing and the retry buffer is full: a batch is
-                # all-or-nothing, so refuse it whole (503) rather than drop part
-                raise StorageError(
-                    "the log storage is failing and its retry buffer is full; retry later"
-                )
-            events = writer.prepare(drafts)
+            if held is None:
+                held = await self.held.take(run, source="producer", atomic=True)
+            if record is not None and await self._held_answer(held, record, drafts):
+                return {k: int(v) for k, v in record.answer.items()}
+            events = held.writer.prepare(drafts)
             answer = {"first_sequence": events[0].sequence, "last_sequence": events[-1].sequence}
             if idempotency_key is not None:
-                # before the append: a crash after it must find the key (see the module doc)
-                await self.repo.put_idempotency(run_id, idempotency_key, answer)
+                # before the commit: a crash after it must find the key (module doc)
+                await self.repo.put_idempotency(
+                    run_id,
+                    idempotency_key,
+                    answer,
+                    body_sha256=body_sha256,
+                    first_event_id=events[0].event_id,
+                )
             if events[-1].type == RUN_COMPLETED:
-                await self._complete_with(run, writer, events)
-            else:
-                await writer.commit(events)
-                # read-your-writes: an acknowledged batch is readable at once
-                await writer.flush()
-                if writer.degraded and not run.logging_degraded:
-                    run = await self.repo.update_run(run_id, logging_degraded=True)
-                run = await self._record_progress(run, writer)
-                if run.cancel_requested:
-                    # a cancel sent to another replica (it could only set the
-                    # flag; this process holds the writer): this batch is in,
-                    # the run ends now, and the producer's next batch gets 409
-                    await self._complete_with(run, writer, writer.prepare([cancelled_by_request()]))
-                    return answer
-                if run.status is RunStatus.QUEUED:
-                    # an external run is running as soon as its producer talks
-                    run = await self.repo.update_run(
-                        run_id,
-                        expect={RunStatus.QUEUED},
-                        status=RunStatus.RUNNING,
-                        started_at=utcnow(),
-                    )
-                self._held[run_id] = run
-                self._last_batch[run_id] = asyncio.get_running_loop().time()
+                await held.complete(events)
+                return answer
+            ticket = held.writer.commit(events)
+        # Outside the lock: batches committed meanwhile share this fsync (group commit).
+        await held.writer.sync(ticket)
+        held.last_batch = asyncio.get_running_loop().time()
+        await self._after_batch(held)
+        return answer
+
+    async def _after_batch(self, held: HeldRun) -> None:
+        """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel."""
+        async with self.held.lock(held.run.id):
+            if self.held.get(held.run.id) is not held:
+                return  # completed or let go meanwhile
+            run = await held.record_progress()
+            if run.cancel_requested:
+                # a cancel sent to another replica (it could only set the flag;
+                # this process holds the writer): this batch is in, the run ends
+                # now, and the producer's next batch gets 409
+                await self.complete_held(held, cancelled_by_request())
+                return
+            if run.status is RunStatus.QUEUED:
+                # an external run is running as soon as its producer talks
+                held.run = await self.repo.update_run(
+                    run.id, expect={RunStatus.QUEUED}, status=RunStatus.RUNNING, started_at=utcnow()
+                )
+
+    async def _held_answer(
+        self, held: HeldRun, record: IdempotencyRecord, drafts: Sequence[EventDraft]
+    ) -> bool:
+        """Whether the held log holds the batch ``record`` names (judged by its owner)."""
+        writer = held.writer
+        first = int(record.answer["first_sequence"])
+        if writer.durable_sequence < first <= writer.last_sequence:
+            # its first attempt may still be syncing: wait for the verdict
+            try:
+                await writer.sync()
+            except StorageError:
+                return False
+        if first > writer.durable_sequence:
+            return False
+        return await self._line_is(held.run, first, record, drafts[0])
+
+    async def _ended_answer(
+        self, run: Run, record: IdempotencyRecord, drafts: Sequence[EventDraft]
+    ) -> dict[str, int] | None:
+        """The first answer for a retried batch of an ended run, if the log holds the batch."""
+        answer = {k: int(v) for k, v in record.answer.items()}
+        try:
+            if await self._line_is(run, answer["first_sequence"], record, drafts[0]):
+                return answer
+        except (LogExpired, LogNotFound):
+            # retention removed the log of an ended run: the first answer stands
             return answer
+        return None
+
+    async def _line_is(
+        self,
+        run: Run,
+        sequence: int,
+        record: IdempotencyRecord,
+        first: EventDraft | None = None,
+    ) -> bool:
+        """Does the log hold the batch's first event at ``sequence``?"""
+        async for chunk in self.log.read(run_ref(run), after_sequence=sequence - 1, limit=1):
+            line = chunk.data.split(b"\n", 1)[0]
+            event = decode_event(line)
+            if event.sequence != sequence:
+                return False
+            if record.first_event_id is not None:
+                return event.event_id == record.first_event_id
+            # a record stored before event ids were kept: the first event must match
+            return (
+                first is not None
+                and (event.type, event.payload)
+                == (
+                    first.type,
+                    first.payload,
+                )
+                or (first is not None and first.type == RUN_COMPLETED == event.type)
+            )
+        return False
 
     async def watch_held_runs(self) -> list[Run]:
-        """Cancels and producer timeouts of the external runs whose writer this process holds.
+        """Cancels, producer timeouts and idle writers of the external runs held here.
 
         A cancel that reaches another replica can only set ``cancel_requested``
         (the writer is here); this re-reads the rows of the held runs and
-        completes the flagged ones ``cancelled`` -- for a producer that is idle
-        as much as for a busy one (whose next progress update also sees the
-        flag). A held run whose row has not changed for
-        ``external_idle_timeout_seconds`` is failed ``producer_timeout``; one
-        without a batch for ``external_writer_release_seconds`` is let go (the
-        writer closed, the run still live), so whichever replica gets the
-        producer's next batch can take it. The app calls this periodically.
-        Returns the runs it ended.
+        completes the flagged ones ``cancelled``. A held run whose row has not
+        changed for ``external_idle_timeout_seconds`` is failed
+        ``producer_timeout``; one without a batch for
+        ``external_writer_release_seconds`` is let go (its writer closed and its
+        lease given up, the run still live), so whichever replica gets the
+        producer's next batch takes it. Each run is handled on its own: one
+        failing never stops the others. Returns the runs it ended.
         """
         ended: list[Run] = []
+        for held in list(self.held):
+            if not held.run.external:
+                continue
+            try:
+                finished = await self._watch_one(held)
+            except Exception:
+                log.exception("run %s: watching the held run failed; next round", held.run.id)
+                continue
+            if finished is not None:
+                ended.append(finished)
+        return ended
+
+    async def _watch_one(self, held: HeldRun) -> Run | None:
         timeout = self.settings.external_idle_timeout_seconds
         release = self.settings.external_writer_release_seconds
         now = asyncio.get_running_loop().time()
-        for run_id in list(self._held):
-            async with self._lock(run_id):
-                writer = self._writers.get(run_id)
-                if run_id not in self._held or writer is None:
-                    continue  # completed meanwhile
-                row = await self.repo.get_run(run_id)
-                if row.status.ended:
-                    # only the writer's holder can end it; release rather than guess
-                    await writer.close()
-                    self._forget(run_id)
-                elif row.cancel_requested:
-                    events = writer.prepare([cancelled_by_request()])
-                    ended.append(await self._complete_with(row, writer, events))
-                elif timeout and _idle_since(row) >= timeout:
-                    events = writer.prepare([producer_timeout(timeout)])
-                    ended.append(await self._complete_with(row, writer, events))
-                elif (
-                    release
-                    and not writer.degraded  # its retry buffer must not be dropped
-                    and now - self._last_batch.setdefault(run_id, now) >= release
-                ):
-                    await self._record_progress(row, writer, force=True)
-                    await self._release(run_id, writer)
-                else:
-                    self._held[run_id] = row
-        return ended
-
-    async def _release(self, run_id: str, writer: RunWriter) -> None:
-        """Close a live external run's writer (flushed; the run stays live). Caller holds the lock.
-
-        The run's lock stays in place: a batch already waiting on it must
-        serialize with whoever comes next, and it reopens the writer itself.
-        """
-        await writer.close()
-        self._writers.pop(run_id, None)
-        self._held.pop(run_id, None)
-        self._last_batch.pop(run_id, None)
-        self._progress_at.pop(run_id, None)
+        async with self.held.lock(held.run.id):
+            if self.held.get(held.run.id) is not held:
+                return None  # completed or let go meanwhile
+            row = await self.repo.get_run(held.run.id)
+            if row.status.ended:
+                # finished by an older owner's completion: the log and row agree now
+                await held.release()
+                return None
+            held.run = row
+            if held.lease.lost:
+                await held.release()
+                return None
+            if row.cancel_requested:
+                return await self.complete_held(held, cancelled_by_request())
+            if timeout and _idle_since(row) >= timeout:
+                return await self.complete_held(held, producer_timeout(timeout))
+            if release and now - held.last_batch >= release:
+                await held.release()
+        return None
 
     async def fail_idle_external_runs(self) -> list[Run]:
         """Fail external runs nobody holds whose producer went silent (``producer_timeout``).
 
-        The held ones are :meth:`watch_held_runs`' job; a run whose writer
-        another live process holds is that process's (WriterBusy: skipped).
+        The held ones are :meth:`watch_held_runs`' job; a run another process
+        holds is that process's (skipped).
         """
         timeout = self.settings.external_idle_timeout_seconds
         if not timeout:
@@ -249,56 +326,18 @@ class ProducerIngest:
         ended: list[Run] = []
         before = utcnow() - timedelta(seconds=timeout)
         for run in await self.repo.idle_external_runs(before):
-            if run.id in self._held:
+            if self.held.get(run.id) is not None:
                 continue
-            # the lease reaper's step: None when a live writer still holds the run
-            failed = await self.fail_orphan(
-                run, code="producer_timeout", message=_timeout_message(timeout)
-            )
+            try:
+                failed = await self.fail_orphan(
+                    run, code="producer_timeout", message=_timeout_message(timeout)
+                )
+            except Exception:
+                log.exception("run %s: failing the idle run failed; next round", run.id)
+                continue
             if failed is not None:
                 ended.append(failed)
         return ended
-
-    async def _replayed_answer(
-        self, run: Run, key: str, drafts: Sequence[EventDraft]
-    ) -> dict[str, int] | None:
-        """The stored answer for ``key`` if the log holds that batch; else None (and forget it)."""
-        stored = await self.repo.get_idempotency(run.id, key)
-        if stored is None:
-            return None
-        answer = {k: int(v) for k, v in stored.items()}
-        first, last = answer["first_sequence"], answer["last_sequence"]
-        if last - first + 1 == len(drafts):
-            try:
-                if await self._log_holds(run, first, drafts):
-                    return answer
-            except (LogExpired, LogNotFound):
-                # retention removed the log of an ended run: nothing to compare
-                # with, and nothing can be appended either; the first answer stands
-                if run.status.ended:
-                    return answer
-                raise
-        # the key was stored but its batch never reached the log
-        await self.repo.delete_idempotency(run.id, key)
-        return None
-
-    async def _log_holds(self, run: Run, first: int, drafts: Sequence[EventDraft]) -> bool:
-        """Does the log hold ``drafts`` from sequence ``first`` on (same types and payloads)?"""
-        if run.id in self._writers:
-            await self._writers[run.id].flush()
-        expected = iter(drafts)
-        count = 0
-        async for chunk in self.log.read(run_ref(run), after_sequence=first - 1, limit=len(drafts)):
-            for line in chunk.data.split(b"\n")[:-1]:
-                event = decode_event(line)
-                draft = next(expected, None)
-                if draft is None or event.sequence != first + count or event.type != draft.type:
-                    return False
-                # run.completed gets its summary and artifacts added by the server
-                if event.type != RUN_COMPLETED and event.payload != draft.payload:
-                    return False
-                count += 1
-        return count == len(drafts)
 
     def _validate_batch(self, drafts: Sequence[EventDraft]) -> None:
         if not drafts:
@@ -315,33 +354,6 @@ class ProducerIngest:
                         "run.completed payload.status must be succeeded, failed or cancelled",
                         line=number,
                     )
-
-    async def _writer_for(self, run: Run) -> RunWriter:
-        writer = self._writers.get(run.id)
-        if writer is None:
-            writer = await self.log.open_writer(run_ref(run), source="producer")
-            self._writers[run.id] = writer
-        return writer
-
-    async def _record_progress(self, run: Run, writer: RunWriter, *, force: bool = False) -> Run:
-        """Keep ``event_count``/``events_bytes`` of a live run roughly current.
-
-        At most one UPDATE per run per ``PROGRESS_SECONDS`` (the row must not
-        turn into a per-event write path), so lists and UIs can show progress
-        and start a live view near the end of a long run.
-        """
-        now = asyncio.get_running_loop().time()
-        if not force and now - self._progress_at.get(run.id, 0.0) < PROGRESS_SECONDS:
-            return run
-        self._progress_at[run.id] = now
-        if writer.last_sequence == run.event_count:
-            return run
-        return await self.repo.update_run(
-            run.id,
-            expect=LIVE_STATUSES,
-            event_count=writer.last_sequence,
-            events_bytes=writer.bytes_written,
-        )
 
 
 def _idle_since(run: Run) -> float:

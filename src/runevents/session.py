@@ -1,8 +1,9 @@
 """RunSession: the executor's handle on a run this process executes.
 
 The worker gets one from ``RunManager.start_session`` after claiming a run;
-it holds the run's writer for the whole execution and implements the
-executor's ``EventSink``. Every state change still goes through the manager.
+it wraps the run's :class:`~runevents.held.HeldRun` (writer, lease, summary)
+for the whole execution and implements the executor's ``EventSink``. Every
+state change still goes through the manager.
 """
 
 from __future__ import annotations
@@ -16,30 +17,37 @@ from runevents.events import EventDraft
 from runevents.models import Run, RunStatus
 
 if TYPE_CHECKING:
+    from runevents.held import HeldRun
     from runevents.manager import RunManager
 
 
 class RunSession:
     """The executor's handle on a run it executes (implements ``executor.EventSink``)."""
 
-    def __init__(
-        self, manager: RunManager, run: Run, writer: RunWriter, cancel: asyncio.Event
-    ) -> None:
+    def __init__(self, manager: RunManager, held: HeldRun, cancel: asyncio.Event) -> None:
         self.manager = manager
-        self.run = run
-        self.writer = writer
+        self.held = held
         #: set when the run is cancelled (locally at once, remotely via the heartbeat)
         self.cancel = cancel
 
+    @property
+    def run(self) -> Run:
+        """The run's row as this process last saw it."""
+        return self.held.run
+
+    @property
+    def writer(self) -> RunWriter:
+        """The run's writer (buffered: an executor's lines were promised to nobody)."""
+        return self.held.writer
+
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         """Append the executor's events (sequence assigned by the writer)."""
-        if not drafts:
-            return
-        self.run = await self.manager.append_executed(self.run, self.writer, drafts)
+        if drafts:
+            await self.manager.append_executed(self, list(drafts))
 
     async def set_status(self, status: RunStatus) -> None:
         """Move the run to building/running."""
-        self.run = await self.manager.set_status(self.run, status)
+        self.held.run = await self.manager.set_status(self.held.run, status)
 
     async def complete(
         self,
@@ -48,16 +56,15 @@ class RunSession:
         failure: dict[str, Any] | None,
         execution: dict[str, Any] | None,
     ) -> Run:
-        """Write run.completed and finish the row; ends the session."""
-        try:
-            self.run = await self.manager.complete_run(
-                self.run, self.writer, status=status, failure=failure, execution=execution
-            )
-            return self.run
-        finally:
-            self.manager.end_session(self.run.id)
+        """Write run.completed and finish the row (StorageError: retry with :meth:`settle`)."""
+        return await self.manager.complete_run(
+            self, status=status, failure=failure, execution=execution
+        )
+
+    async def settle(self) -> Run:
+        """Finish a completion that failed half-way; ends the session when it succeeds."""
+        return await self.manager.settle_session(self)
 
     async def abandon(self) -> None:
-        """Release the writer without completing (worker shutdown; the lease reaper finishes it)."""
-        self.manager.end_session(self.run.id)
-        await self.writer.close()
+        """Let go without completing (worker shutdown; the lease reaper finishes it)."""
+        await self.manager.abandon(self)

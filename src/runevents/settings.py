@@ -75,15 +75,25 @@ class Settings(BaseSettings):
     flush_interval_ms: int = Field(default=50, ge=1)
     #: while this process has live followers on a run, flush at most this late (ms)
     live_flush_interval_ms: int = Field(default=20, ge=1)
-    #: never: page cache only (fsync when the log is sealed); flush: fsync every flush;
-    #: batch: fsync before an append call returns
-    fsync: FsyncMode = "never"
+    #: flush (default, durable): bytes are fsynced before they are acknowledged or
+    #: visible to any reader -- a 200 means on stable storage (contract 6); concurrent
+    #: batches share fsyncs. never (relaxed): page cache only, fsync at seal; a power
+    #: loss can lose acknowledged batches (answers then say ``Durability: relaxed``).
+    #: batch: an old name for flush.
+    fsync: FsyncMode = "flush"
     #: one event at most (bytes of its NDJSON line)
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: one ingest request body at most (bytes)
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: console lines longer than this are cut, with a visible marker (bytes)
     max_line_bytes: int = Field(default=64 * 1024, ge=64)
+
+    #: the writer lease of a run's log (ownership.py): a holder that stops renewing
+    #: loses it after this long, and another process may take the run (seconds)
+    writer_lease_seconds: float = Field(default=8.0, gt=0)
+    #: how often the repair loop looks for runs a crash left half done (seconds; 0 = only
+    #: at start-up)
+    repair_interval_seconds: float = Field(default=30.0, ge=0)
 
     # -- the tail path --------------------------------------------------------
     #: SSE keepalive comment interval while idle (seconds)

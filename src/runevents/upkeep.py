@@ -3,32 +3,36 @@
 Part of :class:`runevents.manager.RunManager` (it inherits this mixin), kept
 in its own module because these steps share one concern -- bringing a run's
 row and its log back in line after time or failure: finishing runs whose
-worker died, compacting and expiring logs, and rebuilding rows from logs
-(``reindex``). The policies that choose *which* runs live in
-``maintenance.py``.
+worker died, finishing completions a crash cut short, compacting and
+expiring logs, and rebuilding rows from logs (``reindex``). Every step that
+writes or seals a log takes it through ``self.held`` (file lock, then writer
+lease). The policies that choose *which* runs live in ``maintenance.py`` and
+``repair.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from runevents.eventlog import EventLog, RunRef, RunWriter
+from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
-from runevents.exceptions import LogNotFound, RunEnded, StorageError, WriterBusy
-from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, utcnow
+from runevents.exceptions import LogNotFound, StorageError, WriterMoving
+from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
+from runevents.models import LogState, Run, RunStatus, utcnow
 from runevents.summary import RunSummaryBuilder, run_fields
 
 if TYPE_CHECKING:
     from runevents.db.repository import RunRepository
     from runevents.settings import Settings
 
-#: statuses a run can be finished from (the conditional UPDATE's expectation)
-LIVE_STATUSES = frozenset(RunStatus) - ENDED_STATUSES
+__all__ = ["IDEMPOTENCY_KEEP", "LIVE_STATUSES", "RunUpkeep", "parse_timestamp", "run_ref"]
+
+#: a retried batch of an ended run gets its first answer for at least this long (contract 6)
+IDEMPOTENCY_KEEP = timedelta(hours=24)
 
 
 class _Head(msgspec.Struct):
@@ -43,10 +47,10 @@ def parse_timestamp(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def run_ref(run: Run) -> RunRef:
-    """The log address of a run."""
-    return RunRef(
-        workspace_id=run.workspace_id, configuration_id=run.configuration_id, run_id=run.id
+def _failed(code: str, message: str) -> EventDraft:
+    return EventDraft(
+        type="run.completed",
+        payload={"status": "failed", "failure": {"stage": "run", "code": code, "message": message}},
     )
 
 
@@ -56,94 +60,89 @@ class RunUpkeep:
     settings: Settings
     repo: RunRepository
     log: EventLog
-    _writers: dict[str, RunWriter]
+    held: HeldRuns
 
     if TYPE_CHECKING:
         # provided by RunManager
 
-        def _lock(self, run_id: str) -> asyncio.Lock: ...
-
-        async def _summarize(self, run: Run, pending: Sequence[Event]) -> RunSummaryBuilder: ...
-
-        async def _complete_with(self, run: Run, writer: RunWriter, events: list[Event]) -> Run: ...
+        async def complete_held(self, held: HeldRun, draft: EventDraft) -> Run: ...
 
     async def reap_expired_leases(self, reaper_id: str = "reaper") -> list[Run]:
         """Finish runs whose worker stopped heart-beating as failed, with the reason.
 
-        Each expired run is first claimed (``claim_expired``) so that of several
-        reapers -- on several machines -- only one acts on it; then the writer
-        lock decides whether its old owner is really gone.
+        A run is only reaped by a process that can *take its log* (the file
+        lock, then the writer lease): a worker that is alive but paused --
+        stopped, or its heartbeat stalled past the lease by a database
+        failover -- still holds its lock, so nothing is taken from it and it
+        goes on when it wakes up. Of several reapers, the writer lease lets
+        exactly one act.
         """
         reaped: list[Run] = []
         for run in await self.repo.expired_leases():
             expired = run.lease_expires_at.isoformat() if run.lease_expires_at else "unknown"
-            owner = run.lease_owner
-            if (
-                await self.repo.claim_expired(run.id, reaper_id, self.settings.lease_seconds)
-                is None
-            ):
-                continue
-            finished = await self.fail_orphan(
-                run,
-                code="worker_lost",
-                message=(f"worker {owner} stopped heart-beating; its lease expired at {expired}"),
-            )
+            try:
+                finished = await self.fail_orphan(
+                    run,
+                    code="worker_lost",
+                    message=f"worker {run.lease_owner} stopped heart-beating; "
+                    f"its lease expired at {expired}",
+                    expired_lease=True,
+                )
+            except StorageError:
+                continue  # the next round tries again
             if finished is not None:
                 reaped.append(finished)
         return reaped
 
-    async def fail_orphan(self, run: Run, *, code: str, message: str) -> Run | None:
-        """Finish a run whose executor is gone (lease expired, or orphaned log) as failed.
+    async def fail_orphan(
+        self, run: Run, *, code: str, message: str, expired_lease: bool = False
+    ) -> Run | None:
+        """Finish a run whose executor or producer is gone as failed.
 
-        Returns None if a live writer still holds the run (it is not orphaned).
+        Returns None if a live process still holds the run (it is not
+        orphaned), or -- with ``expired_lease`` -- if its worker renewed the
+        lease meanwhile.
         """
-        async with self._lock(run.id):
-            try:
-                writer = self._writers.get(run.id) or await self.log.open_writer(
-                    run_ref(run), source="server"
-                )
-            except WriterBusy:
-                return None
+        async with self.held.lock(run.id):
+            held = self.held.get(run.id)
             current = await self.repo.get_run(run.id)
             if current.status.ended:
-                await writer.close()
+                return None
+            if expired_lease and (
+                current.lease_expires_at is None or current.lease_expires_at > utcnow()
+            ):
+                return None  # its worker is back
+            if held is None:
+                try:
+                    held = await self.held.take(current, source="server", atomic=True)
+                except WriterMoving:
+                    return None
+            if held.writer.ended:
+                # the log already ends with run.completed: only the row lagged behind
+                return await self.finish_from_log(held)
+            return await self.complete_held(held, _failed(code, message))
+
+    async def finish_from_log(self, held: HeldRun) -> Run:
+        """Finish the row of a held run whose log already holds run.completed (COMPLETING)."""
+        return await held.settle()
+
+    async def seal_ended(self, run: Run) -> Run | None:
+        """Seal the log of a run whose row ended while its log stayed ``live`` (a crash
+        between the row and the seal, or the store was down). None if someone holds it."""
+        async with self.held.lock(run.id):
+            current = await self.repo.get_run(run.id)
+            if current.log_state is not LogState.LIVE or not current.status.ended:
                 return None
             try:
-                events = writer.prepare(
-                    [
-                        EventDraft(
-                            type="run.completed",
-                            payload={
-                                "status": "failed",
-                                "failure": {"stage": "run", "code": code, "message": message},
-                            },
-                        )
-                    ]
+                held = self.held.get(run.id) or await self.held.take(
+                    current, source="server", atomic=True
                 )
-            except RunEnded:
-                # the log already ends with run.completed: only the row lagged behind
-                await writer.close()
-                return await self._finish_row_from_log(current)
-            return await self._complete_with(current, writer, events)
-
-    async def _finish_row_from_log(self, run: Run) -> Run:
-        builder = await self._summarize(run, ())
-        summary = builder.build()
-        stats = await self.log.stats(run_ref(run))
-        fields: dict[str, Any] = {
-            "status": RunStatus(summary.get("status") or "failed"),
-            "completed_at": utcnow(),
-            "summary": summary,
-            "failure": summary.get("failure"),
-            "last_console_snippet": builder.console_snippet or None,
-            "event_count": stats.event_count,
-            "events_bytes": stats.bytes,
-            "log_state": LogState.PLAIN,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            **run_fields(summary),
-        }
-        return await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
+            except WriterMoving:
+                return None
+            except LogNotFound:
+                return None
+            held.run = current
+            return await held.seal()
 
     # ------------------------------------------------------------------ maintenance (per run)
     async def compact_run(self, run: Run) -> tuple[int, int] | None:
@@ -185,6 +184,7 @@ class RunUpkeep:
             journal.remove(run.id)
             return None
         journal.remove(run.id)
+        await self._drop_keys(run)
         return info.source_bytes, info.bytes
 
     async def expire_run(self, run: Run) -> int | None:
@@ -201,7 +201,15 @@ class RunUpkeep:
             return None
         await self.log.delete(run_ref(run))
         await self.repo.update_run(run.id, log_state=LogState.EXPIRED)
+        await self._drop_keys(run)
         return run.events_bytes
+
+    async def _drop_keys(self, run: Run) -> None:
+        """Forget the run's idempotency keys once its log is compacted or expired (the
+        database holds nothing per batch for old runs), but not before a retry of its
+        last batch has had ``IDEMPOTENCY_KEEP`` to get its first answer (contract 6)."""
+        if run.completed_at is not None and utcnow() - run.completed_at >= IDEMPOTENCY_KEEP:
+            await self.repo.delete_idempotency(run.id)
 
     async def reindex_log(self, workspace_id: str, run_id: str) -> Run:
         """Rebuild one run row (status, summary, derived fields) from its log alone.
@@ -246,33 +254,31 @@ class RunUpkeep:
             log_state=LogState.LIVE,
         )
         if last_type != "run.completed":
-            ref = run_ref(base)
-            try:
-                writer = await self.log.open_writer(ref, source="server")
-            except WriterBusy:
-                # a live writer holds it: the run is genuinely running
-                status = RunStatus.RUNNING if started_at else RunStatus.QUEUED
-                run = base.evolve(status=status)
-                await self.repo.upsert_run(run)
-                return run
-            await self.repo.upsert_run(base.evolve(status=RunStatus.RUNNING))
-            events = writer.prepare(
-                [
-                    EventDraft(
-                        type="run.completed",
-                        payload={
-                            "status": "failed",
-                            "failure": {
-                                "stage": "run",
-                                "code": "orphaned",
-                                "message": "the log ended without run.completed and no "
-                                "writer holds it (found by reindex)",
-                            },
-                        },
-                    )
-                ]
-            )
-            return await self._complete_with(base.evolve(status=RunStatus.RUNNING), writer, events)
+            # A live run. Its row is rebuilt as live and nothing is taken from whoever
+            # runs it: the worker's lease and the writer lease are not in the log and
+            # stay as the row has them. Only an executed run that no worker leases and
+            # no process holds is an orphan nobody else would finish.
+            status = RunStatus.RUNNING if started_at else RunStatus.QUEUED
+            live = base.evolve(status=status)
+            await self.repo.upsert_run(live)
+            current = await self.repo.get_run(run_id)
+            if current.external or current.lease_owner is not None:
+                return current
+            async with self.held.lock(run_id):
+                if self.held.get(run_id) is not None:
+                    return current
+                try:
+                    held = await self.held.take(current, source="server", atomic=True)
+                except WriterMoving:
+                    return current  # a live writer holds it: genuinely running
+                return await self.complete_held(
+                    held,
+                    _failed(
+                        "orphaned",
+                        "the log ended without run.completed and no writer holds it "
+                        "(found by reindex)",
+                    ),
+                )
         summary = builder.build()
         execution = summary.get("execution") or {}
         exit_code = execution.get("exit_code")

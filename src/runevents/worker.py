@@ -16,9 +16,16 @@ import logging
 import os
 import socket
 from datetime import UTC, datetime
+from typing import Any
 
 from runevents import ids
-from runevents.exceptions import ConfigurationNotFound, Conflict, RuneventsError
+from runevents.exceptions import (
+    ConfigurationNotFound,
+    Conflict,
+    RuneventsError,
+    StorageError,
+    WriterFenced,
+)
 from runevents.executor import execute
 from runevents.manager import RunManager
 from runevents.models import Run
@@ -28,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: how long the claim loop sleeps when the queue is empty (seconds)
 IDLE_POLL_SECONDS = 0.5
+#: backoff of a completion that could not be made durable (seconds)
+COMPLETE_RETRY_MIN, COMPLETE_RETRY_MAX = 0.2, 5.0
 
 
 def _ms_between(start: str | None, end: str | None) -> int | None:
@@ -118,17 +127,46 @@ class Worker:
             # restart, or another worker) finishes the run as failed with the reason
             await session.abandon()
             raise
+        except WriterFenced:
+            # another process took the run (its lease moved on): never write again
+            log.error("run %s: writer lease lost; letting go", session.run.id)
+            session.cancel.set()
+            await session.abandon()
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            self.manager.end_session(session.run.id)
+
+    async def _complete(self, session: RunSession, **outcome: Any) -> None:
+        """Write run.completed; while the log cannot be made durable, keep it buffered and
+        retry (the heartbeat keeps the lease) -- the row is finished only once it is."""
+        try:
+            await session.complete(**outcome)
+            return
+        except WriterFenced:
+            raise
+        except StorageError as exc:
+            log.error("run %s: completion not durable yet (%s); retrying", session.run.id, exc)
+        delay = COMPLETE_RETRY_MIN
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await session.settle()
+                return
+            except WriterFenced:
+                raise
+            except StorageError as exc:
+                log.warning("run %s: completion still failing: %s", session.run.id, exc)
+                delay = min(delay * 2, COMPLETE_RETRY_MAX)
 
     async def _run_session(self, session: RunSession) -> None:
         run = session.run
         try:
             config = self.manager.configs.get(run.workspace_id, run.configuration_id)
         except ConfigurationNotFound as exc:
-            await session.complete(
+            await self._complete(
+                session,
                 status="failed",
                 failure={"stage": "run", "code": "configuration_not_found", "message": exc.message},
                 execution=None,
@@ -149,7 +187,8 @@ class Worker:
             raise
         except Exception as exc:
             log.exception("run %s: executor failed", run.id)
-            await session.complete(
+            await self._complete(
+                session,
                 status="failed",
                 failure={
                     "stage": "run",
@@ -159,7 +198,8 @@ class Worker:
                 execution=None,
             )
             return
-        await session.complete(
+        await self._complete(
+            session,
             status=result.status,
             failure=result.failure,
             execution={
@@ -177,8 +217,9 @@ class Worker:
             try:
                 await self.manager.heartbeat(session, self.worker_id)
             except Conflict:
-                # our lease was taken: stop the child; never write after losing it
-                log.error("run %s: lease lost; cancelling", session.run.id)
+                # the execution lease is never taken from a live worker (the reaper
+                # needs the run's log first); a row that moved on means the run ended
+                log.error("run %s: execution lease gone; stopping", session.run.id)
                 session.cancel.set()
                 return
             except Exception:

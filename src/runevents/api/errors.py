@@ -79,6 +79,9 @@ async def _runevents_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, exc.RuneventsError)
     status = status_of(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(error, exc.StorageError):
+        # contract 6: a batch that cannot be made durable gets 503 + Retry-After
+        headers = {"Retry-After": str(max(1, int(error.retry_after)))}
     if status >= 500:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, error.code, error)
     # the first bad line of an ingest batch (InvalidEvent.line, or PayloadTooLarge's detail)

@@ -18,6 +18,7 @@ The position is the furthest of ``after_sequence``, ``from_sequence - 1`` and
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -236,6 +237,7 @@ async def search_events(
 )
 async def ingest_events(
     request: Request,
+    response: Response,
     workspace_id: WorkspaceId,
     configuration_id: ConfigurationId,
     run_id: RunId,
@@ -267,6 +269,15 @@ async def ingest_events(
         run_id=run_id,
         max_event_bytes=settings.max_event_bytes,
     )
+    if settings.fsync == "never":
+        # the relaxed setting: the answer must not claim more than it gives (contract 6)
+        response.headers["Durability"] = "relaxed"
     return await manager.ingest(
-        workspace_id, configuration_id, run_id, drafts, idempotency_key=idempotency_key
+        workspace_id,
+        configuration_id,
+        run_id,
+        drafts,
+        idempotency_key=idempotency_key,
+        # a key names one batch: the same key with other bytes is refused (422)
+        body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
     )

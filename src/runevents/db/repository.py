@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,6 +50,7 @@ from runevents.exceptions import (
     InvalidTransition,
     RunEnded,
     RunNotFound,
+    WriterFenced,
 )
 from runevents.models import (
     ENDED_STATUSES,
@@ -65,6 +67,19 @@ MAX_IDEMPOTENCY_KEY = 255
 _ENDED = sorted(s.value for s in ENDED_STATUSES)
 _NOT_ENDED = sorted(s.value for s in RunStatus if s not in ENDED_STATUSES)
 _UPDATABLE = frozenset(RUN_FIELDS) - {"id", "updated_at"}
+#: columns reindex's upsert never overwrites: the lease of a running job stays its worker's
+_KEEP_ON_UPSERT = frozenset({"id", "lease_owner", "lease_expires_at", "cancel_requested"})
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What is stored for one ``Idempotency-Key``: the answer and what proves it."""
+
+    answer: dict[str, Any]
+    #: SHA-256 (hex) of the request body that used the key (None: stored before 0002)
+    body_sha256: str | None
+    #: event_id of the batch's first event: the batch is in the log iff that line is
+    first_event_id: str | None
 
 
 def _values(states: Collection[LogState]) -> list[str]:
@@ -106,11 +121,23 @@ class RunRepository:
 
     # -- single runs -----------------------------------------------------------------
 
-    async def insert_run(self, run: Run) -> None:
-        """Insert a new run. Conflict if a run with that id exists."""
+    async def insert_run(
+        self, run: Run, *, writer_owner: str | None = None, writer_lease_seconds: float = 8.0
+    ) -> None:
+        """Insert a new run (with ``writer_owner``: holding its writer lease, epoch 1).
+
+        Conflict if a run with that id exists.
+        """
+        values = to_row(run)
+        if writer_owner is not None:
+            values.update(
+                writer_owner=writer_owner,
+                writer_epoch=1,
+                writer_expires_at=utcnow() + timedelta(seconds=writer_lease_seconds),
+            )
         try:
             async with self._tx(write=True) as conn:
-                await conn.execute(runs.insert().values(**to_row(run)))
+                await conn.execute(runs.insert().values(**values))
         except Conflict as exc:
             raise Conflict(f"run {run.id} already exists") from exc
 
@@ -121,7 +148,8 @@ class RunRepository:
         stmt = insert(runs).values(**row)
         stmt = stmt.on_conflict_do_update(
             index_elements=[runs.c.id],
-            set_={name: stmt.excluded[name] for name in row if name != "id"},
+            # a rebuilt row describes the log; who runs or writes it is not in the log
+            set_={name: stmt.excluded[name] for name in row if name not in _KEEP_ON_UPSERT},
         )
         async with self._tx(write=True) as conn:
             await conn.execute(stmt)
@@ -135,7 +163,12 @@ class RunRepository:
         return from_row(row)
 
     async def update_run(
-        self, run_id: str, *, expect: Collection[RunStatus] | None = None, **fields: Any
+        self,
+        run_id: str,
+        *,
+        expect: Collection[RunStatus] | None = None,
+        where: sa.ColumnElement[bool] | None = None,
+        **fields: Any,
     ) -> Run:
         """Set ``fields`` (Run field names) in one conditional UPDATE; return the updated run.
 
@@ -158,6 +191,8 @@ class RunRepository:
             sources = {s for s, targets in TRANSITIONS.items() if target in targets}
             allowed = sources if allowed is None else allowed & sources
         stmt = runs.update().where(runs.c.id == run_id)
+        if where is not None:
+            stmt = stmt.where(where)
         if allowed is not None:
             stmt = stmt.where(runs.c.status.in_(sorted(s.value for s in allowed)))
         stmt = stmt.values(**values, updated_at=utcnow()).returning(*runs.c)
@@ -166,8 +201,17 @@ class RunRepository:
             if row is not None:
                 return from_row(row)
             current = await conn.scalar(sa.select(runs.c.status).where(runs.c.id == run_id))
+            fenced = (
+                where is not None
+                and current is not None
+                and not await conn.scalar(
+                    sa.select(sa.literal(True)).where(runs.c.id == run_id, where)
+                )
+            )
         if current is None:
             raise RunNotFound(f"run {run_id} not found")
+        if fenced:
+            raise WriterFenced(f"this process no longer holds the writer of run {run_id}")
         status = RunStatus(current)
         if status.ended and not any(s.ended for s in allowed or ()):
             raise RunEnded(f"run {run_id} has already ended ({status.value})")
@@ -342,44 +386,178 @@ class RunRepository:
         )
         return await self._runs(stmt)
 
-    # -- ingest idempotency -------------------------------------------------------------
+    # -- writer leases (ownership.py) -------------------------------------------------
 
-    async def get_idempotency(self, run_id: str, key: str) -> dict[str, Any] | None:
-        """The answer stored for ``key`` on the run, or None."""
-        stmt = sa.select(ingest_keys.c.answer).where(
-            ingest_keys.c.run_id == run_id, ingest_keys.c.key == scrub(key)
+    async def acquire_writer(self, run_id: str, owner: str, lease_seconds: float) -> int | None:
+        """Take the run's writer lease if it is free, expired or already ``owner``'s.
+
+        Bumps the fencing epoch and returns it; None if another owner holds a
+        live lease. RunNotFound if the run does not exist.
+        """
+        now = utcnow()
+        free = sa.or_(
+            runs.c.writer_owner.is_(None),
+            runs.c.writer_expires_at < now,
+            runs.c.writer_owner == owner,
+        )
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, free)
+            .values(
+                writer_owner=owner,
+                writer_epoch=runs.c.writer_epoch + 1,
+                writer_expires_at=now + timedelta(seconds=lease_seconds),
+            )
+            .returning(runs.c.writer_epoch)
+        )
+        async with self._tx(write=True) as conn:
+            epoch = await conn.scalar(stmt)
+            if epoch is None and (
+                await conn.scalar(sa.select(runs.c.id).where(runs.c.id == run_id)) is None
+            ):
+                raise RunNotFound(f"run {run_id} not found")
+        return None if epoch is None else int(epoch)
+
+    async def renew_writer(self, run_id: str, owner: str, epoch: int, lease_seconds: float) -> bool:
+        """Extend a writer lease that is still ``(owner, epoch)``'s; False if it was taken.
+
+        Expiry alone does not lose a lease: after a pause (a failover, a stalled
+        loop) the owner keeps it unless someone else took it meanwhile.
+        """
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.writer_owner == owner, runs.c.writer_epoch == epoch)
+            .values(writer_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        )
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(stmt)
+        return bool(result.rowcount)
+
+    async def renew_writers(self, owner: str, lease_seconds: float) -> set[str]:
+        """Extend every writer lease ``owner`` still holds, in one statement; their run ids."""
+        stmt = (
+            runs.update()
+            .where(runs.c.writer_owner == owner)
+            .values(writer_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            .returning(runs.c.id)
+        )
+        async with self._tx(write=True) as conn:
+            return {str(r) for r in (await conn.execute(stmt)).scalars()}
+
+    async def release_writer(self, run_id: str, owner: str, epoch: int) -> None:
+        """Give the writer lease up if it is still ``(owner, epoch)``'s (the epoch stays)."""
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.writer_owner == owner, runs.c.writer_epoch == epoch)
+            .values(writer_owner=None, writer_expires_at=None)
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
+
+    async def writer_of(self, run_id: str) -> tuple[str | None, int, datetime | None]:
+        """``(owner, epoch, expires_at)`` of the run's writer lease (tests, the repair loop)."""
+        stmt = sa.select(runs.c.writer_owner, runs.c.writer_epoch, runs.c.writer_expires_at).where(
+            runs.c.id == run_id
         )
         async with self._tx() as conn:
-            answer = await conn.scalar(stmt)
-        return None if answer is None else dict(answer)
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found")
+        expires = row[2]
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        return row[0], int(row[1]), expires
 
-    async def put_idempotency(self, run_id: str, key: str, answer: dict[str, Any]) -> None:
-        """Remember ``answer`` for ``key`` on the run; if the key is known, keep the first answer.
+    async def finish_owned(
+        self, run_id: str, owner: str, epoch: int, *, expect: Collection[RunStatus], **fields: Any
+    ) -> Run:
+        """``update_run`` fenced by the writer lease: only ``(owner, epoch)`` may finish the row.
+
+        WriterFenced if the lease moved on; otherwise as ``update_run``.
+        """
+        held = sa.and_(runs.c.writer_owner == owner, runs.c.writer_epoch == epoch)
+        return await self.update_run(run_id, expect=expect, where=held, **fields)
+
+    # -- ingest idempotency -------------------------------------------------------------
+
+    async def get_idempotency(self, run_id: str, key: str) -> IdempotencyRecord | None:
+        """What is stored for ``key`` on the run, or None."""
+        stmt = sa.select(
+            ingest_keys.c.answer, ingest_keys.c.body_sha256, ingest_keys.c.first_event_id
+        ).where(ingest_keys.c.run_id == run_id, ingest_keys.c.key == scrub(key))
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return IdempotencyRecord(dict(row[0]), row[1], row[2])
+
+    async def put_idempotency(
+        self,
+        run_id: str,
+        key: str,
+        answer: dict[str, Any],
+        *,
+        body_sha256: str | None = None,
+        first_event_id: str | None = None,
+    ) -> None:
+        """Remember ``answer`` for ``key`` on the run, replacing a stale record.
 
         InvalidInput for an empty or over-long key; RunNotFound if the run does not exist.
         """
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
         insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(ingest_keys)
-            .values(run_id=run_id, key=scrub(key), answer=scrub(answer), created_at=utcnow())
-            .on_conflict_do_nothing(index_elements=[ingest_keys.c.run_id, ingest_keys.c.key])
+        values = {
+            "answer": scrub(answer),
+            "created_at": utcnow(),
+            "body_sha256": body_sha256,
+            "first_event_id": first_event_id,
+        }
+        stmt = insert(ingest_keys).values(run_id=run_id, key=scrub(key), **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[ingest_keys.c.run_id, ingest_keys.c.key], set_=values
         )
         try:
             async with self._tx(write=True) as conn:
                 await conn.execute(stmt)
         except Conflict as exc:
-            # the primary key cannot clash (DO NOTHING): only the run's foreign key can
+            # the primary key cannot clash (DO UPDATE): only the run's foreign key can
             raise RunNotFound(f"run {run_id} not found") from exc
 
-    async def delete_idempotency(self, run_id: str, key: str) -> None:
-        """Forget ``key`` on the run (its batch never reached the log); no-op if unknown."""
-        stmt = sa.delete(ingest_keys).where(
-            ingest_keys.c.run_id == run_id, ingest_keys.c.key == scrub(key)
-        )
+    async def delete_idempotency(self, run_id: str, key: str | None = None) -> int:
+        """Forget ``key`` on the run (every key with None); returns how many were dropped."""
+        stmt = sa.delete(ingest_keys).where(ingest_keys.c.run_id == run_id)
+        if key is not None:
+            stmt = stmt.where(ingest_keys.c.key == scrub(key))
         async with self._tx(write=True) as conn:
-            await conn.execute(stmt)
+            result = await conn.execute(stmt)
+        return int(result.rowcount or 0)
+
+    async def prune_idempotency(self, before: datetime) -> int:
+        """Drop the keys of runs compacted or expired that ended before ``before``."""
+        old = sa.select(runs.c.id).where(
+            runs.c.log_state.in_(_values({LogState.COMPRESSED, LogState.EXPIRED})),
+            runs.c.completed_at < check_aware(before, "before"),
+        )
+        stmt = sa.delete(ingest_keys).where(ingest_keys.c.run_id.in_(old))
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount or 0)
+
+    async def live_runs(self, *, limit: int = 1000, after_id: str | None = None) -> list[Run]:
+        """Runs whose log is still ``live`` (ended or not), by id: the repair loop's work list."""
+        where: list[sa.ColumnElement[bool]] = [runs.c.log_state == LogState.LIVE.value]
+        if after_id is not None:
+            where.append(runs.c.id > after_id)
+        return await self._runs(runs.select().where(*where).order_by(runs.c.id).limit(limit))
+
+    async def count_idempotency(self, run_id: str | None = None) -> int:
+        """How many keys are stored (for one run, or all): tests and the bench."""
+        stmt = sa.select(sa.func.count()).select_from(ingest_keys)
+        if run_id is not None:
+            stmt = stmt.where(ingest_keys.c.run_id == run_id)
+        async with self._tx() as conn:
+            return int(await conn.scalar(stmt) or 0)
 
     # -- maintenance -----------------------------------------------------------------
 

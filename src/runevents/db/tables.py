@@ -104,6 +104,10 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean(), nullable=False),
     sa.Column("lease_owner", sa.Text(), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    # the one owner of the run's log (ownership.py); the epoch fences out earlier owners
+    sa.Column("writer_owner", sa.Text(), nullable=True),
+    sa.Column("writer_epoch", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("writer_expires_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint(_in("status", STATUS_VALUES), name="status"),
     sa.CheckConstraint(_in("log_state", LOG_STATE_VALUES), name="log_state"),
     # runs list (newest first): unfiltered, by configuration, by status, by both.
@@ -141,4 +145,8 @@ ingest_keys = sa.Table(
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("answer", _json(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # SHA-256 of the request body: the same key with other bytes is refused (422)
+    sa.Column("body_sha256", sa.String(64), nullable=True),
+    # event_id of the batch's first event: the log proves the batch is in it
+    sa.Column("first_event_id", sa.String(128), nullable=True),
 )

@@ -30,7 +30,12 @@ from runevents.eventlog.locate import (
     open_any,
 )
 from runevents.eventlog.reader import Cursor, StaleIndex, iter_lines
-from runevents.eventlog.recovery import Recovered, recover_index, recover_log
+from runevents.eventlog.recovery import (
+    Recovered,
+    recover_index,
+    recover_log,
+    recovered_payload,
+)
 from runevents.eventlog.tail import Tail, read_behind, take
 from runevents.eventlog.types import (
     Chunk,
@@ -125,10 +130,20 @@ class EventLog:
         return str(keys.live) if not keys.spooled else object_url(self.store, keys.log)
 
     # ------------------------------------------------------------------ writing
-    async def open_writer(self, ref: RunRef, *, source: str = "worker") -> RunWriter:
+    async def open_writer(
+        self,
+        ref: RunRef,
+        *,
+        source: str = "worker",
+        atomic: bool = False,
+        checkpoint: tuple[int, int] | None = None,
+    ) -> RunWriter:
         """The run's single writer. WriterBusy if this or another process holds it.
 
-        Recovers a torn tail left by a crash. For a log that already ended
+        Recovers the log first (contract 2.2: everything after ``checkpoint``,
+        a ``(sequence, offset)`` known durable, is checked; what is cut is in
+        ``writer.recovered``). ``atomic`` picks the failure policy (see
+        ``writer``). For a log that already ended
         (run.completed, or sealed/compacted away from the live file) the writer
         opens but ``prepare`` raises RunEnded.
         """
@@ -141,7 +156,7 @@ class EventLog:
             raise StorageError(f"cannot create {keys.live.parent}: {exc}") from exc
         lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
         try:
-            writer = await self._open_locked(ref, keys, lock, source)
+            writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint)
         except BaseException:
             lock.release()
             raise
@@ -149,10 +164,17 @@ class EventLog:
         return writer
 
     async def _open_locked(
-        self, ref: RunRef, keys: Keys, lock: WriterLock, source: str
+        self,
+        ref: RunRef,
+        keys: Keys,
+        lock: WriterLock,
+        source: str,
+        atomic: bool,
+        checkpoint: tuple[int, int] | None,
     ) -> RunWriter:
         common: dict[str, Any] = {
             "source": source,
+            "atomic": atomic,
             "path": keys.live,
             "index_path": keys.live_index,
             "lock": lock,
@@ -182,12 +204,12 @@ class EventLog:
             raise StorageError(f"cannot open {keys.live}: {exc}") from exc
         try:
             recovered, (index, index_fd) = await _off_loop_if_large(
-                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes
+                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes, checkpoint
             )
         except BaseException:
             os.close(fd)
             raise
-        return RunWriter(
+        writer = RunWriter(
             ref,
             fd=fd,
             index_fd=index_fd,
@@ -197,6 +219,8 @@ class EventLog:
             ended=recovered.ended,
             **common,
         )
+        writer.recovered = recovered_payload(recovered)
+        return writer
 
     def _on_visible(
         self, writer: RunWriter, start: int, data: bytearray, first: int, last: int
@@ -400,10 +424,14 @@ class EventLog:
             await tail.stop()
 
     # ------------------------------------------------------------------ sealing, stats
-    async def seal(self, ref: RunRef) -> SealInfo:
+    async def seal(self, ref: RunRef, lock: WriterLock | None = None) -> SealInfo:
         """Make an ended log final: fsync, full index, and for a remote store upload it
-        (index, then log) and remove the spool files. Idempotent."""
-        return await sealing.seal(self, ref)
+        (index, then log) and remove the spool files. Idempotent.
+
+        ``lock``: the run's file lock, handed over by its closing writer
+        (``close(keep_lock=True)``), so nobody can take the log in between.
+        """
+        return await sealing.seal(self, ref, lock)
 
     async def stats(self, ref: RunRef) -> LogStats:
         """Event count, bytes and form of the run's log (form None: no log)."""
@@ -450,7 +478,7 @@ async def _off_loop_if_large(fd: int, fn: Callable[..., T], *args: Any) -> T:
 
 
 def _recover(
-    fd: int, keys: Keys, run_id: str, every_bytes: int
+    fd: int, keys: Keys, run_id: str, every_bytes: int, checkpoint: tuple[int, int] | None
 ) -> tuple[Recovered, tuple[SparseIndex, int | None]]:
-    recovered = recover_log(fd, keys.live, run_id)
+    recovered = recover_log(fd, keys.live, run_id, checkpoint)
     return recovered, recover_index(fd, keys.live_index, recovered.end, every_bytes)

@@ -100,7 +100,9 @@ def _quarantine(fd: int, path: Path, start: int, end: int) -> Path:
     return target
 
 
-def recover_log(fd: int, path: Path, run_id: str) -> Recovered:
+def recover_log(
+    fd: int, path: Path, run_id: str, checkpoint: tuple[int, int] | None = None
+) -> Recovered:
     """Find the last good line of the log open at ``fd``; quarantine and cut what follows."""
     try:
         size = os.fstat(fd).st_size
@@ -183,3 +185,10 @@ def recover_index(
                 os.close(index_fd)
             raise StorageError(f"cannot write the index {index_path}: {exc}") from exc
     return index, index_fd
+
+
+def recovered_payload(r: Recovered) -> dict[str, object] | None:
+    """The ``log.recovered`` payload for what recovery cut (None: nothing was cut)."""
+    if not r.torn_bytes:
+        return None
+    return {"cut_bytes": r.torn_bytes, "cut_events": None, "reason": "torn or damaged tail"}

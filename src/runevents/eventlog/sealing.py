@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from runevents.eventlog import EventLog
 
 
-async def seal(log: EventLog, ref: RunRef) -> SealInfo:
+async def seal(log: EventLog, ref: RunRef, lock: WriterLock | None = None) -> SealInfo:
     """fsync the log, make its index complete, and for a remote store upload both
     (index first: a reader that finds the log finds its index) and remove the spool files.
 
@@ -35,9 +35,10 @@ async def seal(log: EventLog, ref: RunRef) -> SealInfo:
     sealed away (uploaded or compacted) just reports where it is.
     """
     keys = log.keys(ref)
-    if log.writer_open(ref):
-        raise WriterBusy(f"the writer of run {ref.run_id} is still open: close it first")
-    lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
+    if lock is None:
+        if log.writer_open(ref):
+            raise WriterBusy(f"the writer of run {ref.run_id} is still open: close it first")
+        lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
     try:
         if not keys.live.exists():
             stats = await stored_stats(log, keys)

@@ -1,19 +1,37 @@
 """The single writer of one run's log.
 
 ``prepare`` turns drafts into envelopes (sequence, event_id, created_at, ids)
-without writing; ``commit`` encodes them into the append buffer; the buffer is
-written with one ``pwrite`` when the flush policy says so (``flush_events``
-events, ``flush_interval_ms`` after the first buffered event, 1 MiB of
-bytes, a ``run.completed``, or every commit in ``fsync="batch"`` mode). Only
-then are the bytes *visible*: published to the in-process tail and notified.
-With ``fsync="flush"``/``"batch"`` they are fsynced before they are visible.
+without writing; ``commit`` encodes them into the append buffer and returns a
+:class:`Ticket`; ``sync(ticket)`` returns once those bytes are *durable*
+(written, and fsynced unless ``fsync="never"``) or raises. Bytes become
+*visible* (published to the in-process tail, notified) only once durable, so
+no reader ever sees an event that a crash could take back -- a client holding
+``Last-Event-ID: N`` can never be handed a different event N later.
 
-Write failures never tear the file and never stop the run: a partial write
-is cut back to the last good offset, the bytes stay buffered (up to
-``max_buffer_bytes``) and are retried with backoff; ``degraded`` and
-``write_errors`` say so. When the buffer is full, new drafts are dropped in
-``prepare`` -- before they get a sequence, so sequences stay gap-free -- and
-counted in ``dropped_events`` (a final ``run.completed`` is never dropped).
+Durability is a group commit: one ``pwrite`` + one ``fsync`` covers every
+commit buffered when it starts; syncs that arrive while an fsync is in flight
+wait for it and share the next one.
+
+Two failure policies, fixed per writer (see ARCHITECTURE.md, failure table):
+
+- ``atomic=True`` (producer ingest, server events): a failed write or fsync
+  cuts the file back to the last durable offset and *rolls back* every commit
+  that was not durable yet -- their sequences are handed out again and every
+  waiting ``sync`` raises ``StorageError`` (the API answers 503). Nothing that
+  was not acknowledged is ever in the log unless it is sent again.
+- ``atomic=False`` (an executor's console lines, which nobody was promised):
+  the bytes stay buffered (up to ``max_buffer_bytes``) and are retried with
+  backoff; ``degraded`` says so. When the buffer is full, new drafts are
+  dropped in ``prepare`` -- before they get a sequence -- and counted (a final
+  ``run.completed`` is never dropped). ``sync`` still raises on a failed
+  attempt, so a completion knows it is not durable yet.
+
+Every commit unit ends its last line with ``b" \\n"`` (``events.UNIT_END``):
+recovery cuts the whole lines of a unit that was not written whole.
+
+Ownership: ``fence`` (from the manager's lease) is awaited before every write;
+a writer whose lease was taken over raises ``WriterFenced`` and never writes
+again.
 """
 
 from __future__ import annotations
@@ -22,7 +40,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +60,7 @@ from runevents.events import (
     Event,
     EventDraft,
     encode_batch,
+    mark_unit_end,
     normalize_created_at,
     utc_timestamp,
 )
@@ -50,6 +70,7 @@ from runevents.exceptions import (
     PayloadTooLarge,
     RunEnded,
     StorageError,
+    WriterFenced,
 )
 from runevents.ids import new_ulid
 
@@ -62,8 +83,10 @@ FLUSH_BYTES = 1024 * 1024
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 #: called with (writer, start offset, bytes, first sequence, last sequence) when bytes become
-#: visible; the data object must not be kept (it is the writer's buffer)
-VisibleHook = Callable[["RunWriter", int, bytearray, int, int], None]
+#: visible; the data object must not be kept
+VisibleHook = Callable[["RunWriter", int, bytes, int, int], None]
+#: awaited before every write: raises WriterFenced when this process no longer owns the run
+Fence = Callable[[], Awaitable[None]]
 
 
 def _refuse(draft: EventDraft, line: int, is_last: bool) -> None:
@@ -83,13 +106,22 @@ class WriterConfig:
     flush_interval_ms: int = 50
     #: the interval while this process has live subscribers on the run (latency)
     live_flush_interval_ms: int = 20
-    fsync: FsyncMode = "never"
+    #: never: page cache only (relaxed); flush: fsync before bytes are visible/acknowledged
+    fsync: FsyncMode = "flush"
     #: events not yet written are kept up to this many bytes while writes fail
     max_buffer_bytes: int = 64 * 1024 * 1024
-    #: one encoded event at most (None: no limit)
+    #: one encoded producer event at most (None: no limit)
     max_event_bytes: int | None = None
     index_every_bytes: int = EVERY_BYTES
     index_every_events: int = EVERY_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What ``sync`` needs to know a commit became durable: its end and the rollback era."""
+
+    end: int
+    era: int
 
 
 class RunWriter:
@@ -114,16 +146,19 @@ class RunWriter:
         on_visible: VisibleHook | None = None,
         on_close: Callable[[RunWriter], None] | None = None,
         watched: Callable[[RunWriter], bool] | None = None,
+        atomic: bool = True,
     ) -> None:
         self.ref = ref
         self.source = source
         self.path = path
         self.config = config
+        #: failure policy (module doc): roll back non-durable commits on a failed write
+        self.atomic = atomic
         #: sequence of the last committed event (buffered or written)
         self.last_sequence = last_sequence
-        #: size of the log on disk (bytes written so far)
+        #: size of the log on disk including bytes written but not yet durable
         self.bytes_written = offset
-        #: set once a write failed (stays set: events may have been lost or delayed)
+        #: set once a write failed (stays set)
         self.degraded = False
         #: writes that failed (each retry counts)
         self.write_errors = 0
@@ -135,6 +170,13 @@ class RunWriter:
         self.last_error: OSError | None = None
         #: called once, the first time a write fails (the manager flags logging_degraded)
         self.on_degraded: Callable[[RunWriter], None] | None = None
+        #: called with each commit unit's events once they are durable, in log order
+        #: (the manager folds its run summary); rolled-back units are never passed
+        self.on_durable: Callable[[list[Event]], None] | None = None
+        #: proves ownership before every write (None: unfenced, tests and tools)
+        self.fence: Fence | None = None
+        #: the writer can no longer be trusted (fenced, or the file could not be cut back)
+        self.broken: str | None = None
         self.index = index
         self.index_path = index_path
         self._fd = fd
@@ -149,45 +191,59 @@ class RunWriter:
         self._interval = config.flush_interval_ms / 1000
         self._live_interval = min(config.live_flush_interval_ms, config.flush_interval_ms) / 1000
         self._watched = watched
-        # the config, flattened: commit reads these on every call
         self._flush_events = config.flush_events
-        self._flush_every_commit = config.fsync == "batch"
+        self._fsync = config.fsync != "never"
         self._max_event_bytes = config.max_event_bytes
         self._every_bytes = config.index_every_bytes
         self._every_events = config.index_every_events
         self._id_prefix = f"evt_{new_ulid()}"
-        self._offset = offset  # end of the written bytes
-        self._visible = offset  # end of the bytes readers may see
+        # Durable state: bytes [0, _durable) are on stable storage (visible to readers);
+        # _buf holds every committed byte after it (written or not), so a failed
+        # write can always be redone or cut back.
+        self._durable = offset
+        self._durable_sequence = last_sequence
+        self._durable_ended = ended
         self._buf = bytearray()
-        self._pending_events = 0
+        #: (sequence, offset) index records of the bytes in _buf
         self._pending_index: list[tuple[int, int]] = []
         self._idx_seq, self._idx_off = index.last
+        self._idx_durable = (self._idx_seq, self._idx_off)
+        #: bumped by every rollback; _rollbacks[e] is the durable end when era e ended,
+        #: so a ticket of era e is durable iff its end is within it
+        self._era = 0
+        self._rollbacks: list[int] = []
+        #: committed units not yet durable, for on_durable
+        self._units: deque[list[Event]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_MIN
         self._failing = False
-        self._needs_truncate = False
+        self._due = False
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: what recovery cut when this writer opened the log (None: nothing)
+        self.recovered: dict[str, object] | None = None
 
     # ------------------------------------------------------------------ state
     @property
     def visible_offset(self) -> int:
-        """End of the bytes readers may see (written, and fsynced if the mode asks)."""
-        return self._visible
+        """End of the bytes readers may see (durable)."""
+        return self._durable
+
+    @property
+    def durable_sequence(self) -> int:
+        """Sequence of the last durable event (a recovery checkpoint with ``visible_offset``)."""
+        return self._durable_sequence
 
     @property
     def pending_events(self) -> int:
-        """Committed events not yet written to the log."""
-        return self._pending_events
+        """Committed events not yet durable."""
+        return self.last_sequence - self._durable_sequence
 
     @property
     def buffer_full(self) -> bool:
-        """Writes are failing and the buffer is full: :meth:`prepare` would drop drafts now.
-
-        An all-or-nothing producer batch (HTTP ingest) should answer 503 instead.
-        """
+        """Writes are failing and the buffer is full: :meth:`prepare` would drop drafts now."""
         return self._failing and len(self._buf) >= self.config.max_buffer_bytes
 
     @property
@@ -195,21 +251,26 @@ class RunWriter:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"the writer of run {self.ref.run_id} is closed")
+        if self.broken is not None:
+            raise StorageError(self.broken)
+
     # ------------------------------------------------------------------ prepare / commit
     def prepare(self, drafts: Sequence[EventDraft]) -> list[Event]:
         """Envelopes for ``drafts`` with the next sequences; writes nothing.
 
         Raises RunEnded after run.completed, InvalidEvent for a bad draft
-        (``line`` is its 1-based position). While writes fail and the buffer is
-        full, drafts are dropped (not numbered): the result may be shorter.
+        (``line`` is its 1-based position). A non-atomic writer whose writes
+        fail and whose buffer is full drops drafts (the result may be shorter).
         """
-        if self._closed:
-            raise StorageError(f"the writer of run {self.ref.run_id} is closed")
+        self._check_open()
         if self.ended:
             raise RunEnded(f"run {self.ref.run_id} has already ended (run.completed is in its log)")
         if not drafts:
             return []
-        if self._failing and len(self._buf) >= self.config.max_buffer_bytes:
+        if not self.atomic and self.buffer_full:
             kept = [drafts[-1]] if drafts[-1].type == RUN_COMPLETED else []
             self.dropped_events += len(drafts) - len(kept)
             drafts = kept
@@ -254,38 +315,35 @@ class RunWriter:
             sequence += 1
         return events
 
-    async def commit(self, events: list[Event]) -> None:
-        """Encode the events of the last :meth:`prepare` into the buffer; flush by policy.
+    def commit(self, events: list[Event], *, check_size: bool = True) -> Ticket:
+        """Encode the events of the last :meth:`prepare` into the buffer as one unit.
 
-        Nothing is buffered if any event fails to encode (InvalidEvent) or is
-        larger than ``max_event_bytes`` (PayloadTooLarge).
+        Nothing is buffered if any event fails to encode (InvalidEvent) or, with
+        ``check_size``, is larger than ``max_event_bytes`` (PayloadTooLarge; the
+        server's own events -- a completion with its summary -- are not held to
+        the producer's limit). A non-atomic writer flushes by policy in the
+        background; an atomic one waits for :meth:`sync`.
         """
-        if not events:
-            return
-        if self._closed:
-            raise StorageError(f"the writer of run {self.ref.run_id} is closed")
+        self._check_open()
         if self.ended:
             raise RunEnded(f"run {self.ref.run_id} has already ended (run.completed is in its log)")
+        if not events:
+            return Ticket(self._durable + len(self._buf), self._era)
         first = events[0].sequence
         if first != self.last_sequence + 1 or events[-1].sequence != first + len(events) - 1:
             raise InvalidInput("commit() takes exactly the events of the last prepare()")
-        await self._commit(events, first)
-
-    async def _commit(self, events: list[Event], first: int) -> None:
-        """:meth:`commit` once the checks passed (``append`` comes here straight from prepare)."""
-        data = encode_batch(events)  # one C call for the batch
+        data = mark_unit_end(encode_batch(events))  # one C call for the batch
         limit = self._max_event_bytes
-        if limit is not None and len(data) > limit:
+        if check_size and limit is not None and len(data) > limit:
             longest = max(len(line) + 1 for line in data.split(b"\n")[:-1])
             if longest > limit:
                 raise PayloadTooLarge(f"an event is {longest} bytes (limit {limit})")
         buf = self._buf
-        base = self._offset + len(buf)
+        base = self._durable + len(buf)
         last = events[-1].sequence
         if base + len(data) - self._idx_off > self._every_bytes or (
             last - self._idx_seq >= self._every_events
         ):
-            # a record is due in this batch
             records = batch_records(
                 data, base, first, (self._idx_seq, self._idx_off), self._every_bytes,
                 self._every_events,
@@ -295,51 +353,192 @@ class RunWriter:
                 self._idx_seq, self._idx_off = records[-1]
         buf += data
         self.last_sequence = last
-        pending = self._pending_events = self._pending_events + len(events)
         if events[-1].type == RUN_COMPLETED:
             self.ended = True
-        if self._failing:
-            return  # the retry timer writes the buffer; do not hammer a failing disk
-        if (
-            pending >= self._flush_events
-            or self._flush_every_commit
-            or self.ended
-            or len(buf) >= FLUSH_BYTES
-        ):
-            await self.flush()
-        elif self._timer is None:
-            # Someone follows this run live: wait less, so they see events sooner.
-            # Unwatched runs batch more (fewer, larger writes).
-            watched = self._watched is not None and self._watched(self)
-            delay = self._live_interval if watched else self._interval
-            self._timer = self._loop.call_later(delay, self._on_timer)
+        ticket = Ticket(base + len(data), self._era)
+        if self.on_durable is not None:
+            self._units.append(events)
+        if not self.atomic and not self._failing:
+            pending = self.last_sequence - self._durable_sequence
+            if pending >= self._flush_events or self.ended or len(buf) >= FLUSH_BYTES:
+                self._due = True  # the caller awaits flush_if_due()
+            elif self._timer is None:
+                # Someone follows this run live: wait less, so they see events sooner.
+                watched = self._watched is not None and self._watched(self)
+                delay = self._live_interval if watched else self._interval
+                self._timer = self._loop.call_later(delay, self._on_timer)
+        return ticket
 
     async def append(self, drafts: Sequence[EventDraft]) -> list[Event]:
-        """``commit(prepare(drafts))``; returns the events as written."""
+        """``commit(prepare(drafts))``; durable at once for an atomic writer, flushed by
+        policy for a buffered one."""
         events = self.prepare(drafts)
         if events:
-            await self._commit(events, events[0].sequence)
+            ticket = self.commit(events)
+            if self.atomic:
+                await self.sync(ticket)
+            else:
+                await self.flush_if_due()
         return events
 
-    # ------------------------------------------------------------------ flushing
-    async def flush(self) -> None:
-        """Write the buffer now (and fsync unless ``fsync="never"``); then it is visible.
+    async def flush_if_due(self) -> None:
+        """Flush now if the policy says so (count, bytes, run.completed) after a commit."""
+        if self._due:
+            self._due = False
+            await self.flush()
 
-        A failing write does not raise: it is counted and retried (see ``degraded``).
+    # ------------------------------------------------------------------ durability
+    async def sync(self, ticket: Ticket | None = None) -> None:
+        """Return once the commit of ``ticket`` (default: everything committed) is durable.
+
+        Raises StorageError if the write or fsync failed (atomic: the commit was
+        rolled back and will never appear) or WriterFenced if this process lost
+        the run. Concurrent calls share one write + fsync (group commit).
         """
-        if self.config.fsync == "never":
-            self._write_pending(publish=True)
+        if ticket is None:
+            ticket = Ticket(self._durable + len(self._buf), self._era)
+        while True:
+            if ticket.era != self._era:
+                if ticket.end <= self._rollbacks[ticket.era]:
+                    return  # it was durable before a later commit failed
+                raise StorageError(
+                    f"the log of run {self.ref.run_id} could not be written "
+                    f"({self.last_error}); the batch was not stored"
+                )
+            if self._durable >= ticket.end:
+                return
+            self._check_open()
+            async with self._flush_lock:
+                if ticket.era != self._era or self._durable >= ticket.end:
+                    continue
+                error = await self._flush_locked()
+                if error is not None:
+                    raise StorageError(
+                        f"the log of run {self.ref.run_id} could not be written: {error}"
+                    )
+
+    async def flush(self) -> None:
+        """Try to make everything committed durable now; a failure is kept for retry
+        (non-atomic) or rolled back (atomic), never raised (see :meth:`sync`)."""
+        if self._closed or self.broken is not None or not self._buf:
             return
         async with self._flush_lock:
-            written = self._write_pending(publish=False)
-            if written is None or self._fd is None:
-                return
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> OSError | None:
+        """One group commit of the whole buffer. Caller holds ``_flush_lock``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        buf = self._buf
+        if not buf or self._fd is None:
+            return None
+        if self.fence is not None:
             try:
+                await self.fence()
+            except WriterFenced as exc:
+                self._break(str(exc))
+                raise
+        n = len(buf)
+        start = self._durable
+        last = self.last_sequence
+        ended = self.ended
+        try:
+            self._write_all(buf, n, start)
+            self.bytes_written = max(self.bytes_written, start + n)
+            if self._fsync:
                 await asyncio.to_thread(self._ops.fsync, self._fd)
-            except OSError as exc:
-                # the bytes are written; only their durability is in doubt
-                self._record_error(exc, "fsync")
-            self._make_visible(*written)
+        except OSError as exc:
+            self._on_failure(exc, start)
+            return exc
+        # durable: advance, publish, and keep what was committed during the fsync
+        # (``n`` and ``last`` were taken together, at a unit boundary)
+        data = bytes(buf[:n])
+        del buf[:n]
+        end = start + n
+        first = self._durable_sequence + 1
+        last_durable, ended_durable = last, ended
+        entries = [r for r in self._pending_index if r[1] < end]
+        self._pending_index = self._pending_index[len(entries) :]
+        self._write_index(entries)
+        if entries:
+            self._idx_durable = entries[-1]
+        self._durable = end
+        self._durable_sequence = last_durable
+        self._durable_ended = ended_durable
+        if self._failing:
+            self._failing = False
+            self._retry_delay = RETRY_MIN
+            log.warning("run %s: log writes work again", self.ref.run_id)
+        units, fold = self._units, self.on_durable
+        while units and units[0][-1].sequence <= last_durable:
+            unit = units.popleft()
+            if fold is not None:
+                fold(unit)
+        if self._on_visible is not None:
+            self._on_visible(self, start, data, first, last_durable)
+        return None
+
+    def _write_all(self, buf: bytearray, n: int, start: int) -> None:
+        assert self._fd is not None
+        done = 0
+        while done < n:
+            # No memoryview: an export kept alive by a traceback would make the
+            # buffer impossible to grow, and the remainder copy is the rare path.
+            data = buf if (done == 0 and n == len(buf)) else buf[done:n]
+            written = self._ops.pwrite(self._fd, data, start + done)
+            if written <= 0:
+                raise OSError(5, "the write made no progress")
+            done += written
+
+    def _on_failure(self, exc: OSError, start: int) -> None:
+        """A write or fsync failed: cut the file back to the durable end, then roll back
+        (atomic) or keep the buffer for a retry (non-atomic)."""
+        self.write_errors += 1
+        self.last_error = exc
+        first_failure = not self.degraded
+        self.degraded = True
+        try:
+            self._ops.ftruncate(self._fd, start)  # type: ignore[arg-type]
+            self.bytes_written = start
+        except OSError as cut:
+            # the file may hold bytes nobody acknowledged: only a reopen (recovery) may go on
+            self._break(
+                f"the log of run {self.ref.run_id} cannot be cut back after a failed write: {cut}"
+            )
+        if self.atomic:
+            dropped = self.last_sequence - self._durable_sequence
+            self._buf = bytearray()
+            self._units.clear()
+            self._pending_index = []
+            self._idx_seq, self._idx_off = self._idx_durable
+            self.last_sequence = self._durable_sequence
+            self.ended = self._durable_ended
+            self._rollbacks.append(self._durable)
+            self._era += 1
+            log.warning(
+                "run %s: log write failed (%s); %d events not stored (their producers get 503)",
+                self.ref.run_id, exc, dropped,
+            )  # fmt: skip
+        else:
+            self._failing = True
+            if self._retry is None and not self._closed:
+                self._retry = self._loop.call_later(self._retry_delay, self._on_retry)
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            log.warning(
+                "run %s: log write failed (%s); %d events (%d bytes) kept for retry",
+                self.ref.run_id, exc, self.pending_events, len(self._buf),
+            )  # fmt: skip
+        if first_failure and self.on_degraded is not None:
+            try:
+                self.on_degraded(self)
+            except Exception:
+                log.exception("run %s: on_degraded callback failed", self.ref.run_id)
+
+    def _break(self, reason: str) -> None:
+        if self.broken is None:
+            self.broken = reason
+            log.error("run %s: %s", self.ref.run_id, reason)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -350,75 +549,13 @@ class RunWriter:
         self._background_flush()
 
     def _background_flush(self) -> None:
-        if self.config.fsync == "never":
-            self._write_pending(publish=True)  # no await needed: do it in the callback
-            return
-        task = self._loop.create_task(self.flush())
+        task = self._loop.create_task(self._flush_quietly())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _write_pending(self, *, publish: bool) -> tuple[int, bytearray, int, int] | None:
-        """Write the whole buffer with one ``pwrite``; on success returns what was written."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        buf = self._buf
-        if not buf or self._fd is None:
-            return None
-        start = self._offset
-        try:
-            self._write_all(buf, start)
-        except OSError as exc:
-            self._record_error(exc, "write")
-            self._failing = True
-            if self._retry is None and not self._closed:
-                self._retry = self._loop.call_later(self._retry_delay, self._on_retry)
-                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
-            return None
-        end = start + len(buf)
-        if self._needs_truncate:
-            with contextlib.suppress(OSError):
-                self._ops.ftruncate(self._fd, end)
-                self._needs_truncate = False
-        count = self._pending_events
-        first = self.last_sequence - count + 1
-        self._buf = bytearray()
-        self._pending_events = 0
-        self._offset = self.bytes_written = end
-        entries, self._pending_index = self._pending_index, []
-        self._write_index(entries)
-        if self._failing:
-            self._failing = False
-            self._retry_delay = RETRY_MIN
-            log.warning("run %s: log writes work again", self.ref.run_id)
-        if publish:
-            self._make_visible(start, buf, first, self.last_sequence)
-        return start, buf, first, self.last_sequence
-
-    def _write_all(self, buf: bytearray, start: int) -> None:
-        assert self._fd is not None
-        done = 0
-        try:
-            while done < len(buf):
-                # No memoryview: an export kept alive by a traceback would make the
-                # buffer impossible to grow, and the remainder copy is the rare path.
-                n = self._ops.pwrite(self._fd, buf if not done else buf[done:], start + done)
-                if n <= 0:
-                    raise OSError(5, "the write made no progress")
-                done += n
-        except OSError:
-            if done:
-                # never leave a torn line behind: cut back to the last good offset
-                try:
-                    self._ops.ftruncate(self._fd, start)
-                except OSError:
-                    self._needs_truncate = True  # the retry overwrites, then cuts
-            raise
-
-    def _make_visible(self, start: int, data: bytearray, first: int, last: int) -> None:
-        self._visible = start + len(data)
-        if self._on_visible is not None:
-            self._on_visible(self, start, data, first, last)
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(WriterFenced):
+            await self.flush()
 
     def _write_index(self, entries: list[tuple[int, int]]) -> None:
         for sequence, offset in entries:
@@ -439,57 +576,44 @@ class RunWriter:
             self._index_broken = True
             log.warning("run %s: cannot append to the index: %s", self.ref.run_id, exc)
 
-    def _record_error(self, exc: OSError, what: str) -> None:
-        self.write_errors += 1
-        self.last_error = exc
-        first = not self.degraded
-        self.degraded = True
-        log.warning(
-            "run %s: log %s failed (%s); %d events (%d bytes) kept for retry",
-            self.ref.run_id,
-            what,
-            exc,
-            self._pending_events,
-            len(self._buf),
-        )
-        if first and self.on_degraded is not None:
-            try:
-                self.on_degraded(self)
-            except Exception:
-                log.exception("run %s: on_degraded callback failed", self.ref.run_id)
-
     # ------------------------------------------------------------------ closing
-    async def close(self) -> None:
-        """Flush what is buffered and release the run's lock (idempotent; never raises
-        for a failing disk: unwritten events are reported in ``pending_events``)."""
+    async def close(self, *, keep_lock: bool = False) -> WriterLock | None:
+        """Make what is buffered durable if possible and release the run's file lock
+        (with ``keep_lock``, hand it to the caller instead: sealing goes on under it).
+
+        Idempotent; never raises for a failing disk: a non-atomic writer's
+        unwritten lines are logged as lost (nobody was promised them); an
+        atomic writer has no unacknowledged commits to lose.
+        """
         if self._closed:
-            return
-        self._closed = True
+            return None
         for handle in (self._timer, self._retry):
             if handle is not None:
                 handle.cancel()
         self._timer = self._retry = None
         try:
-            await self.flush()
-            if self._buf:
-                # one last attempt, right away (the retry timer is gone)
-                await self.flush()
+            if self.broken is None and self._buf:
+                with contextlib.suppress(WriterFenced):
+                    await self.flush()
             for task in list(self._tasks):
                 with contextlib.suppress(Exception):
                     await task
-            if self._buf:
+            if self._buf and not self.atomic:
                 log.error(
                     "run %s: closing with %d events that could not be written: %s",
                     self.ref.run_id,
-                    self._pending_events,
+                    self.pending_events,
                     self.last_error,
                 )
         finally:
+            self._closed = True
             for fd in (self._fd, self._index_fd):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self._fd = self._index_fd = None
-            self._lock.release()
+            if not keep_lock:
+                self._lock.release()
             if self._on_close is not None:
                 self._on_close(self)
+        return self._lock if keep_lock else None

@@ -13,7 +13,7 @@ import pytest
 
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
-from runevents.exceptions import RunEnded, WriterBusy
+from runevents.exceptions import RunEnded, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
 
@@ -161,7 +161,7 @@ async def test_idle_external_runs_writer_is_released_to_the_replica_that_gets_th
     try:
         run = await holder.manager.create_run("acme", "ext", external=True)
         await holder.manager.ingest("acme", "ext", run.id, [console("1")])
-        with pytest.raises(WriterBusy):  # held: the API answers 409 writer_busy
+        with pytest.raises(WriterMoving):  # held: 503 + Retry-After, never 409 (contract 10)
             await other.manager.ingest("acme", "ext", run.id, [console("2")])
         # the holder lets go of the idle writer; the other replica takes the next batch
         deadline = asyncio.get_running_loop().time() + 10
@@ -169,7 +169,7 @@ async def test_idle_external_runs_writer_is_released_to_the_replica_that_gets_th
             try:
                 answer = await other.manager.ingest("acme", "ext", run.id, [console("2")])
                 break
-            except WriterBusy:
+            except WriterMoving:
                 assert asyncio.get_running_loop().time() < deadline, "never released"
                 await asyncio.sleep(0.1)
         assert answer == {"first_sequence": 3, "last_sequence": 3}

@@ -11,6 +11,7 @@ import pytest
 from runevents.eventlog import EventLog, RunRef, RunWriter
 from runevents.eventlog.files import FileOps
 from runevents.events import decode_event
+from runevents.exceptions import StorageError
 from runevents.logstore import LogStore
 from tests.unit.eventlog.conftest import MakeLog
 from tests.unit.eventlog.helpers import completed, drafts, read_sequences
@@ -105,18 +106,24 @@ async def test_a_partial_write_is_cut_back_so_the_log_is_never_torn(
     await writer.close()
 
 
-async def test_when_the_cut_fails_too_the_retry_overwrites_and_trims(
+async def test_when_the_cut_fails_too_the_writer_stops_and_recovery_cuts(
     faulty_log: EventLog, ops: FaultyOps, ref: RunRef
 ) -> None:
+    """A torn write that cannot be cut back leaves bytes nobody acknowledged: the writer
+    refuses to go on (only a reopen, whose recovery cuts them, may)."""
     writer = await faulty_log.open_writer(ref)
     await writer.append(drafts(5))
     ops.error, ops.partial, ops.fail_truncate = errno.ENOSPC, 100, True
     await writer.append(drafts(5))
     ops.error, ops.fail_truncate = None, False
-    await writer.append(drafts(1, size=0))  # the retry writes a different length
-    await writer.flush()
-    assert assert_whole_lines(faulty_log.keys(ref).live) == 11
+    assert writer.broken is not None
+    with pytest.raises(StorageError):
+        await writer.append(drafts(1))
     await writer.close()
+    reopened = await faulty_log.open_writer(ref)
+    assert reopened.last_sequence == 5
+    assert assert_whole_lines(faulty_log.keys(ref).live) == 5
+    await reopened.close()
 
 
 async def test_a_full_buffer_drops_new_events_before_they_get_a_sequence(
@@ -157,17 +164,26 @@ async def test_closing_while_the_disk_fails_releases_the_lock(
     await reopened.close()
 
 
-async def test_a_failed_fsync_is_counted_and_the_events_still_show(
+async def test_a_failed_fsync_is_retried_and_nothing_shows_before_it_succeeds(
     local_store: LogStore, make_log: MakeLog, ops: FaultyOps, ref: RunRef
 ) -> None:
+    """Regression (durability issue, defect 1): a failed fsync was acknowledged and its
+    events shown. Bytes are visible only once durable; the buffered writer retries."""
     log = make_log(local_store, file_ops=ops, fsync="flush", flush_events=2)
     writer = await log.open_writer(ref)
     ops.fail_fsync = True
     await writer.append(drafts(2))
     assert writer.degraded and writer.write_errors == 1
-    assert await read_sequences(log, ref) == [1, 2]
+    assert await read_sequences(log, ref) == []
+    assert faulty_size(log, ref) == 0  # cut back: no unsynced bytes left in the file
     ops.fail_fsync = False
+    await writer.sync()
+    assert await read_sequences(log, ref) == [1, 2]
     await writer.close()
+
+
+def faulty_size(log: EventLog, ref: RunRef) -> int:
+    return log.keys(ref).live.stat().st_size
 
 
 async def test_regression_buffer_error_after_a_failed_write_kept_its_traceback(

@@ -1,0 +1,406 @@
+"""The runs this process holds: one :class:`HeldRun` per run, owning its writer, lease and summary.
+
+A run is *held* while this process owns its log (``lifecycle.LogPhase.OWNED``
+or ``COMPLETING``): it has the file lock (``RunWriter``), the writer lease in
+the database (``ownership.Lease``, proven before every write) and the run
+summary folded so far. Nothing else keeps per-run state: the registry
+:class:`HeldRuns` maps a run id to its HeldRun, and :class:`KeyedLocks`
+serializes every operation on one run (taking it, appending, judging an
+idempotency key, completing) without ever dropping a lock someone holds.
+
+Completing a run (:meth:`HeldRun.complete`), in this order, each step
+crash-safe (ARCHITECTURE.md, failure table):
+
+1. the summary is built from the fold (no re-read of the log) and put into
+   ``run.completed``, which is committed and made durable -- if it cannot be,
+   nothing is finished (an atomic writer rolled it back: 503);
+2. the row is finished, fenced by the lease (``finish_owned``), still
+   ``log_state: live``;
+3. the log is sealed under the same file lock (never released in between);
+4. the row says ``plain`` and the lease is given up.
+
+A crash after 1 or 2 leaves ``COMPLETING``: the repair loop finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runevents.eventlog import EventLog, RunRef, RunWriter
+from runevents.eventlog.writer import Ticket
+from runevents.events import RUN_COMPLETED, Event, EventDraft
+from runevents.exceptions import RunEnded, StorageError, WriterBusy, WriterMoving
+from runevents.lifecycle import LogPhase, Step, advance
+from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, utcnow
+from runevents.ownership import Lease, Ownership
+from runevents.summary import RunSummaryBuilder, run_fields
+
+if TYPE_CHECKING:
+    from runevents.db.repository import RunRepository
+
+log = logging.getLogger(__name__)
+
+#: statuses a run can be finished from (the conditional UPDATE's expectation)
+LIVE_STATUSES = frozenset(RunStatus) - ENDED_STATUSES
+#: a live run's event_count is written to its row at most this often (seconds)
+PROGRESS_SECONDS = 1.0
+
+
+def run_ref(run: Run) -> RunRef:
+    """The log address of a run."""
+    return RunRef(
+        workspace_id=run.workspace_id, configuration_id=run.configuration_id, run_id=run.id
+    )
+
+
+class KeyedLocks:
+    """One asyncio.Lock per run id, created on use and dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, run_id: str) -> AsyncIterator[None]:
+        entry = self._locks.get(run_id)
+        if entry is None:
+            entry = self._locks[run_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0 and self._locks.get(run_id) is entry:
+                del self._locks[run_id]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class SummaryFold:
+    """The run summary of a held run, folded as its events become durable.
+
+    A run held from its creation folds every event as it is appended. A run
+    taken over mid-way folds its existing log in the background (yielding
+    between chunks); events appended meanwhile wait in ``_tail``. Completion
+    waits for the fold, so it never re-reads the log on the event loop.
+    """
+
+    def __init__(self, event_log: EventLog, ref: RunRef, existing: int) -> None:
+        self.builder = RunSummaryBuilder()
+        self._tail: list[list[Event]] = []
+        self._task: asyncio.Task[None] | None = None
+        if existing:
+            self._task = asyncio.create_task(self._fold_log(event_log, ref, existing))
+
+    async def _fold_log(self, event_log: EventLog, ref: RunRef, upto: int) -> None:
+        async for chunk in event_log.read(ref, limit=upto):
+            self.builder.add_chunk(chunk.data)
+            await asyncio.sleep(0)  # one chunk at a time: the loop never stalls on a big log
+
+    def add(self, events: list[Event]) -> None:
+        """Fold one durable commit unit (called by the writer, in log order)."""
+        if self._task is not None:
+            self._tail.append(events)
+            return
+        add = self.builder.add
+        for event in events:
+            add(event.type, event.created_at, event.payload)
+
+    async def ready(self) -> RunSummaryBuilder:
+        """The builder, with everything durable so far folded in."""
+        if self._task is not None:
+            await self._task
+            self._task = None
+            tail, self._tail = self._tail, []
+            for events in tail:
+                self.add(events)
+        return self.builder
+
+    async def preview(self, pending: Sequence[Event]) -> RunSummaryBuilder:
+        """A builder as if ``pending`` were folded too (the fold itself is unchanged)."""
+        builder = copy.deepcopy(await self.ready())  # bounded: the summary is capped
+        for event in pending:
+            builder.add(event.type, event.created_at, event.payload)
+        return builder
+
+    def cancel(self) -> None:
+        """Stop a background fold (the run is let go)."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+class HeldRun:
+    """A run whose log this process owns: writer, lease, summary and phase, together."""
+
+    def __init__(
+        self,
+        run: Run,
+        writer: RunWriter,
+        lease: Lease,
+        fold: SummaryFold,
+        registry: HeldRuns,
+        phase: LogPhase = LogPhase.OWNED,
+    ) -> None:
+        #: the row as this process last wrote or read it (nobody else writes a held run's log)
+        self.run = run
+        self.writer = writer
+        self.lease = lease
+        self.fold = fold
+        self.phase = phase
+        self.registry = registry
+        loop = asyncio.get_running_loop()
+        #: loop time of the last producer batch (external runs: the release timer)
+        self.last_batch = loop.time()
+        self._progress_at = 0.0
+        writer.fence = lease.ensure
+        writer.on_durable = fold.add
+
+    @property
+    def ref(self) -> RunRef:
+        return run_ref(self.run)
+
+    def _step(self, step: Step) -> None:
+        self.phase = advance(self.phase, step)
+
+    # ------------------------------------------------------------------ appending
+    def commit(self, drafts: Sequence[EventDraft]) -> tuple[list[Event], Ticket]:
+        """Number and buffer ``drafts`` as one unit (durable after ``writer.sync``)."""
+        events = self.writer.prepare(drafts)
+        return events, self.writer.commit(events)
+
+    async def record_progress(self, *, force: bool = False) -> Run:
+        """Keep the row's ``event_count``/``events_bytes`` roughly current (at most once per
+        ``PROGRESS_SECONDS``); they are a durable position, so recovery checks only what
+        came after it."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        writer = self.writer
+        degraded = writer.degraded and not self.run.logging_degraded
+        if not force and not degraded and now - self._progress_at < PROGRESS_SECONDS:
+            return self.run
+        if self.run.event_count == writer.durable_sequence and not degraded:
+            self._progress_at = now
+            return self.run
+        self._progress_at = now
+        fields: dict[str, Any] = {
+            "event_count": writer.durable_sequence,
+            "events_bytes": writer.visible_offset,
+        }
+        if degraded:
+            fields["logging_degraded"] = True
+        self.run = await self.registry.repo.update_run(self.run.id, expect=LIVE_STATUSES, **fields)
+        return self.run
+
+    # ------------------------------------------------------------------ completing
+    async def complete(self, events: list[Event]) -> Run:
+        """Commit ``events`` (from ``writer.prepare``; the last is run.completed) and finish
+        the run: durable first, then the row, then the seal (see the module doc)."""
+        completed = events[-1]
+        assert completed.type == RUN_COMPLETED
+        run = self.run
+        payload = completed.payload
+        payload.setdefault("failure", None)
+        artifacts = payload.get("artifacts")
+        if not isinstance(artifacts, dict):
+            artifacts = {}
+        artifacts.setdefault("output_paths", list(run.output_paths))
+        artifacts["events_path"] = run.events_path
+        payload["artifacts"] = artifacts
+        builder = await self.fold.preview(events)
+        payload["summary"] = builder.build()
+        # the server's own event: its summary is bounded, the producer's limit does not apply
+        ticket = self.writer.commit(events, check_size=False)
+        await self.writer.sync(ticket)
+        self._step(Step.COMPLETE)
+        return await self.settle()
+
+    async def settle(self) -> Run:
+        """From COMPLETING (run.completed durable): finish the row, seal, let go.
+
+        Called again (by the worker, or the repair loop) after a failure here.
+        """
+        if self.writer.pending_events:
+            await self.writer.sync()  # a non-atomic writer still retrying run.completed
+        if self.phase is LogPhase.OWNED:
+            self._step(Step.COMPLETE)
+        builder = await self.fold.ready()
+        summary = builder.build()
+        repo, run = self.registry.repo, self.run
+        execution = summary.get("execution") or {}
+        exit_code = execution.get("exit_code")
+        now = utcnow()
+        fields: dict[str, Any] = {
+            "status": RunStatus(summary.get("status") or "failed"),
+            "exit_code": exit_code if isinstance(exit_code, int) else None,
+            "completed_at": now,
+            "summary": summary,
+            "failure": summary.get("failure"),
+            "last_console_snippet": builder.console_snippet or None,
+            "logging_degraded": run.logging_degraded or self.writer.degraded,
+            "event_count": self.writer.durable_sequence,
+            "events_bytes": self.writer.visible_offset,
+            "log_state": LogState.LIVE,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            **run_fields(summary),
+        }
+        if run.started_at is None:
+            fields["started_at"] = now
+        if not run.status.ended:
+            self.run = await repo.finish_owned(
+                run.id, self.registry.ownership.owner, self.lease.epoch,
+                expect=LIVE_STATUSES, **fields,
+            )  # fmt: skip
+        return await self.seal()
+
+    async def seal(self) -> Run:
+        """Make the ended log final under the writer's own file lock, then say so in the row."""
+        lock = await self.writer.close(keep_lock=True)
+        self.registry.forget(self)
+        try:
+            info = await self.registry.log.seal(self.ref, lock)
+        finally:
+            self.fold.cancel()
+        self.run = await self.registry.repo.update_run(
+            self.run.id,
+            log_state=LogState.PLAIN,
+            events_path=info.events_path,
+            event_count=info.event_count,
+            events_bytes=info.bytes,
+        )
+        self._step(Step.UPLOAD if self.registry.log.keys(self.ref).spooled else Step.SEAL)
+        with contextlib.suppress(StorageError):
+            await self.lease.release()
+        return self.run
+
+    # ------------------------------------------------------------------ letting go
+    async def release(self) -> None:
+        """Let go of a live run: its writer closed (all of it durable), the lease given up."""
+        if self.phase is LogPhase.OWNED:
+            self._step(Step.RELEASE)
+        with contextlib.suppress(StorageError):
+            if not self.lease.lost:
+                await self.record_progress(force=True)
+        await self.writer.close()
+        self.fold.cancel()
+        self.registry.forget(self)
+        with contextlib.suppress(StorageError):
+            await self.lease.release()
+
+
+class HeldRuns:
+    """The registry of held runs, and the one way to take a run's log."""
+
+    def __init__(self, event_log: EventLog, repo: RunRepository, ownership: Ownership) -> None:
+        self.log = event_log
+        self.repo = repo
+        self.ownership = ownership
+        #: serializes every operation on one run in this process
+        self.lock = KeyedLocks()
+        self._held: dict[str, HeldRun] = {}
+
+    def get(self, run_id: str) -> HeldRun | None:
+        return self._held.get(run_id)
+
+    def __iter__(self) -> Iterator[HeldRun]:
+        return iter(list(self._held.values()))
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def forget(self, held: HeldRun) -> None:
+        if self._held.get(held.run.id) is held:
+            del self._held[held.run.id]
+
+    async def take(self, run: Run, *, source: str, atomic: bool) -> HeldRun:
+        """Own ``run``'s log: file lock, then the writer lease, then recovery. Caller holds
+        ``lock(run.id)``.
+
+        WriterMoving (503, retry) if a live writer on this host or a live lease
+        elsewhere holds it. A cut made by recovery is marked by a durable
+        ``log.recovered`` event (contract 2.2).
+        """
+        held = self._held.get(run.id)
+        if held is not None:
+            return held
+        checkpoint = (run.event_count, run.events_bytes) if run.events_bytes else None
+        try:
+            # the local guard first: a live writer here, even a stopped one, keeps it
+            writer = await self.log.open_writer(
+                run_ref(run), source=source, atomic=atomic, checkpoint=checkpoint
+            )
+        except WriterBusy as exc:
+            raise WriterMoving(f"{exc.message}; retry shortly") from exc
+        try:
+            lease = await self.ownership.acquire(run.id)
+        except BaseException:
+            await writer.close()
+            raise
+        existing = writer.durable_sequence
+        phase = LogPhase.COMPLETING if writer.ended else LogPhase.RELEASED
+        held = HeldRun(run, writer, lease, SummaryFold(self.log, run_ref(run), existing), self)
+        held.phase = advance(phase, Step.TAKE)
+        self._held[run.id] = held
+        if writer.recovered is not None and not writer.ended:
+            try:
+                _, ticket = held.commit(
+                    [EventDraft(type="log.recovered", payload=dict(writer.recovered))]
+                )
+                await writer.sync(ticket)
+            except BaseException:
+                await held.release()
+                raise
+            log.warning("run %s: damaged log cut: %s", run.id, writer.recovered)
+        return held
+
+    async def create(self, run: Run, queued: EventDraft, *, keep: bool) -> HeldRun | None:
+        """Write a new run's first event, then insert its row holding the writer lease.
+
+        The log is written before the row: a row always has a log, and a log
+        without a row (a crash in between) is picked up by ``reindex``.
+        Returns the HeldRun when ``keep`` (an external run's producer comes here next).
+        """
+        writer = await self.log.open_writer(run_ref(run), source="server", atomic=True)
+        try:
+            await writer.append([queued])
+            await self.repo.insert_run(
+                run.evolve(event_count=1, events_bytes=writer.visible_offset),
+                writer_owner=self.ownership.owner if keep else None,
+                writer_lease_seconds=self.ownership.lease_seconds,
+            )
+        except BaseException:
+            await writer.close()
+            raise
+        if not keep:
+            await writer.close()
+            return None
+        lease = self.ownership.adopt(run.id, 1)
+        held = HeldRun(
+            run.evolve(event_count=1, events_bytes=writer.visible_offset),
+            writer,
+            lease,
+            SummaryFold(self.log, run_ref(run), 0),
+            self,
+        )
+        held.fold.builder.add(queued.type, queued.created_at, queued.payload)
+        self._held[run.id] = held
+        return held
+
+    async def close(self) -> None:
+        """Let go of every held run (shutdown): all of it is durable, the leases given up."""
+        for held in list(self._held.values()):
+            try:
+                await held.release()
+            except Exception:
+                log.exception("run %s: releasing it failed", held.run.id)
+
+
+def ended_error(run: Run) -> RunEnded:
+    return RunEnded(f"run {run.id} has already ended ({run.status.value})")

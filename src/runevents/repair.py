@@ -1,0 +1,110 @@
+"""The repair loop: finds every run a crash or an outage left half done, and finishes it.
+
+Runs at start-up and every ``repair_interval_seconds``. Each finding is a
+state of ``lifecycle.py`` that no process is moving forward any more:
+
+=====================  ==========================================  ===========================
+finding                 how it is recognized                        repair
+=====================  ==========================================  ===========================
+``row_behind_log``      row live, log ends with run.completed,      finish the row from the log,
+                        nobody holds the log                        seal
+``unsealed``            row ended, ``log_state`` still ``live``     seal (upload), row -> plain
+``stuck_completion``    a run held here is COMPLETING (the row      ``HeldRun.settle`` again
+                        update or the seal failed)
+``damaged``             a live log nobody holds that recovery       cut, quarantine,
+                        has to cut (a crash of its writer)          ``log.recovered``, release
+=====================  ==========================================  ===========================
+
+Runs another process holds are skipped (taking their log fails: file lock
+or writer lease); the next pass looks again. Lost workers are the lease
+reaper's (``RunManager.reap_expired_leases``), idle producers
+``fail_idle_external_runs``'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from runevents.exceptions import LogNotFound, RuneventsError, WriterMoving
+from runevents.held import run_ref
+from runevents.lifecycle import LogPhase
+
+if TYPE_CHECKING:
+    from runevents.manager import RunManager
+    from runevents.models import Run
+
+log = logging.getLogger(__name__)
+
+
+async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
+    """One pass over every run whose log is still live; returns the findings by kind."""
+    found: Counter[str] = Counter()
+    for held in list(manager.held):
+        if held.phase is LogPhase.COMPLETING:
+            try:
+                async with manager.held.lock(held.run.id):
+                    if manager.held.get(held.run.id) is held:
+                        await held.settle()
+                        found["stuck_completion"] += 1
+            except RuneventsError as exc:
+                log.warning("run %s: completion still failing: %s", held.run.id, exc)
+    after: str | None = None
+    while True:
+        runs = await manager.repo.live_runs(limit=page, after_id=after)
+        if not runs:
+            break
+        after = runs[-1].id
+        for run in runs:
+            if manager.held.get(run.id) is not None:
+                continue
+            try:
+                kind = await _repair_one(manager, run)
+            except (WriterMoving, LogNotFound):
+                continue  # someone holds it, or its log lives on another machine
+            except RuneventsError as exc:
+                log.warning("run %s: repair failed (%s); next pass", run.id, exc)
+                continue
+            if kind is not None:
+                found[kind] += 1
+        await asyncio.sleep(0)
+    if found:
+        log.warning("repair pass: %s", dict(found))
+    return found
+
+
+async def _repair_one(manager: RunManager, run: Run) -> str | None:
+    if run.status.ended:
+        sealed = await manager.seal_ended(run)
+        return "unsealed" if sealed is not None else None
+    if not run.external and run.lease_owner is not None:
+        return None  # a worker's run: the lease reaper decides whether its worker is lost
+    async with manager.held.lock(run.id):
+        if manager.held.get(run.id) is not None:
+            return None
+        current = await manager.repo.get_run(run.id)
+        if current.status.ended or (not current.external and current.lease_owner is not None):
+            return None
+        if not manager.log.keys(run_ref(current)).live.exists():
+            return None  # a row whose live log is on another machine (or not written yet)
+        held = await manager.held.take(current, source="server", atomic=True)
+        if held.writer.ended:
+            await manager.finish_from_log(held)
+            return "row_behind_log"
+        damaged = held.writer.recovered is not None
+        await held.release()
+        return "damaged" if damaged else None
+
+
+async def repair_forever(manager: RunManager, interval: float) -> None:
+    """The app's background task: a pass every ``interval`` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await repair_pass(manager)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("repair pass failed; next interval")
