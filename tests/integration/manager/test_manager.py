@@ -305,5 +305,3 @@ async def test_expired_run_keeps_row_and_reports_410(app: App) -> None:
     assert expired.log_state is LogState.EXPIRED and expired.summary == done.summary
     with pytest.raises(LogExpired):
         await m.open_events("acme", "ext", run.id)
-
-

@@ -1,0 +1,374 @@
+"""A 200 means durable: regression tests of the durability issue, on SQLite and Postgres.
+
+Each test is named after a defect the review reproduced at ``aaa25da``; faults
+go through the OS-call seam (``FileOps``) and the storage seam.
+"""
+
+from __future__ import annotations
+
+import errno
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from runevents.app import App
+from runevents.eventlog import EventLog
+from runevents.events import EventDraft, decode_event
+from runevents.exceptions import (
+    IdempotencyKeyReused,
+    RunEnded,
+    StorageError,
+    WriterBusy,
+    WriterMoving,
+)
+from runevents.held import run_ref
+from runevents.models import LogState, RunStatus, utcnow
+from runevents.repair import repair_pass
+from runevents.settings import Settings
+from tests.fixtures.faults import FaultyOps
+
+
+def console(message: str) -> EventDraft:
+    return EventDraft(
+        type="console.line",
+        payload={"scope": "run", "stream": "stdout", "level": "info", "message": message},
+    )
+
+
+def completed(status: str = "succeeded") -> EventDraft:
+    return EventDraft(type="run.completed", payload={"status": status})
+
+
+async def events_of(app: App, run: Any) -> list[Any]:
+    found = []
+    async for chunk in app.manager.read_events(run):
+        found += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
+    return found
+
+
+@pytest.fixture
+def ops(app: App) -> FaultyOps:
+    """Faults for every writer the app opens from now on."""
+    faulty = FaultyOps()
+    app.manager.log.file_ops = faulty
+    return faulty
+
+
+async def test_disk_full_during_ingest_answers_503_and_a_keyed_retry_appends_once(
+    app: App, ops: FaultyOps
+) -> None:
+    """Defect 1: ENOSPC was acknowledged (batch only in memory), and the keyed retry
+    appended it again behind the buffered copy: twice in the log."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.error = errno.ENOSPC
+    with pytest.raises(StorageError) as refused:
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    assert refused.value.retry_after >= 1
+    assert [e.payload.get("message") for e in await events_of(app, run)] == [None, "a"]
+    ops.error = None
+    answer = await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    again = await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    assert answer == again == {"first_sequence": 3, "last_sequence": 3}
+    messages = [e.payload.get("message") for e in await events_of(app, run)]
+    assert messages == [None, "a", "b"]
+
+
+async def test_failed_fsync_during_ingest_is_not_acknowledged(app: App, ops: FaultyOps) -> None:
+    """Defect 1: a failed fsync was acknowledged with 200."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    ops.fail_fsync = True
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.fail_fsync = False
+    assert [e.sequence for e in await events_of(app, run)] == [1]
+    assert (await m.ingest("acme", "ext", run.id, [console("a")]))["first_sequence"] == 2
+
+
+async def test_completion_while_writes_fail_does_not_finish_the_row(
+    app: App, ops: FaultyOps
+) -> None:
+    """Defect 2: close() dropped run.completed, seal sealed what was on disk, and the row
+    was finished anyway; followers waited forever."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.error = errno.EIO
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b"), completed()], idempotency_key="end")
+    row = await m.get_run("acme", "ext", run.id)
+    assert not row.status.ended and row.log_state is LogState.LIVE
+    ops.error = None
+    answer = await m.ingest(
+        "acme", "ext", run.id, [console("b"), completed()], idempotency_key="end"
+    )
+    assert answer == {"first_sequence": 3, "last_sequence": 4}
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.PLAIN
+    events = await events_of(app, row)
+    assert [e.type for e in events][-1] == "run.completed" and len(events) == 4
+    # a follower ends
+    async for chunk in m.follow_events(row):
+        if chunk.ends_run:
+            break
+
+
+async def test_retry_of_the_completing_batch_gets_its_first_answer_not_409(app: App) -> None:
+    """Defect 4: a retried completing batch got 409; the contract gives its first answer."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    first = await m.ingest("acme", "ext", run.id, [console("x"), completed()], idempotency_key="z")
+    again = await m.ingest("acme", "ext", run.id, [console("x"), completed()], idempotency_key="z")
+    assert first == again
+    with pytest.raises(RunEnded):
+        await m.ingest("acme", "ext", run.id, [console("y")], idempotency_key="other")
+
+
+async def test_idempotency_key_reused_with_another_body_is_422(app: App) -> None:
+    """Defect 4: judging by payload equality appended a retry whose payload differed."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("x")], idempotency_key="k", body_sha256="a" * 64)
+    with pytest.raises(IdempotencyKeyReused):
+        await m.ingest(
+            "acme", "ext", run.id, [console("y")], idempotency_key="k", body_sha256="b" * 64
+        )
+    assert len(await events_of(app, run)) == 2
+
+
+async def test_keyed_retry_reaching_a_process_without_the_writer_never_appends_twice(
+    settings: Settings,
+) -> None:
+    """Defect 4: a retry reaching a process that does not hold the writer judged the key,
+    deleted it while the holder was mid-append, and the next retry appended again."""
+    holder = await App.open(settings, worker=False)
+    other = await App.open(settings, worker=False)
+    try:
+        run = await holder.manager.create_run("acme", "ext", external=True)
+        answer = await holder.manager.ingest(
+            "acme", "ext", run.id, [console("b")], idempotency_key="k"
+        )
+        with pytest.raises(WriterMoving):  # 503 + Retry-After: never judged there
+            await other.manager.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+        assert await holder.manager.repo.get_idempotency(run.id, "k") is not None
+        again = await holder.manager.ingest(
+            "acme", "ext", run.id, [console("b")], idempotency_key="k"
+        )
+        assert again == answer
+        assert len(await events_of(holder, run)) == 2
+    finally:
+        await other.close()
+        await holder.close()
+
+
+async def test_reaper_does_not_take_a_live_workers_run_after_a_heartbeat_gap(
+    settings: Settings,
+) -> None:
+    """Defect 5: the reaper claimed an expired lease before testing the writer and never
+    gave it back; the live worker then killed its own child (recorded cancelled)."""
+    worker_app = await App.open(settings, worker=False)
+    reaper_app = await App.open(settings, worker=False)
+    try:
+        m = worker_app.manager
+        await m.create_run("acme", "sleepy")
+        run = await m.claim_next("w1")
+        assert run is not None
+        session = await m.start_session(run, "w1")
+        assert session is not None
+        # a heartbeat gap longer than the lease (a failover, a stalled loop)
+        await m.repo.update_run(run.id, lease_expires_at=utcnow() - timedelta(seconds=5))
+        assert await reaper_app.manager.reap_expired_leases("other") == []
+        row = await m.repo.get_run(run.id)
+        assert not row.status.ended and row.lease_owner == "w1"
+        await m.heartbeat(session, "w1")  # the worker goes on
+        assert not session.cancel.is_set()
+        await session.complete(status="succeeded", failure=None, execution=None)
+        assert (await m.repo.get_run(run.id)).status is RunStatus.SUCCEEDED
+    finally:
+        await reaper_app.close()
+        await worker_app.close()
+
+
+async def test_crash_between_run_completed_and_seal_is_repaired(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 6: a crash after run.completed and before the end of sealing was never
+    repaired, and other processes answered 410 "removed by retention"."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+
+    async def store_down(self: EventLog, ref: Any, lock: Any = None) -> Any:
+        if lock is not None:
+            lock.release()
+        raise StorageError("the object store is unreachable")
+
+    monkeypatch.setattr(EventLog, "seal", store_down)
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("a"), completed()])
+    monkeypatch.undo()
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.LIVE
+    assert len(await events_of(app, row)) == 3  # readable meanwhile, never 410
+    found = await repair_pass(m)
+    assert found["unsealed"] == 1
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.log_state is LogState.PLAIN and row.event_count == 3
+    with pytest.raises(RunEnded):
+        await m.cancel_run("acme", "ext", run.id)
+
+
+async def test_a_row_behind_its_log_is_finished_by_the_repair_loop(app: App) -> None:
+    """Defect 6: ``runs_with_log_states`` had no caller; a row behind its log stayed live."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    held = m.held.get(run.id)
+    assert held is not None
+    # run.completed reaches the log, then the process dies before the row update
+    _, ticket = held.commit([completed()])
+    await held.writer.sync(ticket)
+    await held.writer.close()
+    m.held.forget(held)
+    m.ownership.forget(held.lease)
+    await m.repo.release_writer(run.id, m.ownership.owner, held.lease.epoch)
+    found = await repair_pass(m)
+    assert found["row_behind_log"] == 1
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.PLAIN
+
+
+async def test_completion_never_rereads_the_log(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 8: completion decoded the whole log on the event loop (6 s for 1 GiB)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(20):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(50)])
+    reads = 0
+    original = EventLog.read
+
+    def counting(self: EventLog, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EventLog, "read", counting)
+    await m.ingest("acme", "ext", run.id, [completed()])
+    assert reads == 0
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.summary is not None and row.summary["events"]["total"] == 1002
+
+
+async def test_reindex_on_a_live_server_keeps_a_running_workers_lease(app: App) -> None:
+    """Defect 9: reindex rewrote leases to nobody (running jobs got cancelled)."""
+    from runevents.maintenance import reindex
+
+    m = app.manager
+    await m.create_run("acme", "sleepy")
+    run = await m.claim_next("w1")
+    assert run is not None
+    session = await m.start_session(run, "w1")
+    assert session is not None
+    report = await reindex(m)
+    assert not report.errors
+    row = await m.repo.get_run(run.id)
+    assert row.lease_owner == "w1" and not row.status.ended
+    await session.complete(status="succeeded", failure=None, execution=None)
+
+
+async def test_default_setting_fsyncs_before_acknowledging(app: App, ops: FaultyOps) -> None:
+    """Defect 10: with the default fsync="never" a power loss lost acknowledged batches
+    and reused their sequence numbers."""
+    assert Settings().fsync == "flush"
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    before = ops.fsyncs
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    assert ops.fsyncs == before + 1
+
+
+async def test_seal_holds_the_lock_from_completion_to_the_end(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 11: completion released the flock and re-acquired it to seal: another
+    process could take the log in between."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    original = EventLog.seal
+    taken: list[bool] = []
+
+    async def seal_and_try(self: EventLog, ref: Any, lock: Any = None) -> Any:
+        try:
+            other = await self.open_writer(ref)
+        except WriterBusy:
+            taken.append(False)
+        else:
+            taken.append(True)
+            await other.close()
+        return await original(self, ref, lock)
+
+    monkeypatch.setattr(EventLog, "seal", seal_and_try)
+    await m.ingest("acme", "ext", run.id, [completed()])
+    assert taken == [False]
+
+
+async def test_watch_held_runs_isolates_a_failing_run(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 12: one held run failing aborted the watch for every other held run."""
+    m = app.manager
+    bad = await m.create_run("acme", "ext", external=True)
+    good = await m.create_run("acme", "ext", external=True)
+    await m.repo.update_run(good.id, cancel_requested=True)
+    original = m.repo.get_run
+
+    async def broken(run_id: str) -> Any:
+        if run_id == bad.id:
+            raise StorageError("injected")
+        return await original(run_id)
+
+    monkeypatch.setattr(m.repo, "get_run", broken)
+    ended = await m.watch_held_runs()
+    assert [r.id for r in ended] == [good.id]
+
+
+async def test_row_created_at_is_its_run_queued_events(app: App) -> None:
+    """Defect 13: the row's created_at differed from run.queued's by about 1 ms."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    [queued] = await events_of(app, run)
+    row = await m.get_run("acme", "ext", run.id)
+    from runevents.models import rfc3339
+
+    assert queued.type == "run.queued" and queued.created_at == rfc3339(row.created_at)
+
+
+async def test_server_damage_is_cut_and_marked_not_blamed_on_the_producer(app: App) -> None:
+    """Defects 7 and 15: a zeroed block mid-file shifted every later sequence for readers,
+    and the next batch got 422 "line N" for the server's own damaged bytes."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(20)])
+    held = m.held.get(run.id)
+    assert held is not None
+    await held.release()
+    path = m.log.keys(run_ref(run)).live
+    data = bytearray(path.read_bytes())
+    # a machine crash: a block in the middle never reached the disk
+    middle = len(data) // 2
+    data[middle : middle + 512] = b"\0" * 512
+    path.write_bytes(bytes(data))
+    answer = await m.ingest("acme", "ext", run.id, [console("after")])
+    events = await events_of(app, run)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.type for e in events]
+    assert "log.recovered" in kinds
+    recovered = events[kinds.index("log.recovered")]
+    assert recovered.payload["cut_bytes"] > 0
+    assert events[-1].payload["message"] == "after"
+    assert answer["first_sequence"] == events[-1].sequence
+    quarantine = list(path.parent.glob("events.ndjson.torn-*"))
+    assert quarantine and b"\0" in quarantine[0].read_bytes()
