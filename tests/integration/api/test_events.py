@@ -173,6 +173,43 @@ async def test_idempotency_key(client: httpx.AsyncClient) -> None:
     assert too_long.status_code == 422
 
 
+async def test_idempotency_key_reused_with_another_body_is_422(client: httpx.AsyncClient) -> None:
+    """Contract 6: a key names one batch; other bytes under it append nothing."""
+    run = await create_external(client)
+    key = {"Idempotency-Key": "batch-1"}
+    assert (await ingest(client, run, console("a"), headers=key)).status_code == 200
+    reused = await ingest(client, run, console("b"), headers=key)
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    events = (await client.get(run_path(run) + "/events")).json()["events"]
+    assert [e["sequence"] for e in events] == [1, 2]
+
+
+async def test_a_batch_that_cannot_be_made_durable_is_503_with_retry_after(
+    client: httpx.AsyncClient, runevents_app: App
+) -> None:
+    """Contract 6 (durability issue, defect 1): never a 200 for a batch only in memory."""
+    import errno
+
+    from tests.fixtures.faults import FaultyOps
+
+    ops = FaultyOps()
+    runevents_app.manager.log.file_ops = ops
+    run = await create_external(client)
+    ops.error = errno.ENOSPC
+    key = {"Idempotency-Key": "k1"}
+    refused = await ingest(client, run, console("a"), headers=key)
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "storage_error"
+    ops.error = None
+    accepted = await ingest(client, run, console("a"), headers=key)
+    assert accepted.status_code == 200 and accepted.json()["first_sequence"] == 2
+    assert "Durability" not in accepted.headers  # the default is durable: nothing to say
+    events = (await client.get(run_path(run) + "/events")).json()["events"]
+    assert [e["sequence"] for e in events] == [1, 2]
+
+
 async def test_ingest_into_unknown_or_executed_runs(client: httpx.AsyncClient) -> None:
     run = await create_external(client)
     missing = {**run, "id": "run_01JAAAAAAAAAAAAAAAAAAAAAAA"}

@@ -18,18 +18,27 @@ from runevents.models import LogState, Run, RunStatus, utcnow
 ENDED_LOGS = {LogState.PLAIN, LogState.COMPRESSED}
 
 
-async def test_idempotency_keys_keep_the_first_answer(
+async def test_idempotency_keys_store_the_answer_and_its_proof(
     repository: RunRepository, make_run: Callable[..., Run]
 ) -> None:
     run = make_run()
     await repository.insert_run(run)
     assert await repository.get_idempotency(run.id, "k1") is None
-    await repository.put_idempotency(run.id, "k1", {"first_sequence": 1, "last_sequence": 3})
+    await repository.put_idempotency(
+        run.id, "k1", {"first_sequence": 1, "last_sequence": 3}, body_sha256="a" * 64,
+        first_event_id="evt_1",
+    )  # fmt: skip
+    record = await repository.get_idempotency(run.id, "k1")
+    assert record is not None
+    assert record.answer == {"first_sequence": 1, "last_sequence": 3}
+    assert (record.body_sha256, record.first_event_id) == ("a" * 64, "evt_1")
+    # only the owner replaces a record, after the log proved the batch is not in it
     await repository.put_idempotency(run.id, "k1", {"first_sequence": 4, "last_sequence": 9})
-    assert await repository.get_idempotency(run.id, "k1") == {
-        "first_sequence": 1,
-        "last_sequence": 3,
-    }
+    record = await repository.get_idempotency(run.id, "k1")
+    assert record is not None and record.answer["first_sequence"] == 4
+    assert await repository.count_idempotency(run.id) == 1
+    assert await repository.delete_idempotency(run.id) == 1
+    assert await repository.get_idempotency(run.id, "k1") is None
     other = make_run()
     await repository.insert_run(other)
     assert await repository.get_idempotency(other.id, "k1") is None
@@ -62,9 +71,10 @@ async def test_deleting_a_run_deletes_its_idempotency_keys(
     assert count == 0
 
 
-async def test_upsert_inserts_then_overwrites_every_column(
+async def test_upsert_inserts_then_overwrites_every_column_but_the_leases(
     repository: RunRepository, make_run: Callable[..., Run]
 ) -> None:
+    """Reindex upserts rows from logs; who runs a job is not in its log (defect 9)."""
     run = make_run(status=RunStatus.RUNNING, lease_owner="w1", summary={"a": 1})
     await repository.upsert_run(run)
     assert await repository.get_run(run.id) == run
@@ -77,7 +87,7 @@ async def test_upsert_inserts_then_overwrites_every_column(
         failure={"stage": "run", "code": "orphaned", "message": "no writer"},
     )
     await repository.upsert_run(rebuilt)
-    assert await repository.get_run(run.id) == rebuilt
+    assert await repository.get_run(run.id) == rebuilt.evolve(lease_owner="w1")
 
 
 def _ended(make_run: Callable[..., Run], age: timedelta, **kw: Any) -> Run:
