@@ -48,6 +48,7 @@ class PostgresBridge:
         self._wake = wake
         self._pending: set[str] = set()
         self._sending: set[asyncio.Future[None]] = set()
+        self._send_lock = asyncio.Lock()
         self._flush_scheduled = False
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +111,15 @@ class PostgresBridge:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self) -> None:
+        # One NOTIFY at a time on the connection: asyncpg refuses a second operation
+        # while one is in progress, and the overlapping one was dropped (durability
+        # issue, defect 12). A send that waited here takes everything pending by then.
+        async with self._send_lock:
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        if not self._pending:
+            return
         ids, self._pending = sorted(self._pending), set()
         conn = self._conn
         if conn is None:

@@ -73,3 +73,32 @@ async def test_follower_in_another_app_is_woken_by_notify(two_apps: tuple[App, A
     )
     await asyncio.wait_for(task, 5)
     assert seen[-1][0] == 3
+
+
+async def test_overlapping_notifies_are_serialized_not_dropped(pg_database_url: str) -> None:
+    """Durability issue, defect 12: a second NOTIFY issued while one was in progress on
+    the bridge's connection failed ("another operation is in progress") and was dropped."""
+    from runevents.pgnotify import PostgresBridge
+
+    woken: set[str] = set()
+    listener = PostgresBridge(asyncpg_dsn(pg_database_url) or "", woken.add)
+    sender = PostgresBridge(asyncpg_dsn(pg_database_url) or "", lambda _: None)
+    await listener.start()
+    await sender.start()
+    try:
+        ids = {f"run_{i:04d}" for i in range(200)}
+        sends = []
+        for run_id in sorted(ids):
+            sender._pending.add(run_id)
+            # start a send per id at once: they overlap on the one connection
+            sends.append(asyncio.ensure_future(sender._send()))
+            await asyncio.sleep(0)  # it takes this id and starts its NOTIFY
+        await asyncio.gather(*sends)
+        for _ in range(100):
+            if woken >= ids:
+                break
+            await asyncio.sleep(0.02)
+        assert woken >= ids
+    finally:
+        await sender.close()
+        await listener.close()
