@@ -428,6 +428,14 @@ async def scheduled_pass(manager: RunManager) -> list[Report]:
         )
     if settings.compact_after is not None:
         reports.append(await compact(manager, parse_duration(settings.compact_after)))
+    # keys of runs compacted or expired early (compact_after < 24 h) go once a retry
+    # of their last batch has had its 24 h (contract 6)
+    from runevents.models import utcnow
+    from runevents.upkeep import IDEMPOTENCY_KEEP
+
+    pruned = await manager.repo.prune_idempotency(utcnow() - IDEMPOTENCY_KEEP)
+    if pruned:
+        log.info("idempotency keys of old runs dropped: %d", pruned)
     for report in reports:
         # nobody watches the server's passes: what they did, and what failed, goes to the log
         if report.runs or report.recovered:

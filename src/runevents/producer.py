@@ -254,14 +254,13 @@ class ProducerIngest:
                 return event.event_id == record.first_event_id
             # a record stored before event ids were kept: the first event must match
             return (
-                (first is not None
+                first is not None
                 and (event.type, event.payload)
                 == (
                     first.type,
                     first.payload,
-                ))
-                or (first is not None and first.type == RUN_COMPLETED == event.type)
-            )
+                )
+            ) or (first is not None and first.type == RUN_COMPLETED == event.type)
         return False
 
     async def watch_held_runs(self) -> list[Run]:

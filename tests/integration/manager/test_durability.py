@@ -372,3 +372,23 @@ async def test_server_damage_is_cut_and_marked_not_blamed_on_the_producer(app: A
     assert answer["first_sequence"] == events[-1].sequence
     quarantine = list(path.parent.glob("events.ndjson.torn-*"))
     assert quarantine and b"\0" in quarantine[0].read_bytes()
+
+
+async def test_keys_are_kept_24h_then_dropped_with_the_compacted_log(app: App) -> None:
+    """Defect 4: keys were never pruned (the database grew per batch). Contract 6: a
+    completing batch's retry is answered for at least 24 h; keys go at compaction/expiry."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")], idempotency_key="k1")
+    done = await m.ingest("acme", "ext", run.id, [completed()], idempotency_key="k2")
+    assert await m.repo.count_idempotency(run.id) == 2
+    row = await m.get_run("acme", "ext", run.id)
+    assert await m.compact_run(row) is not None
+    assert await m.repo.count_idempotency(run.id) == 2  # ended just now: kept
+    again = await m.ingest("acme", "ext", run.id, [completed()], idempotency_key="k2")
+    assert again == done  # answered from the compressed log
+    await m.repo.update_run(run.id, completed_at=utcnow() - timedelta(hours=25))
+    assert await m.repo.prune_idempotency(utcnow() - timedelta(hours=24)) == 2
+    assert await m.repo.count_idempotency(run.id) == 0
+    # and no lock or held run is left behind by anything above (defect 6)
+    assert len(m.held) == 0 and len(m.held.lock) == 0
