@@ -262,10 +262,11 @@ class HeldRun:
 
     async def seal(self) -> Run:
         """Make the ended log final under the writer's own file lock, then say so in the row."""
+        checkpoint = (self.writer.durable_sequence, self.writer.visible_offset)
         lock = await self.writer.close(keep_lock=True)
         self.registry.forget(self)
         try:
-            info = await self.registry.log.seal(self.ref, lock)
+            info = await self.registry.log.seal(self.ref, lock, checkpoint)
         finally:
             self.fold.cancel()
         self.run = await self.registry.repo.update_run(

@@ -424,14 +424,19 @@ class EventLog:
             await tail.stop()
 
     # ------------------------------------------------------------------ sealing, stats
-    async def seal(self, ref: RunRef, lock: WriterLock | None = None) -> SealInfo:
+    async def seal(
+        self,
+        ref: RunRef,
+        lock: WriterLock | None = None,
+        checkpoint: tuple[int, int] | None = None,
+    ) -> SealInfo:
         """Make an ended log final: fsync, full index, and for a remote store upload it
         (index, then log) and remove the spool files. Idempotent.
 
         ``lock``: the run's file lock, handed over by its closing writer
         (``close(keep_lock=True)``), so nobody can take the log in between.
         """
-        return await sealing.seal(self, ref, lock)
+        return await sealing.seal(self, ref, lock, checkpoint)
 
     async def stats(self, ref: RunRef) -> LogStats:
         """Event count, bytes and form of the run's log (form None: no log)."""

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from runevents.eventlog import EventLog
 
 
-async def seal(log: EventLog, ref: RunRef, lock: WriterLock | None = None) -> SealInfo:
+async def seal(
+    log: EventLog,
+    ref: RunRef,
+    lock: WriterLock | None = None,
+    checkpoint: tuple[int, int] | None = None,
+) -> SealInfo:
     """fsync the log, make its index complete, and for a remote store upload both
     (index first: a reader that finds the log finds its index) and remove the spool files.
 
@@ -46,7 +51,7 @@ async def seal(log: EventLog, ref: RunRef, lock: WriterLock | None = None) -> Se
                 raise LogNotFound(f"no event log at {keys.log}")
             return SealInfo(stored_path(log, keys, stats), stats.event_count, stats.bytes)
         recovered, has_index = await asyncio.to_thread(
-            _finish_files, keys, ref.run_id, log.config.index_every_bytes
+            _finish_files, keys, ref.run_id, log.config.index_every_bytes, checkpoint
         )
         if keys.spooled:
             if has_index:
@@ -64,13 +69,16 @@ async def seal(log: EventLog, ref: RunRef, lock: WriterLock | None = None) -> Se
         lock.release(unlink=True)  # the run's files are final: no more writers
 
 
-def _finish_files(keys: Keys, run_id: str, every_bytes: int) -> tuple[Recovered, bool]:
+def _finish_files(
+    keys: Keys, run_id: str, every_bytes: int, checkpoint: tuple[int, int] | None
+) -> tuple[Recovered, bool]:
     """Recover a torn tail (a crashed writer), complete the index, fsync the log and its
     directory. The index is not fsynced: it is a cache, checked when used and rebuilt.
     Returns the recovered state and whether an index sidecar exists."""
     fd = os.open(keys.live, os.O_RDWR)
     try:
-        recovered = recover_log(fd, keys.live, run_id)
+        # from its closing writer, the durable end is known: only what follows is checked
+        recovered = recover_log(fd, keys.live, run_id, checkpoint)
         _, index_fd = recover_index(fd, keys.live_index, recovered.end, every_bytes)
         if index_fd is not None:
             os.close(index_fd)

@@ -200,7 +200,7 @@ async def test_crash_between_run_completed_and_seal_is_repaired(
     m = app.manager
     run = await m.create_run("acme", "ext", external=True)
 
-    async def store_down(self: EventLog, ref: Any, lock: Any = None) -> Any:
+    async def store_down(self: EventLog, ref: Any, lock: Any = None, checkpoint: Any = None) -> Any:
         if lock is not None:
             lock.release()
         raise StorageError("the object store is unreachable")
@@ -299,7 +299,9 @@ async def test_seal_holds_the_lock_from_completion_to_the_end(
     original = EventLog.seal
     taken: list[bool] = []
 
-    async def seal_and_try(self: EventLog, ref: Any, lock: Any = None) -> Any:
+    async def seal_and_try(
+        self: EventLog, ref: Any, lock: Any = None, checkpoint: Any = None
+    ) -> Any:
         try:
             other = await self.open_writer(ref)
         except WriterBusy:
@@ -307,7 +309,7 @@ async def test_seal_holds_the_lock_from_completion_to_the_end(
         else:
             taken.append(True)
             await other.close()
-        return await original(self, ref, lock)
+        return await original(self, ref, lock, checkpoint)
 
     monkeypatch.setattr(EventLog, "seal", seal_and_try)
     await m.ingest("acme", "ext", run.id, [completed()])
