@@ -39,7 +39,7 @@ Bounds (contract 2.1: at most 256 KiB; issue 13 defect 3):
 - Every list or map keeps its first 1,000 entries in the order it is listed
   (``phases`` in start order; maps and ``by_file`` sorted by key) and the top-level
   ``truncated`` says how many were cut, by dotted field name (``{}`` if none).
-  Counts of cut keys are exact up to 32,768 distinct keys, then HyperLogLog
+  Counts of cut keys are exact up to 16,384 distinct keys, then HyperLogLog
   estimates (``bounds.py``); tables past the first 2,048 ids are folded as
   they come (``tables.py``). Memory stays bounded whatever the run produced.
 - Strings read from producers are cut to 256 characters (names: type, stream,

@@ -38,7 +38,7 @@ MAX_MESSAGE_CHARS = 4096
 #: what replaces the cut tail of a capped string
 ELLIPSIS = "\u2026"
 #: distinct keys a DistinctCounter counts exactly (~40 bytes each) before it estimates
-EXACT_DISTINCT = 32_768
+EXACT_DISTINCT = 16_384
 #: HyperLogLog precision: 2**16 registers (64 KiB); linear counting covers up to ~160k keys
 _HLL_BITS = 16
 _HLL_M = 1 << _HLL_BITS
@@ -61,7 +61,7 @@ def stable_hash(key: str) -> int:
 
 
 class DistinctCounter:
-    """How many distinct keys were added, in bounded memory (at most ~1.3 MB, then 64 KiB).
+    """How many distinct keys were added, in bounded memory (at most ~1.2 MB, then 64 KiB).
 
     Exact while at most :data:`EXACT_DISTINCT` distinct keys were added (two
     keys colliding on 64 bits is the only error: odds about 1e-11 at that

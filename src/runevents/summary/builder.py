@@ -94,7 +94,13 @@ def _capped_value(value: Any, limit: int) -> Any:
 
 def _bounded_block(block: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
     """``block`` as sent if small, else only its pinned ``keys`` with strings capped."""
-    if block is None or json_size(block) <= _KEEP_AS_SENT_BYTES:
+    if block is None:
+        return None
+    try:
+        small = json_size(block) <= _KEEP_AS_SENT_BYTES
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        small = False  # not JSON (an in-process caller's object): keep the pinned keys
+    if small:
         return copy.deepcopy(block)
     limit = {"message": MAX_MESSAGE_CHARS}
     return {key: _capped_value(block.get(key), limit.get(key, 256)) for key in keys}
@@ -177,44 +183,50 @@ class RunSummaryBuilder:
         messages: list[str] = []
         keep = messages.append
         lines = cut_lines = 0
-        for event in events:
-            payload = event.payload
-            if event.type != "console.line":
-                self.add(event.type, event.created_at, payload)
-                continue
-            if payload.__class__ is not dict:
-                self._add_console_slowly(payload, messages)
-                continue
-            stream = payload.get("stream")
-            level = payload.get("level")
-            message = payload.get("message")
-            if (
-                stream.__class__ is not str
-                or level.__class__ is not str
-                or message.__class__ is not str
-                or payload.get("scope").__class__ is not str
-            ):
-                self._add_console_slowly(payload, messages)  # a None, or a wrong type
-                continue
-            # The common line, inlined: this runs for nearly every event of a run.
-            lines += 1
-            if stream in streams:
-                streams[stream] += 1
-            else:
-                self._by_stream.add(cap_str(stream))
-            if level in levels:
-                levels[level] += 1
-            else:
-                self._by_level.add(cap_str(level))
-            if payload.get("truncated") is True:
-                cut_lines += 1
-            keep(message)
-        if lines:
-            self._total += lines
-            self._by_type.add("console.line", lines)
-            self._console_lines += lines
-            self._truncated += cut_lines
-        # Only a tail of at least SNIPPET_BYTES characters can reach the snippet.
+        try:
+            for event in events:
+                payload = event.payload
+                if event.type != "console.line":
+                    self.add(event.type, event.created_at, payload)
+                    continue
+                if payload.__class__ is not dict:
+                    self._add_console_slowly(payload, messages)
+                    continue
+                stream = payload.get("stream")
+                level = payload.get("level")
+                message = payload.get("message")
+                if (
+                    stream.__class__ is not str
+                    or level.__class__ is not str
+                    or message.__class__ is not str
+                    or payload.get("scope").__class__ is not str
+                ):
+                    self._add_console_slowly(payload, messages)  # a None, or a wrong type
+                    continue
+                # The common line, inlined: this runs for nearly every event of a run.
+                lines += 1
+                if stream in streams:
+                    streams[stream] += 1
+                else:
+                    self._by_stream.add(cap_str(stream))
+                if level in levels:
+                    levels[level] += 1
+                else:
+                    self._by_level.add(cap_str(level))
+                if payload.get("truncated") is True:
+                    cut_lines += 1
+                keep(message)
+        finally:
+            # Also on an unexpected error: the lines counted so far are in the state.
+            if lines:
+                self._total += lines
+                self._by_type.add("console.line", lines)
+                self._console_lines += lines
+                self._truncated += cut_lines
+            self._keep_tail(messages)
+
+    def _keep_tail(self, messages: list[str]) -> None:
+        # Only a tail of more than SNIPPET_BYTES characters can reach the snippet.
         start = len(messages)
         chars = 0
         while start > 0 and chars <= SNIPPET_BYTES:

@@ -20,7 +20,7 @@ the window summarized twice counts twice. A tracked table whose replacement no
 longer fits the budget leaves the window: its old summary is subtracted and the
 new one folded, so counts stay exact at that moment. Files and validation keys
 are counted with :class:`~runevents.summary.bounds.CappedMap`, exact up to
-32,768 cut keys each, estimated past that.
+16,384 cut keys each, estimated past that.
 """
 
 from __future__ import annotations

@@ -138,10 +138,10 @@ def test_capped_map_slot_values_are_copied_by_copy() -> None:
 
 def test_capped_map_descending_keys_each_evict_the_largest_kept_one() -> None:
     counts = Counts(1000)
-    for i in range(30_000, 0, -1):
+    for i in range(15_000, 0, -1):
         counts.add(f"{i:07d}")
     assert list(counts.as_dict()) == [f"{i:07d}" for i in range(1, 1001)]
-    assert counts.cut() == 29_000
+    assert counts.cut() == 14_000
 
 
 # -- fit_summary -----------------------------------------------------------------------
