@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import copy
 import hashlib
+import heapq
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -272,20 +273,22 @@ def fit_summary(summary: dict[str, Any], limit: int = MAX_SUMMARY_BYTES) -> dict
             entry_sizes[path] = [json_size(item) + 1 for item in value]
         elif isinstance(value, dict):
             entry_sizes[path] = [json_size(k) + json_size(v) + 2 for k, v in value.items()]
-    totals = {path: sum(sizes) for path, sizes in entry_sizes.items()}
     cut = dict.fromkeys(entry_sizes, 0)
     excess = size - limit + _GUARD_SLACK
-    rank = {path: -i for i, path in enumerate(CAPPED_FIELDS)}
+    order = {path: i for i, path in enumerate(CAPPED_FIELDS)}
+    # A heap of (-bytes, tie-break, path): the biggest field is on top.
+    heap = [(-sum(sizes), order[path], path) for path, sizes in entry_sizes.items() if sizes]
+    heapq.heapify(heap)
     while excess > 0:
-        candidates = [p for p, sizes in entry_sizes.items() if cut[p] < len(sizes)]
-        if not candidates:
+        if not heap:
             raise AssertionError("a summary with empty lists exceeds its bound")  # by design, never
-        path = max(candidates, key=lambda p: (totals[p], rank[p]))
+        negative_total, tie, path = heapq.heappop(heap)
         sizes = entry_sizes[path]
         cut[path] += 1
         removed = sizes[len(sizes) - cut[path]]
-        totals[path] -= removed
         excess -= removed
+        if cut[path] < len(sizes):
+            heapq.heappush(heap, (negative_total + removed, tie, path))
     truncated: dict[str, int] = dict(summary.get("truncated") or {})
     for path, n in cut.items():
         if not n:
