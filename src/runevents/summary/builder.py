@@ -478,7 +478,9 @@ class RunSummaryBuilder:
                 truncated[path] = cut
         if self._phase_starts > len(self._phases):
             truncated["phases"] = self._phase_starts - len(self._phases)
-        tables, table_validation = self._tables.output(truncated)
+        tables, table_validation = self._tables.output(
+            truncated, with_validation=self._validation_summary is None
+        )
         # Precedence: the last run.validation.summary; else the tables' validation
         # blocks summed; else counts of run.validation.issue events (zeros if none).
         validation = self._validation_summary or table_validation or self._issues

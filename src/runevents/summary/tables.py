@@ -196,7 +196,9 @@ class Tables:
             self._rows += row_count
 
     @staticmethod
-    def _fold(table: _Table, files: CappedMap[_FileSums], validation: ValidationSums) -> None:
+    def _fold(
+        table: _Table, files: CappedMap[_FileSums], validation: ValidationSums | None
+    ) -> None:
         entry = files.slot(table.source_file, _new_file)
         if entry is not None:
             entry[0] += 1
@@ -206,7 +208,7 @@ class Tables:
                 entry[1] += table.row_count
             if table.validation is not None:
                 entry[3] += table.validation.issues_total
-        if table.validation is not None:
+        if table.validation is not None and validation is not None:
             validation.add_block(table.validation)
 
     def copy(self) -> Tables:
@@ -221,10 +223,15 @@ class Tables:
         twin._validation = self._validation.copy()
         return twin
 
-    def output(self, truncated: dict[str, int]) -> tuple[dict[str, Any], ValidationSums | None]:
-        """The ``tables`` object, and the tables' validation sums (None if no table had a block)."""
+    def output(
+        self, truncated: dict[str, int], *, with_validation: bool = True
+    ) -> tuple[dict[str, Any], ValidationSums | None]:
+        """The ``tables`` object, and the tables' validation sums (None if no table had a block).
+
+        ``with_validation=False`` skips summing the blocks (a run.validation.summary wins anyway).
+        """
         files = self._files.copy()
-        validation = self._validation.copy()
+        validation = self._validation.copy() if with_validation else None
         rows, rows_null = self._rows, self._rows_null
         for table in self._tracked.values():
             self._fold(table, files, validation)
@@ -249,4 +256,4 @@ class Tables:
                 for source_file, entry in files.items()
             ],
         }
-        return tables, validation if validation.blocks else None
+        return tables, validation if validation is not None and validation.blocks else None
