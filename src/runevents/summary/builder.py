@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from runevents.summary.bounds import (
     fit_summary,
     json_size,
 )
+from runevents.summary.phases import Phases
 from runevents.summary.tables import Tables, ValidationSums
 from runevents.summary.telemetry import (
     Malformed,
@@ -60,20 +61,6 @@ _ENVELOPE_DECODER = msgspec.json.Decoder(_EnvelopeView)
 
 
 # -- per-event state ------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class _Phase:
-    scope: str
-    phase: str
-    started_at: str | None
-    completed: bool = False
-    completed_at: str | None = None
-    status: str | None = None
-    duration_ms: int | None = None
-    #: the next start of the same scope was seen (its created_at is next_start)
-    has_next: bool = False
-    next_start: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,15 +116,7 @@ class RunSummaryBuilder:
         self._snippet: deque[str] = deque()
         #: characters in _snippet, counting one per joining newline
         self._snippet_chars = 0
-        #: the first MAX_ENTRIES phase starts; _phase_starts counts all of them
-        self._phases: list[_Phase] = []
-        self._phase_starts = 0
-        #: (scope, phase) -> indexes into _phases of kept starts not yet completed
-        self._open_phases: dict[tuple[str, str], list[int]] = {}
-        #: (scope, phase) -> starts past the cap, still open, later than that key's kept ones
-        self._open_cut: dict[tuple[str, str], int] = {}
-        #: scope -> index of its latest kept start (waiting for the next start of the scope)
-        self._awaiting_next: dict[str, int] = {}
+        self._phases = Phases(max_entries)
         self._tables = Tables(max_entries)
         self._validation_summary: ValidationSums | None = None
         self._issues = ValidationSums(max_entries)
@@ -266,10 +245,7 @@ class RunSummaryBuilder:
         twin._by_stream = self._by_stream.copy()
         twin._by_level = self._by_level.copy()
         twin._snippet = deque(self._snippet)
-        twin._phases = [copy.copy(phase) for phase in self._phases]
-        twin._open_phases = {key: list(starts) for key, starts in self._open_phases.items()}
-        twin._open_cut = dict(self._open_cut)
-        twin._awaiting_next = dict(self._awaiting_next)
+        twin._phases = self._phases.copy()
         twin._tables = self._tables.copy()
         # _validation_summary is replaced, never changed, once built; _last_error and
         # _completed likewise: sharing them is safe.
@@ -352,45 +328,13 @@ class RunSummaryBuilder:
         return message  # checked above: str or None
 
     def _on_phase_started(self, scope: str, created_at: str | None, body: dict[str, Any]) -> None:
-        name = cap_str(req_str(body, "phase"))
-        self._phase_starts += 1
-        # This start ends the "time to the next start of the same scope" of the previous one.
-        previous = self._awaiting_next.pop(scope, None)
-        if previous is not None:
-            waiting = self._phases[previous]
-            waiting.has_next = True
-            waiting.next_start = created_at
-        key = (scope, name)
-        if len(self._phases) < self._max_entries:
-            index = len(self._phases)
-            self._phases.append(_Phase(scope, name, created_at))
-            self._open_phases.setdefault(key, []).append(index)
-            self._awaiting_next[scope] = index
-        elif key in self._open_phases:
-            # A start past the cap sits above the key's kept open starts: it is
-            # closed first. Keys without kept open starts need no memory at all.
-            self._open_cut[key] = self._open_cut.get(key, 0) + 1
+        self._phases.start(scope, req_str(body, "phase"), created_at)
 
     def _on_phase_completed(self, scope: str, created_at: str | None, body: dict[str, Any]) -> None:
-        name = cap_str(req_str(body, "phase"))
+        name = req_str(body, "phase")
         status = opt_str(body, "status")
         duration = opt_int(body, "duration_ms")
-        key = (scope, name)
-        cut_open = self._open_cut.get(key)
-        if cut_open:
-            self._open_cut[key] = cut_open - 1  # closes a start past the cap: no entry to update
-            return
-        open_starts = self._open_phases.get(key)
-        if not open_starts:
-            return  # a completion without a start adds no entry
-        phase = self._phases[open_starts.pop()]
-        if not open_starts:
-            del self._open_phases[key]
-            self._open_cut.pop(key, None)
-        phase.completed = True
-        phase.completed_at = created_at
-        phase.status = None if status is None else cap_str(status)
-        phase.duration_ms = duration
+        self._phases.complete(scope, name, created_at, status, duration)
 
     def _on_table_summary(self, created_at: str | None, payload: Any) -> None:
         body = as_object(payload)
@@ -476,8 +420,8 @@ class RunSummaryBuilder:
             cut = counts.cut()
             if cut:
                 truncated[path] = cut
-        if self._phase_starts > len(self._phases):
-            truncated["phases"] = self._phase_starts - len(self._phases)
+        if self._phases.cut():
+            truncated["phases"] = self._phases.cut()
         tables, table_validation = self._tables.output(
             truncated, with_validation=self._validation_summary is None
         )
@@ -500,7 +444,7 @@ class RunSummaryBuilder:
                 "by_level": self._by_level.as_dict(),
                 "truncated": self._truncated,
             },
-            "phases": list(self._phase_entries()),
+            "phases": list(self._phases.entries(completed.created_at if completed else None)),
             "tables": tables,
             "validation": validation.output(truncated),
         }
@@ -518,24 +462,6 @@ class RunSummaryBuilder:
             "completed_at": completed_at,
             "duration_ms": duration_ms(self._first_started_at, completed_at),
         }
-
-    def _phase_entries(self) -> Iterator[dict[str, Any]]:
-        run_end = self._completed.created_at if self._completed else None
-        for phase in self._phases:
-            if phase.completed:
-                duration = phase.duration_ms
-                if duration is None:
-                    duration = duration_ms(phase.started_at, phase.completed_at)
-            else:
-                # Until the next start of the same scope, else the run's end.
-                end = phase.next_start if phase.has_next else run_end
-                duration = duration_ms(phase.started_at, end)
-            yield {
-                "scope": phase.scope,
-                "phase": phase.phase,
-                "status": phase.status,
-                "duration_ms": duration,
-            }
 
 
 #: an event handler: an unbound method of the builder, given (created_at, payload)
