@@ -165,6 +165,7 @@ def test_example_object_shape() -> None:
             "issues_by_code": {"missing": 3},
             "max_severity": "error",
         },
+        "truncated": {},
     }
     assert SUMMARY_SCHEMA == "runevents.run_summary/v1"
 

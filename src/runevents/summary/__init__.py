@@ -1,10 +1,11 @@
 """The run summary (contract section 2.1): a pure reducer from a run's events to one object.
 
-:class:`RunSummaryBuilder` is fed events in sequence order -- live, as a run
-writes them, or from a stored log with :meth:`RunSummaryBuilder.add_line` --
-and :meth:`RunSummaryBuilder.build` returns the summary. It keeps O(tables +
-phases) state, never the events, so summarizing a log of millions of lines
-runs in constant memory.
+:class:`RunSummaryBuilder` is fed events in sequence order -- live, batch by
+batch with :meth:`RunSummaryBuilder.add_events` as a run appends them, or from
+a stored log with :meth:`RunSummaryBuilder.add_line` -- and
+:meth:`RunSummaryBuilder.build` returns the summary. Its state is bounded (the
+kept entries, counters and fixed-size sketches), never the events, so a log of
+any size and any number of distinct names is summarized in constant memory.
 
 Rules beyond the contract's words (each is a choice the contract leaves open):
 
@@ -32,6 +33,25 @@ Rules beyond the contract's words (each is a choice the contract leaves open):
   of ``issues_by_severity``.
 - Maps in the output (``by_type``, ``by_stream``, ...) are sorted by key so the
   serialized summary is byte-for-byte deterministic.
+
+Bounds (contract 2.1: at most 256 KiB; issue 13 defect 3):
+
+- Every list or map keeps its first 1,000 entries in the order it is listed
+  (``phases`` in start order; maps and ``by_file`` sorted by key) and the top-level
+  ``truncated`` says how many were cut, by dotted field name (``{}`` if none).
+  Counts of cut keys are exact up to 16,384 distinct keys, then HyperLogLog
+  estimates (``bounds.py``); tables past the first 2,048 ids are folded as
+  they come (``tables.py``). Memory stays bounded whatever the run produced.
+- Strings read from producers are cut to 256 characters (names: type, stream,
+  level, phase, status, code, severity, source_file, stage) or 4,096 (a
+  ``message``), ending in ``…``; a ``run.completed`` ``failure`` / ``execution``
+  over 4 KiB of JSON keeps only its pinned keys. Names equal in their first 255
+  characters count as one.
+- A final guard measures the encoded summary and, while it exceeds 256 KiB,
+  cuts the last entry of the field taking the most bytes (counted in
+  ``truncated``), so the bound holds whatever the producer sent.
+- Live runs fold each batch with ``add_events``; ``preview(pending)`` builds the
+  summary as if ``pending`` were added without changing the builder.
 """
 
 from runevents.summary.builder import (

@@ -1,34 +1,45 @@
-"""The run summary builder: events in, one summary object out (rules in the package docstring)."""
+"""The run summary builder: events in, one bounded summary out (rules: the package docstring)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from runevents.events import Event
 from runevents.exceptions import InvalidEvent
+from runevents.summary.bounds import (
+    MAX_ENTRIES,
+    MAX_MESSAGE_CHARS,
+    Counts,
+    cap_str,
+    fit_summary,
+    json_size,
+)
+from runevents.summary.phases import Phases
+from runevents.summary.tables import Tables, ValidationSums
 from runevents.summary.telemetry import (
     Malformed,
-    Validation,
     as_object,
     duration_ms,
-    max_severity,
-    merge_validations,
     opt_dict,
     opt_int,
     opt_str,
     parse_validation,
     req_str,
-    validation_dict,
 )
 
 SUMMARY_SCHEMA = "runevents.run_summary/v1"
 #: cap of ``console_snippet`` (bytes of UTF-8), the contract's "at most 4 KiB"
 SNIPPET_BYTES = 4096
+#: a run.completed ``failure`` / ``execution`` is kept as sent up to this many bytes of JSON
+_KEEP_AS_SENT_BYTES = 4096
+_FAILURE_KEYS = ("stage", "code", "message")
+_EXECUTION_KEYS = ("exit_code", "started_at", "completed_at", "duration_ms")
 
 _PHASE_TYPES: dict[str, tuple[str, bool]] = {
     "run.phase.started": ("run", True),
@@ -53,24 +64,6 @@ _ENVELOPE_DECODER = msgspec.json.Decoder(_EnvelopeView)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Table:
-    source_file: str
-    row_count: int | None
-    validation: Validation | None
-
-
-@dataclasses.dataclass(slots=True)
-class _Phase:
-    scope: str
-    phase: str
-    started_at: str | None
-    completed: bool = False
-    completed_at: str | None = None
-    status: str | None = None
-    duration_ms: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Completed:
     created_at: str | None
     status: str | None
@@ -78,43 +71,55 @@ class _Completed:
     execution: dict[str, Any] | None
 
 
-def _sum_rows(tables: Iterable[_Table]) -> int | None:
-    total = 0
-    for table in tables:
-        if table.row_count is None:
-            return None
-        total += table.row_count
-    return total
+def _capped_value(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return cap_str(value, limit)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return None  # a nested object in an oversized block: dropped
+
+
+def _bounded_block(block: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """``block`` as sent if small, else only its pinned ``keys`` with strings capped."""
+    if block is None:
+        return None
+    try:
+        small = json_size(block) <= _KEEP_AS_SENT_BYTES
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        small = False  # not JSON (an in-process caller's object): keep the pinned keys
+    if small:
+        return copy.deepcopy(block)
+    limit = {"message": MAX_MESSAGE_CHARS}
+    return {key: _capped_value(block.get(key), limit.get(key, 256)) for key in keys}
 
 
 class RunSummaryBuilder:
     """Pure reducer: feed events in sequence order, then :meth:`build`.
 
     ``build()`` does not change the builder: it may be called at any point (a
-    live run's summary so far) and again after more events.
+    live run's summary so far) and again after more events. Memory is bounded
+    whatever the run produced (see ``summary/bounds.py`` and ``summary/tables.py``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_entries: int = MAX_ENTRIES) -> None:
+        #: entries each list or map keeps (the contract's 1,000; smaller in tests)
+        self._max_entries = max_entries
         self._lines_read = 0
         self._total = 0
-        self._by_type: dict[str, int] = {}
+        self._by_type = Counts(max_entries)
         self._ignored = 0
         self._console_lines = 0
-        self._by_stream: dict[str, int] = {}
-        self._by_level: dict[str, int] = {}
+        self._by_stream = Counts(max_entries)
+        self._by_level = Counts(max_entries)
         self._truncated = 0
         #: the latest console messages: just enough to fill SNIPPET_BYTES of UTF-8
         self._snippet: deque[str] = deque()
         #: characters in _snippet, counting one per joining newline
         self._snippet_chars = 0
-        self._phases: list[_Phase] = []
-        #: (scope, phase) -> indexes into _phases of starts not yet completed
-        self._open_phases: dict[tuple[str, str], list[int]] = {}
-        self._tables: dict[str, _Table] = {}
-        self._validation_summary: Validation | None = None
-        self._issues_total = 0
-        self._issues_by_severity: dict[str, int] = {}
-        self._issues_by_code: dict[str, int] = {}
+        self._phases = Phases(max_entries)
+        self._tables = Tables(max_entries)
+        self._validation_summary: ValidationSums | None = None
+        self._issues = ValidationSums(max_entries)
         self._last_error: dict[str, Any] | None = None
         self._first_started_at: str | None = None
         self._seen_started = False
@@ -125,7 +130,11 @@ class RunSummaryBuilder:
     def add(self, type: str, created_at: str | None, payload: Any) -> None:
         """Reduce one event. Malformed telemetry is counted in ``events.ignored``, never raised."""
         self._total += 1
-        self._by_type[type] = self._by_type.get(type, 0) + 1
+        kept_types = self._by_type.kept
+        if type in kept_types:
+            kept_types[type] += 1
+        else:
+            self._by_type.add(cap_str(type))
         try:
             phase_kind = _PHASE_TYPES.get(type)
             if phase_kind is not None:
@@ -140,6 +149,70 @@ class RunSummaryBuilder:
                 handler(self, created_at, payload)
         except Malformed:
             self._ignored += 1
+
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Reduce a batch of events (the live path: each durable batch as it is appended).
+
+        Same result as :meth:`add` of each, faster: console lines (nearly every
+        event) are counted inline and only the batch's last 4 KiB of messages
+        reach the snippet.
+        """
+        streams = self._by_stream.kept
+        levels = self._by_level.kept
+        messages: list[str] = []
+        keep = messages.append
+        lines = cut_lines = 0
+        try:
+            for event in events:
+                payload = event.payload
+                if event.type != "console.line":
+                    self.add(event.type, event.created_at, payload)
+                    continue
+                if payload.__class__ is not dict:
+                    self._add_console_slowly(payload, messages)
+                    continue
+                stream = payload.get("stream")
+                level = payload.get("level")
+                message = payload.get("message")
+                if (
+                    stream.__class__ is not str
+                    or level.__class__ is not str
+                    or message.__class__ is not str
+                    or payload.get("scope").__class__ is not str
+                ):
+                    self._add_console_slowly(payload, messages)  # a None, or a wrong type
+                    continue
+                # The common line, inlined: this runs for nearly every event of a run.
+                lines += 1
+                if stream in streams:
+                    streams[stream] += 1
+                else:
+                    self._by_stream.add(cap_str(stream))
+                if level in levels:
+                    levels[level] += 1
+                else:
+                    self._by_level.add(cap_str(level))
+                if payload.get("truncated") is True:
+                    cut_lines += 1
+                keep(message)
+        finally:
+            # Also on an unexpected error: the lines counted so far are in the state.
+            if lines:
+                self._total += lines
+                self._by_type.add("console.line", lines)
+                self._console_lines += lines
+                self._truncated += cut_lines
+            self._keep_tail(messages)
+
+    def _keep_tail(self, messages: list[str]) -> None:
+        # Only a tail of more than SNIPPET_BYTES characters can reach the snippet.
+        start = len(messages)
+        chars = 0
+        while start > 0 and chars <= SNIPPET_BYTES:
+            start -= 1
+            chars += len(messages[start]) + 1
+        for message in messages[start:]:
+            self._keep_console(message)
 
     def add_line(self, line: bytes) -> None:
         """Reduce one NDJSON envelope line; blank lines are skipped.
@@ -165,6 +238,34 @@ class RunSummaryBuilder:
             if line:
                 self.add_line(line)
 
+    def copy(self) -> RunSummaryBuilder:
+        """An independent builder in the same state (cost: O(kept entries), not O(events))."""
+        twin = copy.copy(self)  # the scalars; every mutable container is replaced below
+        twin._by_type = self._by_type.copy()
+        twin._by_stream = self._by_stream.copy()
+        twin._by_level = self._by_level.copy()
+        twin._snippet = deque(self._snippet)
+        twin._phases = self._phases.copy()
+        twin._tables = self._tables.copy()
+        # _validation_summary is replaced, never changed, once built; _last_error and
+        # _completed likewise: sharing them is safe.
+        twin._issues = self._issues.copy()
+        return twin
+
+    def with_events(self, pending: Sequence[Event]) -> RunSummaryBuilder:
+        """A copy with ``pending`` added; this builder is unchanged (for its snippet too)."""
+        twin = self.copy()
+        twin.add_events(pending)
+        return twin
+
+    def preview(self, pending: Sequence[Event]) -> dict[str, Any]:
+        """``build()`` as if ``pending`` were added, without changing this builder.
+
+        For completion: the summary goes into ``run.completed`` before the commit;
+        if the commit fails, nothing here has moved.
+        """
+        return self.with_events(pending).build()
+
     # -- handlers -----------------------------------------------------------------
 
     def _on_run_started(self, created_at: str | None, payload: Any) -> None:
@@ -176,14 +277,29 @@ class RunSummaryBuilder:
         body = as_object(payload)
         # payload["summary"] is deliberately not read: the server replaces it.
         status = opt_str(body, "status")
-        failure = opt_dict(body, "failure")
-        execution = opt_dict(body, "execution")
-        self._completed = _Completed(
-            created_at, status, copy.deepcopy(failure), copy.deepcopy(execution)
-        )
+        failure = _bounded_block(opt_dict(body, "failure"), _FAILURE_KEYS)
+        execution = _bounded_block(opt_dict(body, "execution"), _EXECUTION_KEYS)
+        status = None if status is None else cap_str(status)
+        self._completed = _Completed(created_at, status, failure, execution)
+
+    def _add_console_slowly(self, payload: Any, messages: list[str]) -> None:
+        self._total += 1
+        self._by_type.add("console.line")
+        try:
+            message = self._count_console(payload)
+        except Malformed:
+            self._ignored += 1
+            return
+        if message is not None:
+            messages.append(message)
 
     def _on_console_line(self, created_at: str | None, payload: Any) -> None:
-        # The hot path (nearly every event of a big log): checks are inlined.
+        message = self._count_console(payload)
+        if message is not None:
+            self._keep_console(message)
+
+    def _count_console(self, payload: Any) -> str | None:
+        """Count one console.line; its message (None if none). The hot path: checks inlined."""
         if not isinstance(payload, dict):
             raise Malformed
         stream = payload.get("stream")
@@ -195,32 +311,30 @@ class RunSummaryBuilder:
                 raise Malformed
         self._console_lines += 1
         if stream is not None:
-            self._by_stream[stream] = self._by_stream.get(stream, 0) + 1
+            kept = self._by_stream.kept
+            if stream in kept:
+                kept[stream] += 1
+            else:
+                self._by_stream.add(cap_str(stream))
         if level is not None:
-            self._by_level[level] = self._by_level.get(level, 0) + 1
+            kept = self._by_level.kept
+            if level in kept:
+                kept[level] += 1
+            else:
+                self._by_level.add(cap_str(level))
         # The executor marks lines cut at max_line_bytes with truncated=true.
         if payload.get("truncated") is True:
             self._truncated += 1
-        if message is not None:
-            self._keep_console(message)
+        return message  # checked above: str or None
 
     def _on_phase_started(self, scope: str, created_at: str | None, body: dict[str, Any]) -> None:
-        name = req_str(body, "phase")
-        self._open_phases.setdefault((scope, name), []).append(len(self._phases))
-        self._phases.append(_Phase(scope, name, created_at))
+        self._phases.start(scope, req_str(body, "phase"), created_at)
 
     def _on_phase_completed(self, scope: str, created_at: str | None, body: dict[str, Any]) -> None:
         name = req_str(body, "phase")
         status = opt_str(body, "status")
         duration = opt_int(body, "duration_ms")
-        open_starts = self._open_phases.get((scope, name))
-        if not open_starts:
-            return  # a completion without a start adds no entry
-        phase = self._phases[open_starts.pop()]
-        phase.completed = True
-        phase.completed_at = created_at
-        phase.status = status
-        phase.duration_ms = duration
+        self._phases.complete(scope, name, created_at, status, duration)
 
     def _on_table_summary(self, created_at: str | None, payload: Any) -> None:
         body = as_object(payload)
@@ -233,10 +347,12 @@ class RunSummaryBuilder:
         block = opt_dict(body, "validation")
         validation = parse_validation(block) if block is not None else None
         # A later summary of the same table replaces the earlier one.
-        self._tables[table_id] = _Table(source_file, row_count, validation)
+        self._tables.add(table_id, source_file, row_count, validation)
 
     def _on_validation_summary(self, created_at: str | None, payload: Any) -> None:
-        self._validation_summary = parse_validation(as_object(payload))
+        sums = ValidationSums(self._max_entries)
+        sums.add_block(parse_validation(as_object(payload)))
+        self._validation_summary = sums
 
     def _on_validation_issue(self, created_at: str | None, payload: Any) -> None:
         body = as_object(payload)
@@ -244,13 +360,15 @@ class RunSummaryBuilder:
         code = req_str(body, "code")
         opt_str(body, "field")
         opt_str(body, "message")
-        self._issues_total += 1
-        self._issues_by_severity[severity] = self._issues_by_severity.get(severity, 0) + 1
-        self._issues_by_code[code] = self._issues_by_code.get(code, 0) + 1
+        self._issues.add_issue(severity, code)
 
     def _on_run_error(self, created_at: str | None, payload: Any) -> None:
         body = as_object(payload)
-        error = {key: opt_str(body, key) for key in ("stage", "code", "message")}
+        error: dict[str, Any] = {}
+        for key in _FAILURE_KEYS:
+            value = opt_str(body, key)
+            limit = MAX_MESSAGE_CHARS if key == "message" else 256
+            error[key] = None if value is None else cap_str(value, limit)
         opt_str(body, "phase")
         self._last_error = error
 
@@ -287,32 +405,51 @@ class RunSummaryBuilder:
         return tail[start:].decode("utf-8")
 
     def build(self) -> dict[str, Any]:
-        """The run summary (contract section 2.1) of the events added so far."""
+        """The run summary (contract section 2.1) of the events added so far, at most 256 KiB."""
+        truncated: dict[str, int] = {}
         completed = self._completed
         status = completed.status if completed else None
         failure = copy.deepcopy(completed.failure) if completed else None
         if failure is None and status == "failed" and self._last_error is not None:
             failure = dict(self._last_error)
-        return {
+        for path, counts in (
+            ("events.by_type", self._by_type),
+            ("console.by_stream", self._by_stream),
+            ("console.by_level", self._by_level),
+        ):
+            cut = counts.cut()
+            if cut:
+                truncated[path] = cut
+        if self._phases.cut():
+            truncated["phases"] = self._phases.cut()
+        tables, table_validation = self._tables.output(
+            truncated, with_validation=self._validation_summary is None
+        )
+        # Precedence: the last run.validation.summary; else the tables' validation
+        # blocks summed; else counts of run.validation.issue events (zeros if none).
+        validation = self._validation_summary or table_validation or self._issues
+        summary = {
             "schema": SUMMARY_SCHEMA,
             "status": status,
             "failure": failure,
             "execution": self._execution(),
             "events": {
                 "total": self._total,
-                "by_type": dict(sorted(self._by_type.items())),
+                "by_type": self._by_type.as_dict(),
                 "ignored": self._ignored,
             },
             "console": {
                 "lines": self._console_lines,
-                "by_stream": dict(sorted(self._by_stream.items())),
-                "by_level": dict(sorted(self._by_level.items())),
+                "by_stream": self._by_stream.as_dict(),
+                "by_level": self._by_level.as_dict(),
                 "truncated": self._truncated,
             },
-            "phases": list(self._phase_entries()),
-            "tables": self._tables_summary(),
-            "validation": self._validation(),
+            "phases": list(self._phases.entries(completed.created_at if completed else None)),
+            "tables": tables,
+            "validation": validation.output(truncated),
         }
+        summary["truncated"] = dict(sorted(truncated.items()))
+        return fit_summary(summary)
 
     def _execution(self) -> dict[str, Any]:
         completed = self._completed
@@ -325,71 +462,6 @@ class RunSummaryBuilder:
             "completed_at": completed_at,
             "duration_ms": duration_ms(self._first_started_at, completed_at),
         }
-
-    def _phase_entries(self) -> Iterator[dict[str, Any]]:
-        run_end = self._completed.created_at if self._completed else None
-        # For each start, the created_at of the next start of the same scope (else the run's end).
-        next_start: list[str | None] = [None] * len(self._phases)
-        following: dict[str, str | None] = {}
-        for index in range(len(self._phases) - 1, -1, -1):
-            phase = self._phases[index]
-            next_start[index] = following.get(phase.scope, run_end)
-            following[phase.scope] = phase.started_at
-        for index, phase in enumerate(self._phases):
-            if phase.completed:
-                duration = phase.duration_ms
-                if duration is None:
-                    duration = duration_ms(phase.started_at, phase.completed_at)
-            else:
-                duration = duration_ms(phase.started_at, next_start[index])
-            yield {
-                "scope": phase.scope,
-                "phase": phase.phase,
-                "status": phase.status,
-                "duration_ms": duration,
-            }
-
-    def _tables_summary(self) -> dict[str, Any]:
-        by_file: dict[str, list[_Table]] = {}
-        for table in self._tables.values():
-            by_file.setdefault(table.source_file, []).append(table)
-        return {
-            "input_file_count": len(by_file),
-            "table_count": len(self._tables),
-            "row_count": _sum_rows(self._tables.values()),
-            "by_file": [
-                {
-                    "source_file": source_file,
-                    "table_count": len(tables),
-                    "row_count": _sum_rows(tables),
-                    "issues_total": sum(t.validation.issues_total for t in tables if t.validation),
-                }
-                for source_file, tables in sorted(by_file.items())
-            ],
-        }
-
-    def _validation(self) -> dict[str, Any]:
-        # Precedence: the last run.validation.summary; else the tables' validation
-        # blocks summed; else counts of run.validation.issue events; else zeros.
-        summary = self._validation_summary
-        if summary is not None:
-            by_severity = summary.by_severity or {}
-            declared = [summary.declared_max] if summary.by_severity is None else []
-            return validation_dict(
-                summary.issues_total,
-                by_severity,
-                summary.by_code,
-                max_severity(by_severity, declared),
-            )
-        blocks = [t.validation for t in self._tables.values() if t.validation is not None]
-        if blocks:
-            return merge_validations(blocks)
-        return validation_dict(
-            self._issues_total,
-            self._issues_by_severity,
-            self._issues_by_code,
-            max_severity(self._issues_by_severity),
-        )
 
 
 #: an event handler: an unbound method of the builder, given (created_at, payload)
