@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -109,9 +108,7 @@ class SummaryFold:
         if self._task is not None:
             self._tail.append(events)
             return
-        add = self.builder.add
-        for event in events:
-            add(event.type, event.created_at, event.payload)
+        self.builder.add_events(events)
 
     async def ready(self) -> RunSummaryBuilder:
         """The builder, with everything durable so far folded in."""
@@ -124,11 +121,9 @@ class SummaryFold:
         return self.builder
 
     async def preview(self, pending: Sequence[Event]) -> RunSummaryBuilder:
-        """A builder as if ``pending`` were folded too (the fold itself is unchanged)."""
-        builder = copy.deepcopy(await self.ready())  # bounded: the summary is capped
-        for event in pending:
-            builder.add(event.type, event.created_at, event.payload)
-        return builder
+        """A builder as if ``pending`` were folded too (the fold itself is unchanged;
+        the copy costs the kept entries, bounded, not the events)."""
+        return (await self.ready()).with_events(pending)
 
     def cancel(self) -> None:
         """Stop a background fold (the run is let go)."""
