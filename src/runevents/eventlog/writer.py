@@ -41,6 +41,7 @@ from runevents.events import (
     Event,
     EventDraft,
     encode_batch,
+    mark_unit_end,
     normalize_created_at,
     utc_timestamp,
 )
@@ -274,6 +275,7 @@ class RunWriter:
     async def _commit(self, events: list[Event], first: int) -> None:
         """:meth:`commit` once the checks passed (``append`` comes here straight from prepare)."""
         data = encode_batch(events)  # one C call for the batch
+        data = mark_unit_end(data)  # recovery keeps a unit whole or not at all
         limit = self._max_event_bytes
         if limit is not None and len(data) > limit:
             longest = max(len(line) + 1 for line in data.split(b"\n")[:-1])

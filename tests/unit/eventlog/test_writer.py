@@ -14,7 +14,7 @@ import pytest
 from runevents.eventlog import EventLog, RunRef
 from runevents.eventlog.files import FileOps
 from runevents.eventlog.index import HEADER, RECORD, line_sequence
-from runevents.events import EventDraft, encode_event
+from runevents.events import UNIT_END, EventDraft, encode_batch, mark_unit_end
 from runevents.exceptions import (
     InvalidEvent,
     InvalidInput,
@@ -55,11 +55,14 @@ async def test_the_log_holds_exactly_the_encoded_events(
 ) -> None:
     log = make_log(local_store)
     writer = await log.open_writer(ref)
-    events = await writer.append(drafts(5))
-    events += await writer.append([completed()])
+    first = await writer.append(drafts(5))
+    last = await writer.append([completed()])
     await writer.close()
     path = Path(log.events_path(ref))
-    assert path.read_bytes() == b"".join(encode_event(e) for e in events)
+    # each append is one write unit: its last line ends with the unit marker
+    units = [encode_batch(first), encode_batch(last)]
+    assert path.read_bytes() == b"".join(mark_unit_end(unit) for unit in units)
+    assert path.read_bytes().count(UNIT_END) == 2
     assert writer.bytes_written == path.stat().st_size
 
 
