@@ -173,10 +173,9 @@ def recover_log(
         if start and not marked:
             # a checkpoint inside a unit, or in a legacy log: the first line tells which
             marked = _first_line_marked(fd, size)
-        scan = scan_forward(fd, start, sequence, run_id, size)
+        scan = scan_forward(fd, start, sequence, run_id, size, ended=ended)
         cut, kept, cut_events, reason = _decide(scan, size, marked)
-        if cut != start:
-            ended = scan.completed_end == cut
+        ended = scan.completed_end == cut
         quarantined = None
         if cut < size:
             quarantined = _quarantine(fd, path, cut, size)

@@ -167,14 +167,24 @@ class _Scanner:
 
 
 def scan_forward(
-    fd: int, start: int, start_sequence: int, run_id: str, size: int, block: int = BLOCK_BYTES
+    fd: int,
+    start: int,
+    start_sequence: int,
+    run_id: str,
+    size: int,
+    *,
+    ended: bool = False,
+    block: int = BLOCK_BYTES,
 ) -> Scan:
     """Check the lines of ``[start, size)`` of the log open at ``fd``.
 
     ``start`` must be the start of a line (0, or just after a ``\\n``) and the
-    line before it must hold ``start_sequence`` (0 at offset 0). Raises OSError.
+    line before it must hold ``start_sequence`` (0 at offset 0); ``ended``: that
+    line is run.completed (so any line after it is damage). Raises OSError.
     """
     scan = Scan(start, start_sequence, start, start_sequence)
+    if ended:
+        scan.completed_end = start
     scanner = _Scanner(scan, run_id)
     pieces: list[bytes] = []  # a partial line carried into the next block
     carried = 0

@@ -518,6 +518,10 @@ def test_a_checkpoint_skips_the_scan_of_the_prefix(tmp_path: Path) -> None:
     # a checkpoint at the very end: nothing to scan, and the run is known ended
     recovered, kept = recover_bytes(tmp_path, data, (100, len(data)))
     assert recovered.scanned_from == len(data) and recovered.ended and kept == data
+    # ... and a line after it is damage, even though the scan starts after run.completed
+    recovered, kept = recover_bytes(tmp_path, data + data[: ends[1]], (100, len(data)))
+    assert recovered.scanned_from == len(data) and recovered.ended and kept == data
+    assert "(a line after run.completed)" in recovered.reason
     # (0, 0) is "nothing known": a full scan
     recovered, kept = recover_bytes(tmp_path, data[:-9], (0, 0))
     assert recovered.scanned_from == 0 and kept == data[: ends[19]]

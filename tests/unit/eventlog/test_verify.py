@@ -47,7 +47,7 @@ def scan_bytes(tmp_path: Path, data: bytes, block: int, start: int = 0, sequence
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        return scan_forward(fd, start, sequence, RUN, len(data), block)
+        return scan_forward(fd, start, sequence, RUN, len(data), block=block)
     finally:
         os.close(fd)
 
