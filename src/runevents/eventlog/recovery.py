@@ -142,7 +142,8 @@ def _decide(scan: Scan, size: int, marked: bool) -> tuple[int, int, int | None, 
     if cut == size:
         return cut, kept, 0, ""
     lines = scan.valid_sequence - kept  # whole valid lines of the incomplete unit
-    unit = f"{lines} lines of an incomplete write unit" if lines else ""
+    plural = "s" if lines != 1 else ""
+    unit = f"{lines} line{plural} of an incomplete write unit" if lines else ""
     if scan.problem is None:
         return cut, kept, lines, f"torn write: {unit}"
     if scan.partial:

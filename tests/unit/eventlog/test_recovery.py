@@ -346,7 +346,7 @@ def test_zeroed_block_mid_file_is_cut_and_quarantined(tmp_path: Path) -> None:
     assert kept == data[: ends[17]] and recovered.last_sequence == 17 * 3
     assert recovered.cut_events is None  # not just whole lines of a unit: damaged bytes
     assert recovered.reason == (
-        f"damaged bytes at offset {line_53} (a zeroed block: 4096 NUL bytes); the 1 lines of"
+        f"damaged bytes at offset {line_53} (a zeroed block: 4096 NUL bytes); the 1 line of"
         f" an incomplete write unit before it cut with it; {len(damaged) - line_53} bytes from"
         " there on quarantined"
     )
@@ -676,6 +676,9 @@ def test_kill_9_at_random_moments_leaves_a_log_that_reopens_gap_free(tmp_path: P
             log = new_log(tmp_path)
             writer = await log.open_writer(REF)
             last = writer.last_sequence
+            # only whole write units survive: the kept log ends with a unit's last line
+            kept = log.keys(REF).live.read_bytes()
+            assert kept.endswith(UNIT_END) and len(kept) == writer.bytes_written
             await writer.append(drafts(1))
             await writer.close()
             assert await read_sequences(log, REF) == list(range(1, last + 2))
