@@ -25,6 +25,7 @@ Tree::
     ├── Unauthorized            (401)
     ├── Forbidden               (403)
     ├── StorageError            (503)  disk/object storage failure
+    │   ├── LogDamaged                a read met damaged bytes (carries ``offset``)
     │   └── DatabaseError             the SQL database failed
     └── ConfigError                    bad configuration/tokens file (start-up)
 """
@@ -149,6 +150,17 @@ class ConfigError(RuneventsError):
     """A configuration or tokens file is invalid."""
 
     code = "config_error"
+
+
+class LogDamaged(StorageError):
+    """The log holds damaged bytes: it needs recovery (contract 2.2)."""
+
+    code = "log_damaged"
+
+    def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
+        #: where the damage was found; a full recovery scan (no checkpoint) cuts there
+        self.offset = offset
+        super().__init__(message)
 
 
 class DatabaseError(StorageError):

@@ -6,7 +6,8 @@ decoding: sequences are gap-free in file order), and yields chunks of complete
 lines up to a fixed end offset (the snapshot). A trailing partial line is never
 yielded. Memory is one read block plus at most one partial line. A line that
 holds a NUL byte (a zeroed block after a machine crash) is never served: the
-read raises StorageError instead.
+read raises LogDamaged (a StorageError, 503) instead, and the owner of the log
+can run a full recovery scan.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 
 from runevents.eventlog.index import line_sequence
 from runevents.eventlog.types import Chunk, ends_with_completed
-from runevents.exceptions import StorageError
+from runevents.exceptions import LogDamaged, StorageError
 from runevents.logstore.base import READ_CHUNK, LogStore
 
 
@@ -173,9 +174,8 @@ async def iter_lines(
             # a block that never reached the disk reads back as zeros: never serve it as
             # events (the lines after it would get the wrong sequences, too); recovery
             # cuts it before the log is written again
-            raise StorageError(
-                f"the log holds damaged bytes (NUL) at offset {block_offset + pos + damaged}"
-            )
+            offset = block_offset + pos + damaged
+            raise LogDamaged(f"the log holds damaged bytes (NUL) at offset {offset}", offset=offset)
         chunk = Chunk(sequence, sequence + count - 1, body, ends_with_completed(body))
         sequence += count
         if cursor is not None:

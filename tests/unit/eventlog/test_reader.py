@@ -11,7 +11,7 @@ import pytest
 
 from runevents.eventlog import EventLog, LogStats, RunRef
 from runevents.eventlog.index import SparseIndex
-from runevents.exceptions import LogNotFound, StorageError
+from runevents.exceptions import LogDamaged, LogNotFound, StorageError
 from runevents.ids import new_run_id
 from runevents.logstore import LogStore
 from runevents.logstore.memory import MemoryLogStore
@@ -113,8 +113,9 @@ async def test_a_zeroed_block_is_never_served_as_events(
     path.write_bytes(bytes(data))
     with pytest.raises(StorageError, match="NUL"):
         await read_sequences(log, ref)
-    with pytest.raises(StorageError, match=f"offset {hole}"):
+    with pytest.raises(LogDamaged, match=f"offset {hole}") as caught:
         await collect(log.read(ref, after_sequence=15))
+    assert caught.value.offset == hole and caught.value.code == "log_damaged"
     # the lines before the damage are still served, exactly
     chunks = await collect(log.read(ref, limit=20))
     assert check_chunks(chunks) == list(range(1, 21))
