@@ -35,6 +35,11 @@ from runevents.exceptions import InvalidEvent, InvalidInput
 RUN_COMPLETED = "run.completed"
 #: how an encoded run.completed line starts (the type is the first field)
 RUN_COMPLETED_PREFIX = b'{"type":"run.completed",'
+#: how the LAST line of every write unit (one ingest batch, one executor emit, one
+#: server event) ends; its other lines end with ``b"\n"``. JSON allows the trailing
+#: space, so readers and clients take the line as it is; crash recovery uses it to
+#: find where the last unit that reached the disk whole ends (contract section 2.2).
+UNIT_END = b" \n"
 
 
 class Event(msgspec.Struct, kw_only=True, gc=False):
@@ -136,17 +141,6 @@ def encode_into(event: Event, buffer: bytearray) -> None:
     buffer.append(10)
 
 
-#: how the last line of every commit unit (one ingest batch, one executor emit) ends:
-#: a space before the newline. JSON ignores it; recovery uses it to cut the whole
-#: lines of a unit that was not written whole (contract 2.2).
-UNIT_END = b" \n"
-
-
-def mark_unit_end(data: bytes) -> bytes:
-    """``data`` (output of :func:`encode_batch`) with its last line marked as a unit end."""
-    return data[:-1] + UNIT_END
-
-
 def encode_batch(events: list[Event]) -> bytes:
     """The NDJSON lines of ``events``, each ending with ``\n``, in one call (the hot path).
 
@@ -162,6 +156,14 @@ def encode_batch(events: list[Event]) -> bytes:
     for event in events:
         encode_into(event, buffer)
     return bytes(buffer)
+
+
+def mark_unit_end(data: bytes) -> bytes:
+    """``data`` (the lines of one write unit, as :func:`encode_batch` returns them) with its
+    final ``b"\\n"`` replaced by :data:`UNIT_END`."""
+    if not data.endswith(b"\n"):
+        raise ValueError("a write unit must end with a newline")
+    return data[:-1] + UNIT_END
 
 
 def encode_event(event: Event) -> bytes:

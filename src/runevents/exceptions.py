@@ -27,6 +27,7 @@ Tree::
     ├── Forbidden               (403)
     ├── StorageError            (503 + Retry-After)  disk/object storage failure
     │   ├── DatabaseError             the SQL database failed
+    │   ├── LogDamaged                a read met damaged bytes (carries ``offset``)
     │   ├── WriterFenced              this process lost the run's writer lease
     │   └── WriterMoving              the run's writer is held elsewhere for now
     └── ConfigError                    bad configuration/tokens file (start-up)
@@ -172,6 +173,17 @@ class ConfigError(RuneventsError):
     """A configuration or tokens file is invalid."""
 
     code = "config_error"
+
+
+class LogDamaged(StorageError):
+    """The log holds damaged bytes: it needs recovery (contract 2.2)."""
+
+    code = "log_damaged"
+
+    def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
+        #: where the damage was found; a full recovery scan (no checkpoint) cuts there
+        self.offset = offset
+        super().__init__(message)
 
 
 class DatabaseError(StorageError):

@@ -10,12 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from runevents.eventlog.index import line_sequence
+from runevents.eventlog.types import ends_with_completed
 from runevents.events import (
     RUN_COMPLETED_PREFIX,
+    UNIT_END,
     Event,
     EventDraft,
     decode_event,
+    encode_batch,
     encode_event,
+    mark_unit_end,
     normalize_created_at,
     parse_draft,
     utc_timestamp,
@@ -228,3 +233,27 @@ def test_any_payload_encodes_to_exactly_one_line_and_round_trips(
     decoded = decode_event(line)
     # lone surrogates (if hypothesis drew any) were replaced; nothing else changed
     assert encode_event(decoded) == line
+
+
+def test_mark_unit_end_marks_only_the_last_line_of_a_unit() -> None:
+    events = [make_event(sequence=1), make_event(sequence=2, type="run.completed")]
+    plain = encode_batch(events)
+    marked = mark_unit_end(plain)
+    assert marked == plain[:-1] + b" \n" and UNIT_END == b" \n"
+    first, second = marked.split(b"\n")[:-1]
+    assert not first.endswith(b" ") and second.endswith(b" ")
+    with pytest.raises(ValueError, match="newline"):
+        mark_unit_end(plain[:-1])
+
+
+def test_every_line_reader_takes_a_marked_line_as_it_is() -> None:
+    """The unit marker is JSON whitespace: the codec, the sequence scan, the run.completed
+    test and a plain JSON parser read a marked line exactly like an unmarked one."""
+    event = make_event(type="run.completed", sequence=42)
+    line = mark_unit_end(encode_event(event))
+    assert decode_event(line) == event
+    assert decode_event(line[:-1]) == event
+    assert line_sequence(line) == 42
+    assert line.startswith(RUN_COMPLETED_PREFIX)
+    assert ends_with_completed(b"".join([encode_event(make_event()), line]))
+    assert json.loads(line)["sequence"] == 42

@@ -4,7 +4,10 @@ A reader starts at a line whose sequence it knows (an index record, or
 sequence 1 at offset 0), counts lines forward to ``after_sequence`` (no JSON
 decoding: sequences are gap-free in file order), and yields chunks of complete
 lines up to a fixed end offset (the snapshot). A trailing partial line is never
-yielded. Memory is one read block plus at most one partial line.
+yielded. Memory is one read block plus at most one partial line. A line that
+holds a NUL byte (a zeroed block after a machine crash) is never served: the
+read raises LogDamaged (a StorageError, 503) instead, and the owner of the log
+can run a full recovery scan.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Protocol
 
 from runevents.eventlog.index import line_sequence
 from runevents.eventlog.types import Chunk, ends_with_completed
-from runevents.exceptions import StorageError
+from runevents.exceptions import LogDamaged, StorageError
 from runevents.logstore.base import READ_CHUNK, LogStore
 
 
@@ -166,6 +169,13 @@ async def iter_lines(
                 cut = body.find(b"\n", cut + 1)
             body = body[: cut + 1]
             count = remaining
+        damaged = body.find(0)
+        if damaged >= 0:
+            # a block that never reached the disk reads back as zeros: never serve it as
+            # events (the lines after it would get the wrong sequences, too); recovery
+            # cuts it before the log is written again
+            offset = block_offset + pos + damaged
+            raise LogDamaged(f"the log holds damaged bytes (NUL) at offset {offset}", offset=offset)
         chunk = Chunk(sequence, sequence + count - 1, body, ends_with_completed(body))
         sequence += count
         if cursor is not None:

@@ -1,12 +1,20 @@
-"""Crash recovery of a live log when its writer is opened.
+"""Crash recovery of a live log before a writer appends to it (contract section 2.2).
 
-After a kill -9 (or a power cut) the log may end with a torn line, or with
-garbage (a block that reached the disk without its predecessors). Recovery
-works from the END of the file -- it never scans a large log -- to the last
-complete line that decodes as an event of this run. Everything after it is
-copied to a quarantine file beside the log (``events.ndjson.torn-<n>``,
-fsynced) and then cut off, so the sequence continues from the last durable
-event and a torn file is never appended to.
+A crash can leave three kinds of damage: a torn last line (kill -9 mid-write),
+whole lines of a write unit that did not reach the disk whole (kill -9 between
+the pages of one batch), and -- after a machine crash -- a block that never
+reached the disk while later ones did (it reads back as zeros, mid-file).
+
+:func:`recover_log` reads the log FORWARD from a known-durable checkpoint (or
+from offset 0) and checks every line (``verify.py``). It cuts at the first
+byte that is not a whole, valid event of this run with the next sequence and,
+for a log written with unit markers, further back to the end of the last
+write unit that is whole (the last line ending with ``b" \\n"``): an ingest
+batch is never kept in part. The cut bytes are copied to a quarantine file
+beside the log (``events.ndjson.torn-<n>``, fsynced, directory fsynced) and
+only then is the log truncated and fsynced, so nothing is ever lost between
+the two. A log whose first line has no marker was written before markers
+(a *legacy* log): only its lines are checked, until a marker shows up.
 
 The index sidecar is then made consistent with the recovered end: records
 past the end are dropped; a sidecar that is missing (for a log larger than
@@ -21,6 +29,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runevents.eventlog.files import rfind_newline
 from runevents.eventlog.index import (
@@ -31,11 +40,12 @@ from runevents.eventlog.index import (
     build_index,
     line_sequence,
 )
-from runevents.events import RUN_COMPLETED, Event, decode_event
-from runevents.exceptions import InvalidEvent, StorageError
+from runevents.eventlog.verify import MAX_LINE_BYTES, Scan, describe_line, scan_forward
+from runevents.events import RUN_COMPLETED_PREFIX, UNIT_END
+from runevents.exceptions import StorageError
+from runevents.logstore.local import fsync_dir
 
-#: a "line" longer than this cannot be an event: it is garbage, not worth decoding
-MAX_LINE_BYTES = 64 * 1024 * 1024
+__all__ = ["MAX_LINE_BYTES", "Recovered", "recover_index", "recover_log", "recovered_payload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,35 +58,146 @@ class Recovered:
     last_sequence: int
     #: the last good line is run.completed
     ended: bool
-    #: quarantine file that received a torn tail, if any
+    #: quarantine file that received the cut bytes, if any
     quarantined: Path | None
-    #: bytes moved to quarantine
-    torn_bytes: int
+    #: bytes cut from the log (and moved to quarantine)
+    cut_bytes: int = 0
+    #: whole, valid event lines cut because their write unit was not written whole; None
+    #: when the cut part is not just such lines plus a torn last line (damaged bytes)
+    cut_events: int | None = 0
+    #: why, for people ("" when nothing was cut)
+    reason: str = ""
+    #: where the scan started: the checkpoint's offset when it was verified, else 0
+    scanned_from: int = 0
+
+    @property
+    def torn_bytes(self) -> int:
+        """The former name of :attr:`cut_bytes`."""
+        return self.cut_bytes
 
 
-def _last_good_line(fd: int, size: int, run_id: str) -> tuple[int, Event | None]:
-    """``(end offset, event)`` of the last complete line that is an event of ``run_id``."""
-    search_end = size
-    while search_end > 0:
-        nl = rfind_newline(fd, search_end)
-        if nl < 0:
-            break
-        start = rfind_newline(fd, nl) + 1
-        if nl + 1 - start <= MAX_LINE_BYTES:
-            line = os.pread(fd, nl + 1 - start, start)
-            try:
-                event = decode_event(line)
-            except InvalidEvent:
-                event = None
-            if event is not None and event.run_id == run_id and event.sequence >= 1:
-                return nl + 1, event
-        # a complete line that is not an event (garbage after a crash): torn as well
-        search_end = start
-    return 0, None
+def recovered_payload(recovered: Recovered) -> dict[str, Any] | None:
+    """The payload of the ``log.recovered`` event that reports a cut; None if nothing was cut."""
+    if not recovered.cut_bytes:
+        return None
+    return {
+        "cut_bytes": recovered.cut_bytes,
+        "cut_events": recovered.cut_events,
+        "reason": recovered.reason,
+    }
+
+
+def _line_before(fd: int, offset: int) -> bytes | None:
+    """The complete line that ends just before ``offset`` (None: no ``\\n`` there, or too long)."""
+    if os.pread(fd, 1, offset - 1) != b"\n":
+        return None
+    start = rfind_newline(fd, offset - 1) + 1
+    if offset - start > MAX_LINE_BYTES:
+        return None
+    return os.pread(fd, offset - start, start)
+
+
+def _first_line_marked(fd: int, size: int) -> bool:
+    """Whether the log's first line ends a write unit (the log was written with markers)."""
+    position = 0
+    while position < min(size, MAX_LINE_BYTES):
+        data = os.pread(fd, min(64 * 1024, size - position), position)
+        if not data:
+            return False
+        nl = data.find(b"\n")
+        if nl >= 0:
+            at = position + nl
+            return at > 0 and os.pread(fd, 1, at - 1) == b" "
+        position += len(data)
+    return False
+
+
+def _start(
+    fd: int, size: int, run_id: str, checkpoint: tuple[int, int] | None
+) -> tuple[int, int, bool, bool]:
+    """``(offset, sequence, marked, ended)`` to scan from: the checkpoint if it holds, else 0.
+
+    ``marked``: the line before the start ends a write unit; ``ended``: it is run.completed.
+    """
+    if checkpoint is None:
+        return 0, 0, False, False
+    sequence, offset = checkpoint
+    if offset == 0 or offset > size or sequence < 1:
+        return 0, 0, False, False
+    line = _line_before(fd, offset)
+    if line is None or describe_line(line, sequence, run_id, after_completed=False) is not None:
+        return 0, 0, False, False
+    return offset, sequence, line.endswith(UNIT_END), line.startswith(RUN_COMPLETED_PREFIX)
+
+
+def _decide(scan: Scan, size: int, marked: bool) -> tuple[int, int, int | None, str]:
+    """``(cut offset, last kept sequence, cut_events, reason)`` from what the scan found."""
+    fail = scan.valid_end
+    if scan.unit_end is not None:
+        cut, kept = scan.unit_end, scan.unit_sequence
+    elif marked:
+        cut, kept = scan.start, scan.start_sequence  # no unit ended whole after the start
+    else:
+        cut, kept = fail, scan.valid_sequence  # legacy: no markers, lines only
+    if cut == size:
+        return cut, kept, 0, ""
+    lines = scan.valid_sequence - kept  # whole valid lines of the incomplete unit
+    plural = "s" if lines != 1 else ""
+    unit = f"{lines} line{plural} of an incomplete write unit" if lines else ""
+    if scan.problem is None:
+        return cut, kept, lines, f"torn write: {unit}"
+    if scan.partial:
+        return cut, kept, lines, "torn write: " + (f"{unit} and " if unit else "") + scan.problem
+    after = size - fail
+    reason = f"damaged bytes at offset {fail} ({scan.problem})"
+    if unit:
+        reason += f"; the {unit} before it cut with it"
+    return cut, kept, None, reason + f"; {after} bytes from there on quarantined"
+
+
+def recover_log(
+    fd: int, path: Path, run_id: str, checkpoint: tuple[int, int] | None = None
+) -> Recovered:
+    """Check the log open at ``fd`` (read-write) and cut it after its last whole, valid unit.
+
+    ``checkpoint`` is ``(sequence, offset)`` of a position known to be durable
+    (the line ending just before ``offset`` holds ``sequence``; offset 0 is
+    sequence 0). It is verified cheaply (one line is read) and the scan starts
+    there; a checkpoint that does not hold is ignored and the whole log is
+    scanned. Synchronous and possibly long (the whole log without a checkpoint):
+    run it in a thread for a large file. Raises StorageError if the file cannot
+    be read, quarantined or cut.
+    """
+    try:
+        size = os.fstat(fd).st_size
+        start, sequence, marked, ended = _start(fd, size, run_id, checkpoint)
+        if start and not marked:
+            # a checkpoint inside a unit, or in a legacy log: the first line tells which
+            marked = _first_line_marked(fd, size)
+        scan = scan_forward(fd, start, sequence, run_id, size, ended=ended)
+        cut, kept, cut_events, reason = _decide(scan, size, marked)
+        ended = scan.completed_end == cut
+        quarantined = None
+        if cut < size:
+            quarantined = _quarantine(fd, path, cut, size)
+            os.ftruncate(fd, cut)
+            os.fsync(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot recover the log {path}: {exc}") from exc
+    return Recovered(
+        end=cut,
+        last_sequence=kept,
+        ended=ended,
+        quarantined=quarantined,
+        cut_bytes=size - cut,
+        cut_events=cut_events,
+        reason=reason,
+        scanned_from=start,
+    )
 
 
 def _quarantine(fd: int, path: Path, start: int, end: int) -> Path:
-    """Copy bytes ``[start, end)`` of the log to a new ``<log>.torn-<n>`` file, fsynced."""
+    """Copy bytes ``[start, end)`` of the log to a new ``<log>.torn-<n>`` file, durably."""
     taken = {
         int(p.name.rsplit("-", 1)[1])
         for p in path.parent.glob(f"{path.name}.torn-*")
@@ -97,30 +218,9 @@ def _quarantine(fd: int, path: Path, start: int, end: int) -> Path:
         os.fsync(out)
     finally:
         os.close(out)
+    # the name must be durable before the log is cut: the bytes live only here then
+    fsync_dir(path.parent)
     return target
-
-
-def recover_log(
-    fd: int, path: Path, run_id: str, checkpoint: tuple[int, int] | None = None
-) -> Recovered:
-    """Find the last good line of the log open at ``fd``; quarantine and cut what follows."""
-    try:
-        size = os.fstat(fd).st_size
-        end, event = _last_good_line(fd, size, run_id)
-        quarantined = None
-        if end < size:
-            quarantined = _quarantine(fd, path, end, size)
-            os.ftruncate(fd, end)
-            os.fsync(fd)
-    except OSError as exc:
-        raise StorageError(f"cannot recover the log {path}: {exc}") from exc
-    return Recovered(
-        end=end,
-        last_sequence=event.sequence if event is not None else 0,
-        ended=event is not None and event.type == RUN_COMPLETED,
-        quarantined=quarantined,
-        torn_bytes=size - end,
-    )
 
 
 def _blocks(fd: int, end: int, size: int = 1 << 20) -> Iterator[bytes]:
@@ -185,10 +285,3 @@ def recover_index(
                 os.close(index_fd)
             raise StorageError(f"cannot write the index {index_path}: {exc}") from exc
     return index, index_fd
-
-
-def recovered_payload(r: Recovered) -> dict[str, object] | None:
-    """The ``log.recovered`` payload for what recovery cut (None: nothing was cut)."""
-    if not r.torn_bytes:
-        return None
-    return {"cut_bytes": r.torn_bytes, "cut_events": None, "reason": "torn or damaged tail"}

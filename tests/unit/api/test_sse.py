@@ -85,6 +85,18 @@ def test_awkward_characters_arrive_intact(message: str) -> None:
     assert [e["data"].encode() + b"\n" for e in parsed] == [line(1, message), line(2, message)]
 
 
+def test_a_unit_marker_is_kept_in_the_data_field() -> None:
+    """The writer ends a write unit's last line with b" \\n": the frame carries the stored
+    line byte for byte (the space included); SSE keeps a value's trailing space and
+    JSON parsers skip it."""
+    data = line(1) + line(2)[:-1] + b" \n"
+    frames_ = encode_lines(data, 1)
+    assert b'data: {"type":"console.line","sequence":2,"payload":{"message":"m"}} \n\n' in frames_
+    parsed = parse_sse(frames_)
+    assert [e["data"].encode() + b"\n" for e in parsed] == data.splitlines(keepends=True)
+    assert [json.loads(e["data"])["sequence"] for e in parsed] == [1, 2]
+
+
 def test_chunk_frames_memoized_in_cache() -> None:
     c = chunk(5, 9)
     first = chunk_frames(c, 4)

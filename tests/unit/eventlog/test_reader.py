@@ -11,7 +11,7 @@ import pytest
 
 from runevents.eventlog import EventLog, LogStats, RunRef
 from runevents.eventlog.index import SparseIndex
-from runevents.exceptions import LogNotFound
+from runevents.exceptions import LogDamaged, LogNotFound, StorageError
 from runevents.ids import new_run_id
 from runevents.logstore import LogStore
 from runevents.logstore.memory import MemoryLogStore
@@ -95,6 +95,30 @@ async def test_a_trailing_partial_line_is_never_yielded(
         f.write(b'{"type":"console.line","event_id":"half')  # a writer elsewhere, mid-write
     assert await read_sequences(log, ref) == [1, 2, 3, 4, 5]
     assert (await log.stats(ref)).event_count == 5
+
+
+async def test_a_zeroed_block_is_never_served_as_events(
+    local_store: LogStore, make_log: MakeLog, ref: RunRef
+) -> None:
+    """Defect 7 of issue 13: after a machine crash a block reads back as zeros; a read
+    raises StorageError instead of serving NUL bytes as an event and shifting every
+    later sequence (recovery cuts the block before the log is written again)."""
+    log = make_log(local_store)
+    await write_run(log, ref, 40, end=False)
+    path = log.keys(ref).live
+    data = bytearray(path.read_bytes())
+    starts = [0, *[i + 1 for i, byte in enumerate(data) if byte == 10][:-1]]
+    hole = starts[20] + 10
+    data[hole : hole + 300] = bytes(300)  # spans the end of line 21 into line 22
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="NUL"):
+        await read_sequences(log, ref)
+    with pytest.raises(LogDamaged, match=f"offset {hole}") as caught:
+        await collect(log.read(ref, after_sequence=15))
+    assert caught.value.offset == hole and caught.value.code == "log_damaged"
+    # the lines before the damage are still served, exactly
+    chunks = await collect(log.read(ref, limit=20))
+    assert check_chunks(chunks) == list(range(1, 21))
 
 
 async def test_lines_longer_than_a_read_block(log: EventLog, ref: RunRef) -> None:

@@ -1,4 +1,5 @@
-"""Crash recovery: torn tails, garbage, stale indexes, and a real kill -9."""
+"""Crash recovery (contract 2.2): torn tails, incomplete write units, zeroed blocks, garbage,
+checkpoints, legacy logs, stale indexes, and a real kill -9."""
 
 from __future__ import annotations
 
@@ -14,14 +15,24 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runevents.eventlog import EventLog, RunRef
 from runevents.eventlog.index import SparseIndex
-from runevents.eventlog.recovery import recover_index, recover_log
-from runevents.events import EventDraft, decode_event
+from runevents.eventlog.recovery import Recovered, recover_index, recover_log, recovered_payload
+from runevents.events import (
+    UNIT_END,
+    Event,
+    EventDraft,
+    decode_event,
+    encode_batch,
+    encode_event,
+    mark_unit_end,
+)
+from runevents.exceptions import StorageError
 from runevents.logstore import open_log_store
 from runevents.notify import LocalNotifier
 from tests.unit.eventlog.helpers import drafts, read_sequences
@@ -207,6 +218,412 @@ def test_a_stale_index_is_rebuilt(sample: tuple[bytes, bytes], tmp_path: Path) -
     assert all(b - a <= 1024 + longest for a, b in itertools.pairwise(ends))
 
 
+# -- write units, damage, checkpoints ------------------------------------------------------
+
+
+def make_event(sequence: int, message: str = "", type_: str = "console.line") -> Event:
+    return Event(
+        type=type_,
+        event_id=f"evt_{sequence}",
+        created_at="2026-11-24T06:00:00.123456Z",
+        sequence=sequence,
+        source="producer",
+        workspace_id="acme",
+        configuration_id="etl",
+        run_id=RUN,
+        build_id=None,
+        payload={"message": message or f"line {sequence} " + "x" * (sequence * 7 % 90)},
+    )
+
+
+def marker_log(sizes: list[int], *, completed: bool = False) -> tuple[bytes, list[int]]:
+    """A log of write units of ``sizes`` lines each, as the writer makes it, and the offset
+    where each unit ends (with 0 first: "no unit")."""
+    out = bytearray()
+    ends = [0]
+    sequence = 1
+    for i, size in enumerate(sizes):
+        events = [make_event(s) for s in range(sequence, sequence + size)]
+        if completed and i == len(sizes) - 1:
+            events[-1] = make_event(events[-1].sequence, type_="run.completed")
+        out += mark_unit_end(encode_batch(events))
+        sequence += size
+        ends.append(len(out))
+    return bytes(out), ends
+
+
+def legacy_log(n: int) -> bytes:
+    """A log written before unit markers: every line ends with a bare newline."""
+    return b"".join(encode_event(make_event(s)) for s in range(1, n + 1))
+
+
+def recover_bytes(
+    directory: Path, data: bytes, checkpoint: tuple[int, int] | None = None
+) -> tuple[Recovered, bytes]:
+    """Recover a log holding ``data``; the result and the bytes left in the log."""
+    path = directory / "events.ndjson"
+    for torn in directory.glob("events.ndjson.torn-*"):
+        torn.unlink()
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        recovered = recover_log(fd, path, RUN, checkpoint)
+    finally:
+        os.close(fd)
+    kept = path.read_bytes()
+    assert len(kept) == recovered.end
+    assert recovered.cut_bytes == len(data) - recovered.end
+    # the quarantine holds exactly the cut bytes, and exists only when something was cut
+    if recovered.cut_bytes:
+        assert recovered.quarantined is not None
+        assert recovered.quarantined.read_bytes() == data[recovered.end :]
+        assert recovered.reason
+    else:
+        assert recovered.quarantined is None and recovered.reason == ""
+    return recovered, kept
+
+
+def assert_gap_free(kept: bytes) -> None:
+    """The kept bytes are whole lines of this run with sequences 1, 2, 3, ..."""
+    lines = kept.split(b"\n")
+    assert lines.pop() == b""
+    assert [decode_event(line).sequence for line in lines] == list(range(1, len(lines) + 1))
+    assert all(decode_event(line).run_id == RUN for line in lines)
+
+
+def offset_of_line(data: bytes, sequence: int) -> int:
+    """Where the line holding ``sequence`` starts (lines are positional)."""
+    offset = 0
+    for _ in range(sequence - 1):
+        offset = data.index(b"\n", offset) + 1
+    return offset
+
+
+def test_zeroed_block_mid_file_is_cut_and_quarantined(tmp_path: Path) -> None:
+    """Defect 7 of issue 13: a machine crash leaves a block of zeros mid-file (it never
+    reached the disk while later ones did). The log is cut at the end of the last whole
+    unit before it, everything from there on is quarantined, and the next event appended
+    gets the next sequence: no gap, no NUL byte served."""
+
+    async def scenario() -> None:
+        log = new_log(tmp_path, flush_events=1)
+        writer = await log.open_writer(REF)
+        for unit in range(60):
+            await writer.append(drafts(1 + unit % 5, start=unit * 10))
+        await writer.close()
+        path = log.keys(REF).live
+        original = path.read_bytes()
+        _, ends = marker_log([1 + unit % 5 for unit in range(60)])  # same unit shape
+        written_ends = [0] + [
+            i + 2 for i in range(len(original)) if original[i : i + 2] == UNIT_END
+        ]
+        assert len(written_ends) == len(ends)
+        block = (len(original) // 2) // 4096 * 4096 if len(original) > 8192 else len(original) // 3
+        damaged = bytearray(original)
+        damaged[block : block + 4096] = bytes(min(4096, len(original) - block))
+        path.write_bytes(bytes(damaged))
+        # the plain reader refuses the damaged part (it would shift every later sequence)
+        with pytest.raises(StorageError, match="NUL"):
+            await read_sequences(log, REF)
+        writer = await log.open_writer(REF)  # recovery runs here
+        keep = max(end for end in written_ends if end <= block)
+        kept_sequence = original[:keep].count(b"\n")
+        assert writer.last_sequence == kept_sequence
+        [event] = await writer.append(drafts(1, start=999))
+        await writer.close()
+        assert event.sequence == kept_sequence + 1
+        assert await read_sequences(log, REF) == list(range(1, kept_sequence + 2))
+        assert path.read_bytes().startswith(original[:keep])
+        [quarantine] = list(path.parent.glob("events.ndjson.torn-*"))
+        assert quarantine.read_bytes() == bytes(damaged[keep:])
+
+    asyncio.run(scenario())
+    data, ends = marker_log([3] * 40)
+    line_53 = offset_of_line(data, 53)  # the second line of unit 18
+    hole = line_53 + 50
+    damaged = data[:hole] + bytes(4096) + data[hole + 4096 :]
+    recovered, kept = recover_bytes(tmp_path, damaged)
+    assert kept == data[: ends[17]] and recovered.last_sequence == 17 * 3
+    assert recovered.cut_events is None  # not just whole lines of a unit: damaged bytes
+    assert recovered.reason == (
+        f"damaged bytes at offset {line_53} (a zeroed block: 4096 NUL bytes); the 1 line of"
+        f" an incomplete write unit before it cut with it; {len(damaged) - line_53} bytes from"
+        " there on quarantined"
+    )
+    assert recovered_payload(recovered) == {
+        "cut_bytes": len(damaged) - ends[17],
+        "cut_events": None,
+        "reason": recovered.reason,
+    }
+
+
+def test_partial_batch_is_cut_whole(tmp_path: Path) -> None:
+    """Defect 14 of issue 13: a kill -9 during a 200-line batch left its first 23 lines,
+    all whole, in the log. They are cut with the rest of the batch (all lines or none),
+    and cut_events says how many whole lines went."""
+    data, ends = marker_log([1, 200, 200, 1])
+    torn = offset_of_line(data, 1 + 200 + 23 + 1)  # 23 whole lines of the third unit
+    recovered, kept = recover_bytes(tmp_path, data[:torn])
+    assert kept == data[: ends[2]] and recovered.last_sequence == 201
+    assert recovered.cut_events == 23
+    assert recovered.reason == "torn write: 23 lines of an incomplete write unit"
+    assert recovered_payload(recovered) == {
+        "cut_bytes": torn - ends[2],
+        "cut_events": 23,
+        "reason": "torn write: 23 lines of an incomplete write unit",
+    }
+    # 23 whole lines and a torn 24th: the same cut, the partial line is named too
+    recovered, kept = recover_bytes(tmp_path, data[: torn + 57])
+    assert kept == data[: ends[2]] and recovered.cut_events == 23
+    assert recovered.reason == (
+        "torn write: 23 lines of an incomplete write unit and a partial last line of 57 bytes"
+    )
+
+    # through the writer: the batch's retry then appends all 200 exactly once
+    async def scenario() -> None:
+        log = new_log(tmp_path / "w")
+        writer = await log.open_writer(REF)
+        await writer.append(drafts(1))
+        await writer.append(drafts(200, start=1))
+        await writer.close()
+        path = log.keys(REF).live
+        whole = path.read_bytes()
+        first_batch_end = offset_of_line(whole, 2)
+        cut_at = offset_of_line(whole, 2 + 23)
+        path.write_bytes(whole[:cut_at])
+        writer = await log.open_writer(REF)
+        assert writer.last_sequence == 1
+        events = await writer.append(drafts(200, start=1))
+        await writer.close()
+        assert [e.sequence for e in events] == list(range(2, 202))
+        assert await read_sequences(log, REF) == list(range(1, 202))
+        assert path.read_bytes()[:first_batch_end] == whole[:first_batch_end]
+
+    asyncio.run(scenario())
+
+
+def test_a_garbage_tail_is_cut_at_its_first_byte(tmp_path: Path) -> None:
+    data, ends = marker_log([2, 3, 1])
+    for garbage, problem in [
+        (b"junk\n", "not an event line"),
+        (b'{"type":"x"}\n', "not an event"),
+        (b"\n", "not an event line"),
+        (b'{"type":"console.line"' + b"\x00" * 40 + b"\n", "a zeroed block: 40 NUL"),
+        (encode_event(make_event(3)), "sequence 3 where 7 was expected"),
+    ]:
+        recovered, kept = recover_bytes(tmp_path, data + garbage + data[: ends[1]])
+        assert kept == data and recovered.last_sequence == 6
+        assert recovered.cut_events is None
+        assert recovered.reason.startswith(f"damaged bytes at offset {len(data)} ({problem}")
+
+
+def test_a_line_of_another_run_or_after_run_completed_is_damage(tmp_path: Path) -> None:
+    data, ends = marker_log([2, 1], completed=True)
+    stray = encode_event(make_event(4))
+    recovered, kept = recover_bytes(tmp_path, data + stray)
+    assert kept == data and recovered.ended and recovered.last_sequence == 3
+    assert recovered.reason.startswith(f"damaged bytes at offset {len(data)} (a line after run.")
+    other = mark_unit_end(encode_event(msgspec.structs.replace(make_event(3), run_id="run_x")))
+    recovered, kept = recover_bytes(tmp_path, data[: ends[1]] + other)
+    assert kept == data[: ends[1]] and not recovered.ended
+    assert recovered.reason.startswith(
+        f"damaged bytes at offset {ends[1]} (an event of another run"
+    )
+
+
+def test_a_torn_last_line_is_cut(tmp_path: Path) -> None:
+    data, ends = marker_log([1, 1, 1])
+    recovered, kept = recover_bytes(tmp_path, data[: ends[2] + 40])
+    assert kept == data[: ends[2]] and recovered.last_sequence == 2
+    assert recovered.cut_events == 0
+    assert recovered.reason == "torn write: a partial last line of 40 bytes"
+    # a torn unit marker (the space written, not the newline) is a torn line too
+    recovered, kept = recover_bytes(tmp_path, data[:-1])
+    assert kept == data[: ends[2]] and recovered.cut_events == 0
+    # nothing to do on a clean log
+    recovered, kept = recover_bytes(tmp_path, data)
+    assert kept == data and recovered.last_sequence == 3 and recovered_payload(recovered) is None
+
+
+def test_a_legacy_log_without_markers_keeps_its_whole_lines(tmp_path: Path) -> None:
+    """A log written before unit markers: only its lines are checked (the unit rule would
+    cut everything: no line of it ends a unit)."""
+    data = legacy_log(30)
+    recovered, kept = recover_bytes(tmp_path, data)
+    assert kept == data and recovered.last_sequence == 30
+    recovered, kept = recover_bytes(tmp_path, data + b'{"type":"console.li')
+    assert kept == data and recovered.cut_events == 0
+    damaged = data[:500] + bytes(100) + data[600:]
+    recovered, kept = recover_bytes(tmp_path, damaged)
+    assert kept == data[: data.rindex(b"\n", 0, 500) + 1]
+    assert_gap_free(kept)
+    # a legacy log that a marking writer continued: the unit rule holds for the new part
+    units, _ = marker_log([40, 5])
+    tail = units[offset_of_line(units, 31) :]  # units of sequences 31..40 and 41..45
+    mixed = data + tail
+    recovered, kept = recover_bytes(tmp_path, mixed[: len(mixed) - 200])
+    assert kept == data + tail[: offset_of_line(tail, 11)]
+    assert recovered.last_sequence == 40 and recovered.cut_events == 4
+    # with a checkpoint inside the legacy part, the marked lines after it still count
+    at = offset_of_line(data, 20)
+    recovered, kept = recover_bytes(tmp_path, mixed[: len(mixed) - 200], (19, at))
+    assert recovered.scanned_from == at and recovered.last_sequence == 40
+
+
+def test_a_torn_first_unit_of_several_lines_looks_like_a_legacy_log(tmp_path: Path) -> None:
+    """The limit of the legacy rule, pinned: before any marker reached the disk a log
+    cannot tell a torn first unit from a log written before markers, so its whole lines
+    stay. The server never writes such a log: its first unit is ``run.queued`` alone."""
+    data, ends = marker_log([3, 2])
+    recovered, kept = recover_bytes(tmp_path, data[: offset_of_line(data, 3)])
+    assert kept == data[: offset_of_line(data, 3)] and recovered.last_sequence == 2
+    # once the first unit's marker is on disk, the rule holds from then on
+    recovered, kept = recover_bytes(tmp_path, data[: offset_of_line(data, 5)])
+    assert kept == data[: ends[1]] and recovered.cut_events == 1
+
+
+def test_a_checkpoint_that_does_not_hold_falls_back_to_a_full_scan(tmp_path: Path) -> None:
+    data, ends = marker_log([4, 4, 4, 4])
+    damaged = data[: ends[1] + 10] + b"\x00" * 20 + data[ends[1] + 30 :]
+    for checkpoint in [
+        (9, ends[2]),  # wrong sequence
+        (8, ends[2] + 5),  # not a line start
+        (8, len(data) + 100),  # past the end of the file
+        (-1, 0),
+        (8, ends[2] - 1),
+    ]:
+        recovered, kept = recover_bytes(tmp_path, damaged, checkpoint)
+        assert recovered.scanned_from == 0
+        assert kept == data[: ends[1]] and recovered.last_sequence == 4
+    # a checkpoint of another run's line does not hold either
+    other = data.replace(RUN.encode(), b"run_01JABCDEFGHJKMNPQRSTVWXYZ9")
+    recovered, kept = recover_bytes(tmp_path, other + b"x", (16, ends[4]))
+    assert recovered.scanned_from == 0 and kept == b""
+
+
+def test_a_checkpoint_skips_the_scan_of_the_prefix(tmp_path: Path) -> None:
+    """The bytes before a verified checkpoint are known durable: they are not read again
+    (proved by damage there that a full scan would cut)."""
+    data, ends = marker_log([5] * 20, completed=True)
+    at = offset_of_line(data, 33)
+    damaged = data[:at] + b"\x00" * 10 + data[at + 10 :]  # inside line 33 (unit 7)
+    checkpoint = (80, ends[16])
+    recovered, kept = recover_bytes(tmp_path, damaged + data[: ends[1]][:-3], checkpoint)
+    assert recovered.scanned_from == ends[16]
+    assert kept == damaged and recovered.last_sequence == 100 and recovered.ended
+    assert "a line after run.completed" in recovered.reason
+    # the same file without the checkpoint is cut at the damage
+    recovered, kept = recover_bytes(tmp_path, damaged, None)
+    assert kept == data[: ends[6]] and recovered.last_sequence == 30 and not recovered.ended
+    # a checkpoint at the very end: nothing to scan, and the run is known ended
+    recovered, kept = recover_bytes(tmp_path, data, (100, len(data)))
+    assert recovered.scanned_from == len(data) and recovered.ended and kept == data
+    # ... and a line after it is damage, even though the scan starts after run.completed
+    recovered, kept = recover_bytes(tmp_path, data + data[: ends[1]], (100, len(data)))
+    assert recovered.scanned_from == len(data) and recovered.ended and kept == data
+    assert "(a line after run.completed)" in recovered.reason
+    # (0, 0) is "nothing known": a full scan
+    recovered, kept = recover_bytes(tmp_path, data[:-9], (0, 0))
+    assert recovered.scanned_from == 0 and kept == data[: ends[19]]
+
+
+def test_every_cut_keeps_the_longest_whole_unit_prefix(tmp_path: Path) -> None:
+    """A small marker log cut at every byte: the log keeps exactly the whole units before
+    the cut, and the next quarantine gets the rest."""
+    data, ends = marker_log([1, 3, 2, 1, 4])
+    directory = Path(tempfile.mkdtemp(dir=FAST_TMP))
+    for cut in range(len(data) + 1):
+        recovered, kept = recover_bytes(directory, data[:cut])
+        keep = max(end for end in ends if end <= cut)
+        assert kept == data[:keep]
+        assert recovered.last_sequence == data[:keep].count(b"\n")
+        whole_lines = data[:cut].count(b"\n") - data[:keep].count(b"\n")
+        assert recovered.cut_events == whole_lines
+
+
+def test_quarantine_files_are_numbered_and_keep_the_cut_bytes(tmp_path: Path) -> None:
+    data, _ = marker_log([2, 2])
+    path = tmp_path / "events.ndjson"
+    contents = []
+    for garbage in (b"first junk\n", b"second \x00 junk"):
+        path.write_bytes(data + garbage)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            recovered = recover_log(fd, path, RUN)
+        finally:
+            os.close(fd)
+        assert recovered.quarantined is not None
+        contents.append((recovered.quarantined.name, recovered.quarantined.read_bytes()))
+    assert contents == [
+        ("events.ndjson.torn-1", b"first junk\n"),
+        ("events.ndjson.torn-2", b"second \x00 junk"),
+    ]
+    assert path.read_bytes() == data
+
+
+DAMAGE = st.sampled_from(["truncate", "zeros", "garbage", "replay", "drop_unit", "flip"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=12),
+    damage=DAMAGE,
+    where=st.floats(0, 1),
+    length=st.integers(1, 600),
+    use_checkpoint=st.booleans(),
+    completed=st.booleans(),
+)
+def test_any_damage_leaves_a_whole_unit_prefix_with_contiguous_sequences(
+    sizes: list[int],
+    damage: str,
+    where: float,
+    length: int,
+    use_checkpoint: bool,
+    completed: bool,
+) -> None:
+    """Random cuts and corruptions of a marker log: what recovery keeps is always a prefix
+    of the original that ends at a unit end, with sequences 1..n, and it is the longest
+    such prefix before the first damaged byte; the quarantine holds the rest.
+
+    The first unit is one line, as in every log the server writes (``run.queued`` alone):
+    a log whose first line has no marker is taken for a legacy log.
+    """
+    data, ends = marker_log([1, *sizes], completed=completed)
+    at = int(where * len(data))
+    if damage == "truncate":
+        damaged = data[:at]
+    elif damage == "zeros":
+        damaged = data[:at] + bytes(length) + data[at + length :]
+    elif damage == "garbage":
+        damaged = data[:at] + random.Random(length).randbytes(length) + b"\n"
+    elif damage == "replay":  # a whole, valid line of an earlier sequence
+        damaged = data[:at] + data[: data.index(b"\n") + 1] + data[at:]
+    elif damage == "drop_unit":
+        unit = min(int(where * (len(ends) - 1)), len(ends) - 2)
+        at = ends[unit]
+        damaged = data[:at] + data[ends[unit + 1] :]
+    else:  # one byte changed into a quote: the line is no longer JSON
+        at = min(at, len(data) - 1)
+        damaged = data[:at] + b'"' + data[at + 1 :]
+    first_bad = next(
+        (i for i, (a, b) in enumerate(zip(damaged, data, strict=False)) if a != b),
+        min(len(damaged), len(data)),
+    )
+    expected = max(end for end in ends if end <= first_bad)
+    checkpoint = None
+    if use_checkpoint:
+        mark = ends[int(where * 7919) % (ends.index(expected) + 1)]
+        checkpoint = (data[:mark].count(b"\n"), mark)
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp:
+        recovered, kept = recover_bytes(Path(tmp), damaged, checkpoint)
+    assert kept == data[:expected]
+    assert_gap_free(kept)
+    assert recovered.last_sequence == kept.count(b"\n")
+    assert recovered.ended == (completed and expected == len(data))
+    if checkpoint is not None:
+        assert recovered.scanned_from == checkpoint[1]
+
+
 # -- a real crash ---------------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
@@ -259,6 +676,9 @@ def test_kill_9_at_random_moments_leaves_a_log_that_reopens_gap_free(tmp_path: P
             log = new_log(tmp_path)
             writer = await log.open_writer(REF)
             last = writer.last_sequence
+            # only whole write units survive: the kept log ends with a unit's last line
+            kept = log.keys(REF).live.read_bytes()
+            assert kept.endswith(UNIT_END) and len(kept) == writer.bytes_written
             await writer.append(drafts(1))
             await writer.close()
             assert await read_sequences(log, REF) == list(range(1, last + 2))
