@@ -359,7 +359,10 @@ async def test_server_damage_is_cut_and_marked_not_blamed_on_the_producer(app: A
     await held.release()
     path = m.log.keys(run_ref(run)).live
     data = bytearray(path.read_bytes())
-    # a machine crash: a block in the middle never reached the disk
+    first_line = data.index(b"\n") + 1
+    # the last checkpoint the row holds is the first line: a machine crash then lost
+    # a block written after it while later blocks reached the disk
+    await m.repo.update_run(run.id, event_count=1, events_bytes=first_line)
     middle = len(data) // 2
     data[middle : middle + 512] = b"\0" * 512
     path.write_bytes(bytes(data))
