@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
-from runevents import ids
+from runevents import ids, metrics
 from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.repository import RunRepository
 from runevents.eventlog import Chunk, EventLog, RunWriter
@@ -251,6 +251,7 @@ class RunManager(ProducerIngest, RunUpkeep):
         if run.started_at is None:
             fields["started_at"] = fields["completed_at"]
         finished = await self.repo.update_run(run.id, expect=LIVE_STATUSES, **fields)
+        metrics.run_finished(finished)  # metrics hook
         self._locks.pop(run.id, None)
         self._progress_at.pop(run.id, None)
         return finished
@@ -283,6 +284,7 @@ class RunManager(ProducerIngest, RunUpkeep):
     async def heartbeat(self, session: RunSession, worker_id: str) -> None:
         """Renew the lease of a run this worker executes; relay a remote cancel request."""
         run = await self.repo.renew_lease(session.run.id, worker_id, self.settings.lease_seconds)
+        metrics.lease_renewed()  # metrics hook
         if run.cancel_requested:
             session.cancel.set()
         await self._record_progress(run, session.writer, force=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from runevents import metrics
 from runevents.eventlog import EventLog, RunRef, RunWriter
 from runevents.events import Event, EventDraft, decode_event
 from runevents.exceptions import LogNotFound, RunEnded, StorageError, WriterBusy
@@ -90,6 +91,7 @@ class RunUpkeep:
             )
             if finished is not None:
                 reaped.append(finished)
+                metrics.run_reaped()  # metrics hook
         return reaped
 
     async def fail_orphan(self, run: Run, *, code: str, message: str) -> Run | None:

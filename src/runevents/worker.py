@@ -17,7 +17,7 @@ import os
 import socket
 from datetime import UTC, datetime
 
-from runevents import ids
+from runevents import ids, logs
 from runevents.exceptions import ConfigurationNotFound, Conflict, RuneventsError
 from runevents.executor import execute
 from runevents.manager import RunManager
@@ -105,6 +105,7 @@ class Worker:
                 await asyncio.sleep(IDLE_POLL_SECONDS)
 
     async def _execute(self, run: Run) -> None:
+        logs.bind_run(run.id)  # log lines of this task name the run
         session = await self.manager.start_session(run, self.worker_id)
         if session is None:
             with contextlib.suppress(RuneventsError):

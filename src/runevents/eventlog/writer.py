@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from runevents import metrics
 from runevents.eventlog.files import DEFAULT_OPS, FileOps, WriterLock
 from runevents.eventlog.index import (
     EVERY_BYTES,
@@ -295,6 +296,7 @@ class RunWriter:
                 self._idx_seq, self._idx_off = records[-1]
         buf += data
         self.last_sequence = last
+        metrics.events_appended(self.source, len(events))  # metrics hook (per batch)
         pending = self._pending_events = self._pending_events + len(events)
         if events[-1].type == RUN_COMPLETED:
             self.ended = True
