@@ -133,6 +133,8 @@ def serve(
             log_level=log_level,
             log_format=log_format,
         )
+        # before anything logs (check_bind warns about open mode)
+        logs.configure(settings.log_level, settings.log_format)
         registry = load_tokens(settings.tokens_file) if settings.tokens_file else None
         check_bind(settings.host, registry)
         # fail fast on a bad configuration file, before binding the port
@@ -143,7 +145,6 @@ def serve(
         raise _fail(exc) from exc
     except ValidationError as exc:
         raise _bad_setting(exc) from exc
-    logs.configure(settings.log_level, settings.log_format)
     _announce(settings, open_mode=registry is None)
     uvicorn.run(
         create_app(settings),

@@ -28,6 +28,7 @@ count rows, not process activity.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import shutil
 import time
@@ -95,9 +96,15 @@ EVENTS_APPENDED = Counter(
     ["source"],
     registry=REGISTRY,
 )
-#: the writer's ``source`` (how it was opened) -> the metric's label
-_WRITER_SOURCES = {"producer": "ingest", "worker": "executor", "server": "server"}
-_APPENDED_BY_WRITER = {k: EVENTS_APPENDED.labels(v) for k, v in _WRITER_SOURCES.items()}
+#: who is appending in this context: "ingest" (set by the HTTP edge for the length of a
+#: producer's request), "executor" (set by the worker for the task that executes a run),
+#: else "server" (run.queued, cancels, reaped and timed-out runs). A context variable,
+#: because one writer serves several of them (an external run's writer is opened by
+#: create_run and then takes the producer's batches).
+APPEND_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "runevents_append_source", default="server"
+)
+_APPENDED_BY_SOURCE = {s: EVENTS_APPENDED.labels(s) for s in ("ingest", "executor", "server")}
 BYTES_APPENDED = Counter(
     "runevents_bytes_appended_total",
     "Bytes written to live run logs (the events' NDJSON lines)",
@@ -231,11 +238,16 @@ MAINTENANCE_ERRORS = Counter(
 # One call per measurement point; each returns at once when metrics are off.
 
 
-def events_appended(writer_source: str, count: int) -> None:
-    """A writer committed ``count`` events (``writer_source``: how the writer was opened)."""
+def bind_source(source: str) -> None:
+    """Events committed by the current task (and tasks it starts) come from ``source``."""
+    APPEND_SOURCE.set(source)
+
+
+def events_appended(count: int) -> None:
+    """A writer committed ``count`` events (one call per batch)."""
     if _enabled:
-        child = _APPENDED_BY_WRITER.get(writer_source)
-        (child or EVENTS_APPENDED.labels(writer_source)).inc(count)
+        source = APPEND_SOURCE.get()
+        (_APPENDED_BY_SOURCE.get(source) or EVENTS_APPENDED.labels(source)).inc(count)
 
 
 def bytes_written(count: int) -> None:

@@ -17,7 +17,7 @@ import os
 import socket
 from datetime import UTC, datetime
 
-from runevents import ids, logs
+from runevents import ids, logs, metrics
 from runevents.exceptions import ConfigurationNotFound, Conflict, RuneventsError
 from runevents.executor import execute
 from runevents.manager import RunManager
@@ -106,6 +106,7 @@ class Worker:
 
     async def _execute(self, run: Run) -> None:
         logs.bind_run(run.id)  # log lines of this task name the run
+        metrics.bind_source("executor")  # metrics hook: its events count as the executor's
         session = await self.manager.start_session(run, self.worker_id)
         if session is None:
             with contextlib.suppress(RuneventsError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -38,8 +39,16 @@ def _enabled() -> Iterator[None]:
 
 def test_hooks_move_their_series() -> None:
     before = parse(metrics.render())
-    metrics.events_appended("producer", 7)
-    metrics.events_appended("worker", 2)
+    token = metrics.APPEND_SOURCE.set("ingest")
+    metrics.events_appended(7)
+    metrics.APPEND_SOURCE.reset(token)
+
+    async def executor() -> None:
+        metrics.bind_source("executor")
+        metrics.events_appended(2)
+
+    asyncio.run(executor())
+    metrics.events_appended(1)  # outside both: the server's own
     metrics.fsync_observed(0.003)
     metrics.write_failed("fsync")
     metrics.ingest_answered(422, 0.01)
@@ -52,6 +61,7 @@ def test_hooks_move_their_series() -> None:
 
     assert moved("runevents_events_appended_total", source="ingest") == 7
     assert moved("runevents_events_appended_total", source="executor") == 2
+    assert moved("runevents_events_appended_total", source="server") == 1
     assert moved("runevents_fsync_seconds_count") == 1
     assert moved("runevents_fsync_seconds_bucket", le="0.005") == 1
     assert moved("runevents_fsync_seconds_bucket", le="0.0025") == 0
@@ -68,7 +78,7 @@ def _ours() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def test_switched_off_hooks_change_nothing() -> None:
     before = _ours()
     metrics.set_enabled(False)
-    metrics.events_appended("producer", 1000)
+    metrics.events_appended(1000)
     metrics.fsync_observed(1.0)
     metrics.ingest_answered(200, 0.1)
     metrics.write_failed("write")
@@ -188,7 +198,8 @@ def test_multiprocess_mode_sums_followers_over_processes(tmp_path: Path) -> None
         from runevents import metrics
         assert metrics.multiprocess_mode()
         metrics.sse_follower(+1)
-        metrics.events_appended("producer", 5)
+        metrics.APPEND_SOURCE.set("ingest")
+        metrics.events_appended(5)
         if sys.argv[1] == "count":
             print(os.getpid())
         else:

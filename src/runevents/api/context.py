@@ -68,9 +68,11 @@ class RequestContext:
 
         request_token = REQUEST_ID.set(request_id)
         run_token = RUN_ID.set(match[1] if match else None)
+        source_token = metrics.APPEND_SOURCE.set("ingest" if ingest else "server")
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            metrics.APPEND_SOURCE.reset(source_token)
             if ingest and not answered:
                 # no answer started: the app crashed past every handler (uvicorn answers 500)
                 metrics.ingest_answered(500, time.perf_counter() - started)

@@ -296,7 +296,7 @@ class RunWriter:
                 self._idx_seq, self._idx_off = records[-1]
         buf += data
         self.last_sequence = last
-        metrics.events_appended(self.source, len(events))  # metrics hook (per batch)
+        metrics.events_appended(len(events))  # metrics hook (per batch)
         pending = self._pending_events = self._pending_events + len(events)
         if events[-1].type == RUN_COMPLETED:
             self.ended = True
