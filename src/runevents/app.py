@@ -13,12 +13,15 @@ import contextlib
 import logging
 from pathlib import Path
 
+from runevents import metrics
 from runevents.configs import ConfigRegistry, Configuration, load_config_file
 from runevents.db.engine import Database, open_database
 from runevents.db.repository import RunRepository
+from runevents.db.stats import run_counts
 from runevents.eventlog import EventLog
 from runevents.logstore import open_log_store
 from runevents.manager import RunManager
+from runevents.metered import MeteredFileOps, MeteredLogStore
 from runevents.notify import LocalNotifier
 from runevents.pgnotify import PostgresBridge, asyncpg_dsn
 from runevents.settings import Settings
@@ -59,16 +62,25 @@ class App:
         self._leases: asyncio.Task[None] | None = None
         self._repair: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
+        #: database, pool and disk gauges of ``GET /metrics``
+        self.state_metrics = metrics.StateCollector(
+            count_runs=lambda: run_counts(database),
+            pool=database.engine.pool,
+            data_dir=settings.data_dir,
+            refresh_seconds=settings.metrics_refresh_seconds,
+        )
 
     @classmethod
     async def open(cls, settings: Settings, *, worker: bool = True) -> App:
         """Open the database (migrating it), the log store and the manager; start the worker."""
         configs = load_configurations(settings)
+        metrics.set_enabled(settings.metrics_enabled)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database = await open_database(settings.resolved_database_url)
         bridge = None
         try:
-            store = open_log_store(settings.resolved_storage_url)
+            # both storage seams measured at the edge (metered.py), not inside the engine
+            store = MeteredLogStore(open_log_store(settings.resolved_storage_url))
             notifier = LocalNotifier()
             dsn = asyncpg_dsn(settings.resolved_database_url)
             if dsn is not None:
@@ -86,6 +98,7 @@ class App:
                 fsync=settings.fsync,
                 poll_interval_ms=settings.poll_interval_ms,
                 notifier=notifier,
+                file_ops=MeteredFileOps(),
             )
             manager = RunManager(
                 settings=settings,

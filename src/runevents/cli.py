@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from runevents import logs
 from runevents.exceptions import RuneventsError
 from runevents.settings import Settings
 
@@ -50,11 +52,29 @@ StorageUrl = Annotated[
         help="file:///path or s3://bucket/prefix [env: RUNEVENTS_STORAGE_URL]",
     ),
 ]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="Server log lines: text, or json (one object per line) [env: RUNEVENTS_LOG_FORMAT]",
+    ),
+]
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option("--log-level", help="Log level [env: RUNEVENTS_LOG_LEVEL]"),
+]
 
 
 def build_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the given (non-None) flags on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _bad_setting(exc: ValidationError) -> typer.Exit:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "setting"
+    console.print(f"[bold red]error:[/] {escape(where)}: {escape(first['msg'])}", highlight=False)
+    return typer.Exit(code=2)
 
 
 def _fail(exc: RuneventsError) -> typer.Exit:
@@ -89,7 +109,8 @@ def serve(
             "[env: RUNEVENTS_WORKER_CONCURRENCY]",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Start the API, the web UI and an embedded worker."""
     import uvicorn
@@ -109,7 +130,11 @@ def serve(
             start_demo_run=demo or None,
             tokens_file=tokens,
             worker_concurrency=workers,
+            log_level=log_level,
+            log_format=log_format,
         )
+        # before anything logs (check_bind warns about open mode)
+        logs.configure(settings.log_level, settings.log_format)
         registry = load_tokens(settings.tokens_file) if settings.tokens_file else None
         check_bind(settings.host, registry)
         # fail fast on a bad configuration file, before binding the port
@@ -118,26 +143,44 @@ def serve(
         load_configurations(settings)
     except RuneventsError as exc:
         raise _fail(exc) from exc
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    except ValidationError as exc:
+        raise _bad_setting(exc) from exc
+    _announce(settings, open_mode=registry is None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through logs.configure's handler
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _announce(settings: Settings, *, open_mode: bool) -> None:
+    """Say where the server listens: to the terminal, or as log lines in ``--log-format json``
+    (a log pipeline then sees only JSON objects on stderr)."""
     shown = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     url = f"http://{shown}:{settings.port}/"
-    console.print(f"[bold green]runevents[/] serving on [link={url}]{url}[/link]")
     database = _redact(settings.resolved_database_url)
+    if settings.log_format == "json":
+        log = logging.getLogger("runevents")
+        log.info(
+            "serving on %s (data: %s, database: %s)", url, settings.data_dir.resolve(), database
+        )
+        if open_mode:
+            log.warning(
+                "auth is OFF (open mode, loopback only); use --tokens FILE to require tokens"
+            )
+        return
+    console.print(f"[bold green]runevents[/] serving on [link={url}]{url}[/link]")
     console.print(f"  data: {settings.data_dir.resolve()}  database: {database}")
-    if registry is None:
+    if open_mode:
         console.print(
             "  [yellow]auth is OFF (open mode, loopback only);"
             " use --tokens FILE to require tokens[/]"
         )
     if settings.demo:
         console.print(f"  demo: a demo run starts now -> open {url}workspaces/demo")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
 
 
 def _redact(url: str) -> str:
@@ -158,20 +201,41 @@ def worker(
     config: Annotated[Path | None, typer.Option("--config", help="Configurations TOML")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Register the demo configuration")] = False,
     concurrency: Annotated[int, typer.Option(help="Runs executed at once")] = 4,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on this port (no auth: bind it privately)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address of --metrics-port")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a standalone worker against the same database and storage as a server."""
     from runevents.app import App
 
-    settings = build_settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        storage_url=storage_url,
-        config_file=config,
-        demo=demo or None,
-        worker_concurrency=max(1, concurrency),
-        maintenance_interval_seconds=0,
-    )
-    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = build_settings(
+            data_dir=data_dir,
+            database_url=database_url,
+            storage_url=storage_url,
+            config_file=config,
+            demo=demo or None,
+            worker_concurrency=max(1, concurrency),
+            maintenance_interval_seconds=0,
+            log_level=log_level,
+            log_format=log_format,
+        )
+    except ValidationError as exc:
+        raise _bad_setting(exc) from exc
+    logs.configure(settings.log_level, settings.log_format)
+    if metrics_port is not None:
+        from runevents.metrics import serve_metrics
+
+        serve_metrics(metrics_host, metrics_port)
 
     async def main() -> None:
         app_ = await App.open(settings, worker=True)
@@ -180,7 +244,12 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         assert app_.worker is not None
-        console.print(f"[bold green]runevents worker[/] {app_.worker.worker_id} started")
+        if settings.log_format == "json":
+            logging.getLogger("runevents").info(
+                "runevents worker %s started", app_.worker.worker_id
+            )
+        else:
+            console.print(f"[bold green]runevents worker[/] {app_.worker.worker_id} started")
         try:
             await stop.wait()
         finally:

@@ -30,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from runevents import metrics
 from runevents.eventlog import EventLog, RunRef, RunWriter
 from runevents.eventlog.writer import Ticket
 from runevents.events import RUN_COMPLETED, Event, EventDraft
@@ -253,6 +254,7 @@ class HeldRun:
                 run.id, self.registry.ownership.owner, self.lease.epoch,
                 expect=LIVE_STATUSES, **fields,
             )  # fmt: skip
+            metrics.run_finished(self.run)
         return await self.seal()
 
     async def seal(self) -> Run:

@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from runevents import metrics
 from runevents.eventlog import EventLog
 from runevents.exceptions import DatabaseError, RuneventsError, RunNotFound, WriterBusy
 from runevents.manager import RunManager
@@ -236,7 +237,20 @@ async def compact(
             else:
                 await _compact_one(manager, run, report)
             tally.done(run)
+    _count(report)
     return report
+
+
+def _count(report: Report) -> None:
+    """Add a pass's result to the process's maintenance metrics (dry runs change nothing)."""
+    if not report.dry_run:
+        metrics.maintenance_done(
+            report.action,
+            runs=report.runs,
+            bytes_in=report.bytes_before,
+            bytes_out=report.bytes_after,
+            errors=len(report.errors),
+        )
 
 
 async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
@@ -366,6 +380,7 @@ async def retention(
                 tally.found(len(chosen))
                 for run in chosen:
                     await expire(run)
+    _count(report)
     return report
 
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
-from runevents import ids
+from runevents import ids, metrics
 from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.repository import RunRepository
 from runevents.eventlog import Chunk, EventLog
@@ -212,6 +212,7 @@ class RunManager(ProducerIngest, RunUpkeep):
         (``Ownership.run``); a lost one fences the writer (WriterFenced on write).
         """
         run = await self.repo.renew_lease(session.run.id, worker_id, self.settings.lease_seconds)
+        metrics.lease_renewed()  # metrics hook
         if run.cancel_requested or session.held.lease.lost:
             session.cancel.set()
         session.held.run = run

@@ -24,6 +24,8 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from runevents import metrics
+
 
 @runtime_checkable
 class Notifier(Protocol):
@@ -72,6 +74,7 @@ class LocalNotifier:
 
     def notify(self, run_id: str) -> None:
         """Wake local waiters, then hand the run id to the bridge (if any)."""
+        metrics.notify_wakeup("local")
         self.wake(run_id)
         if self.publish is not None:
             self.publish(run_id)

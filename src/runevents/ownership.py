@@ -29,7 +29,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from runevents import ids
+from runevents import ids, metrics
 from runevents.db.repository import RunRepository
 from runevents.exceptions import WriterFenced, WriterMoving
 
@@ -84,6 +84,7 @@ class Lease:
         """The database says another process holds the run now: never write again."""
         if not self.lost:
             self.lost = True
+            metrics.writer_lease_lost()
             log.warning("run %s: writer lease lost (epoch %d)", self.run_id, self.epoch)
 
     async def release(self) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import asyncpg
 
+from runevents import metrics
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "runevents_log"
@@ -89,9 +91,10 @@ class PostgresBridge:
                     await asyncio.wait_for(self._closed.wait(), RECONNECT_SECONDS)
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        for run_id in payload.split(","):
-            if run_id:
-                self._wake(run_id)
+        run_ids = [run_id for run_id in payload.split(",") if run_id]
+        metrics.notify_wakeup("postgres", len(run_ids))
+        for run_id in run_ids:
+            self._wake(run_id)
 
     def publish(self, run_id: str) -> None:
         """Queue ``run_id`` for the next coalesced NOTIFY (called on every local notify)."""

@@ -28,6 +28,7 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from runevents import metrics
 from runevents.exceptions import LogNotFound, RuneventsError, WriterMoving
 from runevents.held import run_ref
 from runevents.lifecycle import LogPhase
@@ -72,6 +73,8 @@ async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
         await asyncio.sleep(0)
     if found:
         log.warning("repair pass: %s", dict(found))
+        for kind, count in found.items():
+            metrics.repair_found(kind, count)
     return found
 
 

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runevents.exceptions import InvalidInput
 
 FsyncMode = Literal["never", "flush", "batch"]
+LogFormat = Literal["text", "json"]
 
 _DURATION_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -126,6 +127,19 @@ class Settings(BaseSettings):
     retention_max_bytes: int | None = None
     #: how often the server runs compaction/retention (seconds; 0 disables)
     maintenance_interval_seconds: float = Field(default=3600.0, ge=0)
+
+    # -- operations ----------------------------------------------------------------
+    #: serve ``GET /metrics`` and move the counters (off: every hook returns at once)
+    metrics_enabled: bool = True
+    #: database-derived gauges (runs by status, queue age, leases) are recounted at
+    #: most this often, however often Prometheus scrapes (seconds)
+    metrics_refresh_seconds: float = Field(default=10.0, ge=0)
+    #: ``GET /api/v1/ready`` gives the database and the log store this long to answer (seconds)
+    ready_timeout_seconds: float = Field(default=2.0, gt=0)
+    #: the server's own log lines: ``text`` (human) or ``json`` (one object per line)
+    log_format: LogFormat = "text"
+    #: the server's log level
+    log_level: str = "info"
 
     @field_validator("compact_after", "retention_after", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from runevents import metrics
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
 from runevents.exceptions import LogNotFound, StorageError, WriterMoving
@@ -92,6 +93,7 @@ class RunUpkeep:
                 continue  # the next round tries again
             if finished is not None:
                 reaped.append(finished)
+                metrics.run_reaped()  # metrics hook
         return reaped
 
     async def fail_orphan(

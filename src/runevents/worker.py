@@ -18,7 +18,7 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from runevents import ids
+from runevents import ids, logs, metrics
 from runevents.exceptions import (
     ConfigurationNotFound,
     Conflict,
@@ -114,6 +114,8 @@ class Worker:
                 await asyncio.sleep(IDLE_POLL_SECONDS)
 
     async def _execute(self, run: Run) -> None:
+        logs.bind_run(run.id)  # log lines of this task name the run
+        metrics.bind_source("executor")  # metrics hook: its events count as the executor's
         session = await self.manager.start_session(run, self.worker_id)
         if session is None:
             with contextlib.suppress(RuneventsError):

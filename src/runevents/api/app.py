@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runevents.api import errors, events, lookup, runs, session
+from runevents.api import errors, events, lookup, ops, runs, session
+from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_session_secret, load_tokens
@@ -94,6 +95,17 @@ def _mount_web(app: FastAPI) -> None:
     app.add_api_route("/workspaces/{path:path}", page, methods=["GET"], include_in_schema=False)
 
 
+class RuneventsAPI(FastAPI):
+    """FastAPI with :class:`RequestContext` outside everything, Starlette's error layer included.
+
+    ``add_middleware`` would put it inside that layer, and a 500 answer would then
+    leave without ``X-Request-ID``.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContext(super().build_middleware_stack())
+
+
 def create_app(
     settings: Settings, *, app: App | None = None, tokens: TokenRegistry | None = None
 ) -> FastAPI:
@@ -131,7 +143,7 @@ def create_app(
             state.app = None
             await opened.close()
 
-    api = FastAPI(
+    api = RuneventsAPI(
         title="runevents",
         version="1",
         description=API_DESCRIPTION,
@@ -146,6 +158,7 @@ def create_app(
     api.include_router(events.router)
     api.include_router(session.router)
     api.include_router(lookup.router)
+    api.include_router(ops.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

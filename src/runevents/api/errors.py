@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from runevents import exceptions as exc
+from runevents.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,16 @@ def status_of(error: exc.RuneventsError) -> int:
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """``{"error": {"code", "message", ...extra}}``; ``None`` extras are left out."""
+    """``{"error": {"code", "message", ...extra, "request_id"}}``; ``None`` extras are left out.
+
+    ``request_id`` is the request's ``X-Request-ID`` (``api/context.py``), so a
+    user can quote it and an operator find the request's log lines.
+    """
     error: dict[str, Any] = {"code": code, "message": message}
     error.update({k: v for k, v in extra.items() if v is not None})
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        error["request_id"] = request_id
     return {"error": error}
 
 

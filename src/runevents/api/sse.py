@@ -28,6 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from runevents import metrics
 from runevents.api.stream import EventStream
 from runevents.eventlog import Chunk
 
@@ -99,6 +100,7 @@ async def frames(chunks: AsyncIterator[Chunk], position: int) -> AsyncIterator[b
     Ends after the chunk that holds ``run.completed``; always closes ``chunks``
     (which releases the log reader), also when the client goes away.
     """
+    metrics.sse_follower(+1)
     try:
         yield OPENING
         async for chunk in chunks:
@@ -113,6 +115,7 @@ async def frames(chunks: AsyncIterator[Chunk], position: int) -> AsyncIterator[b
         # client reconnects with Last-Event-ID and resumes where it stopped
         log.exception("SSE stream ended by an error after sequence %d", position)
     finally:
+        metrics.sse_follower(-1)
         await close_quietly(chunks)
 
 

@@ -30,6 +30,8 @@ from sse_starlette.sse import AppStatus
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from runevents import metrics
+
 log = logging.getLogger(__name__)
 
 #: how often the watchdog looks at a stream (seconds)
@@ -137,6 +139,7 @@ class EventStream(Response):
             if started is not None:
                 if now - started > self.send_timeout:
                     log.info("dropping an SSE client that took no data for %.1f s", now - started)
+                    metrics.sse_send_timeout()
                     self.outcome = "stuck"
                     return
             elif now - self._last_send >= self.keepalive_seconds and not self._lock.locked():
@@ -145,6 +148,7 @@ class EventStream(Response):
                     async with asyncio.timeout(self.send_timeout):
                         await self._send(send, KEEPALIVE)
                 except TimeoutError:
+                    metrics.sse_send_timeout()
                     self.outcome = "stuck"
                     return
 

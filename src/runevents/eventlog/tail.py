@@ -28,6 +28,7 @@ import os
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
 
+from runevents import metrics
 from runevents.eventlog.reader import Cursor, FileSource, iter_lines
 from runevents.eventlog.types import Chunk, ends_with_completed
 from runevents.notify import Notifier
@@ -199,6 +200,8 @@ class Tail:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await signal.wait()
+            if not signal.is_set() and self.refill():
+                metrics.poll_fallback()  # metrics hook: the poll timer, not a notify, found data
 
 
 def _find_newline(fd: int, start: int, end: int) -> int:
@@ -256,6 +259,7 @@ def take(tail: Tail, cursor: Cursor, want: int) -> list[Chunk]:
 
 def read_behind(tail: Tail, cursor: Cursor, want: int) -> AsyncIterator[Chunk]:
     """The lines between a cursor that fell behind the ring and the ring, from the file."""
+    metrics.follower_behind_ring()  # metrics hook
     return iter_lines(
         tail.source,
         start_sequence=cursor.sequence + 1,

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from runevents import metrics
 from runevents.eventlog.files import DEFAULT_OPS, FileOps, WriterLock
 from runevents.eventlog.index import (
     EVERY_BYTES,
@@ -470,6 +471,7 @@ class RunWriter:
             self._failing = False
             self._retry_delay = RETRY_MIN
             log.warning("run %s: log writes work again", self.ref.run_id)
+        metrics.events_appended(last_durable - first + 1)  # metrics hook (per flush)
         units, fold = self._units, self.on_durable
         while units and units[0][-1].sequence <= last_durable:
             unit = units.popleft()
