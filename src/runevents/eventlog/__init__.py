@@ -48,6 +48,7 @@ from runevents.eventlog.writer import RunWriter, WriterConfig
 from runevents.events import RUN_COMPLETED_PREFIX
 from runevents.exceptions import StorageError, WriterBusy
 from runevents.logstore.base import LogStore
+from runevents.logstore.local import fsync_dir
 from runevents.notify import Notifier
 
 __all__ = [
@@ -151,9 +152,12 @@ class EventLog:
         if keys.log in self._writers:
             raise WriterBusy(f"this process already holds the writer of run {ref.run_id}")
         try:
-            keys.live.parent.mkdir(parents=True, exist_ok=True)
+            created = _make_dirs(keys.live.parent)
         except OSError as exc:
             raise StorageError(f"cannot create {keys.live.parent}: {exc}") from exc
+        for directory in created:
+            # new directories' entries, from the top: each must be durable in its parent
+            fsync_dir(directory.parent)
         lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
         try:
             writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint)
@@ -199,7 +203,12 @@ class EventLog:
                     **common,
                 )
         try:
+            new = not keys.live.exists()
             fd = os.open(keys.live, os.O_RDWR | os.O_CREAT, 0o644)
+            if new:
+                # the new file's name must survive a crash before it is first acknowledged
+                # (durability issue, defect 10): its directory entry is synced now
+                fsync_dir(keys.live.parent)
         except OSError as exc:
             raise StorageError(f"cannot open {keys.live}: {exc}") from exc
         try:
@@ -462,6 +471,18 @@ class EventLog:
     def writer_open(self, ref: RunRef) -> bool:
         """Whether this process holds the run's writer."""
         return self.keys(ref).log in self._writers
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the directories it created, outermost first."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+    return list(reversed(missing))
 
 
 #: files up to this size are recovered on the event loop (a few small reads);

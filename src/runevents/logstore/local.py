@@ -215,6 +215,10 @@ class LocalLogStore:
             except OSError:
                 break
             parent = parent.parent
+        # the unlink (or the last rmdir) is durable only once its directory is synced:
+        # a crash must not bring a dropped plain log back beside its compressed form
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(fsync_dir, parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:

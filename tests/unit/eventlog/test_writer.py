@@ -413,3 +413,34 @@ async def test_a_writer_on_a_sealed_or_compacted_log_writes_nothing(
     await late.close()
     assert not log.keys(ref).live.exists()  # no new, empty plain log next to it
     assert (await log.stats(ref)).form == "compressed"
+
+
+async def test_new_log_files_and_directories_are_synced_before_the_first_ack(
+    local_store: LogStore, make_log: MakeLog, ref: RunRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durability issue, defect 10: a new log's directory was not fsynced until seal, so
+    a power loss could lose the whole file of acknowledged batches; and the unlink of a
+    dropped plain log was not synced either."""
+    import runevents.eventlog as eventlog_module
+    import runevents.logstore.local as local_module
+
+    synced: list[Path] = []
+    real = local_module.fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(eventlog_module, "fsync_dir", recording)
+    monkeypatch.setattr(local_module, "fsync_dir", recording)
+    log = make_log(local_store)
+    writer = await log.open_writer(ref)
+    live = log.keys(ref).live
+    # every new directory's entry (from the workspace down) and the file's own
+    assert live.parent in synced and live.parent.parent in synced
+    assert any(p == live.parent.parent.parent for p in synced)
+    await writer.append(drafts(1))
+    await writer.close()
+    synced.clear()
+    await local_store.delete(log.keys(ref).log)
+    assert synced  # the unlink's directory
