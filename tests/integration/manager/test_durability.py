@@ -397,3 +397,38 @@ async def test_keys_are_kept_24h_then_dropped_with_the_compacted_log(app: App) -
     assert await m.repo.count_idempotency(run.id) == 0
     # and no lock or held run is left behind by anything above (defect 6)
     assert len(m.held) == 0 and len(m.held.lock) == 0
+
+
+async def test_a_summary_larger_than_max_event_bytes_never_blocks_completion(app: App) -> None:
+    """Defect 3: a summary larger than max_event_bytes (about 12k distinct source_files)
+    made completion, cancel and producer_timeout fail with 413 forever."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for start in range(0, 12_000, 2_000):
+        await m.ingest(
+            "acme",
+            "ext",
+            run.id,
+            [
+                EventDraft(
+                    type="run.table.summary",
+                    payload={
+                        "table_id": f"t{i}",
+                        "source_file": f"input-{i:06d}-{'x' * 60}.xlsx",
+                        "source_sheet": None,
+                        "table_index": 0,
+                        "row_count": 1,
+                        "column_count": 1,
+                    },
+                )
+                for i in range(start, start + 2_000)
+            ],
+        )
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.summary is not None
+    assert row.summary["truncated"] == {"tables.by_file": 11_000}
+    assert row.summary["tables"]["input_file_count"] == 12_000
+    import json
+
+    assert len(json.dumps(row.summary, separators=(",", ":")).encode()) <= 256 * 1024
