@@ -19,6 +19,7 @@ The ingest steps live in ``producer.py`` and the recovery/maintenance steps in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
@@ -254,7 +255,9 @@ class RunManager(ProducerIngest, RunUpkeep):
             held.commit(drafts)
         await held.writer.flush_if_due()
         if held.writer.degraded and not held.run.logging_degraded:
-            await held.record_progress()
+            # the run goes on whatever the database says: the flag is retried next time
+            with contextlib.suppress(StorageError):
+                await held.record_progress()
         return held.run
 
     async def abandon(self, session: RunSession) -> None:

@@ -182,7 +182,7 @@ def test_a_stopped_worker_keeps_its_run_and_finishes_it_after_sigcont(
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     done = server.wait_status(run, ENDED, timeout=180)
-    assert done["run"]["status"] == "succeeded", done
+    assert done["run"]["status"] == "succeeded", (done["run"].get("failure"), worker.log())
     assert demo_children(worker) == []
 
 

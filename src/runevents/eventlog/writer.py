@@ -440,6 +440,13 @@ class RunWriter:
             except WriterFenced as exc:
                 self._break(str(exc))
                 raise
+            except StorageError as exc:
+                # the database is away: ownership cannot be proven, so nothing is
+                # written now -- a failed attempt like any other (rolled back, or
+                # kept and retried), never an exception into the executor
+                error = OSError(5, f"cannot prove the writer lease: {exc.message}")
+                self._on_failure(error, None)
+                return error
         n = len(buf)
         start = self._durable
         last = self.last_sequence
@@ -493,21 +500,23 @@ class RunWriter:
                 raise OSError(5, "the write made no progress")
             done += written
 
-    def _on_failure(self, exc: OSError, start: int) -> None:
-        """A write or fsync failed: cut the file back to the durable end, then roll back
-        (atomic) or keep the buffer for a retry (non-atomic)."""
+    def _on_failure(self, exc: OSError, start: int | None) -> None:
+        """A write or fsync failed: cut the file back to the durable end (``start``; None:
+        nothing was written), then roll back (atomic) or keep the buffer for a retry."""
         self.write_errors += 1
         self.last_error = exc
         first_failure = not self.degraded
         self.degraded = True
-        try:
-            self._ops.ftruncate(self._fd, start)  # type: ignore[arg-type]
-            self.bytes_written = start
-        except OSError as cut:
-            # the file may hold bytes nobody acknowledged: only a reopen (recovery) may go on
-            self._break(
-                f"the log of run {self.ref.run_id} cannot be cut back after a failed write: {cut}"
-            )
+        if start is not None:
+            try:
+                self._ops.ftruncate(self._fd, start)  # type: ignore[arg-type]
+                self.bytes_written = start
+            except OSError as cut:
+                # the file may hold bytes nobody acknowledged: only a reopen may go on
+                self._break(
+                    f"the log of run {self.ref.run_id} cannot be cut back after a failed "
+                    f"write: {cut}"
+                )
         if self.atomic:
             dropped = self.last_sequence - self._durable_sequence
             self._buf = bytearray()

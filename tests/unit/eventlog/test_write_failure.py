@@ -199,3 +199,35 @@ async def test_regression_buffer_error_after_a_failed_write_kept_its_traceback(
     ops.error = None
     await writer.close()
     assert await read_sequences(faulty_log, ref) == list(range(1, 11))
+
+
+async def test_a_lease_that_cannot_be_proven_is_a_failed_attempt_not_an_exception(
+    faulty_log: EventLog, ref: RunRef
+) -> None:
+    """With the database away, the writer cannot prove its lease: an executor's lines
+    stay buffered and are retried (the run goes on); an atomic writer refuses (503)."""
+    from runevents.exceptions import DatabaseError
+
+    away = True
+
+    async def fence() -> None:
+        if away:
+            raise DatabaseError("the database failed (injected)")
+
+    writer = await faulty_log.open_writer(ref)  # buffered: an executor's
+    writer.fence = fence
+    await writer.append(drafts(5))  # a policy flush: refused quietly, kept
+    assert writer.degraded and writer.pending_events == 5
+    assert await read_sequences(faulty_log, ref) == []
+    away = False
+    await writer.sync()
+    assert await read_sequences(faulty_log, ref) == [1, 2, 3, 4, 5]
+    await writer.close()
+
+    atomic = await faulty_log.open_writer(ref, atomic=True)
+    atomic.fence = fence
+    away = True
+    with pytest.raises(StorageError):
+        await atomic.append(drafts(1))
+    assert atomic.last_sequence == 5  # rolled back
+    await atomic.close()
