@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runevents.api import errors, events, lookup, runs, session
+from runevents.api import errors, events, lookup, openapi, runs, session
 from runevents.api.deps import ApiState
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_session_secret, load_tokens
@@ -142,6 +142,7 @@ def create_app(
     )
     api.state.api = state
     errors.install(api)
+    openapi.install(api, open_mode=tokens.open)
     api.include_router(runs.router)
     api.include_router(events.router)
     api.include_router(session.router)

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from runevents import exceptions as exc
 
@@ -120,7 +121,25 @@ async def _http_error(request: Request, error: Exception) -> Response:
         status = 422
     code = _HTTP_CODES.get(status, "http_error")
     message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
-    return error_response(status, code, message, headers=dict(error.headers or {}) or None)
+    headers = dict(error.headers or {})
+    if status == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(status, code, message, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: the methods of every route on the request's path.
+
+    Starlette answers with the methods of the first route whose path matches,
+    but each method of a path is a route of its own here (``GET`` and
+    ``DELETE /api/v1/session`` ...), so that lists only some of them.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def _client_disconnect(request: Request, error: Exception) -> Response:
