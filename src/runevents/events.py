@@ -234,10 +234,10 @@ def normalize_created_at(value: str) -> str:
     """An RFC 3339 timestamp as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
     Offsets are converted to UTC; fractions beyond microseconds are truncated;
-    a leap second (``:60``) is clamped to ``:59.999999``, and an instant outside
-    years 0001-9999 (year 0000, or an offset across the first or last day) to
+    a leap second (``:60``) is clamped to ``:59.999999``, and an offset that
+    takes the instant out of years 0001-9999 (``0001-01-01T00:00:00+01:00``) to
     the nearest one. Anything that is not RFC 3339 (no offset, a date that does
-    not exist, ...) raises InvalidInput.
+    not exist, year 0000, ...) raises InvalidInput.
     """
     if not isinstance(value, str):
         raise InvalidInput("created_at must be an RFC 3339 string")
@@ -286,10 +286,13 @@ def _utc_instant(
 ) -> datetime:
     """The UTC instant of a local RFC 3339 time, clamped to years 0001-9999.
 
-    ``datetime`` cannot hold year 0000, nor 0001-01-01T00:00+01:00 once in UTC:
-    the arithmetic runs one cycle away from the edge, then the year is moved
-    back, or the instant clamped if it left the range. ValueError: no such date.
+    ``datetime`` cannot hold 0001-01-01T00:00+01:00 once in UTC: the arithmetic
+    runs one cycle away from the edge, then the year is moved back, or the
+    instant clamped if it left the range. ValueError: no such date (year 0000
+    included, as ``datetime`` has none).
     """
+    if year == 0:
+        raise ValueError("year 0 is out of range")
     shift = (
         _CYCLE_YEARS if year < _CYCLE_YEARS else -_CYCLE_YEARS if year > 9999 - _CYCLE_YEARS else 0
     )

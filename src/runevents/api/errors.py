@@ -127,19 +127,28 @@ async def _http_error(request: Request, error: Exception) -> Response:
     return error_response(status, code, message, headers=headers or None)
 
 
+#: the methods a 405's ``Allow`` may list
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+
+
 def allowed_methods(request: Request) -> str:
-    """The ``Allow`` header of a 405: the methods of every route on the request's path.
+    """The ``Allow`` header of a 405: every method some route takes on the request's path.
 
     Starlette answers with the methods of the first route whose path matches,
     but each method of a path is a route of its own here (``GET`` and
-    ``DELETE /api/v1/session`` ...), so that lists only some of them.
+    ``DELETE /api/v1/session`` ...), so that listed only some of them. Each
+    method is tried against the whole routing table (``matches`` is the
+    routes' public interface, and sees into included routers too).
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _client_disconnect(request: Request, error: Exception) -> Response:

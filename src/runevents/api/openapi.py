@@ -10,7 +10,8 @@ having to remember them:
   server never sends: every such reference becomes :class:`ErrorBody`;
 * an operation that needs a token -> 401 (none, or unknown) and 403 (outside
   its workspaces or role, or a cookie request without a matching ``Origin``);
-* a request body over the limit (``app.BodyLimit``) -> 413.
+* a request body over the limit (``app.BodyLimit``) -> 413;
+* a 503 may carry ``Retry-After`` (whole seconds).
 
 In open mode (no tokens configured) nothing needs a token, and the document
 says so: no security requirements, no 401. A client generated from it, or a
@@ -30,6 +31,11 @@ from runevents.api import schemas
 
 #: HTTP methods that name operations in a path item
 METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+#: a 503 says when to try again (contract section 6: a batch that could not be made durable)
+RETRY_AFTER = {
+    "description": "whole seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 0},
+}
 #: what FastAPI calls the validation error shape it would document
 _FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
 
@@ -67,17 +73,19 @@ def _complete_operation(operation: dict[str, Any], *, open_mode: bool) -> None:
         for media in response.get("content", {}).values():
             if media.get("schema") == {"$ref": _FASTAPI_VALIDATION}:
                 media["schema"] = schemas.ref(schemas.ErrorBody)
+    if "503" in responses:
+        responses["503"].setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER)
     shared: list[int] = []
     if operation.get("parameters") or operation.get("requestBody"):
         shared.append(422)
     if operation.get("requestBody"):
         shared.append(413)
-    if operation.get("security"):
-        if open_mode:
-            del operation["security"]
-            responses.pop("401", None)
-        else:
-            shared += [401, 403]
+    if open_mode:
+        # no tokens: nothing to present, nothing refused for lack of one
+        operation.pop("security", None)
+        responses.pop("401", None)
+    elif operation.get("security"):
+        shared += [401, 403]
     for status in shared:
         responses.setdefault(str(status), _error_response(status))
     operation["responses"] = dict(sorted(responses.items()))

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import WithJsonSchema
 
 from runevents.api import schemas
 from runevents.api.deps import (
@@ -144,10 +145,8 @@ async def list_runs(
         str | None,
         # no pattern: the cursor's checksum is checked anyway (422), and a bare
         # format lets a generator that knows the format produce real cursors
-        Query(
-            description="next_cursor of the previous page, unchanged (it carries a checksum)",
-            json_schema_extra={"format": schemas.CURSOR_FORMAT},
-        ),
+        Query(description="next_cursor of the previous page, unchanged (it carries a checksum)"),
+        WithJsonSchema({"type": "string", "format": schemas.CURSOR_FORMAT}),
     ] = None,
 ) -> dict[str, Any]:
     """Runs of a workspace, newest first, with filters and a keyset cursor."""
