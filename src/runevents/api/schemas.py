@@ -271,14 +271,18 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def sse_content(data: type[BaseModel] = EventEnvelope) -> dict[str, Any]:
+def sse_content(
+    data: type[BaseModel] = EventEnvelope,
+    event: str = SSE_EVENT,
+    id_pattern: str = r"^[1-9][0-9]*$",
+) -> dict[str, Any]:
     """OpenAPI ``content`` of an SSE answer whose events each carry one ``data`` JSON document.
 
     Each event is described the way OpenAPI 3.2 describes event streams
     (``itemSchema``; FastAPI and schemathesis read it in a 3.1 document too):
-    ``id`` is the event's sequence, ``event`` is always ``ade.event``, ``data``
-    is one ``data`` document (one stored line). Comments (keepalives) and the
-    opening ``retry:`` are not events.
+    ``id`` is the event's sequence, ``event`` is always ``event``
+    (``ade.event``), ``data`` is one ``data`` document (one stored line).
+    Comments (keepalives) and the opening ``retry:`` are not events.
     """
     return {
         "text/event-stream": {
@@ -287,10 +291,10 @@ def sse_content(data: type[BaseModel] = EventEnvelope) -> dict[str, Any]:
                 "properties": {
                     "id": {
                         "type": "string",
-                        "pattern": r"^[1-9][0-9]*$",
-                        "description": "the event's sequence; sent back as Last-Event-ID",
+                        "pattern": id_pattern,
+                        "description": "the event's position; sent back as Last-Event-ID",
                     },
-                    "event": {"const": SSE_EVENT},
+                    "event": {"const": event},
                     "data": {
                         "type": "string",
                         "contentMediaType": "application/json",

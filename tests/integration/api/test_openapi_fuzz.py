@@ -42,8 +42,9 @@ HOOKS = "tests.integration.api.schemathesis_hooks"
 INGEST = (
     "POST /api/v1/workspaces/{workspace_id}/configurations/{configuration_id}/runs/{run_id}/events"
 )
-#: the whole schemathesis run may take this long before the test gives up (seconds)
-RUN_TIMEOUT = 600
+#: the whole schemathesis run may take this long before the test gives up (seconds;
+#: below pytest's own timeout, so the output is shown)
+RUN_TIMEOUT = 280
 TOKEN = "tok-admin"
 
 
@@ -170,16 +171,15 @@ def assert_clean(report: dict[str, Any], caplog: pytest.LogCaptureFixture) -> No
     output = report["output"]
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert logged == [], logged
+    print(f"schemathesis: {report['test_cases']} in {report['running_time']:.1f} s")
     assert report["exit_code"] == 0, output
     assert report["failures"] == [] and report["errors"] == [], output
     operations = report["operations"]
     assert operations["tested"] == operations["total"] == operations["selected"], output
     assert operations["errored"] == 0 and operations["skipped"] == 0, output
     assert report["complete"] and report["stop_reason"] == "completed", output
-    for phase in ("coverage", "fuzzing", "stateful"):
+    for phase in ("examples", "coverage", "fuzzing", "stateful"):
         assert report["phases"][phase]["status"] == "success", (phase, output)
-    # the examples phase only runs where the document has examples with all their inputs
-    assert report["phases"]["examples"]["status"] in {"success", "skip"}, output
 
 
 def accepted(report: dict[str, Any], operation: str) -> int:
