@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from runevents.api import schemas
+from runevents.api.ingest import NDJSON
 
 #: HTTP methods that name operations in a path item
 METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -70,9 +71,10 @@ def complete(document: dict[str, Any], *, open_mode: bool) -> dict[str, Any]:
 def _complete_operation(operation: dict[str, Any], *, open_mode: bool) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for response in responses.values():
-        for media in response.get("content", {}).values():
+        for media_type, media in response.get("content", {}).items():
             if media.get("schema") == {"$ref": _FASTAPI_VALIDATION}:
                 media["schema"] = schemas.ref(schemas.ErrorBody)
+            _stream_items(media_type, media)
     if "503" in responses:
         responses["503"].setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER)
     shared: list[int] = []
@@ -89,6 +91,26 @@ def _complete_operation(operation: dict[str, Any], *, open_mode: bool) -> None:
     for status in shared:
         responses.setdefault(str(status), _error_response(status))
     operation["responses"] = dict(sorted(responses.items()))
+
+
+def _stream_items(media_type: str, media: dict[str, Any]) -> None:
+    """A stream answer documented as a plain string, read the way OpenAPI 3.2 reads streams.
+
+    ``{"type": "string"}`` (:data:`schemas.TEXT_STREAM`) is the pre-3.2 habit
+    for "raw text". Under 3.2 (and to schemathesis) an NDJSON ``schema`` is the
+    lines as an array, and an SSE answer is a sequence of events: a string
+    there is wrong for every line and every event. Nothing more is known about
+    the items, so they are described as any line and any event; routes that
+    know better use :func:`schemas.ndjson_content` / :func:`schemas.sse_content`.
+    """
+    if "itemSchema" in media or media.get("schema") != schemas.TEXT_STREAM["schema"]:
+        return
+    if media_type == NDJSON:
+        media["schema"] = {"type": "array"}
+        media["itemSchema"] = {}
+    elif media_type == "text/event-stream":
+        del media["schema"]
+        media["itemSchema"] = copy.deepcopy(schemas.ANY_SSE_EVENT)
 
 
 def _error_response(status: int) -> dict[str, Any]:

@@ -253,8 +253,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": ERROR_TEXT.get(s, "Error")} for s in statuses}
 
 
-#: OpenAPI content of a raw text stream (prefer :func:`sse_content` / :func:`ndjson_content`)
+#: OpenAPI content of a raw text stream (prefer :func:`sse_content` / :func:`ndjson_content`;
+#: ``api/openapi.py`` reads it under an NDJSON or SSE media type as "any line", "any event")
 TEXT_STREAM = {"schema": {"type": "string"}}
+#: one SSE event of unknown content (the fields a client's parser gives)
+ANY_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
 
 #: ``format`` of list cursors: a value the server issued as ``next_cursor``
 #: (a checksum guards it, which no pattern can state; generators need a strategy)

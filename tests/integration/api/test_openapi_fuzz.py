@@ -172,6 +172,7 @@ def assert_clean(report: dict[str, Any], caplog: pytest.LogCaptureFixture) -> No
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert logged == [], logged
     print(f"schemathesis: {report['test_cases']} in {report['running_time']:.1f} s")
+    assert report["schemathesis_version"].startswith("4."), report["schemathesis_version"]
     assert report["exit_code"] == 0, output
     assert report["failures"] == [] and report["errors"] == [], output
     operations = report["operations"]

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from runevents.api import openapi, schemas
 from runevents.api.deps import Caller
+from runevents.api.ingest import NDJSON
 
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 
@@ -92,6 +93,31 @@ def test_every_503_documents_retry_after() -> None:
     openapi.install(app, open_mode=True)
     answer = app.openapi()["paths"]["/api/v1/stored"]["get"]["responses"]["503"]
     assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}
+
+
+def test_a_stream_documented_as_a_string_is_read_per_item() -> None:
+    # a route of another change that documents its stream the pre-3.2 way
+    app = FastAPI()
+
+    @app.get(
+        "/api/v1/hits",
+        responses={
+            200: {
+                "content": {
+                    NDJSON: schemas.TEXT_STREAM,
+                    "text/event-stream": schemas.TEXT_STREAM,
+                }
+            }
+        },
+    )
+    async def hits() -> dict[str, Any]:
+        return {}
+
+    openapi.install(app, open_mode=True)
+    content = app.openapi()["paths"]["/api/v1/hits"]["get"]["responses"]["200"]["content"]
+    assert content[NDJSON] == {"schema": {"type": "array"}, "itemSchema": {}}
+    assert content["text/event-stream"] == {"itemSchema": schemas.ANY_SSE_EVENT}
+    assert schemas.TEXT_STREAM == {"schema": {"type": "string"}}  # the constant is untouched
 
 
 def test_the_document_is_built_once() -> None:
