@@ -235,8 +235,10 @@ def parse_draft(
 # ---------------------------------------------------------------------------
 # timestamps
 
+# [0-9], not \d: Python's \d also matches other scripts' digits, which int() reads
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
@@ -245,8 +247,10 @@ def normalize_created_at(value: str) -> str:
     """An RFC 3339 timestamp as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
     Offsets are converted to UTC; fractions beyond microseconds are truncated;
-    a leap second (``:60``) is clamped to ``:59.999999``. Anything that is not
-    RFC 3339 (no offset, a date that does not exist, ...) raises InvalidInput.
+    a leap second (``:60``) is clamped to ``:59.999999``, and an offset that
+    takes the instant out of years 0001-9999 (``0001-01-01T00:00:00+01:00``) to
+    the nearest one. Anything that is not RFC 3339 (no offset, a date that does
+    not exist, year 0000, ...) raises InvalidInput.
     """
     if not isinstance(value, str):
         raise InvalidInput("created_at must be an RFC 3339 string")
@@ -266,8 +270,8 @@ def normalize_created_at(value: str) -> str:
             if oh > 23 or om > 59:
                 raise ValueError("offset out of range")
             offset = sign * timedelta(hours=oh, minutes=om)
-        moment = datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC) - offset
-    except (ValueError, OverflowError) as exc:
+        moment = _utc_instant(year, month, day, hour, minute, second, micros, offset)
+    except ValueError as exc:
         raise InvalidInput(f"created_at {value!r} is not a valid date and time: {exc}") from exc
     if not offset and m.group(6) != "60" and _CANONICAL.fullmatch(value):
         # already canonical (the common case): no reformatting
@@ -277,6 +281,41 @@ def normalize_created_at(value: str) -> str:
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
         f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
     )
+
+
+#: one Gregorian cycle: a date 400 years away has the same calendar (leap days included)
+_CYCLE_YEARS = 400
+
+
+def _utc_instant(
+    year: int,
+    month: int,
+    day: int,
+    hour: int,
+    minute: int,
+    second: int,
+    micros: int,
+    offset: timedelta,
+) -> datetime:
+    """The UTC instant of a local RFC 3339 time, clamped to years 0001-9999.
+
+    ``datetime`` cannot hold 0001-01-01T00:00+01:00 once in UTC: the arithmetic
+    runs one cycle away from the edge, then the year is moved back, or the
+    instant clamped if it left the range. ValueError: no such date (year 0000
+    included, as ``datetime`` has none).
+    """
+    if year == 0:
+        raise ValueError("year 0 is out of range")
+    shift = (
+        _CYCLE_YEARS if year < _CYCLE_YEARS else -_CYCLE_YEARS if year > 9999 - _CYCLE_YEARS else 0
+    )
+    moment = datetime(year + shift, month, day, hour, minute, second, micros, tzinfo=UTC) - offset
+    real_year = moment.year - shift
+    if real_year < 1:
+        return datetime.min.replace(tzinfo=UTC)
+    if real_year > 9999:
+        return datetime.max.replace(tzinfo=UTC)
+    return moment.replace(year=real_year)
 
 
 #: (second, "YYYY-MM-DDTHH:MM:SS") of the last call; one tuple so threads see a matching pair

@@ -55,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import orjson
+import msgspec
 
 from runevents.build import BuildCache
 from runevents.capture import ConsoleTranslator
@@ -140,7 +140,9 @@ async def execute(
         return _ended("cancelled", None, None, None)
     run_dir = work_dir / "tmp" / run_id
     options_file = run_dir / OPTIONS_FILE
-    await asyncio.to_thread(_prepare_run_dir, run_dir, orjson.dumps(dict(options)))
+    # msgspec, as the run.queued event that holds the same options: orjson refuses
+    # integers beyond 64 bits, which JSON and the API allow (issue 20)
+    await asyncio.to_thread(_prepare_run_dir, run_dir, msgspec.json.encode(dict(options)))
     try:
         env = child_environment(
             os.environ if base_env is None else base_env,

@@ -180,9 +180,30 @@ def test_parse_draft_accepts_an_escaped_surrogate_pair() -> None:
         ("2026-01-01T00:30:00+01:00", "2025-12-31T23:30:00.000000Z"),
         ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999999Z"),
         ("0999-01-01T00:00:00Z", "0999-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:30:00-01:00", "0001-01-01T01:30:00.000000Z"),
+        ("9999-12-31T23:59:59+01:00", "9999-12-31T22:59:59.000000Z"),
     ],
 )
 def test_normalize_created_at(given_value: str, expected: str) -> None:
+    assert normalize_created_at(given_value) == expected
+
+
+@pytest.mark.parametrize(
+    ("given_value", "expected"),
+    [
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:59:59.5+23:59", "0001-01-01T00:00:00.000000Z"),
+        ("9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999999Z"),
+        ("9999-12-31T23:30:00-00:45", "9999-12-31T23:59:59.999999Z"),
+        ("2024-02-29T23:00:00-02:00", "2024-03-01T01:00:00.000000Z"),
+    ],
+)
+def test_regression_offset_across_the_first_or_last_day_is_clamped_not_refused(
+    given_value: str, expected: str
+) -> None:
+    # schemathesis (issue 20): RFC 3339 date-times that a schema's format
+    # accepts, refused with 422 (and a 500 as a runs-list filter) because the
+    # UTC instant left datetime's range
     assert normalize_created_at(given_value) == expected
 
 
@@ -198,6 +219,7 @@ def test_normalize_created_at(given_value: str, expected: str) -> None:
         "0000-01-01T00:00:00Z",
         " 2026-11-24T06:00:00Z",
         "tomorrow",
+        "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # Arabic-Indic digits: \d, not [0-9]
     ],
 )
 def test_normalize_created_at_rejects_what_is_not_rfc3339(bad: str) -> None:

@@ -139,6 +139,17 @@ async def test_options_environment_and_scratch_directory(tmp_path: Path) -> None
     assert not Path(run_dir).exists()  # scratch space is removed after the run
 
 
+async def test_regression_an_option_integer_beyond_64_bits_reaches_the_command(
+    tmp_path: Path,
+) -> None:
+    # schemathesis (issue 20): {"options": {"n": 10**30}} was accepted by the API,
+    # then the executor failed writing the options file (orjson: 64-bit integers only)
+    code = "import os; print(open(os.environ['RUNEVENTS_OPTIONS_FILE']).read())"
+    result, sink = await run(cfg(PY, "-c", code), tmp_path, options={"n": 10**30})
+    assert result.status == "succeeded"
+    assert json.loads(sink.messages()[0]) == {"n": 10**30}
+
+
 async def test_configured_cwd_and_placeholders(tmp_path: Path) -> None:
     (tmp_path / "job.py").write_text("import os, sys; print(os.getcwd(), sys.executable)\n")
     config = cfg(

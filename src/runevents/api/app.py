@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runevents.api import errors, events, lookup, ops, runs, session
+from runevents.api import errors, events, lookup, openapi, ops, runs, session
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.app import App
@@ -154,6 +154,7 @@ def create_app(
     )
     api.state.api = state
     errors.install(api)
+    openapi.install(api, open_mode=tokens.open)
     api.include_router(runs.router)
     api.include_router(events.router)
     api.include_router(session.router)

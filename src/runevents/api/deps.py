@@ -13,15 +13,18 @@ form post or fetch cannot forge that header), else 403.
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator, WithJsonSchema
 
 from runevents.app import App
 from runevents.auth import OPEN_PRINCIPAL, Principal, SessionSigner, TokenRegistry
-from runevents.exceptions import Forbidden, Unauthorized
+from runevents.events import normalize_created_at
+from runevents.exceptions import Forbidden, InvalidInput, Unauthorized
 from runevents.ids import check_name
 from runevents.manager import RunManager
 from runevents.settings import Settings
@@ -32,6 +35,29 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 WorkspaceId = Annotated[str, Path(pattern=NAME_PATTERN, description="workspace id")]
 ConfigurationId = Annotated[str, Path(pattern=NAME_PATTERN, description="configuration id")]
 RunId = Annotated[str, Path(pattern=r"^run_[0-9A-HJKMNP-TV-Z]{26}$", description="run id")]
+
+
+def _rfc3339(value: object) -> object:
+    # what events.normalize_created_at reads (RFC 3339 only, UTC, clamped to
+    # years 0001-9999), so a filter bound never fails past validation
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("an RFC 3339 date-time is a string")
+    try:
+        text = normalize_created_at(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+#: an RFC 3339 date-time parameter, as UTC. Pydantic's own datetime would also
+#: take a number (Unix time), which the schema's ``format: date-time`` forbids
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 #: name of the browser session cookie (contract section 7)
 SESSION_COOKIE = "runevents_session"

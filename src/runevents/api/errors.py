@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from runevents import exceptions as exc
 from runevents.logs import REQUEST_ID
@@ -131,7 +132,34 @@ async def _http_error(request: Request, error: Exception) -> Response:
         status = 422
     code = _HTTP_CODES.get(status, "http_error")
     message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
-    return error_response(status, code, message, headers=dict(error.headers or {}) or None)
+    headers = dict(error.headers or {})
+    if status == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(status, code, message, headers=headers or None)
+
+
+#: the methods a 405's ``Allow`` may list
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method some route takes on the request's path.
+
+    Starlette answers with the methods of the first route whose path matches,
+    but each method of a path is a route of its own here (``GET`` and
+    ``DELETE /api/v1/session`` ...), so that listed only some of them. Each
+    method is tried against the whole routing table (``matches`` is the
+    routes' public interface, and sees into included routers too).
+    """
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _client_disconnect(request: Request, error: Exception) -> Response:

@@ -28,7 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from runevents.api import ingest, schemas
 from runevents.api.deps import ConfigurationId, Manager, Reader, RunId, State, WorkspaceId, Writer
 from runevents.api.runs import RUN
-from runevents.api.schemas import MAX_SEQUENCE, TEXT_STREAM, errors
+from runevents.api.schemas import MAX_SEQUENCE, errors
 from runevents.api.sse import close_quietly, resolve_position, sse_response
 from runevents.eventlog import Chunk
 from runevents.manager import RunManager
@@ -50,12 +50,14 @@ FromSequence = Annotated[
     int,
     Query(ge=0, le=MAX_SEQUENCE, description="same as after_sequence = from_sequence - 1"),
 ]
+# A header is text: described as the digits an EventSource sends back (the
+# ``id:`` of the last event it saw), at most 18 of them so that every value
+# the pattern allows is a sequence the server takes (below 2**63).
 LastEventId = Annotated[
-    int,
+    str,
     Header(
         alias="Last-Event-ID",
-        ge=0,
-        le=MAX_SEQUENCE,
+        pattern=r"^(0|[1-9][0-9]{0,17})$",
         description="an EventSource reconnect: resume after this sequence",
     ),
 ]
@@ -131,7 +133,10 @@ async def _ndjson_body(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterato
         200: {
             "description": "a JSON page; the NDJSON log (`Accept: application/x-ndjson`); "
             "or, with `stream=true`, SSE",
-            "content": {NDJSON: TEXT_STREAM, "text/event-stream": TEXT_STREAM},
+            "content": {
+                **schemas.ndjson_content(schemas.EventEnvelope),
+                **schemas.sse_content(schemas.EventEnvelope),
+            },
         },
         204: {"description": "`stream=true` and the position is already past run.completed"},
         **errors(401, 403, 404, 410, 422, 503),
@@ -150,10 +155,10 @@ async def read_events(
     after_sequence: Position = 0,
     from_sequence: FromSequence = 0,
     limit: Annotated[int, Query(ge=1, le=5000, description="JSON page size")] = 500,
-    last_event_id: LastEventId = 0,
+    last_event_id: LastEventId = "0",
 ) -> Response:
     """The events of a run as a JSON page, the NDJSON log, or an SSE stream."""
-    position = resolve_position(after_sequence, from_sequence - 1, last_event_id)
+    position = resolve_position(after_sequence, from_sequence - 1, int(last_event_id))
     run = await manager.open_events(workspace_id, configuration_id, run_id)
     if stream:
         if run.status.ended and position >= run.event_count:
@@ -223,14 +228,14 @@ async def search_events(
         "requestBody": {
             "required": True,
             "description": 'one event per line: {"type": ..., "payload": {...}} with '
-            "optional created_at (RFC 3339) and source",
-            "content": {
-                NDJSON: {
-                    "schema": {"type": "string"},
-                    "example": '{"type": "console.line", "payload": {"message": "hello"}}\n'
-                    '{"type": "run.completed", "payload": {"status": "succeeded"}}\n',
-                }
-            },
+            "optional created_at (RFC 3339) and source; all lines are appended or none; "
+            "run.completed, if sent, is the last line and ends the run",
+            "content": schemas.ndjson_content(
+                schemas.IngestLine,
+                min_lines=1,
+                example='{"type": "run.phase.started", "payload": {"phase": "load"}}\n'
+                '{"type": "console.line", "payload": {"stream": "stdout", "message": "hello"}}\n',
+            ),
         }
     },
     tags=["events"],

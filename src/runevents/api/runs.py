@@ -7,12 +7,11 @@ Create (201), get and cancel (202) all answer the same shape,
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime
+from pydantic import WithJsonSchema
 
 from runevents.api import schemas
 from runevents.api.deps import (
@@ -23,6 +22,7 @@ from runevents.api.deps import (
     Reader,
     RunId,
     State,
+    Timestamp,
     WorkspaceId,
     Writer,
 )
@@ -91,7 +91,7 @@ async def list_configurations(who: Caller, manager: Manager) -> dict[str, Any]:
     responses={
         200: {
             "description": "`stream=true`: the new run's events as SSE until run.completed",
-            "content": {"text/event-stream": schemas.TEXT_STREAM},
+            "content": schemas.sse_content(schemas.EventEnvelope),
         },
         **errors(401, 403, 404, 413, 415, 422, 503),
     },
@@ -138,12 +138,15 @@ async def list_runs(
     manager: Manager,
     status: Annotated[list[RunStatus] | None, Query(description="repeatable")] = None,
     configuration_id: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None,
-        Query(pattern=r"^[A-Za-z0-9_-]{1,512}$", description="next_cursor of the previous page"),
+        # no pattern: the cursor's checksum is checked anyway (422), and a bare
+        # format lets a generator that knows the format produce real cursors
+        Query(description="next_cursor of the previous page, unchanged (it carries a checksum)"),
+        WithJsonSchema({"type": "string", "format": schemas.CURSOR_FORMAT}),
     ] = None,
 ) -> dict[str, Any]:
     """Runs of a workspace, newest first, with filters and a keyset cursor."""
@@ -151,17 +154,13 @@ async def list_runs(
         workspace_id=workspace_id,
         statuses=frozenset(status or ()),
         configuration_id=configuration_id,
-        created_after=_utc(created_after),
-        created_before=_utc(created_before),
+        created_after=created_after,
+        created_before=created_before,
         limit=limit,
         cursor=cursor,
     )
     runs, next_cursor = await manager.list_runs(query)
     return {"items": [r.to_dict() for r in runs], "next_cursor": next_cursor}
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
 
 
 @router.get(

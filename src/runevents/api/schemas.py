@@ -1,8 +1,15 @@
 """Pydantic models of the HTTP edge: request bodies, responses, OpenAPI documentation.
 
 These exist for validation and for an accurate OpenAPI schema. Hot paths
-(event pages, NDJSON, SSE) do not build these models: they splice the stored
-NDJSON lines into the response bytes, and the models only describe the shape.
+(event pages, NDJSON, SSE, ingest) do not build these models: they splice the
+stored NDJSON lines into the response bytes (or parse ingest lines with
+msgspec), and the models only describe the shape.
+
+Request bodies derive from :class:`RequestModel` (strict types: what the schema
+says is what the server takes). Streams are described per item, the way
+OpenAPI 3.2 does for sequential media types (:func:`sse_content`,
+:func:`ndjson_content`); ``api/openapi.py`` adds the error responses every
+operation shares.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runevents.api.ingest import MAX_DEPTH, json_depth
+from runevents.api.ingest import MAX_DEPTH, NDJSON, json_depth
 
 #: the largest sequence number a position parameter may name (fits a signed 64-bit int)
 MAX_SEQUENCE = 2**63 - 1
@@ -77,7 +84,19 @@ class RunList(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
 
 
-class CreateRunRequest(BaseModel):
+class RequestModel(BaseModel):
+    """Base of every JSON request body: strict types.
+
+    Pydantic's lax mode would take ``0`` for a boolean or ``"5"`` for an
+    integer, which the published schema forbids; a client generated from the
+    schema would never send them, and a server that takes them anyway
+    disagrees with its own description (schemathesis ST201).
+    """
+
+    model_config = ConfigDict(strict=True)
+
+
+class CreateRunRequest(RequestModel):
     """Body of ``POST .../runs``; every field is optional."""
 
     mode: str = Field(default="execute", min_length=1, max_length=64)
@@ -129,6 +148,37 @@ class SearchPage(BaseModel):
     has_more: bool
 
 
+def _server_assigned(description: str) -> Any:
+    # readOnly: OpenAPI's word for "the server's": a request need not (and a
+    # generated one will not) send it; one that does is checked or ignored as said
+    return Field(default=None, description=description, json_schema_extra={"readOnly": True})
+
+
+class IngestLine(BaseModel):
+    """One line of an ingest batch (contract section 6).
+
+    Only documents the shape: ``events.parse_draft`` reads the lines. Keys not
+    listed here are kept out of the stored event, and ignored.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1, description="e.g. console.line, run.completed (last line)")
+    payload: dict[str, Any] = Field(default_factory=dict, description="shape depends on type")
+    created_at: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="RFC 3339; converted to UTC. Default: the server's clock",
+    )
+    source: str | None = None
+    build_id: str | None = None
+    workspace_id: str | None = _server_assigned("taken from the path; if sent, must equal it")
+    configuration_id: str | None = _server_assigned("taken from the path; if sent, must equal it")
+    run_id: str | None = _server_assigned("taken from the path; if sent, must equal it")
+    sequence: int | None = _server_assigned("assigned by the server; ignored if sent")
+    event_id: str | None = _server_assigned("assigned by the server; ignored if sent")
+
+
 class IngestAnswer(BaseModel):
     """``POST {run}/events``: the sequences the server assigned to the batch."""
 
@@ -169,7 +219,7 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
-class SessionRequest(BaseModel):
+class SessionRequest(RequestModel):
     """Body of ``POST /api/v1/session``."""
 
     token: str = Field(min_length=1, max_length=4096)
@@ -183,22 +233,106 @@ class SessionOut(BaseModel):
     workspaces: list[str]
 
 
+#: the description of each error status in the document
+ERROR_TEXT = {
+    400: "Bad request",
+    401: "No token, or an unknown one",
+    403: "The token may not do this (workspace or role), or a cookie request lacks Origin",
+    404: "Not found",
+    409: "Conflict with the run's state (e.g. it already ended)",
+    410: "The run's events were removed by retention",
+    413: "Too large",
+    415: "Unsupported content type",
+    422: "Invalid input",
+    503: "Storage unavailable",
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error statuses, all with :class:`ErrorBody`."""
-    text = {
-        400: "Bad request",
-        401: "No token, or an unknown one",
-        403: "The token may not do this (workspace or role), or a cookie request lacks Origin",
-        404: "Not found",
-        409: "Conflict with the run's state (e.g. it already ended)",
-        410: "The run's events were removed by retention",
-        413: "Too large",
-        415: "Unsupported content type",
-        422: "Invalid input",
-        503: "Storage unavailable",
-    }
-    return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}
+    return {s: {"model": ErrorBody, "description": ERROR_TEXT.get(s, "Error")} for s in statuses}
 
 
-#: OpenAPI content of a raw text stream
+#: OpenAPI content of a raw text stream (prefer :func:`sse_content` / :func:`ndjson_content`;
+#: ``api/openapi.py`` reads it under an NDJSON or SSE media type as "any line", "any event")
 TEXT_STREAM = {"schema": {"type": "string"}}
+#: one SSE event of unknown content (the fields a client's parser gives)
+ANY_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+
+#: ``format`` of list cursors: a value the server issued as ``next_cursor``
+#: (a checksum guards it, which no pattern can state; generators need a strategy)
+CURSOR_FORMAT = "runevents-cursor"
+#: the SSE event name of every stored event (contract section 5)
+SSE_EVENT = "ade.event"
+#: models that hand-written content (streams, shared errors) refers to; ``api/openapi.py``
+#: adds them to the document's components whether or not a route names them
+DOCUMENT_MODELS: tuple[type[BaseModel], ...] = (ErrorBody, EventEnvelope, IngestLine)
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    """A ``$ref`` to ``model`` in the document's components."""
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def sse_content(
+    data: type[BaseModel] = EventEnvelope,
+    event: str = SSE_EVENT,
+    id_pattern: str = r"^[1-9][0-9]*$",
+) -> dict[str, Any]:
+    """OpenAPI ``content`` of an SSE answer whose events each carry one ``data`` JSON document.
+
+    Each event is described the way OpenAPI 3.2 describes event streams
+    (``itemSchema``; FastAPI and schemathesis read it in a 3.1 document too):
+    ``id`` is the event's sequence, ``event`` is always ``event``
+    (``ade.event``), ``data`` is one ``data`` document (one stored line).
+    Comments (keepalives) and the opening ``retry:`` are not events.
+    """
+    return {
+        "text/event-stream": {
+            "itemSchema": {
+                "type": "object",
+                "properties": {
+                    "id": {
+                        "type": "string",
+                        "pattern": id_pattern,
+                        "description": "the event's position; sent back as Last-Event-ID",
+                    },
+                    "event": {"const": event},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": ref(data),
+                    },
+                    "retry": {"type": "integer", "minimum": 0},
+                },
+                "required": ["id", "event", "data"],
+            }
+        }
+    }
+
+
+def ndjson_content(
+    line: type[BaseModel], *, min_lines: int = 0, example: str | None = None
+) -> dict[str, Any]:
+    """OpenAPI ``content`` of an ``application/x-ndjson`` body, one ``line`` per line.
+
+    As in OpenAPI 3.2 for sequential media types: ``itemSchema`` describes one
+    line, ``schema`` the whole body read as an array of lines (what generators
+    such as schemathesis build a body from; a serializer writes one line each).
+    """
+    media: dict[str, Any] = {
+        "schema": {"type": "array", "items": ref(line), "minItems": min_lines},
+        "itemSchema": ref(line),
+    }
+    if example is not None:
+        media["example"] = example
+    return {NDJSON: media}

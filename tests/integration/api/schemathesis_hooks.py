@@ -1,0 +1,73 @@
+"""Schemathesis hooks of the project's fuzz test (``SCHEMATHESIS_HOOKS`` / ``hooks =``).
+
+What the OpenAPI document states but no generic generator can act on:
+
+* ``application/x-ndjson`` bodies: the document describes a body as its lines
+  read as an array (OpenAPI 3.2's reading of sequential media types, plus
+  ``itemSchema`` per line); the serializer writes one JSON line per item, and
+  the deserializer reads NDJSON answers back into that array for validation.
+* the ``runevents-cursor`` format: a list cursor carries a checksum, so only
+  cursors the server could have issued are valid; the strategy makes those.
+* long-poll waits (contract 14, ``?wait=S`` up to 60 s): a valid wait on a
+  run with nothing new blocks for S seconds, so valid waits are sent as at
+  most 1 s (still valid; invalid ones are sent as generated).
+
+Usable from the command line as well::
+
+    SCHEMATHESIS_HOOKS=tests.integration.api.schemathesis_hooks \\
+        st --config-file tests/integration/api/schemathesis.toml run URL/api/v1/openapi.json
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import schemathesis
+from hypothesis import strategies as st
+
+from runevents.api.schemas import CURSOR_FORMAT
+from runevents.db.rows import encode_cursor
+
+NDJSON = "application/x-ndjson"
+
+
+@schemathesis.serializer(NDJSON)
+def ndjson_body(ctx: schemathesis.SerializationContext, value: Any) -> bytes:
+    """One JSON document per line; a value that is not a list (a negative case) is one line."""
+    lines = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+@schemathesis.deserializer(NDJSON)
+def ndjson_answer(ctx: schemathesis.DeserializationContext, response: schemathesis.Response) -> Any:
+    """The lines of an NDJSON answer, as the array the document describes."""
+    return [json.loads(line) for line in response.content.split(b"\n") if line.strip()]
+
+
+_run_ids = st.from_regex(r"\Arun_[0-9A-HJKMNP-TV-Z]{26}\Z")
+_instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+schemathesis.openapi.format(CURSOR_FORMAT, st.builds(encode_cursor, _instants, _run_ids))
+
+#: the longest long-poll wait sent (seconds)
+MAX_WAIT = 1.0
+
+
+@schemathesis.hook
+def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: Any) -> None:
+    """Shorten a valid long-poll ``wait`` to :data:`MAX_WAIT` seconds (the run stays bounded)."""
+    params = kwargs.get("params")
+    if not isinstance(params, dict) or "wait" not in params:
+        return
+    value = params["wait"]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return
+    try:
+        seconds = float(value)
+    except ValueError:
+        return
+    if MAX_WAIT < seconds <= 60:
+        params["wait"] = 1
