@@ -1,0 +1,132 @@
+"""A 200 means durable, attacked: defects found after the durability issue's first fix.
+
+Each test is named after the defect it reproduces (see the report of branch
+``i13-attack``). Faults go through the OS-call seam (``FileOps``) and the
+repository seam; the real-process versions are in
+``tests/acceptance/test_durability_attack.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import pytest
+
+from runevents.app import App
+from runevents.events import EventDraft, decode_event
+from runevents.exceptions import DatabaseError, PayloadTooLarge, StorageError
+from tests.fixtures.faults import FaultyOps
+
+
+def console(message: str) -> EventDraft:
+    return EventDraft(
+        type="console.line",
+        payload={"scope": "run", "stream": "stdout", "level": "info", "message": message},
+    )
+
+
+async def messages_of(app: App, run: Any) -> list[Any]:
+    found = []
+    async for chunk in app.manager.read_events(run):
+        found += [
+            decode_event(line).payload.get("message") for line in chunk.data.split(b"\n")[:-1]
+        ]
+    return found
+
+
+@pytest.fixture
+def ops(app: App) -> FaultyOps:
+    """Faults for every writer the app opens from now on."""
+    faulty = FaultyOps()
+    app.manager.log.file_ops = faulty
+    return faulty
+
+
+async def test_keyed_retry_after_a_rolled_back_batch_is_not_answered_from_another_batch(
+    app: App, ops: FaultyOps
+) -> None:
+    """Batch X (key k) fails on a full disk (503, rolled back); batch Y of another producer
+    then gets X's sequence -- and, from the same writer, X's event_id. X's keyed retry is
+    judged by "the log holds the recorded event_id at the recorded sequence", finds Y's
+    line, and is answered 200 with X's first answer: X is acknowledged and never stored."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    ops.error = errno.ENOSPC
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("x")], idempotency_key="k", body_sha256="X")
+    ops.error = None
+    await m.ingest("acme", "ext", run.id, [console("y")])
+    answer = await m.ingest(
+        "acme", "ext", run.id, [console("x")], idempotency_key="k", body_sha256="X"
+    )
+    messages = await messages_of(app, run)
+    assert "x" in messages, (answer, messages)
+    assert messages[answer["first_sequence"] - 1] == "x", (answer, messages)
+
+
+async def test_keyed_retry_of_a_413_batch_is_not_answered_200_from_another_batch(
+    app: App,
+) -> None:
+    """The key's record is stored before ``commit`` checks the event size: a batch refused
+    with 413 leaves a record naming a sequence and event_id that the next batch of the
+    same writer then gets. Re-sending the refused batch with its key gets 200 and the
+    other batch's sequences instead of 413; nothing of it is in the log."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    limit = m.settings.max_event_bytes
+    big = [console("z" * (limit + 10))]
+    with pytest.raises(PayloadTooLarge):
+        await m.ingest("acme", "ext", run.id, big, idempotency_key="big", body_sha256="B")
+    await m.ingest("acme", "ext", run.id, [console("y")])
+    try:
+        answer = await m.ingest("acme", "ext", run.id, big, idempotency_key="big", body_sha256="B")
+    except PayloadTooLarge:
+        return
+    pytest.fail(f"a 413 batch re-sent with its key was answered {answer}")
+
+
+async def test_a_batch_refused_because_the_lease_cannot_be_renewed_is_never_written(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer proves its lease before each write (``fence``); with the database away
+    past the lease's local trust, ``Lease.ensure`` raises DatabaseError, the batch gets
+    503 -- but it stays in the writer's buffer (no rollback: only WriterFenced and
+    OSError are handled), and the next batch's write puts it into the log."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    held = m.held.get(run.id)
+    assert held is not None
+    real = m.repo.renew_writer
+
+    async def database_down(*args: Any, **kwargs: Any) -> bool:
+        raise DatabaseError("the database failed (connection refused)")
+
+    monkeypatch.setattr(m.repo, "renew_writer", database_down)
+    held.lease.trusted_until = 0.0  # the local trust ran out while the database is away
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("refused")])
+    monkeypatch.setattr(m.repo, "renew_writer", real)
+    await m.ingest("acme", "ext", run.id, [console("next")])
+    assert "refused" not in await messages_of(app, run)
+
+
+async def test_a_batch_answered_503_after_its_fsync_is_not_in_the_log(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the batch is durable, ``_after_batch`` updates the row (progress, or queued ->
+    running on the first batch); a database error there answers 503 for a batch that is
+    already in the log (contract 6: a 503'd batch never appears unless sent again)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+
+    async def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseError("the database failed (connection refused)")
+
+    monkeypatch.setattr(m.repo, "update_run", database_down)
+    try:
+        answer = await m.ingest("acme", "ext", run.id, [console("first")])
+    except StorageError:
+        assert "first" not in await messages_of(app, run), "503, yet the batch is in the log"
+    else:
+        assert answer == {"first_sequence": 2, "last_sequence": 2}
