@@ -8,14 +8,16 @@ repository seam; the real-process versions are in
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import threading
 from typing import Any
 
 import pytest
 
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
-from runevents.exceptions import DatabaseError, PayloadTooLarge, StorageError
+from runevents.exceptions import DatabaseError, InvalidInput, PayloadTooLarge, StorageError
 from tests.fixtures.faults import FaultyOps
 
 
@@ -130,3 +132,60 @@ async def test_a_batch_answered_503_after_its_fsync_is_not_in_the_log(
         assert "first" not in await messages_of(app, run), "503, yet the batch is in the log"
     else:
         assert answer == {"first_sequence": 2, "last_sequence": 2}
+
+
+class GatedFsync(FaultyOps):
+    """An fsync that waits for ``gate`` (in the writer's thread), then fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def fsync(self, fd: int) -> None:
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise AssertionError("the test never opened the gate")
+        raise OSError(errno.EIO, "injected fsync failure")
+
+
+async def test_a_keyed_batch_is_not_refused_422_when_an_earlier_batch_rolls_back(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch A syncs outside the run's lock; batch B (keyed) is prepared under it and then
+    awaits ``put_idempotency``. A's fsync fails meanwhile and the rollback hands A's
+    sequences out again, so B's ``commit`` finds ``first != last_sequence + 1`` and raises
+    InvalidInput: a valid batch gets 422 ("commit() takes exactly the events of the last
+    prepare()") for a disk error, and its key record names a sequence/event_id that the
+    next batch of this writer gets (so its retry is then answered from that batch)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    faulty = GatedFsync()
+    held = m.held.get(run.id)
+    assert held is not None
+    held.writer._ops = faulty  # this writer's OS calls from now on
+    real_put = m.repo.put_idempotency
+
+    async def put_while_a_fails(*args: Any, **kwargs: Any) -> None:
+        faulty.gate.set()  # A's fsync fails now ...
+        for _ in range(500):  # ... and is rolled back before B goes on
+            if held.writer.last_sequence == 1:
+                break
+            await asyncio.sleep(0.01)
+        await real_put(*args, **kwargs)
+
+    monkeypatch.setattr(m.repo, "put_idempotency", put_while_a_fails)
+    first = asyncio.create_task(m.ingest("acme", "ext", run.id, [console("a")]))
+    await asyncio.to_thread(faulty.entered.wait, 30)
+    refused: InvalidInput | None = None
+    try:
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="kb", body_sha256="B")
+    except StorageError:
+        pass  # 503: honest, the producer retries
+    except InvalidInput as exc:
+        refused = exc
+    finally:
+        faulty.gate.set()
+        with pytest.raises(StorageError):
+            await first
+    assert refused is None, f"a valid keyed batch was refused 422: {refused}"
