@@ -1,0 +1,179 @@
+"""A 200 means durable, attacked from outside: real ``runevents serve`` processes, Postgres
+behind a TCP proxy that is cut and restored, a real tmpfs filled to ENOSPC, kill -9 and
+SIGSTOP. Each failing test is named after the defect it reproduces; the in-process
+versions are in ``tests/integration/manager/test_durability_attack.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.acceptance.conftest import Processes, Server, run_path
+from tests.acceptance.test_durability import small_tmpfs  # noqa: F401 (fixture)
+from tests.fixtures.services import PG_HOST, PG_PORT
+from tests.fixtures.tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def lines(*messages: str) -> bytes:
+    return b"".join(
+        json.dumps(
+            {
+                "type": "console.line",
+                "payload": {"scope": "run", "stream": "stdout", "level": "info", "message": m},
+            }
+        ).encode()
+        + b"\n"
+        for m in messages
+    )
+
+
+def external_run(server: Server) -> dict[str, Any]:
+    r = server.http.post("/api/v1/workspaces/acme/configurations/ext/runs", json={"external": True})
+    assert r.status_code == 201, r.text
+    return dict(r.json()["run"])
+
+
+def log_events(server: Server, run: dict[str, Any]) -> list[dict[str, Any]]:
+    r = server.http.get(run_path(run) + "/events", headers={"Accept": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def messages(server: Server, run: dict[str, Any]) -> list[str]:
+    return [str(e["payload"].get("message")) for e in log_events(server, run)[1:]]
+
+
+def post_until_200(
+    server: Server, run: dict[str, Any], body: bytes, key: str | None = None, timeout: float = 30
+) -> dict[str, Any]:
+    """Post until 200; only 503 + Retry-After is allowed meanwhile."""
+    headers = dict(NDJSON, **({"Idempotency-Key": key} if key else {}))
+    deadline = time.monotonic() + timeout
+    while True:
+        r = server.http.post(run_path(run) + "/events", content=body, headers=headers)
+        if r.status_code == 200:
+            return dict(r.json())
+        assert r.status_code == 503 and "Retry-After" in r.headers, (r.status_code, r.text)
+        assert time.monotonic() < deadline, f"never accepted: {r.text}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(PG_HOST, PG_PORT)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def proxied(url: str, proxy: TcpProxy) -> str:
+    return url.replace(f"@{PG_HOST}:{PG_PORT}/", f"@127.0.0.1:{proxy.port}/")
+
+
+# ---------------------------------------------------------------------------- Postgres away
+
+
+def test_a_batch_answered_503_when_the_lease_cannot_be_renewed_never_reaches_the_log(
+    processes: Processes, tmp_path: Path, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    """Postgres goes away; once the writer lease's local trust ran out (3/4 of
+    RUNEVENTS_WRITER_LEASE_SECONDS), a batch's write needs a renewal, which fails: 503.
+    But the batch stays in the writer's buffer and is written with the next batch (or at
+    release): a batch answered 503 and never sent again is in the log."""
+    server = processes.serve(
+        "--workers", "0", "--database-url", proxied(pg_database_url, pg_proxy),
+        data_dir=tmp_path / "data",
+        env={"RUNEVENTS_WRITER_LEASE_SECONDS": "2", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, lines("before"))
+    pg_proxy.stop()
+    time.sleep(2.5)  # past the lease's local trust (1.5 s)
+    r = server.http.post(run_path(run) + "/events", content=lines("refused"), headers=NDJSON)
+    assert r.status_code == 503, r.text
+    assert "Retry-After" in r.headers
+    pg_proxy.start()
+    post_until_200(server, run, lines("after"))
+    assert "refused" not in messages(server, run)
+
+
+def test_a_first_batch_answered_503_because_the_row_update_failed_is_not_in_the_log(
+    processes: Processes, tmp_path: Path, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    """The first batch of an external run is made durable, then the row is moved
+    queued -> running and its progress recorded; with Postgres away that update fails and
+    the producer gets 503 -- for a batch that is already in the log (an unkeyed retry
+    then stores it twice)."""
+    server = processes.serve(
+        "--workers", "0", "--database-url", proxied(pg_database_url, pg_proxy),
+        data_dir=tmp_path / "data", env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    pg_proxy.stop()
+    r = server.http.post(run_path(run) + "/events", content=lines("first"), headers=NDJSON)
+    pg_proxy.start()
+    if r.status_code == 503:
+        assert "first" not in messages(server, run), "answered 503, yet the batch is in the log"
+    else:
+        assert r.status_code == 200, r.text
+
+
+def test_a_completion_cut_short_by_the_database_is_finished_by_repair(
+    processes: Processes, tmp_path: Path, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    """run.completed durable, then Postgres away for the row update: 503; when it is back
+    the repair loop finishes the row, the keyed retry gets the first answer, a follower ends."""
+    server = processes.serve(
+        "--workers", "0", "--database-url", proxied(pg_database_url, pg_proxy),
+        data_dir=tmp_path / "data",
+        env={"RUNEVENTS_REPAIR_INTERVAL_SECONDS": "1", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, lines("a"))
+    end = lines("b") + b'{"type":"run.completed","payload":{"status":"succeeded"}}\n'
+    first = None
+    pg_proxy.stop()
+    r = server.http.post(run_path(run) + "/events", content=end, headers=NDJSON)
+    pg_proxy.start()
+    if r.status_code == 200:
+        first = r.json()
+    else:
+        assert r.status_code == 503, r.text
+
+    def finished() -> dict[str, Any] | None:
+        with contextlib.suppress(httpx.HTTPError):
+            got = server.http.get(run_path(run))
+            if got.status_code == 200 and got.json()["run"]["status"] == "succeeded":
+                return dict(got.json()["run"])
+        return None
+
+    deadline = time.monotonic() + 30
+    row = None
+    while row is None and time.monotonic() < deadline:
+        row = finished()
+        time.sleep(0.3)
+    assert row is not None, "the repair loop never finished the row"
+    events = log_events(server, run)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events].count("run.completed") == 1
+    if first is not None:
+        assert first == {"first_sequence": 3, "last_sequence": 4}
+    # SSE follower ends at once
+    with server.http.stream("GET", run_path(run) + "/events?stream=true", timeout=20) as s:
+        assert s.status_code == 200
+        body = b"".join(s.iter_bytes())
+    assert b"run.completed" in body
