@@ -177,3 +177,98 @@ def test_a_completion_cut_short_by_the_database_is_finished_by_repair(
         assert s.status_code == 200
         body = b"".join(s.iter_bytes())
     assert b"run.completed" in body
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+def fill(mount: Path) -> Path:
+    """Fill the tmpfs to ENOSPC; returns the filler file (unlink it to free the space)."""
+    filler = mount / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * chunk)
+    return filler
+
+
+def test_keyed_retry_after_a_full_disk_is_not_answered_from_another_producers_batch(
+    processes: Processes,
+    tmp_path: Path,
+    small_tmpfs: Path,  # noqa: F811
+) -> None:
+    """Two producers on one run. X (key) gets 503 on a full disk; space comes back; Y
+    (the other producer) gets 200 -- with X's sequence and, from the same writer, X's
+    event_id; X's retry is then answered 200 with X's first answer from Y's line. X is
+    acknowledged and never in the log."""
+    server = processes.serve(
+        "--workers", "0", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
+        data_dir=small_tmpfs / "data", env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, lines("a"))
+    filler = fill(small_tmpfs)
+    keyed = dict(NDJSON, **{"Idempotency-Key": "x-1"})
+    x = lines(*(f"x {i} " + "x" * 300 for i in range(50)))  # more than the last page holds
+    refused = server.http.post(run_path(run) + "/events", content=x, headers=keyed)
+    assert refused.status_code == 503, refused.text
+    filler.unlink()
+    post_until_200(server, run, lines("y"))
+    answer = post_until_200(server, run, x, key="x-1")
+    found = messages(server, run)
+    assert sum(m.startswith("x ") for m in found) == 50, f"X answered {answer}; log: {found[:3]}"
+
+
+def test_an_executed_run_completes_after_the_full_disk_is_freed(
+    processes: Processes,
+    tmp_path: Path,
+    small_tmpfs: Path,  # noqa: F811
+) -> None:
+    """The embedded worker runs a job while the disk (log and SQLite database on it) is
+    full; once freed, the run completes, its log is gap-free with one run.completed, the
+    row agrees with the log and a follower ends."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time\n"
+        "for i in range(60):\n"
+        "    print(f'line {i} ' + 'x' * 200, flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    config = tmp_path / "runevents.toml"
+    config.write_text(
+        f'[[configuration]]\nworkspace = "acme"\nid = "job"\n'
+        f'command = ["{__import__("sys").executable}", "{script}"]\n'
+    )
+    server = processes.serve(
+        "--config", str(config),
+        data_dir=small_tmpfs / "data",
+        env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0", "RUNEVENTS_REPAIR_INTERVAL_SECONDS": "2"},
+    )  # fmt: skip
+    run = server.create_run("acme", "job")
+    time.sleep(1.0)
+    filler = fill(small_tmpfs)
+    time.sleep(4.0)  # the job ends meanwhile: completion hits the full disk
+    filler.unlink()
+    deadline = time.monotonic() + 45
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            got = server.http.get(run_path(run))
+            if got.status_code == 200:
+                row = got.json()["run"]
+                if row["status"] in ("succeeded", "failed", "cancelled") and row["log_state"] in (
+                    "plain",
+                    "compressed",
+                ):
+                    break
+        time.sleep(0.5)
+    assert row.get("status") in ("succeeded", "failed", "cancelled"), row
+    assert row["log_state"] == "plain", row
+    events = log_events(server, run)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events].count("run.completed") == 1
+    assert events[-1]["type"] == "run.completed"
+    assert row["event_count"] == len(events)
+    with server.http.stream("GET", run_path(run) + "/events?stream=true", timeout=20) as s:
+        assert b"run.completed" in b"".join(s.iter_bytes())
