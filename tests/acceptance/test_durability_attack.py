@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.fixtures.tcpproxy import TcpProxy
 pytestmark = pytest.mark.slow
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
+ENDED = ("succeeded", "failed", "cancelled")
 
 
 def lines(*messages: str) -> bytes:
@@ -220,14 +222,35 @@ def test_keyed_retry_after_a_full_disk_is_not_answered_from_another_producers_ba
     assert sum(m.startswith("x ") for m in found) == 50, f"X answered {answer}; log: {found[:3]}"
 
 
-def test_an_executed_run_completes_after_the_full_disk_is_freed(
+def test_an_executed_run_goes_on_when_a_full_disk_also_fails_its_database(
     processes: Processes,
     tmp_path: Path,
     small_tmpfs: Path,  # noqa: F811
 ) -> None:
-    """The embedded worker runs a job while the disk (log and SQLite database on it) is
-    full; once freed, the run completes, its log is gap-free with one run.completed, the
-    row agrees with the log and a follower ends."""
+    """``serve --data-dir D`` keeps its SQLite database in D: a full disk fails the log
+    writes *and* the database. An executor's lines are "buffered and retried, the run
+    goes on, logging_degraded" (failure table), but flagging ``logging_degraded``
+    (``append_executed`` -> ``record_progress``) raises DatabaseError into the executor:
+    the healthy job is killed and the run ends failed/internal_error. Expected: the job
+    runs to its end; once the disk is freed, the run succeeds with all 60 lines, its log
+    gap-free with one run.completed, the row matching the log, a follower ends."""
+    executed_run_through_a_full_disk(processes, tmp_path, small_tmpfs)
+
+
+def test_an_executed_run_goes_on_through_a_full_disk_with_its_database_elsewhere(
+    processes: Processes,
+    tmp_path: Path,
+    small_tmpfs: Path,  # noqa: F811
+) -> None:
+    """The same with the database off the full disk: lines buffered and retried, the run
+    succeeds with every line once the disk is freed."""
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    executed_run_through_a_full_disk(processes, tmp_path, small_tmpfs, "--database-url", db)
+
+
+def executed_run_through_a_full_disk(
+    processes: Processes, tmp_path: Path, mount: Path, *args: str
+) -> None:
     script = tmp_path / "job.py"
     script.write_text(
         "import sys, time\n"
@@ -238,17 +261,17 @@ def test_an_executed_run_completes_after_the_full_disk_is_freed(
     config = tmp_path / "runevents.toml"
     config.write_text(
         f'[[configuration]]\nworkspace = "acme"\nid = "job"\n'
-        f'command = ["{__import__("sys").executable}", "{script}"]\n'
+        f'command = ["{sys.executable}", "{script}"]\n'
     )
     server = processes.serve(
-        "--config", str(config),
-        data_dir=small_tmpfs / "data",
+        "--config", str(config), *args,
+        data_dir=mount / "data",
         env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0", "RUNEVENTS_REPAIR_INTERVAL_SECONDS": "2"},
     )  # fmt: skip
     run = server.create_run("acme", "job")
     time.sleep(1.0)
-    filler = fill(small_tmpfs)
-    time.sleep(4.0)  # the job ends meanwhile: completion hits the full disk
+    filler = fill(mount)
+    time.sleep(4.0)  # the job ends meanwhile: its completion hits the full disk too
     filler.unlink()
     deadline = time.monotonic() + 45
     row: dict[str, Any] = {}
@@ -257,14 +280,10 @@ def test_an_executed_run_completes_after_the_full_disk_is_freed(
             got = server.http.get(run_path(run))
             if got.status_code == 200:
                 row = got.json()["run"]
-                if row["status"] in ("succeeded", "failed", "cancelled") and row["log_state"] in (
-                    "plain",
-                    "compressed",
-                ):
+                if row["status"] in ENDED and row["log_state"] != "live":
                     break
         time.sleep(0.5)
-    assert row.get("status") in ("succeeded", "failed", "cancelled"), row
-    assert row["log_state"] == "plain", row
+    assert row.get("status") in ENDED and row["log_state"] == "plain", row
     events = log_events(server, run)
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
     assert [e["type"] for e in events].count("run.completed") == 1
@@ -272,3 +291,6 @@ def test_an_executed_run_completes_after_the_full_disk_is_freed(
     assert row["event_count"] == len(events)
     with server.http.stream("GET", run_path(run) + "/events?stream=true", timeout=20) as s:
         assert b"run.completed" in b"".join(s.iter_bytes())
+    assert events[-1]["payload"]["failure"] is None, events[-1]["payload"]["failure"]
+    assert (row["status"], row["exit_code"]) == ("succeeded", 0)
+    assert sum(e["type"] == "console.line" for e in events) == 60
