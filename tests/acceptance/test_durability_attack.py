@@ -294,3 +294,137 @@ def executed_run_through_a_full_disk(
     assert events[-1]["payload"]["failure"] is None, events[-1]["payload"]["failure"]
     assert (row["status"], row["exit_code"]) == ("succeeded", 0)
     assert sum(e["type"] == "console.line" for e in events) == 60
+
+
+# ---------------------------------------------------------------------------- kill -9 loops
+
+
+def big_batch(tag: str, size: int) -> bytes:
+    return lines(*(f"{tag} l{i} " + "y" * 120 for i in range(size)))
+
+
+COMPLETED = b'{"type":"run.completed","payload":{"status":"succeeded"}}\n'
+
+
+def keyed_poster(url: str, path: str, body: bytes, key: str, deadline: float) -> dict[str, Any]:
+    """Post a keyed batch until 200 (the server dies and comes back meanwhile); a retry may
+    only ever see 503 + Retry-After or a dropped connection."""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(
+                url + path,
+                content=body,
+                headers={**NDJSON, "Idempotency-Key": key},
+                timeout=30,
+            )
+        except httpx.HTTPError:
+            time.sleep(0.05)
+            continue
+        if r.status_code == 200:
+            return dict(r.json())
+        assert r.status_code == 503 and "Retry-After" in r.headers, (key, r.status_code, r.text)
+        time.sleep(0.05)
+    raise AssertionError(f"batch {key} never accepted")
+
+
+def test_kill9_loop_with_large_batches_on_several_runs_keeps_every_batch_once(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """kill -9 at random points while four keyed producers send batches of 50 to 4,000
+    lines to three runs (two producers share one run), then each completes its run with a
+    keyed batch. Every acknowledged batch is in its log exactly once where its answer
+    says, no partial batch, sequences gap-free, every cut marked by log.recovered, and
+    every retry -- before and after the run ended -- gets the first answer."""
+    import random
+    import threading
+
+    from tests.acceptance.test_durability import restart_on
+
+    data = tmp_path / "data"
+    args = ["--database-url", database_url, "--workers", "0"]
+    env = {"RUNEVENTS_WRITER_LEASE_SECONDS": "2", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"}
+    server = processes.serve(*args, data_dir=data, env=env)
+    runs = [external_run(server) for _ in range(3)]
+    url = server.url
+    plan = {0: runs[0], 1: runs[0], 2: runs[1], 3: runs[2]}
+    answers: dict[str, tuple[int, int, bytes, dict[str, Any]]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def producer(n: int) -> None:
+        rng = random.Random(n)
+        path = run_path(plan[n]) + "/events"
+        try:
+            b = 0
+            while not stop.is_set():
+                size = rng.choice([50, 2000, 4000])
+                body = big_batch(f"p{n}-b{b}", size)
+                key = f"p{n}-b{b}"
+                answers[key] = (
+                    n,
+                    size,
+                    body,
+                    keyed_poster(url, path, body, key, time.monotonic() + 90),
+                )
+                b += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in plan]
+    for t in threads:
+        t.start()
+    rng = random.Random(13)
+    try:
+        for _ in range(6):
+            time.sleep(rng.uniform(0.5, 2.0))
+            server.kill9()
+            server = restart_on(processes, server, args, data, env)
+    finally:
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors
+    # each run ends with a keyed completing batch (the shared run: by producer 0)
+    ends = {}
+    for i, run in enumerate(runs):
+        ends[i] = keyed_poster(
+            url, run_path(run) + "/events", COMPLETED, f"end-{i}", time.monotonic() + 60
+        )
+    cuts: list[str] = []
+    for i, run in enumerate(runs):
+        events = log_events(server, run)
+        assert [e["sequence"] for e in events] == list(range(1, len(events) + 1)), run["id"]
+        assert [e["type"] for e in events].count("run.completed") == 1
+        assert events[-1]["sequence"] == ends[i]["last_sequence"]
+        seen: dict[str, list[int]] = {}
+        for e in events:
+            if e["type"] == "console.line":
+                seen.setdefault(e["payload"]["message"].split(" ")[0], []).append(e["sequence"])
+        for key, (n, size, _, answer) in answers.items():
+            if plan[n] is not run:
+                continue
+            assert seen.get(key) == list(
+                range(answer["first_sequence"], answer["last_sequence"] + 1)
+            ), key
+            assert answer["last_sequence"] - answer["first_sequence"] + 1 == size
+        # every batch in the log was acknowledged: no partial or unacknowledged batch
+        assert set(seen) <= set(answers), set(seen) - set(answers)
+        torn = sorted(p.name for p in log_events_dir(data, run).glob("events.ndjson.torn-*"))
+        recovered = [e for e in events if e["type"] == "log.recovered"]
+        assert len(recovered) == len(torn), (torn, recovered)
+        cuts += [e["payload"]["reason"] for e in recovered]
+    # retries after the end: the first answer, nothing appended
+    for key, (n, _, body, answer) in list(answers.items())[::7]:
+        r = httpx.post(url + run_path(plan[n]) + "/events", content=body,
+                       headers={**NDJSON, "Idempotency-Key": key}, timeout=30)  # fmt: skip
+        assert (r.status_code, r.json()) == (200, answer), key
+    for i, run in enumerate(runs):
+        r = httpx.post(url + run_path(run) + "/events", content=COMPLETED,
+                       headers={**NDJSON, "Idempotency-Key": f"end-{i}"}, timeout=30)  # fmt: skip
+        assert (r.status_code, r.json()) == (200, ends[i]), r.text
+    print(f"\n{len(answers)} batches, cuts: {cuts}")
+
+
+def log_events_dir(data: Path, run: dict[str, Any]) -> Path:
+    return data / "workspaces" / str(run["workspace_id"]) / "runs" / str(run["id"]) / "logs"
