@@ -428,3 +428,94 @@ def test_kill9_loop_with_large_batches_on_several_runs_keeps_every_batch_once(
 
 def log_events_dir(data: Path, run: dict[str, Any]) -> Path:
     return data / "workspaces" / str(run["workspace_id"]) / "runs" / str(run["id"]) / "logs"
+
+
+# ---------------------------------------------------------------------------- SIGSTOP
+
+
+def test_a_stopped_holder_never_forks_the_log_its_batches_move_to_another_server(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """Server A holds an external run; it is SIGSTOPped in the middle of a 3,000-line keyed
+    batch. The producer gives up on A and sends its batches (the interrupted one again,
+    same key) to server B (same data dir and database): 503 + Retry-After while A is
+    stopped, never 409/422/500. After SIGCONT, A lets the idle run go, B takes it; the log
+    is gap-free and holds every acknowledged batch once, where its answer says."""
+    import os
+    import signal
+
+    data = tmp_path / "data"
+    args = ["--database-url", database_url, "--workers", "0"]
+    env = {
+        "RUNEVENTS_WRITER_LEASE_SECONDS": "2",
+        "RUNEVENTS_LEASE_SECONDS": "3",
+        "RUNEVENTS_EXTERNAL_WRITER_RELEASE_SECONDS": "2",
+        "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0",
+    }
+    a = processes.serve(*args, name="a", data_dir=data, env=env)
+    b = processes.serve(*args, name="b", data_dir=data, env=env)
+    run = external_run(a)
+    path = run_path(run) + "/events"
+    answers: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
+    for i in range(3):
+        sizes[f"k{i}"] = 100
+        answers[f"k{i}"] = keyed_poster(
+            a.url, path, big_batch(f"k{i}", 100), f"k{i}", time.monotonic() + 30
+        )
+    # the interrupted batch: A is stopped while it handles it
+    sizes["k3"] = 3000
+    body = big_batch("k3", 3000)
+    import threading
+
+    outcome: list[Any] = []
+
+    def first_attempt() -> None:
+        try:
+            outcome.append(httpx.post(a.url + path, content=body,
+                                      headers={**NDJSON, "Idempotency-Key": "k3"}, timeout=4))  # fmt: skip
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=first_attempt)
+    t.start()
+    time.sleep(0.15)
+    os.kill(a.pid, signal.SIGSTOP)
+    statuses: list[int] = []
+    try:
+        t.join(10)
+        stopped_until = time.monotonic() + 6  # longer than the writer lease (2 s)
+        while time.monotonic() < stopped_until:
+            r = b.http.post(path, content=body, headers={**NDJSON, "Idempotency-Key": "k3"})
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                answers["k3"] = dict(r.json())
+                break
+            assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+            time.sleep(0.3)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    if "k3" not in answers:
+        answers["k3"] = keyed_poster(b.url, path, body, "k3", time.monotonic() + 30)
+    for i in range(4, 7):
+        sizes[f"k{i}"] = 100
+        answers[f"k{i}"] = keyed_poster(
+            b.url, path, big_batch(f"k{i}", 100), f"k{i}", time.monotonic() + 30
+        )
+    # A never writes again once B took over: nothing after B's last batch
+    time.sleep(3)
+    events = log_events(b, run)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    seen: dict[str, list[int]] = {}
+    for e in events:
+        if e["type"] == "console.line":
+            seen.setdefault(e["payload"]["message"].split(" ")[0], []).append(e["sequence"])
+    assert set(seen) == set(answers), (set(seen), set(answers))
+    for key, answer in answers.items():
+        assert seen[key] == list(range(answer["first_sequence"], answer["last_sequence"] + 1)), key
+        assert len(seen[key]) == sizes[key]
+    assert events[-1]["sequence"] == answers["k6"]["last_sequence"]
+    first = outcome[0] if outcome else None
+    if isinstance(first, httpx.Response) and first.status_code == 200:
+        assert first.json() == answers["k3"]
+    print(f"\nB's answers while A was stopped: {statuses}; A's first attempt: {first!r}")
