@@ -519,3 +519,81 @@ def test_a_stopped_holder_never_forks_the_log_its_batches_move_to_another_server
     if isinstance(first, httpx.Response) and first.status_code == 200:
         assert first.json() == answers["k3"]
     print(f"\nB's answers while A was stopped: {statuses}; A's first attempt: {first!r}")
+
+
+# ---------------------------------------------------------------------------- maintenance live
+
+
+def maintenance(command: str, data: Path, database_url: str, *extra: str) -> str:
+    from tests.acceptance.conftest import cli
+
+    done = cli(command, *extra, "--data-dir", str(data), "--database-url", database_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_reindex_on_a_live_server_does_not_fail_a_queued_run_as_orphaned(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """A run queued for a worker has no execution lease and no writer yet; ``reindex``
+    (safe while a server runs, contract 8) takes its log and completes it failed /
+    ``orphaned`` (upkeep.reindex_log): the run never runs."""
+    config = tmp_path / "runevents.toml"
+    config.write_text(
+        f'[[configuration]]\nworkspace = "acme"\nid = "job"\n'
+        f'command = ["{sys.executable}", "-c", "print(1)"]\n'
+    )
+    data = tmp_path / "data"
+    server = processes.serve(
+        "--workers", "0", "--config", str(config), "--database-url", database_url,
+        data_dir=data, env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = server.create_run("acme", "job")
+    maintenance("reindex", data, database_url)
+    row = server.get(run)["run"]
+    assert row["status"] == "queued", row
+
+
+def test_reindex_on_a_live_server_keeps_a_running_external_run_running(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """An external run is ``running`` once its producer talked, but nothing in its log
+    says so (no run.started): ``reindex`` rebuilds its row as ``queued`` with no
+    ``started_at`` while the producer is appending -- the rebuilt row is not the row."""
+    data = tmp_path / "data"
+    server = processes.serve(
+        "--workers", "0", "--database-url", database_url,
+        data_dir=data, env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, lines("a"))
+    before = server.get(run)["run"]
+    assert before["status"] == "running"
+    maintenance("reindex", data, database_url)
+    after = server.get(run)["run"]
+    assert (after["status"], after["started_at"]) == ("running", before["started_at"]), after
+
+
+def test_retry_of_the_completing_batch_after_compaction_and_retention_gets_its_first_answer(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """The keyed completing batch is retried after ``compact --older-than 0s`` and again
+    after ``retention --older-than 0s`` (both while the server runs): 200 with the first
+    answer each time, never 409/410."""
+    data = tmp_path / "data"
+    server = processes.serve(
+        "--workers", "0", "--database-url", database_url,
+        data_dir=data, env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, big_batch("a", 500))
+    end = lines("b") + COMPLETED
+    first = post_until_200(server, run, end, key="end")
+    maintenance("compact", data, database_url, "--older-than", "0s")
+    assert server.get(run)["run"]["log_state"] == "compressed"
+    assert post_until_200(server, run, end, key="end") == first
+    maintenance("retention", data, database_url, "--older-than", "0s")
+    assert server.get(run)["run"]["log_state"] == "expired"
+    assert post_until_200(server, run, end, key="end") == first
+    other = server.http.post(run_path(run) + "/events", content=lines("late"), headers=NDJSON)
+    assert other.status_code == 409, other.text
