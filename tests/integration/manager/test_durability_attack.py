@@ -189,3 +189,49 @@ async def test_a_keyed_batch_is_not_refused_422_when_an_earlier_batch_rolls_back
         with pytest.raises(StorageError):
             await first
     assert refused is None, f"a valid keyed batch was refused 422: {refused}"
+
+
+@pytest.mark.parametrize("trigger", ["log_recovered_write_fails", "lease_unavailable"])
+async def test_a_cut_is_marked_by_log_recovered_even_when_the_first_take_fails(
+    app: App, monkeypatch: pytest.MonkeyPatch, trigger: str
+) -> None:
+    """Recovery cuts (and quarantines) a torn tail inside ``open_writer`` -- before the
+    writer lease is taken and before ``log.recovered`` is durable. If the first take then
+    fails (the ``log.recovered`` write hits a full disk, or the database cannot grant the
+    lease), the cut stays made but unmarked, and the next take finds nothing to cut:
+    the log never gets its ``log.recovered`` (contract 2.2)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    held = m.held.get(run.id)
+    assert held is not None
+    await held.release()
+    path = m.log.keys(held.ref).live
+    with path.open("ab") as f:  # a kill -9 mid-write: a torn last line
+        f.write(b'{"type":"console.line","event_id":"evt_x","seq')
+    if trigger == "log_recovered_write_fails":
+        ops = FaultyOps()
+        ops.error = errno.ENOSPC
+        m.log.file_ops = ops
+    else:
+        real = m.repo.acquire_writer
+
+        async def database_down(*args: Any, **kwargs: Any) -> int | None:
+            raise DatabaseError("the database failed (connection refused)")
+
+        monkeypatch.setattr(m.repo, "acquire_writer", database_down)
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b")])
+    if trigger == "log_recovered_write_fails":
+        m.log.file_ops = FaultyOps()
+    else:
+        monkeypatch.setattr(m.repo, "acquire_writer", real)
+    await m.ingest("acme", "ext", run.id, [console("b")])
+    quarantined = sorted(path.parent.glob("events.ndjson.torn-*"))
+    events = []
+    async for chunk in m.read_events(run):
+        events += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
+    assert quarantined, "nothing was cut"
+    assert [e.type for e in events].count("log.recovered") == len(quarantined), [
+        e.type for e in events
+    ]
