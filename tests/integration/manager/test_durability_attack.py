@@ -235,3 +235,26 @@ async def test_a_cut_is_marked_by_log_recovered_even_when_the_first_take_fails(
     assert [e.type for e in events].count("log.recovered") == len(quarantined), [
         e.type for e in events
     ]
+
+
+async def test_a_503_batch_the_writer_could_not_cut_back_is_not_kept_by_recovery(
+    app: App, ops: FaultyOps
+) -> None:
+    """A batch's write succeeds, its fsync fails (503), and cutting the file back fails
+    too: the writer is broken with the unacknowledged batch whole in the file. The
+    failure table says the next take's recovery cuts it -- but recovery only cuts
+    incomplete units and damage, so the 503'd batch (a whole unit) is kept in the log."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.fail_fsync = True
+    ops.fail_truncate = True
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("refused")])
+    ops.fail_fsync = False
+    ops.fail_truncate = False
+    held = m.held.get(run.id)
+    assert held is not None and held.writer.broken is not None
+    await held.release()  # what watch_held_runs does after the release delay
+    await m.ingest("acme", "ext", run.id, [console("b")])
+    assert "refused" not in await messages_of(app, run)
