@@ -9,6 +9,7 @@ repository seam; the real-process versions are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import threading
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
 from runevents.exceptions import DatabaseError, InvalidInput, PayloadTooLarge, StorageError
+from runevents.held import run_ref
 from tests.fixtures.faults import FaultyOps
 
 
@@ -258,3 +260,65 @@ async def test_a_503_batch_the_writer_could_not_cut_back_is_not_kept_by_recovery
     await held.release()  # what watch_held_runs does after the release delay
     await m.ingest("acme", "ext", run.id, [console("b")])
     assert "refused" not in await messages_of(app, run)
+
+
+class FsyncSpy:
+    """Records the path of every fd passed to ``os.fsync``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import os
+
+        self.paths: list[str] = []
+        real = os.fsync
+
+        def spy(fd: int) -> None:
+            with contextlib.suppress(OSError):
+                self.paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", spy)
+
+
+async def test_a_new_logs_directory_is_fsynced_before_its_first_event_is_acknowledged(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 defect 10 (not fixed): a new log file's directory entry (and the run's
+    directories, made by mkdir) are fsynced only at seal. After a power loss the whole log
+    of a live run -- run.queued and every acknowledged batch, each fsynced as a file --
+    can be gone with its directory entry."""
+    spy = FsyncSpy(monkeypatch)
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    logs_dir = str(m.log.keys(run_ref(run)).live.parent)
+    assert logs_dir in spy.paths, spy.paths
+
+
+async def test_dropping_the_plain_log_after_compaction_fsyncs_its_directory(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 defect 10 (not fixed): ``drop_plain``'s unlink is not followed by a
+    directory fsync, so a power loss can bring the plain log back after the row says
+    ``compressed`` (and the compaction journal entry is gone)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest(
+        "acme",
+        "ext",
+        run.id,
+        [console("a"), EventDraft(type="run.completed", payload={"status": "succeeded"})],
+    )
+    run = await m.get_run("acme", "ext", run.id)
+    spy = FsyncSpy(monkeypatch)
+    real_drop = m.log.drop_plain
+    dropped_at: list[int] = []
+
+    async def drop_plain(ref: Any) -> None:
+        dropped_at.append(len(spy.paths))
+        await real_drop(ref)
+
+    monkeypatch.setattr(m.log, "drop_plain", drop_plain)
+    assert await m.compact_run(run) is not None
+    assert not m.log.keys(run_ref(run)).live.exists() and dropped_at
+    logs_dir = str(m.log.keys(run_ref(run)).live.parent)
+    assert logs_dir in spy.paths[dropped_at[0] :], spy.paths[dropped_at[0] :]
