@@ -597,3 +597,30 @@ def test_retry_of_the_completing_batch_after_compaction_and_retention_gets_its_f
     assert post_until_200(server, run, end, key="end") == first
     other = server.http.post(run_path(run) + "/events", content=lines("late"), headers=NDJSON)
     assert other.status_code == 409, other.text
+
+
+# ---------------------------------------------------------------------------- keys and limits
+
+
+def test_a_keyed_batch_refused_413_is_not_answered_200_when_sent_again(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A line just under ``max_event_bytes`` passes the HTTP check (raw line length) but
+    its envelope is over the limit, so ``commit`` refuses it (413) -- after the key's
+    record was stored naming the next sequence and event_id. The next batch of the same
+    writer gets both; re-sending the refused batch with its key is then answered 200 with
+    that batch's sequences, and nothing of it is in the log."""
+    server = processes.serve(
+        "--workers", "0", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
+        data_dir=tmp_path / "data",
+        env={"RUNEVENTS_MAX_EVENT_BYTES": "2048", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    body = lines("z" * 1900)
+    assert len(body) < 2048
+    keyed = dict(NDJSON, **{"Idempotency-Key": "big"})
+    first = server.http.post(run_path(run) + "/events", content=body, headers=keyed)
+    assert first.status_code == 413, first.text
+    post_until_200(server, run, lines("y"))
+    again = server.http.post(run_path(run) + "/events", content=body, headers=keyed)
+    assert again.status_code == 413, (again.status_code, again.text, messages(server, run))
