@@ -624,3 +624,60 @@ def test_a_keyed_batch_refused_413_is_not_answered_200_when_sent_again(
     post_until_200(server, run, lines("y"))
     again = server.http.post(run_path(run) + "/events", content=body, headers=keyed)
     assert again.status_code == 413, (again.status_code, again.text, messages(server, run))
+
+
+# ---------------------------------------------------------------------------- lifecycle races
+
+
+def test_cancel_on_one_server_racing_completion_on_another_ends_the_run_once(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """Server A holds external runs; for each, the producer's keyed completing batch goes
+    to A while a cancel goes to B (same data dir and database), at once. Each run ends
+    exactly once: one run.completed, last; the row's status is the log's; the loser gets
+    409 (or the cancel 202 with the flag only), never 500; a retry of the completing batch
+    gets its first answer."""
+    import threading
+
+    data = tmp_path / "data"
+    args = ["--database-url", database_url, "--workers", "0"]
+    env = {"RUNEVENTS_LEASE_SECONDS": "3", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"}
+    a = processes.serve(*args, name="a", data_dir=data, env=env)
+    b = processes.serve(*args, name="b", data_dir=data, env=env)
+    runs = [external_run(a) for _ in range(6)]
+    for run in runs:
+        post_until_200(a, run, big_batch("x", 200))
+    end = lines("last") + COMPLETED
+    results: dict[str, dict[str, Any]] = {run["id"]: {} for run in runs}
+
+    def complete(run: dict[str, Any]) -> None:
+        r = httpx.post(a.url + run_path(run) + "/events", content=end,
+                       headers={**NDJSON, "Idempotency-Key": "end"}, timeout=30)  # fmt: skip
+        results[run["id"]]["complete"] = r
+
+    def cancel(run: dict[str, Any]) -> None:
+        results[run["id"]]["cancel"] = httpx.post(b.url + run_path(run) + "/cancel", timeout=30)
+
+    threads = [threading.Thread(target=f, args=(run,)) for run in runs for f in (complete, cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    time.sleep(3)  # a flagged cancel is the holder's to act on (watch round)
+    for run in runs:
+        done, stopped = results[run["id"]]["complete"], results[run["id"]]["cancel"]
+        assert done.status_code in (200, 409, 503), done.text
+        assert stopped.status_code in (202, 409, 503), stopped.text
+        events = log_events(b, run)
+        kinds = [e["type"] for e in events]
+        assert kinds.count("run.completed") == 1 and kinds[-1] == "run.completed", kinds[-3:]
+        assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+        row = b.get(run)["run"]
+        assert row["status"] == events[-1]["payload"]["status"], (row, events[-1])
+        if done.status_code == 200:
+            assert row["status"] == "succeeded"
+            again = httpx.post(a.url + run_path(run) + "/events", content=end,
+                               headers={**NDJSON, "Idempotency-Key": "end"}, timeout=30)  # fmt: skip
+            assert (again.status_code, again.json()) == (200, done.json())
+        else:
+            assert row["status"] == "cancelled", (done.status_code, done.text, row)
