@@ -681,3 +681,74 @@ def test_cancel_on_one_server_racing_completion_on_another_ends_the_run_once(
             assert (again.status_code, again.json()) == (200, done.json())
         else:
             assert row["status"] == "cancelled", (done.status_code, done.text, row)
+
+
+def test_kill9_during_completion_then_the_keyed_retry_gets_its_answer_and_the_run_ends(
+    processes: Processes, tmp_path: Path, database_url: str
+) -> None:
+    """kill -9 at a random moment while the server handles a keyed completing batch
+    (1,000 lines + run.completed), then restart: the retry gets 200 (the first answer if
+    there was one), never 409/422/500; the run ends succeeded with one run.completed,
+    last, gap-free, no partial batch; the row catches up with the log (repair)."""
+    import random
+    import threading
+
+    from tests.acceptance.test_durability import restart_on
+
+    data = tmp_path / "data"
+    args = ["--database-url", database_url, "--workers", "0"]
+    env = {
+        "RUNEVENTS_WRITER_LEASE_SECONDS": "2",
+        "RUNEVENTS_REPAIR_INTERVAL_SECONDS": "1",
+        "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0",
+    }
+    server = processes.serve(*args, data_dir=data, env=env)
+    rng = random.Random(7)
+    for attempt in range(4):
+        run = external_run(server)
+        post_until_200(server, run, big_batch("a", 300), key="a")
+        end = big_batch("b", 1000) + COMPLETED
+        first: list[Any] = []
+
+        def complete(
+            run: dict[str, Any] = run,
+            end: bytes = end,
+            first: list[Any] = first,
+            url: str = server.url,
+        ) -> None:
+            try:
+                first.append(httpx.post(url + run_path(run) + "/events", content=end,
+                                        headers={**NDJSON, "Idempotency-Key": "end"}, timeout=30))  # fmt: skip
+            except httpx.HTTPError as exc:
+                first.append(exc)
+
+        t = threading.Thread(target=complete)
+        t.start()
+        time.sleep(rng.uniform(0.0, 0.25))
+        server.kill9()
+        t.join(30)
+        server = restart_on(processes, server, args, data, env)
+        answer = keyed_poster(
+            server.url, run_path(run) + "/events", end, "end", time.monotonic() + 30
+        )
+        assert answer == {"first_sequence": 302, "last_sequence": 1302}, (attempt, answer)
+        if isinstance(first[0], httpx.Response):
+            assert first[0].status_code in (200, 503), first[0].text
+            if first[0].status_code == 200:
+                assert first[0].json() == answer
+        deadline = time.monotonic() + 20
+        while server.get(run)["run"]["status"] != "succeeded":
+            assert time.monotonic() < deadline, server.get(run)
+            time.sleep(0.3)
+        events = log_events(server, run)
+        kinds = [e["type"] for e in events]
+        assert kinds.count("run.completed") == 1 and kinds[-1] == "run.completed"
+        assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+        counts: dict[str, int] = {}
+        for e in events:
+            if e["type"] == "console.line":
+                tag = e["payload"]["message"].split(" ")[0]
+                counts[tag] = counts.get(tag, 0) + 1
+        assert counts == {"a": 300, "b": 1000}, (attempt, counts)
+        row = server.get(run)["run"]
+        assert row["event_count"] == len(events) and row["log_state"] in ("plain", "live"), row
