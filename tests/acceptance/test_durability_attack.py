@@ -752,3 +752,59 @@ def test_kill9_during_completion_then_the_keyed_retry_gets_its_answer_and_the_ru
         assert counts == {"a": 300, "b": 1000}, (attempt, counts)
         row = server.get(run)["run"]
         assert row["event_count"] == len(events) and row["log_state"] in ("plain", "live"), row
+
+
+def test_an_executed_run_survives_a_database_outage_longer_than_the_writer_lease_trust(
+    processes: Processes, tmp_path: Path, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    """Postgres goes away for 4 s while the embedded worker runs a chatty job (writer
+    lease 2 s, trusted locally 1.5 s). Once 512 lines are pending, ``append_executed``
+    flushes; the flush proves the lease first (``fence`` -> ``Lease.ensure``), which
+    needs the database: DatabaseError propagates into the executor's ``emit`` and the
+    healthy job is killed, the run failed / internal_error. An executor's lines are
+    promised to nobody and buffered (failure table): expected, the run succeeds with
+    every line once the database is back. (Seen too: the row then ends failed and
+    ``plain`` while the log has no run.completed -- see the integration test
+    ``test_settle_after_a_completion_that_failed_before_run_completed_writes_it``.)"""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import time\n"
+        "for i in range(3000):\n"
+        "    print(f'line {i}', flush=True)\n"
+        "    if i % 50 == 0: time.sleep(0.1)\n"
+    )
+    config = tmp_path / "runevents.toml"
+    config.write_text(
+        f'[[configuration]]\nworkspace = "acme"\nid = "job"\n'
+        f'command = ["{sys.executable}", "{script}"]\n'
+    )
+    server = processes.serve(
+        "--config", str(config), "--database-url", proxied(pg_database_url, pg_proxy),
+        data_dir=tmp_path / "data",
+        env={
+            "RUNEVENTS_WRITER_LEASE_SECONDS": "2",
+            "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0",
+            "RUNEVENTS_REPAIR_INTERVAL_SECONDS": "2",
+        },
+    )  # fmt: skip
+    run = server.create_run("acme", "job")
+    server.wait_running(run, console_lines=50, timeout=60)
+    pg_proxy.stop()
+    time.sleep(4.0)
+    pg_proxy.start()
+    deadline = time.monotonic() + 45
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, AssertionError):
+            row = server.get(run)["run"]
+            if row["status"] in ENDED and row["log_state"] != "live":
+                break
+        time.sleep(0.5)
+    events = log_events(server, run)
+    # the row and the log agree: an ended row has run.completed last (followers end)
+    kinds = [e["type"] for e in events]
+    assert row.get("status") in ENDED, row
+    assert kinds[-1] == "run.completed", (row["status"], row["log_state"], kinds[-2:])
+    assert events[-1]["payload"]["failure"] is None, events[-1]["payload"]["failure"]
+    assert (row["status"], row["exit_code"]) == ("succeeded", 0), row
+    assert sum(e["type"] == "console.line" for e in events) == 3000

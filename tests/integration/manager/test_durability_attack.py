@@ -322,3 +322,36 @@ async def test_dropping_the_plain_log_after_compaction_fsyncs_its_directory(
     assert not m.log.keys(run_ref(run)).live.exists() and dropped_at
     logs_dir = str(m.log.keys(run_ref(run)).live.parent)
     assert logs_dir in spy.paths[dropped_at[0] :], spy.paths[dropped_at[0] :]
+
+
+async def test_settle_after_a_completion_that_failed_before_run_completed_writes_it(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's ``_complete`` retries a failed ``session.complete`` with
+    ``session.settle()``, which assumes run.completed is already in the log (COMPLETING).
+    But ``complete_held`` can fail *before* run.completed is committed -- its
+    ``repo.get_run`` with the database away. ``settle`` then steps OWNED -> COMPLETING,
+    finishes the row (status "failed" from an empty summary) and seals a log that has no
+    run.completed: the row says ended/plain, followers wait forever (issue 13 defect 2)."""
+    m = app.manager
+    run = await m.create_run("acme", "hello")
+    run = await m.claim_next("w1")
+    assert run is not None
+    session = await m.start_session(run, "w1")
+    assert session is not None
+    await session.emit([console("working")])
+    real = m.repo.get_run
+
+    async def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseError("the database failed (connection refused)")
+
+    monkeypatch.setattr(m.repo, "get_run", database_down)
+    with pytest.raises(StorageError):
+        await session.complete(status="succeeded", failure=None, execution=None)
+    monkeypatch.setattr(m.repo, "get_run", real)
+    finished = await session.settle()  # what Worker._complete does next
+    events = []
+    async for chunk in m.read_events(finished):
+        events += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
+    assert events[-1].type == "run.completed", (finished.status, [e.type for e in events])
+    assert finished.status.value == events[-1].payload["status"] == "succeeded"
