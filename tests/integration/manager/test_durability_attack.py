@@ -355,3 +355,49 @@ async def test_settle_after_a_completion_that_failed_before_run_completed_writes
         events += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
     assert events[-1].type == "run.completed", (finished.status, [e.type for e in events])
     assert finished.status.value == events[-1].payload["status"] == "succeeded"
+
+
+class SlowFsync(FaultyOps):
+    """An fsync that waits for ``gate`` (in the writer's thread), then succeeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def fsync(self, fd: int) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+        super().fsync(fd)
+
+
+async def test_the_summary_in_run_completed_counts_batches_still_syncing_before_it(
+    app: App,
+) -> None:
+    """Batch A is committed and syncing (outside the run's lock) when the completing
+    batch C takes the lock; C's summary is the fold (durable events only) plus C, so A's
+    events -- which are in the log before run.completed -- are missing from the
+    run.completed summary, while the row's summary (folded at settle) has them: the
+    stored summary is not the summary of the log (contract 2.1)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    held = m.held.get(run.id)
+    assert held is not None
+    slow = SlowFsync()
+    held.writer._ops = slow
+    first = asyncio.create_task(m.ingest("acme", "ext", run.id, [console("a"), console("a2")]))
+    await asyncio.to_thread(slow.entered.wait, 30)
+    end = [console("c"), EventDraft(type="run.completed", payload={"status": "succeeded"})]
+    last = asyncio.create_task(m.ingest("acme", "ext", run.id, end))
+    await asyncio.sleep(0.2)  # C is prepared and committed, waiting for A's fsync
+    slow.gate.set()
+    await first
+    await last
+    events = []
+    async for chunk in m.read_events(run):
+        events += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
+    assert [e.type for e in events][-1] == "run.completed"
+    stored = events[-1].payload["summary"]
+    row = await m.get_run("acme", "ext", run.id)
+    assert stored["events"]["total"] == len(events), stored["events"]
+    assert row.summary == stored
