@@ -808,3 +808,44 @@ def test_an_executed_run_survives_a_database_outage_longer_than_the_writer_lease
     assert events[-1]["payload"]["failure"] is None, events[-1]["payload"]["failure"]
     assert (row["status"], row["exit_code"]) == ("succeeded", 0), row
     assert sum(e["type"] == "console.line" for e in events) == 3000
+
+
+def test_concurrent_producers_completing_a_run_store_the_summary_of_its_log(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """Two producers on one run: one posts a 2,000-line batch while the other posts the
+    completing batch. Whenever the big batch is in the log before run.completed, the
+    summary stored in run.completed (and the row's) must count it (contract 2.1: the
+    summary is a function of the log)."""
+    import threading
+
+    server = processes.serve(
+        "--workers", "0", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
+        data_dir=tmp_path / "data", env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    wrong: list[tuple[int, int, int]] = []
+    for _ in range(12):
+        run = external_run(server)
+        path = run_path(run) + "/events"
+        big = big_batch("big", 2000)
+
+        def post(body: bytes, path: str = path) -> None:
+            httpx.post(server.url + path, content=body, headers=NDJSON, timeout=30)
+
+        threads = [
+            threading.Thread(target=post, args=(big,)),
+            threading.Thread(target=post, args=(lines("end") + COMPLETED,)),
+        ]
+        threads[0].start()
+        time.sleep(0.01)
+        threads[1].start()
+        for t in threads:
+            t.join(30)
+        events = log_events(server, run)
+        stored = events[-1]["payload"]["summary"]
+        row = server.get(run)
+        if stored["events"]["total"] != len(events) or row["summary"] != stored:
+            wrong.append(
+                (len(events), stored["events"]["total"], row["summary"]["events"]["total"])
+            )
+    assert not wrong, f"(events in the log, stored summary total, row summary total): {wrong}"
