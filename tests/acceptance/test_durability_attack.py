@@ -849,3 +849,45 @@ def test_concurrent_producers_completing_a_run_store_the_summary_of_its_log(
                 (len(events), stored["events"]["total"], row["summary"]["events"]["total"])
             )
     assert not wrong, f"(events in the log, stored summary total, row summary total): {wrong}"
+
+
+def test_a_completion_on_a_full_disk_is_503_then_completes_and_the_follower_ends(
+    processes: Processes,
+    tmp_path: Path,
+    small_tmpfs: Path,  # noqa: F811
+) -> None:
+    """A follower is attached (SSE) when the keyed completing batch hits a full disk: 503,
+    nothing of it in the log, the run still live; the disk is freed, the retry completes
+    the run with the first sequences, the follower gets run.completed and its stream ends."""
+    import threading
+
+    server = processes.serve(
+        "--workers", "0", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
+        data_dir=small_tmpfs / "data", env={"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+    )  # fmt: skip
+    run = external_run(server)
+    post_until_200(server, run, big_batch("a", 100))
+    followed: list[bytes] = []
+
+    def follow() -> None:
+        with httpx.stream("GET", server.url + run_path(run) + "/events?stream=true",
+                          timeout=httpx.Timeout(60, read=60)) as s:  # fmt: skip
+            followed.append(b"".join(s.iter_bytes()))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    filler = fill(small_tmpfs)
+    end = big_batch("b", 100) + COMPLETED
+    keyed = dict(NDJSON, **{"Idempotency-Key": "end"})
+    refused = server.http.post(run_path(run) + "/events", content=end, headers=keyed)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers, refused.text
+    assert server.get(run)["run"]["status"] == "running"
+    assert not any(m.startswith("b ") for m in messages(server, run))
+    filler.unlink()
+    answer = post_until_200(server, run, end, key="end")
+    assert answer == {"first_sequence": 102, "last_sequence": 202}
+    follower.join(30)
+    assert not follower.is_alive(), "the follower never ended"
+    assert followed and followed[0].count(b"event: ade.event") == 202
+    row = server.get(run)["run"]
+    assert (row["status"], row["log_state"], row["event_count"]) == ("succeeded", "plain", 202)
