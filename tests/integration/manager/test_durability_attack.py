@@ -401,3 +401,36 @@ async def test_the_summary_in_run_completed_counts_batches_still_syncing_before_
     row = await m.get_run("acme", "ext", run.id)
     assert stored["events"]["total"] == len(events), stored["events"]
     assert row.summary == stored
+
+
+async def test_a_database_error_while_starting_a_claimed_run_gives_the_run_back(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker claims a run (execution lease set), then ``start_session`` fails on a
+    database blip (taking the writer lease). ``Worker._execute`` lets the error escape the
+    task: the claim is neither released nor heart-beaten, so the run sits queued under a
+    live worker's lease until the reaper finishes it failed / ``worker_lost`` -- a run
+    that never started, failed although its worker is alive. Expected: the run is given
+    back to the queue (or retried), not left claimed."""
+    from runevents.worker import Worker
+
+    m = app.manager
+    await m.create_run("acme", "hello")
+    worker = Worker(m, concurrency=1, worker_id="w1")
+    run = await m.claim_next("w1")
+    assert run is not None
+    real = m.repo.acquire_writer
+
+    async def database_down(*args: Any, **kwargs: Any) -> int | None:
+        raise DatabaseError("the database failed (connection refused)")
+
+    monkeypatch.setattr(m.repo, "acquire_writer", database_down)
+    with contextlib.suppress(Exception):
+        await worker._execute(run)
+    monkeypatch.setattr(m.repo, "acquire_writer", real)
+    row = await m.repo.get_run(run.id)
+    # given back (no lease) or retried by this worker (no longer queued); not left claimed
+    assert row.lease_owner is None or row.status.value != "queued", (
+        row.status,
+        row.lease_owner,
+    )
