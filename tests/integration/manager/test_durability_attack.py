@@ -434,3 +434,42 @@ async def test_a_database_error_while_starting_a_claimed_run_gives_the_run_back(
         row.status,
         row.lease_owner,
     )
+
+
+async def test_damage_before_the_checkpoint_is_cut_and_marked_not_a_503_forever(
+    app: App,
+) -> None:
+    """A failing disk zeroes a block *before* the row's checkpoint (not a crash: the
+    checkpoint is right). Recovery starts at the checkpoint and does not see it; readers
+    raise LogDamaged (503). ARCHITECTURE.md says "the owner then recovers with
+    checkpoint=None to cut and mark it", but nothing catches LogDamaged: reads stay 503
+    and the run can never complete (the summary fold of a taken-over run reads the
+    damaged log: 503 for every completing batch). Contract 2.2: damage from a failing disk
+    is cut and marked the same way (quarantine, log.recovered, gap-free)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(20)])
+    held = m.held.get(run.id)
+    assert held is not None
+    await held.release()  # the row's checkpoint is the durable end now
+    path = m.log.keys(run_ref(run)).live
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 512] = b"\0" * 512
+    path.write_bytes(bytes(data))
+    end = [console("last"), EventDraft(type="run.completed", payload={"status": "succeeded"})]
+    outcomes = []
+    for _ in range(3):  # a producer retrying its completing batch
+        try:
+            outcomes.append(await m.ingest("acme", "ext", run.id, end, idempotency_key="end"))
+            break
+        except StorageError as exc:
+            outcomes.append(exc.code)
+    assert isinstance(outcomes[-1], dict), outcomes
+    events = []
+    async for chunk in m.read_events(await m.get_run("acme", "ext", run.id)):
+        events += [decode_event(line) for line in chunk.data.split(b"\n")[:-1]]
+    kinds = [e.type for e in events]
+    assert "log.recovered" in kinds and kinds[-1] == "run.completed", kinds
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
