@@ -891,3 +891,25 @@ def test_a_completion_on_a_full_disk_is_503_then_completes_and_the_follower_ends
     assert followed and followed[0].count(b"event: ade.event") == 202
     row = server.get(run)["run"]
     assert (row["status"], row["log_state"], row["event_count"]) == ("succeeded", "plain", 202)
+
+
+def test_a_batch_sent_to_another_server_is_accepted_within_10_seconds_with_default_settings(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """Contract 10 (the next issue builds on this ownership model): a batch reaching a
+    replica while another holds the run may get 503 + Retry-After, and a retried batch is
+    accepted within 10 s. With the default settings the holder lets an idle run go after
+    ``external_writer_release_seconds`` (10 s) but only notices at a ``watch_held_runs``
+    round (every ``lease_seconds / 3`` = 10 s): the retry waits 10-20 s."""
+    data = tmp_path / "data"
+    args = ["--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}", "--workers", "0"]
+    env = {"RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"}
+    a = processes.serve(*args, name="a", data_dir=data, env=env)
+    b = processes.serve(*args, name="b", data_dir=data, env=env)
+    run = external_run(a)
+    post_until_200(a, run, lines("on a"))
+    started = time.monotonic()
+    answer = post_until_200(b, run, lines("on b"), key="b", timeout=40)
+    waited = time.monotonic() - started
+    assert answer == {"first_sequence": 3, "last_sequence": 3}
+    assert waited <= 10.5, f"the batch was accepted by the other server after {waited:.1f} s"
