@@ -913,3 +913,69 @@ def test_a_batch_sent_to_another_server_is_accepted_within_10_seconds_with_defau
     waited = time.monotonic() - started
     assert answer == {"first_sequence": 3, "last_sequence": 3}
     assert waited <= 10.5, f"the batch was accepted by the other server after {waited:.1f} s"
+
+
+def test_postgres_outages_under_keyed_load_keep_every_batch_once_and_answer_only_503(
+    processes: Processes, tmp_path: Path, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    """Two keyed producers on one run while Postgres (behind a proxy) goes away three
+    times for 3 s (longer than the writer lease's local trust): only 200 or 503 +
+    Retry-After, every acknowledged batch in the log exactly once where its answer says,
+    gap-free; then the run completes and its row is finished."""
+    import threading
+
+    server = processes.serve(
+        "--workers", "0", "--database-url", proxied(pg_database_url, pg_proxy),
+        data_dir=tmp_path / "data",
+        env={"RUNEVENTS_WRITER_LEASE_SECONDS": "2", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0",
+             "RUNEVENTS_REPAIR_INTERVAL_SECONDS": "1"},
+    )  # fmt: skip
+    run = external_run(server)
+    path = run_path(run) + "/events"
+    answers: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def producer(n: int) -> None:
+        try:
+            b = 0
+            while not stop.is_set():
+                key = f"p{n}-b{b}"
+                body = big_batch(key, 300)
+                answers[key] = keyed_poster(server.url, path, body, key, time.monotonic() + 60)
+                b += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(1.5)
+            pg_proxy.stop()
+            time.sleep(3.0)
+            pg_proxy.start()
+    finally:
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(90)
+    assert not errors, errors
+    end = keyed_poster(server.url, path, COMPLETED, "end", time.monotonic() + 30)
+    events = log_events(server, run)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["sequence"] == end["last_sequence"]
+    seen: dict[str, list[int]] = {}
+    for e in events:
+        if e["type"] == "console.line":
+            seen.setdefault(e["payload"]["message"].split(" ")[0], []).append(e["sequence"])
+    for key, answer in answers.items():
+        assert seen.get(key) == list(
+            range(answer["first_sequence"], answer["last_sequence"] + 1)
+        ), key
+    assert set(seen) == set(answers), set(seen) ^ set(answers)
+    deadline = time.monotonic() + 20
+    while server.get(run)["run"]["status"] != "succeeded":
+        assert time.monotonic() < deadline, server.get(run)["run"]
+        time.sleep(0.3)
