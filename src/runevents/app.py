@@ -169,7 +169,10 @@ class App:
         Runs this process holds are checked every round; the database query for
         silent runs nobody holds (their process restarted) every ~minute.
         """
-        interval = min(10.0, max(0.5, self.settings.lease_seconds / 3))
+        # often enough that an idle writer is let go within a fraction of its release
+        # delay: a producer's batch sent to another replica is taken within 10 s
+        release = self.settings.external_writer_release_seconds or self.settings.lease_seconds
+        interval = min(10.0, max(0.5, min(self.settings.lease_seconds / 3, release / 4)))
         loop = asyncio.get_running_loop()
         next_unheld = loop.time() + min(60.0, self.settings.external_idle_timeout_seconds or 60.0)
         while True:

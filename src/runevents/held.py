@@ -221,7 +221,11 @@ class HeldRun:
         """From COMPLETING (run.completed durable): finish the row, seal, let go.
 
         Called again (by the worker, or the repair loop) after a failure here.
+        Never without run.completed committed: a completion that failed before it
+        (StorageError) is retried with :meth:`complete`, not settled.
         """
+        if not self.writer.ended:
+            raise StorageError(f"run {self.run.id}: run.completed is not in its log yet")
         if self.writer.pending_events:
             await self.writer.sync()  # a non-atomic writer still retrying run.completed
         if self.phase is LogPhase.OWNED:
@@ -317,46 +321,61 @@ class HeldRuns:
         if self._held.get(held.run.id) is held:
             del self._held[held.run.id]
 
-    async def take(self, run: Run, *, source: str, atomic: bool) -> HeldRun:
+    async def take(self, run: Run, *, source: str, atomic: bool, full: bool = False) -> HeldRun:
         """Own ``run``'s log: file lock, then the writer lease, then recovery. Caller holds
         ``lock(run.id)``.
 
         WriterMoving (503, retry) if a live writer on this host or a live lease
-        elsewhere holds it. A cut made by recovery is marked by a durable
-        ``log.recovered`` event (contract 2.2).
+        elsewhere holds it. Recovery runs only once the lease is ours, and a cut
+        it makes is marked by a ``log.recovered`` line in the same step (contract
+        2.2). ``full``: ignore the row's checkpoint and check the whole log.
         """
         held = self._held.get(run.id)
         if held is not None:
             return held
-        checkpoint = (run.event_count, run.events_bytes) if run.events_bytes else None
+        checkpoint = (run.event_count, run.events_bytes) if run.events_bytes and not full else None
+        leases: list[Lease] = []
+
+        async def own() -> None:
+            # under the file lock, before recovery touches the log: only the owner cuts
+            leases.append(await self.ownership.acquire(run.id))
+
         try:
             # the local guard first: a live writer here, even a stopped one, keeps it
             writer = await self.log.open_writer(
-                run_ref(run), source=source, atomic=atomic, checkpoint=checkpoint
+                run_ref(run),
+                source=source,
+                atomic=atomic,
+                checkpoint=checkpoint,
+                before_recovery=own,
             )
         except WriterBusy as exc:
             raise WriterMoving(f"{exc.message}; retry shortly") from exc
-        try:
-            lease = await self.ownership.acquire(run.id)
         except BaseException:
-            await writer.close()
+            for lease in leases:
+                with contextlib.suppress(StorageError):
+                    await lease.release()
             raise
+        lease = leases[0]
         existing = writer.durable_sequence
         phase = LogPhase.COMPLETING if writer.ended else LogPhase.RELEASED
         held = HeldRun(run, writer, lease, SummaryFold(self.log, run_ref(run), existing), self)
         held.phase = advance(phase, Step.TAKE)
         self._held[run.id] = held
-        if writer.recovered is not None and not writer.ended:
-            try:
-                _, ticket = held.commit(
-                    [EventDraft(type="log.recovered", payload=dict(writer.recovered))]
-                )
-                await writer.sync(ticket)
-            except BaseException:
-                await held.release()
-                raise
+        if writer.recovered is not None:
+            # recovery wrote the log.recovered line at the cut, in the same step
             log.warning("run %s: damaged log cut: %s", run.id, writer.recovered)
         return held
+
+    async def recover_fully(self, held: HeldRun) -> None:
+        """Damage before the checkpoint (a failing disk, not a crash): let the run go and
+        take it again with a recovery of the whole log. Caller holds ``lock``."""
+        await held.release()
+        current = await self.repo.get_run(held.run.id)
+        again = await self.take(
+            current, source=held.writer.source, atomic=held.writer.atomic, full=True
+        )
+        await again.release()
 
     async def create(self, run: Run, queued: EventDraft, *, keep: bool) -> HeldRun | None:
         """Write a new run's first event, then insert its row holding the writer lease.

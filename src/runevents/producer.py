@@ -40,6 +40,7 @@ from runevents.exceptions import (
     IdempotencyKeyReused,
     InvalidEvent,
     InvalidInput,
+    LogDamaged,
     LogExpired,
     LogNotFound,
     RunEnded,
@@ -167,21 +168,44 @@ class ProducerIngest:
                 )
             if held is None:
                 held = await self.held.take(run, source="producer", atomic=True)
+            if held.writer.broken is not None and not held.writer.retry_cut():
+                raise StorageError(
+                    f"the log of run {run_id} holds an unacknowledged write that cannot be "
+                    "cut back yet; retry later"
+                )
             if record is not None and await self._held_answer(held, record, drafts):
                 return {k: int(v) for k, v in record.answer.items()}
-            events = held.writer.prepare(drafts)
-            answer = {"first_sequence": events[0].sequence, "last_sequence": events[-1].sequence}
-            if idempotency_key is not None:
-                # before the commit: a crash after it must find the key (module doc)
-                await self.repo.put_idempotency(
-                    run_id,
-                    idempotency_key,
-                    answer,
-                    body_sha256=body_sha256,
-                    first_event_id=events[0].event_id,
-                )
-            if events[-1].type == RUN_COMPLETED:
-                await held.complete(events)
+            completing = drafts[-1].type == RUN_COMPLETED
+            if completing:
+                # batches committed before it and still syncing are in the log before
+                # run.completed: its summary must count them (wait for their verdict)
+                await held.writer.sync()
+            while True:
+                events = held.writer.prepare(drafts)
+                answer = {
+                    "first_sequence": events[0].sequence,
+                    "last_sequence": events[-1].sequence,
+                }
+                if idempotency_key is not None:
+                    # before the commit: a crash after it must find the key (module doc)
+                    await self.repo.put_idempotency(
+                        run_id,
+                        idempotency_key,
+                        answer,
+                        body_sha256=body_sha256,
+                        first_event_id=events[0].event_id,
+                    )
+                if held.writer.last_sequence == events[0].sequence - 1:
+                    break
+                # an earlier batch's fsync failed while the key was stored: its
+                # rollback took these sequences back; number the batch again
+            if completing:
+                try:
+                    await held.complete(events)
+                except LogDamaged:
+                    # damage before the checkpoint (a failing disk): cut it, then retry
+                    await self.held.recover_fully(held)
+                    raise
                 return answer
             ticket = held.writer.commit(events)
         # Outside the lock: batches committed meanwhile share this fsync (group commit).
@@ -191,7 +215,17 @@ class ProducerIngest:
         return answer
 
     async def _after_batch(self, held: HeldRun) -> None:
-        """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel."""
+        """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel.
+
+        The batch is durable already: a failure here is logged and retried by the
+        next batch or the watch, never turned into a 503 for a stored batch.
+        """
+        try:
+            await self._after_batch_locked(held)
+        except StorageError as exc:
+            log.warning("run %s: row upkeep after a batch failed (%s)", held.run.id, exc)
+
+    async def _after_batch_locked(self, held: HeldRun) -> None:
         async with self.held.lock(held.run.id):
             if self.held.get(held.run.id) is not held:
                 return  # completed or let go meanwhile

@@ -29,6 +29,8 @@ class RunSession:
         self.held = held
         #: set when the run is cancelled (locally at once, remotely via the heartbeat)
         self.cancel = cancel
+        #: the outcome of the last complete() call, for settle() after a failure
+        self._outcome: dict[str, Any] | None = None
 
     @property
     def run(self) -> Run:
@@ -57,12 +59,16 @@ class RunSession:
         execution: dict[str, Any] | None,
     ) -> Run:
         """Write run.completed and finish the row (StorageError: retry with :meth:`settle`)."""
+        self._outcome = {"status": status, "failure": failure, "execution": execution}
         return await self.manager.complete_run(
             self, status=status, failure=failure, execution=execution
         )
 
     async def settle(self) -> Run:
-        """Finish a completion that failed half-way; ends the session when it succeeds."""
+        """Finish a completion that failed half-way: write run.completed again if it never
+        made it into the log, else finish the row and seal."""
+        if not self.writer.ended and self._outcome is not None:
+            return await self.complete(**self._outcome)
         return await self.manager.settle_session(self)
 
     async def abandon(self) -> None:

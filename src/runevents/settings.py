@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     external_idle_timeout_seconds: float = Field(default=3600.0, ge=0)
     #: a process lets go of an external run's writer after this long without a
     #: batch, so another replica can take the producer's next one (seconds; 0 = keep)
-    external_writer_release_seconds: float = Field(default=10.0, ge=0)
+    external_writer_release_seconds: float = Field(default=5.0, ge=0)
 
     # -- maintenance ---------------------------------------------------------------
     #: compact finished logs older than this (e.g. "1d"); None disables scheduled compaction

@@ -13,6 +13,7 @@ lease). The policies that choose *which* runs live in ``maintenance.py`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ import msgspec
 from runevents import metrics
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
-from runevents.exceptions import LogNotFound, StorageError, WriterMoving
+from runevents.exceptions import LogNotFound, RunNotFound, StorageError, WriterMoving
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
 from runevents.models import LogState, Run, RunStatus, utcnow
 from runevents.summary import RunSummaryBuilder, run_fields
@@ -224,10 +225,13 @@ class RunUpkeep:
         first: Event | None = None
         last_type = ""
         started_at: str | None = None
+        second_at: str | None = None  # created_at of the event after run.queued
         async for chunk in self.log.read(probe):
             for line in chunk.data.split(b"\n")[:-1]:
                 if first is None:
                     first = decode_event(line)
+                elif second_at is None:
+                    second_at = decode_event(line).created_at
                 builder.add_line(line)
                 head = _decode_head(line)
                 last_type = head.type
@@ -256,15 +260,23 @@ class RunUpkeep:
             log_state=LogState.LIVE,
         )
         if last_type != "run.completed":
-            # A live run. Its row is rebuilt as live and nothing is taken from whoever
-            # runs it: the worker's lease and the writer lease are not in the log and
-            # stay as the row has them. Only an executed run that no worker leases and
-            # no process holds is an orphan nobody else would finish.
+            # A live run. On a live server its row is current (a running job's lease,
+            # a producer's progress, started_at): reindex leaves it alone. A missing
+            # row (a lost database) is rebuilt as live: queued until anything ran.
+            with contextlib.suppress(RunNotFound):
+                existing = await self.repo.get_run(run_id)
+                if not existing.status.ended:
+                    return existing
+            if base.external and second_at is not None:
+                # an external run runs from its producer's first batch
+                started_at = started_at or second_at
             status = RunStatus.RUNNING if started_at else RunStatus.QUEUED
-            live = base.evolve(status=status)
+            started = parse_timestamp(started_at) if started_at else None
+            live = base.evolve(status=status, started_at=started)
             await self.repo.upsert_run(live)
             current = await self.repo.get_run(run_id)
-            if current.external or current.lease_owner is not None:
+            if current.external or current.lease_owner is not None or not started_at:
+                # a queued run waits for a worker; an external one for its producer
                 return current
             async with self.held.lock(run_id):
                 if self.held.get(run_id) is not None:

@@ -116,7 +116,13 @@ class Worker:
     async def _execute(self, run: Run) -> None:
         logs.bind_run(run.id)  # log lines of this task name the run
         metrics.bind_source("executor")  # metrics hook: its events count as the executor's
-        session = await self.manager.start_session(run, self.worker_id)
+        try:
+            session = await self.manager.start_session(run, self.worker_id)
+        except RuneventsError as exc:
+            # the database (or the disk) failed while starting: give the run back
+            # rather than leave it claimed and never heart-beaten (reaped as lost)
+            log.warning("run %s: could not start (%s); giving it back", run.id, exc)
+            session = None
         if session is None:
             with contextlib.suppress(RuneventsError):
                 await self.manager.release(run, self.worker_id)
@@ -154,7 +160,12 @@ class Worker:
         while True:
             await asyncio.sleep(delay)
             try:
-                await session.settle()
+                if session.writer.ended:
+                    # run.completed is committed (maybe not durable yet): finish the job
+                    await session.settle()
+                else:
+                    # it failed before run.completed was written: write it again
+                    await session.complete(**outcome)
                 return
             except WriterFenced:
                 raise

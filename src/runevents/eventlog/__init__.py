@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +31,7 @@ from runevents.eventlog.locate import (
 )
 from runevents.eventlog.reader import Cursor, StaleIndex, iter_lines
 from runevents.eventlog.recovery import (
+    MarkerLine,
     Recovered,
     recover_index,
     recover_log,
@@ -45,8 +46,15 @@ from runevents.eventlog.types import (
     SealInfo,
 )
 from runevents.eventlog.writer import RunWriter, WriterConfig
-from runevents.events import RUN_COMPLETED_PREFIX
+from runevents.events import (
+    RUN_COMPLETED_PREFIX,
+    Event,
+    encode_batch,
+    mark_unit_end,
+    utc_timestamp,
+)
 from runevents.exceptions import StorageError, WriterBusy
+from runevents.ids import new_ulid
 from runevents.logstore.base import LogStore
 from runevents.logstore.local import fsync_dir
 from runevents.notify import Notifier
@@ -138,13 +146,17 @@ class EventLog:
         source: str = "worker",
         atomic: bool = False,
         checkpoint: tuple[int, int] | None = None,
+        before_recovery: Callable[[], Awaitable[None]] | None = None,
     ) -> RunWriter:
         """The run's single writer. WriterBusy if this or another process holds it.
 
         Recovers the log first (contract 2.2: everything after ``checkpoint``,
         a ``(sequence, offset)`` known durable, is checked; what is cut is in
-        ``writer.recovered``). ``atomic`` picks the failure policy (see
-        ``writer``). For a log that already ended
+        ``writer.recovered``; the cut is marked by a ``log.recovered`` line written
+        in the same step). ``before_recovery`` is awaited once the file lock is
+        held and before the log is touched: the manager takes the writer lease
+        there, so recovery only ever runs for the owner. ``atomic`` picks the
+        failure policy (see ``writer``). For a log that already ended
         (run.completed, or sealed/compacted away from the live file) the writer
         opens but ``prepare`` raises RunEnded.
         """
@@ -160,6 +172,8 @@ class EventLog:
             fsync_dir(directory.parent)
         lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
         try:
+            if before_recovery is not None:
+                await before_recovery()
             writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint)
         except BaseException:
             lock.release()
@@ -213,8 +227,9 @@ class EventLog:
             raise StorageError(f"cannot open {keys.live}: {exc}") from exc
         try:
             recovered, (index, index_fd) = await _off_loop_if_large(
-                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes, checkpoint
-            )
+                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes, checkpoint,
+                _marker(ref),
+            )  # fmt: skip
         except BaseException:
             os.close(fd)
             raise
@@ -473,6 +488,27 @@ class EventLog:
         return self.keys(ref).log in self._writers
 
 
+def _marker(ref: RunRef) -> MarkerLine:
+    """The ``log.recovered`` line recovery writes at a cut (one unit, a fresh event id)."""
+
+    def line(sequence: int, payload: dict[str, Any]) -> bytes:
+        event = Event(
+            type="log.recovered",
+            event_id=f"evt_{new_ulid()}{sequence}",
+            created_at=utc_timestamp(),
+            sequence=sequence,
+            source="server",
+            workspace_id=ref.workspace_id,
+            configuration_id=ref.configuration_id,
+            run_id=ref.run_id,
+            build_id=None,
+            payload=payload,
+        )
+        return mark_unit_end(encode_batch([event]))
+
+    return line
+
+
 def _make_dirs(path: Path) -> list[Path]:
     """``mkdir -p path``; returns the directories it created, outermost first."""
     missing: list[Path] = []
@@ -504,7 +540,12 @@ async def _off_loop_if_large(fd: int, fn: Callable[..., T], *args: Any) -> T:
 
 
 def _recover(
-    fd: int, keys: Keys, run_id: str, every_bytes: int, checkpoint: tuple[int, int] | None
+    fd: int,
+    keys: Keys,
+    run_id: str,
+    every_bytes: int,
+    checkpoint: tuple[int, int] | None,
+    marker: MarkerLine,
 ) -> tuple[Recovered, tuple[SparseIndex, int | None]]:
-    recovered = recover_log(fd, keys.live, run_id, checkpoint)
+    recovered = recover_log(fd, keys.live, run_id, checkpoint, marker)
     return recovered, recover_index(fd, keys.live_index, recovered.end, every_bytes)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ class Recovered:
     reason: str = ""
     #: where the scan started: the checkpoint's offset when it was verified, else 0
     scanned_from: int = 0
+    #: the cut is already marked by a ``log.recovered`` line written in its place
+    marked: bool = False
 
     @property
     def torn_bytes(self) -> int:
@@ -155,8 +157,16 @@ def _decide(scan: Scan, size: int, marked: bool) -> tuple[int, int, int | None, 
     return cut, kept, None, reason + f"; {after} bytes from there on quarantined"
 
 
+#: builds the ``log.recovered`` line (a whole unit) for (sequence, payload)
+MarkerLine = Callable[[int, dict[str, Any]], bytes]
+
+
 def recover_log(
-    fd: int, path: Path, run_id: str, checkpoint: tuple[int, int] | None = None
+    fd: int,
+    path: Path,
+    run_id: str,
+    checkpoint: tuple[int, int] | None = None,
+    marker: MarkerLine | None = None,
 ) -> Recovered:
     """Check the log open at ``fd`` (read-write) and cut it after its last whole, valid unit.
 
@@ -167,6 +177,12 @@ def recover_log(
     scanned. Synchronous and possibly long (the whole log without a checkpoint):
     run it in a thread for a large file. Raises StorageError if the file cannot
     be read, quarantined or cut.
+
+    With ``marker``, a cut is marked in the same step: the ``log.recovered`` line
+    is written *at* the cut (over the damaged bytes, already quarantined) before
+    the file is truncated after it, so no later failure can leave a cut that no
+    event reports -- if the write fails, nothing was truncated and the next
+    recovery finds the same damage.
     """
     try:
         size = os.fstat(fd).st_size
@@ -178,22 +194,38 @@ def recover_log(
         cut, kept, cut_events, reason = _decide(scan, size, marked)
         ended = scan.completed_end == cut
         quarantined = None
+        end, last, marked_cut = cut, kept, False
         if cut < size:
             quarantined = _quarantine(fd, path, cut, size)
-            os.ftruncate(fd, cut)
+            if marker is not None and not ended:
+                payload = {"cut_bytes": size - cut, "cut_events": cut_events, "reason": reason}
+                line = marker(kept + 1, payload)
+                _pwrite_all(fd, line, cut)
+                end, last, marked_cut = cut + len(line), kept + 1, True
+            os.ftruncate(fd, end)
             os.fsync(fd)
     except OSError as exc:
         raise StorageError(f"cannot recover the log {path}: {exc}") from exc
     return Recovered(
-        end=cut,
-        last_sequence=kept,
+        end=end,
+        last_sequence=last,
         ended=ended,
         quarantined=quarantined,
         cut_bytes=size - cut,
         cut_events=cut_events,
         reason=reason,
         scanned_from=start,
+        marked=marked_cut,
     )
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(5, "the write made no progress")
+        view, offset = view[written:], offset + written
 
 
 def _quarantine(fd: int, path: Path, start: int, end: int) -> Path:

@@ -178,6 +178,8 @@ class RunWriter:
         self.fence: Fence | None = None
         #: the writer can no longer be trusted (fenced, or the file could not be cut back)
         self.broken: str | None = None
+        #: the durable end a failed write could not be cut back to (see retry_cut)
+        self._cut_pending: int | None = None
         self.index = index
         self.index_path = index_path
         self._fd = fd
@@ -198,6 +200,8 @@ class RunWriter:
         self._every_bytes = config.index_every_bytes
         self._every_events = config.index_every_events
         self._id_prefix = f"evt_{new_ulid()}"
+        #: the highest sequence this writer gave an event_id (see prepare)
+        self._numbered = last_sequence
         # Durable state: bytes [0, _durable) are on stable storage (visible to readers);
         # _buf holds every committed byte after it (written or not), so a failed
         # write can always be redone or cut back.
@@ -277,10 +281,16 @@ class RunWriter:
             drafts = kept
         ref = self.ref
         ws, cfg, run_id = ref.workspace_id, ref.configuration_id, ref.run_id
-        prefix, source = self._id_prefix, self.source
-        now: str | None = None
         sequence = first = self.last_sequence + 1
         last = first + len(drafts) - 1
+        if first <= self._numbered:
+            # these sequences were handed out before (a rollback, a refused commit, a
+            # prepare nobody committed): an event_id is never given twice, so a stored
+            # idempotency proof can never match another batch's event
+            self._id_prefix = f"evt_{new_ulid()}"
+        self._numbered = max(self._numbered, last)
+        prefix, source = self._id_prefix, self.source
+        now: str | None = None
         events: list[Event] = []
         add = events.append
         # This loop runs once per event: keep it to what must happen per event.
@@ -512,7 +522,9 @@ class RunWriter:
                 self._ops.ftruncate(self._fd, start)  # type: ignore[arg-type]
                 self.bytes_written = start
             except OSError as cut:
-                # the file may hold bytes nobody acknowledged: only a reopen may go on
+                # the file holds bytes nobody acknowledged: nothing more is written until
+                # they are cut (retry_cut), and a reopen's recovery must not keep them
+                self._cut_pending = start
                 self._break(
                     f"the log of run {self.ref.run_id} cannot be cut back after a failed "
                     f"write: {cut}"
@@ -545,6 +557,22 @@ class RunWriter:
                 self.on_degraded(self)
             except Exception:
                 log.exception("run %s: on_degraded callback failed", self.ref.run_id)
+
+    def retry_cut(self) -> bool:
+        """A writer broken because a failed write could not be cut back: try the cut again
+        (the bytes after the durable end were never acknowledged). True if it works now."""
+        if self.broken is None or self._cut_pending is None or self._fd is None:
+            return self.broken is None
+        try:
+            self._ops.ftruncate(self._fd, self._cut_pending)
+            self._ops.fsync(self._fd)
+        except OSError:
+            return False
+        self.bytes_written = self._cut_pending
+        self._cut_pending = None
+        self.broken = None
+        log.warning("run %s: the failed write is cut back now", self.ref.run_id)
+        return True
 
     def _break(self, reason: str) -> None:
         if self.broken is None:
@@ -602,6 +630,10 @@ class RunWriter:
             if handle is not None:
                 handle.cancel()
         self._timer = self._retry = None
+        if self._cut_pending is not None:
+            # never leave unacknowledged bytes behind: a reopen's recovery would keep
+            # them (they are whole units)
+            self.retry_cut()
         try:
             if self.broken is None and self._buf:
                 with contextlib.suppress(WriterFenced):

@@ -56,9 +56,27 @@ schemathesis.openapi.format(CURSOR_FORMAT, st.builds(encode_cursor, _instants, _
 MAX_WAIT = 1.0
 
 
+#: every generated Idempotency-Key gets this suffix, unique per request
+_KEYS = iter(range(1, 1 << 62))
+
+
 @schemathesis.hook
 def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: Any) -> None:
-    """Shorten a valid long-poll ``wait`` to :data:`MAX_WAIT` seconds (the run stays bounded)."""
+    """Shorten a valid long-poll ``wait`` to :data:`MAX_WAIT` seconds (the run stays bounded),
+    and make each ``Idempotency-Key`` name one batch: a key names one batch (contract 6),
+    so the same generated key with another generated body is rightly 422
+    ``idempotency_key_reused`` -- state, not a schema disagreement."""
+    headers = kwargs.get("headers")
+    if isinstance(headers, dict):
+        for name in list(headers):
+            value = headers[name]
+            # only valid keys (1..200 characters): an invalid one must stay invalid
+            if (
+                name.lower() == "idempotency-key"
+                and isinstance(value, str)
+                and 0 < len(value) <= 200
+            ):
+                headers[name] = f"{value[:180]}-{next(_KEYS)}"
     params = kwargs.get("params")
     if not isinstance(params, dict) or "wait" not in params:
         return

@@ -225,7 +225,7 @@ async def test_a_cut_is_marked_by_log_recovered_even_when_the_first_take_fails(
     with pytest.raises(StorageError):
         await m.ingest("acme", "ext", run.id, [console("b")])
     if trigger == "log_recovered_write_fails":
-        m.log.file_ops = FaultyOps()
+        ops.error = None  # the disk has room again (for every writer that uses it)
     else:
         monkeypatch.setattr(m.repo, "acquire_writer", real)
     await m.ingest("acme", "ext", run.id, [console("b")])
