@@ -21,6 +21,7 @@ Usable from the command line as well::
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,7 +68,7 @@ def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: 
     so the same generated key with another generated body is rightly 422
     ``idempotency_key_reused`` -- state, not a schema disagreement."""
     headers = kwargs.get("headers")
-    if isinstance(headers, dict):
+    if isinstance(headers, MutableMapping):
         for name in list(headers):
             value = headers[name]
             # only valid keys (1..200 characters): an invalid one must stay invalid
