@@ -89,6 +89,15 @@ def serve(
             "[env: RUNEVENTS_WORKER_CONCURRENCY]",
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help="Proxies trusted for X-Forwarded-Proto/-For (comma-separated, or '*'), "
+            "so the session cookie is Secure behind a TLS-terminating proxy "
+            "[env: RUNEVENTS_FORWARDED_ALLOW_IPS]",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
     """Start the API, the web UI and an embedded worker."""
@@ -109,6 +118,7 @@ def serve(
             start_demo_run=demo or None,
             tokens_file=tokens,
             worker_concurrency=workers,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
         registry = load_tokens(settings.tokens_file) if settings.tokens_file else None
         check_bind(settings.host, registry)
@@ -137,6 +147,8 @@ def serve(
         port=settings.port,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=5,
+        # the app applies the trusted-proxy headers itself (settings.forwarded_allow_ips)
+        proxy_headers=False,
     )
 
 

@@ -35,6 +35,7 @@ from runevents.exceptions import (
 )
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
+from runevents.run_masks import RunMasks
 from runevents.search import search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
@@ -73,6 +74,8 @@ class RunManager(ProducerIngest, RunUpkeep):
         self._last_batch: dict[str, float] = {}
         #: called after a run is queued, so an embedded worker claims it at once
         self.on_queued: Callable[[], None] | None = None
+        # secret masking of producers' batches (contract 11; hooked in producer.ingest)
+        self.masks = RunMasks(repo, configs)
 
     # ------------------------------------------------------------------ helpers
     def _lock(self, run_id: str) -> asyncio.Lock:

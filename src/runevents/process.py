@@ -33,6 +33,7 @@ from typing import Final, Literal, Protocol, cast
 
 from runevents.capture import ConsoleTranslator, Line, LineSplitter, Stream
 from runevents.events import EventDraft
+from runevents.masking import Masker
 
 #: a pipe stops being read once this many bytes wait for the consumer
 HIGH_WATER: Final = 256 * 1024
@@ -73,19 +74,54 @@ class Emitter:
     stdout, stderr and the executor's own notices share the lock so batches
     never interleave inside a ``sink.emit`` call and the translator's phase
     state sees lines in the order they are emitted.
+
+    With a ``masker`` (the run's secrets, :mod:`runevents.masking`) every draft
+    is masked before the sink sees it. A batch of lines whose raw bytes hold no
+    secret form and no ``::add-mask::`` (one automaton scan over the read) and
+    no structured event skips the per-draft work: the executor's hot path.
     """
 
-    def __init__(self, sink: Sink, translator: ConsoleTranslator) -> None:
+    def __init__(
+        self, sink: Sink, translator: ConsoleTranslator, masker: Masker | None = None
+    ) -> None:
         self.sink = sink
         self.translator = translator
+        self.masker = masker
         self._lock = asyncio.Lock()
 
-    async def lines(self, stream: Stream, lines: list[Line], *, braces: bool = True) -> None:
-        """Translate and emit one batch of lines of ``stream`` (``braces``: see translate)."""
+    async def lines(
+        self, stream: Stream, lines: list[Line], *, braces: bool = True, raw: bytes | None = None
+    ) -> None:
+        """Translate and emit one batch of lines of ``stream`` (``braces``: see translate).
+
+        ``raw``: the bytes of the read the lines came from (all of them but the
+        first, which may have started in an earlier read), for the masker's
+        one-scan check.
+        """
         async with self._lock:
-            drafts = self.translator.translate(stream, lines, braces=braces)
-            if drafts:
-                await self.sink.emit(drafts)
+            translator = self.translator
+            drafts = translator.translate(stream, lines, braces=braces)
+            if not drafts:
+                return
+            masker = self.masker
+            if masker is not None and not (
+                raw is not None and not braces and self._clean(masker, lines, raw)
+            ):
+                drafts = masker.mask_drafts(drafts)
+                if translator.phase is not None:
+                    # a phase named with a secret is stamped on later lines: keep it masked
+                    translator.phase = masker.mask_text(translator.phase)[0]
+            await self.sink.emit(drafts)
+
+    def _clean(self, masker: Masker, lines: list[Line], raw: bytes) -> bool:
+        first = lines[0]
+        phase = self.translator.phase
+        return (
+            type(first) is bytes
+            and masker.clean_bytes(raw)
+            and masker.clean_bytes(first)
+            and (phase is None or masker.clean_bytes(phase.encode("utf-8", "surrogatepass")))
+        )
 
     async def notice(self, message: str, *, level: str = "warning") -> None:
         """Emit a console line written by runevents itself."""
@@ -94,6 +130,8 @@ class Emitter:
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         """Emit ready-made drafts (lifecycle events)."""
         async with self._lock:
+            if self.masker is not None:
+                drafts = self.masker.mask_drafts(drafts)
             await self.sink.emit(drafts)
 
 
@@ -388,7 +426,7 @@ async def _pump(
         lines = splitter.feed(data)
         if lines:
             # one memchr over the chunk saves a per-line check in the common case
-            await emitter.lines(stream, lines, braces=b"{" in data)
+            await emitter.lines(stream, lines, braces=b"{" in data, raw=data)
 
 
 async def _wait(

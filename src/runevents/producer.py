@@ -39,6 +39,7 @@ from runevents.upkeep import LIVE_STATUSES, run_ref
 if TYPE_CHECKING:
     from runevents.db.repository import RunRepository
     from runevents.events import Event
+    from runevents.run_masks import RunMasks
     from runevents.settings import Settings
 
 #: event types only the server writes; producers may not send them
@@ -90,6 +91,7 @@ class ProducerIngest:
     _held: dict[str, Run]
     _progress_at: dict[str, float]
     _last_batch: dict[str, float]
+    masks: RunMasks
 
     if TYPE_CHECKING:
         # provided by RunManager
@@ -129,6 +131,8 @@ class ProducerIngest:
                 # else can append to or finish them, so the cached row is current
                 # and the hot path needs no SELECT per batch.
                 run = await self.get_run(workspace_id, configuration_id, run_id)
+            # secrets and ::add-mask:: values become *** before anything is stored (run_masks.py)
+            drafts = await self.masks.mask_batch(run, drafts, held=run_id in self._held)
             if idempotency_key is not None:
                 # checked before the run's state, so the retry of a batch that
                 # ended the run gets its first answer rather than 409

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from runevents.exceptions import InvalidEvent
+from runevents.masking import MASKED_KEY
 from runevents.summary.telemetry import (
     Malformed,
     Validation,
@@ -103,6 +104,8 @@ class RunSummaryBuilder:
         self._by_stream: dict[str, int] = {}
         self._by_level: dict[str, int] = {}
         self._truncated = 0
+        #: secret replacements recorded in the events (``payload.masked``, see masking.py)
+        self._masked = 0
         #: the latest console messages: just enough to fill SNIPPET_BYTES of UTF-8
         self._snippet: deque[str] = deque()
         #: characters in _snippet, counting one per joining newline
@@ -126,6 +129,11 @@ class RunSummaryBuilder:
         """Reduce one event. Malformed telemetry is counted in ``events.ignored``, never raised."""
         self._total += 1
         self._by_type[type] = self._by_type.get(type, 0) + 1
+        if isinstance(payload, dict) and MASKED_KEY in payload:
+            masked = payload[MASKED_KEY]
+            # the server writes a positive int; anything else is not a count
+            if masked.__class__ is int and masked > 0:
+                self._masked += masked
         try:
             phase_kind = _PHASE_TYPES.get(type)
             if phase_kind is not None:
@@ -308,6 +316,7 @@ class RunSummaryBuilder:
                 "by_stream": dict(sorted(self._by_stream.items())),
                 "by_level": dict(sorted(self._by_level.items())),
                 "truncated": self._truncated,
+                "masked": self._masked,
             },
             "phases": list(self._phase_entries()),
             "tables": self._tables_summary(),
