@@ -33,7 +33,7 @@ from typing import Final, Literal, Protocol, cast
 
 from runevents.capture import ConsoleTranslator, Line, LineSplitter, Stream
 from runevents.events import EventDraft
-from runevents.masking import Masker
+from runevents.masking import Masker, has_add_mask
 
 #: a pipe stops being read once this many bytes wait for the consumer
 HIGH_WATER: Final = 256 * 1024
@@ -76,9 +76,10 @@ class Emitter:
     state sees lines in the order they are emitted.
 
     With a ``masker`` (the run's secrets, :mod:`runevents.masking`) every draft
-    is masked before the sink sees it. A batch of lines whose raw bytes hold no
-    secret form and no ``::add-mask::`` (one automaton scan over the read) and
-    no structured event skips the per-draft work: the executor's hot path.
+    is masked before the sink sees it. For a batch of plain lines (no structured
+    event, no ``::add-mask::``) one automaton scan over the read's bytes finds
+    the lines holding a secret form, and only those are rewritten: the
+    executor's hot path costs one scan per read.
     """
 
     def __init__(
@@ -104,24 +105,43 @@ class Emitter:
             if not drafts:
                 return
             masker = self.masker
-            if masker is not None and not (
-                raw is not None and not braces and self._clean(masker, lines, raw)
-            ):
-                drafts = masker.mask_drafts(drafts)
-                if translator.phase is not None:
-                    # a phase named with a secret is stamped on later lines: keep it masked
-                    translator.phase = masker.mask_text(translator.phase)[0]
+            if masker is not None:
+                hits = None if raw is None or braces else self._line_hits(masker, lines, raw)
+                if hits is None or (hits and len(drafts) != len(lines)):
+                    drafts = masker.mask_drafts(drafts)
+                    if translator.phase is not None:
+                        # a phase named with a secret is stamped on later lines: keep it masked
+                        translator.phase = masker.mask_text(translator.phase)[0]
+                else:
+                    for index in sorted(hits):
+                        masker.mask_drafts([drafts[index]])  # in place
             await self.sink.emit(drafts)
 
-    def _clean(self, masker: Masker, lines: list[Line], raw: bytes) -> bool:
+    def _line_hits(self, masker: Masker, lines: list[Line], raw: bytes) -> set[int] | None:
+        """Indexes of the lines holding a secret form, found in the read's bytes; None
+        when the batch needs the full look (an ``::add-mask::``, or a first line or a
+        phase holding a form: the first line may have begun in an earlier read).
+
+        ``lines[k]`` ends at the k-th newline of ``raw`` (the splitter's contract),
+        so a match's line is the number of newlines before it.
+        """
         first = lines[0]
         phase = self.translator.phase
-        return (
-            type(first) is bytes
-            and masker.clean_bytes(raw)
-            and masker.clean_bytes(first)
-            and (phase is None or masker.clean_bytes(phase.encode("utf-8", "surrogatepass")))
-        )
+        if (
+            type(first) is not bytes
+            or b"{" in first  # it may be a structured event: the full walk checks it
+            or not masker.clean_bytes(first)
+            or (phase is not None and not masker.clean_bytes(phase.encode("utf-8", "replace")))
+            or has_add_mask(raw)
+        ):
+            return None
+        hits: set[int] = set()
+        for start, end in masker.byte_matches(raw):
+            for position in (start, end - 1):
+                index = raw.count(b"\n", 0, position)
+                if index < len(lines):  # past the last newline: the next read's first line
+                    hits.add(index)
+        return hits
 
     async def notice(self, message: str, *, level: str = "warning") -> None:
         """Emit a console line written by runevents itself."""

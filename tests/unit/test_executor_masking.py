@@ -129,3 +129,48 @@ async def test_add_mask_without_declared_secrets(tmp_path: Path) -> None:
     cfg = Configuration(workspace_id="ws", configuration_id="cfg", command=(PY, "-c", child))
     _, sink = await run(cfg, tmp_path)
     assert sink.messages() == ["::add-mask::***", "token=***"]
+
+
+async def test_in_a_big_read_exactly_the_lines_holding_a_secret_are_masked(
+    tmp_path: Path,
+) -> None:
+    # one write of 5,000 lines: the executor finds the lines by the read's bytes
+    child = textwrap.dedent(
+        """
+        import os, sys
+        s = os.environ["DB_PASSWORD"]
+        out = []
+        for i in range(5000):
+            out.append(f"{i} {s} {s}\\n" if i % 97 == 5 else f"{i} plain line\\n")
+        sys.stdout.write("".join(out))
+        """
+    )
+    _, sink = await run(config(command=(PY, "-c", child)), tmp_path)
+    lines = sink.console(scope="run")
+    assert len(lines) == 5000
+    for i, payload in enumerate(lines):
+        if i % 97 == 5:
+            assert payload["message"] == f"{i} *** ***" and payload["masked"] == 2, payload
+        else:
+            assert payload == {
+                "scope": "run",
+                "stream": "stdout",
+                "level": "info",
+                "message": f"{i} plain line",
+            }
+
+
+async def test_a_forged_count_in_a_structured_first_line_is_dropped(tmp_path: Path) -> None:
+    # a structured event begun in one read and ended in the next is the first
+    # line of a read: it must still lose a producer's own "masked"
+    child = textwrap.dedent(
+        """
+        import sys, time
+        sys.stdout.write('{"type": "x.y", "payload": {"mas'); sys.stdout.flush()
+        time.sleep(0.3)
+        sys.stdout.write('ked": 99}}\\nplain\\n'); sys.stdout.flush()
+        """
+    )
+    _, sink = await run(config(command=(PY, "-c", child)), tmp_path)
+    (event,) = sink.of("x.y")
+    assert event.payload == {}

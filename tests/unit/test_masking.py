@@ -182,3 +182,16 @@ def test_structured_events_are_masked_recursively() -> None:
         "validation": {"issues_by_code": {MASK: 2}},
         "masked": 2,
     }
+
+
+def test_many_secrets_are_all_found_past_one_automaton_group() -> None:
+    # more than Masker.GROUP forms: the bytes check runs several automatons
+    values = [f"secret-number-{i:03d}-xyz" for i in range(40)]
+    masker = Masker(values)
+    assert len(encoded_forms(values[0])) * len(values) > Masker.GROUP
+    for value in values:
+        data = f"a line with {value} inside".encode()
+        assert not masker.clean_bytes(data)
+        assert masker.byte_matches(data)
+        assert masker.mask_text(data.decode()) == ("a line with *** inside", 1)
+    assert masker.clean_bytes(b"a line with nothing")
