@@ -29,12 +29,14 @@ Streaming: lines are masked whole, after the line splitter joined the writes
 of the child that made them, so a secret split across two writes of one line is
 masked. A value split across two *lines* is not (the contract leaves it out).
 
-The search is Aho-Corasick (``ahocorasick-rs``, leftmost-longest: a whole
-padded base64 form wins over its slice). A draft batch is first checked with
-one scan over the UTF-8 bytes of its joined messages, so output without any
-secret costs one pass at several hundred MB/s per batch. Measured against one
-compiled regular expression of the same alternatives (``bench/bench_masking.py``):
-the regex scans ~50x slower, and 20 secrets are 100 alternatives.
+The search is Aho-Corasick (``ahocorasick-rs``). Text is first checked as
+UTF-8 bytes by automatons of at most :attr:`Masker.GROUP` forms each (searched
+with a SIMD prefilter, GB/s), and only strings known to hold a form go through
+the replacing automaton of all forms (leftmost-longest: a whole padded base64
+form wins over its slice). The executor checks a child's raw reads this way
+(``process.Emitter``); :meth:`Masker.mask_drafts` does it for a batch of drafts
+by their joined texts. One compiled regular expression of the same forms was
+measured ~250x slower than the bytes check (``bench/bench_masking.py``).
 """
 
 from __future__ import annotations
