@@ -195,3 +195,28 @@ def test_many_secrets_are_all_found_past_one_automaton_group() -> None:
         assert masker.byte_matches(data)
         assert masker.mask_text(data.decode()) == ("a line with *** inside", 1)
     assert masker.clean_bytes(b"a line with nothing")
+
+
+def test_a_secret_with_json_special_characters_is_found_in_encoded_events() -> None:
+    # drafts are checked as encoded JSON, where " and \\ and control characters are escaped
+    tricky = 'pa"ss\\word\t-1234'
+    masker = Masker([tricky])
+    out = masker.mask_drafts(
+        [
+            EventDraft(type="run.error", payload={"message": f"bad {tricky}!", "n": 1}),
+            line(f"plain {tricky}"),
+            line("nothing here"),
+        ]
+    )
+    assert out[0].payload == {"message": "bad ***!", "n": 1, "masked": 1}
+    assert out[1].payload["message"] == "plain ***" and out[1].payload["masked"] == 1
+    assert "masked" not in out[2].payload
+
+
+def test_a_payload_json_cannot_encode_is_still_masked() -> None:
+    # orjson refuses ints past 64 bits: the masker walks the strings instead
+    masker = Masker([SECRET])
+    (out,) = masker.mask_drafts(
+        [EventDraft(type="x.y", payload={"big": 2**70, "note": f"{SECRET}", "masked": 3})]
+    )
+    assert out.payload == {"big": 2**70, "note": MASK, "masked": 1}
