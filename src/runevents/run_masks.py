@@ -92,7 +92,3 @@ class RunMasks:
             box = await self._secretbox()
             await self.repo.add_run_masks(run.id, [(box.digest(v), box.seal(v)) for v in added])
         return out
-
-    def forget(self, run_id: str) -> None:
-        """Drop the cached masker of a run (it ended, or its writer moved)."""
-        self._cache.pop(run_id, None)
