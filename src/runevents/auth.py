@@ -10,9 +10,11 @@
   :data:`OPEN_PRINCIPAL` (admin on ``*``), allowed only on loopback
   (:func:`check_bind`).
 * Browser sessions: the cookie holds ``base64url(json) "." base64url(hmac)``,
-  signed with a server secret. It names the token entry and a fingerprint of
-  its hash, never the token, so removing or rotating a token in the file ends
-  its sessions too. It expires after ``session_ttl_seconds``.
+  signed with the deployment's session key: ``session_secret`` if configured,
+  else a random key created once in the database (``server_keys``), so every
+  process on the same database accepts a session any of them issued. It names
+  the token entry and a fingerprint of its hash, never the token, so removing
+  or rotating a token in the file ends its sessions too. It expires after ``session_ttl_seconds``.
 
 Nothing here knows about HTTP; ``api/deps.py`` and ``api/session.py`` use it.
 """
@@ -28,7 +30,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import time
 import tomllib
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 
 #: the workspace wildcard of a token's ``workspaces``
 ALL = "*"
-#: name of the persisted session secret under the data dir
-SESSION_KEY_FILE = "session.key"
+#: name of the session signing key in the database's ``server_keys``
+SESSION_KEY_NAME = "session"
 #: bytes of randomness in a generated token and a generated session secret
 TOKEN_BYTES = 32
 _TOKEN_PREFIX = "rev_"
@@ -293,39 +294,6 @@ def check_bind(host: str, tokens: TokenRegistry | None) -> None:
 # ---------------------------------------------------------------------------- sessions
 
 
-def load_session_secret(configured: str | None, data_dir: Path) -> bytes:
-    """The session signing key: the configured secret, else ``data_dir/session.key``.
-
-    The file is created (mode 0600) with a random key on first use so that a
-    restart keeps browser sessions valid.
-    """
-    if configured:
-        return configured.encode("utf-8")
-    path = data_dir / SESSION_KEY_FILE
-    try:
-        key = path.read_bytes().strip()
-    except FileNotFoundError:
-        key = b""
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the session key: {exc}") from exc
-    if len(key) >= 32:
-        return key
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(TOKEN_BYTES).encode()
-    tmp = path.with_name(f".{SESSION_KEY_FILE}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write the session key: {exc}") from exc
-    return key
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -340,14 +308,31 @@ def _fingerprint(entry: TokenEntry) -> str:
 
 
 class SessionSigner:
-    """Issues and verifies ``runevents_session`` cookie values."""
+    """Issues and verifies ``runevents_session`` cookie values.
 
-    def __init__(self, secret: bytes, tokens: TokenRegistry, ttl_seconds: float) -> None:
+    ``secret`` may come later (:meth:`set_secret`): the key created in the
+    database is read once the database is open.
+    """
+
+    def __init__(self, secret: bytes | None, tokens: TokenRegistry, ttl_seconds: float) -> None:
         self._secret = secret
         self.tokens = tokens
         self.ttl_seconds = ttl_seconds
 
+    @property
+    def ready(self) -> bool:
+        """Whether the signing key is known."""
+        return self._secret is not None
+
+    def set_secret(self, secret: bytes) -> None:
+        """Use ``secret`` from now on (the deployment's key, read from the database)."""
+        if len(secret) < 16:
+            raise ValueError("a session key needs at least 16 bytes")
+        self._secret = secret
+
     def _mac(self, body: bytes) -> bytes:
+        if self._secret is None:
+            raise RuntimeError("the session key is not loaded yet")
         return hmac.new(self._secret, body, hashlib.sha256).digest()
 
     def issue(self, principal: Principal, *, now: float | None = None) -> str:

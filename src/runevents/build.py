@@ -49,6 +49,7 @@ import orjson
 from runevents.capture import ConsoleTranslator
 from runevents.configs import Configuration
 from runevents.events import EventDraft
+from runevents.masking import Masker
 from runevents.models import rfc3339, utcnow
 from runevents.process import Emitter, ProcessOutcome, Sink, run_process
 
@@ -127,6 +128,7 @@ class BuildCache:
         cwd: Path | None,
         kill_grace_seconds: float,
         max_line_bytes: int,
+        masker: Masker | None = None,
     ) -> AsyncIterator[BuildResult]:
         """Make sure ``config`` is built (emitting ``build.*`` events); yield how it went.
 
@@ -134,6 +136,7 @@ class BuildCache:
         the body runs after a successful build, the build is held shared so no
         cleanup removes it. ``cwd`` is the commands' directory (the build
         directory when ``None``); ``RUNEVENTS_BUILD_DIR`` is added to ``env``.
+        ``masker``: the run's secrets, masked in every build event.
         """
         assert config.build is not None, "configuration has no build step"
         # hashed once: the hash reads the build inputs, which could change under us
@@ -141,7 +144,7 @@ class BuildCache:
         build_dir = self.config_root(config) / digest
         build_id = build_id_of(digest)
         lock_path = build_dir.with_name(build_dir.name + ".lock")
-        emitter = Emitter(sink, ConsoleTranslator(scope="build", build_id=build_id))
+        emitter = Emitter(sink, ConsoleTranslator(scope="build", build_id=build_id), masker)
         started = time.monotonic()
         # the reason says what this run found on arrival; build.completed's reason
         # says what happened (another run may finish the same build meanwhile)

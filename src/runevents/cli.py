@@ -109,6 +109,15 @@ def serve(
             "[env: RUNEVENTS_WORKER_CONCURRENCY]",
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help="Proxies trusted for X-Forwarded-Proto/-For (comma-separated, or '*'), "
+            "so the session cookie is Secure behind a TLS-terminating proxy "
+            "[env: RUNEVENTS_FORWARDED_ALLOW_IPS]",
+        ),
+    ] = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -132,6 +141,7 @@ def serve(
             worker_concurrency=workers,
             log_level=log_level,
             log_format=log_format,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
         # before anything logs (check_bind warns about open mode)
         logs.configure(settings.log_level, settings.log_format)
@@ -153,6 +163,8 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's lines go through logs.configure's handler
         timeout_graceful_shutdown=5,
+        # the app applies the trusted-proxy headers itself (settings.forwarded_allow_ips)
+        proxy_headers=False,
     )
 
 

@@ -11,6 +11,7 @@ entries::
     cwd = "jobs/etl"                         # optional, default: the TOML file's directory
     timeout = "30m"                          # optional: duration (0s, 90m, 36h, 7d) or seconds
     env = { LOG_LEVEL = "debug" }            # optional: string -> string, added to the environment
+    secrets = ["DB_PASSWORD"]                # optional: variables whose values no log may hold
 
     [configuration.build]                    # optional build step, cached by content hash
     commands = [["python", "-m", "venv", ".venv"],
@@ -30,6 +31,13 @@ Paths:
   Programs are not required to exist at load time: a build step may create
   them, and a missing one fails the run with that reason.
 - Build ``inputs`` are resolved against ``cwd`` too.
+
+Secrets (contract section 11): each name in ``secrets`` is an environment
+variable, taken from the entry's ``env``, else from this process's environment
+(the server's or the worker's). Its value is handed to the build step and the
+command and masked in every event of the run (:mod:`runevents.masking`). A name
+that is not set, or a value shorter than 8 characters (it would mask ordinary
+words), is an error at load, naming the file, the configuration and the reason.
 
 Every error -- a missing file, TOML that does not parse, a bad or unknown key, a
 duplicate ``(workspace, id)`` -- raises :class:`~runevents.exceptions.ConfigError`
@@ -54,6 +62,7 @@ from typing import Any
 
 from runevents.exceptions import ConfigError, ConfigurationNotFound, InvalidInput
 from runevents.ids import check_name
+from runevents.masking import MIN_SECRET_CHARS
 from runevents.settings import parse_duration
 
 #: bumps whenever the content-hash document changes shape (old build caches miss)
@@ -61,7 +70,17 @@ HASH_SCHEME = "runevents.configuration/v1"
 #: read size when hashing build inputs (bytes)
 _HASH_CHUNK = 1024 * 1024
 
-_ENTRY_KEYS = ("workspace", "id", "description", "command", "cwd", "timeout", "env", "build")
+_ENTRY_KEYS = (
+    "workspace",
+    "id",
+    "description",
+    "command",
+    "cwd",
+    "timeout",
+    "env",
+    "secrets",
+    "build",
+)
 _BUILD_KEYS = ("commands", "inputs", "timeout")
 
 
@@ -95,6 +114,11 @@ class Configuration:
     description: str = ""
     #: the TOML file it came from (None when built in code)
     source: Path | None = None
+    #: names of the environment variables whose values are secrets
+    secrets: tuple[str, ...] = ()
+    #: the secrets' values, resolved at load (name -> value); given to the child,
+    #: masked in every event; never shown (not in repr, to_dict or the content hash)
+    secret_values: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Ids end up in file paths and URLs: never let a bad one into a registry.
@@ -223,10 +247,12 @@ class _EntryError(Exception):
         self.reason = reason
 
 
-def load_config_file(path: Path) -> list[Configuration]:
+def load_config_file(path: Path, environ: Mapping[str, str] | None = None) -> list[Configuration]:
     """Parse and validate a configurations TOML file (see the module docstring).
 
-    Raises ConfigError naming the file, the key path and the reason.
+    ``environ`` is where secrets not in an entry's ``env`` come from (default:
+    this process's environment, which the children inherit anyway). Raises
+    ConfigError naming the file, the key path and the reason.
     """
     path = Path(path)
     try:
@@ -242,14 +268,16 @@ def load_config_file(path: Path) -> list[Configuration]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}", file=str(path)) from None
     try:
-        return _parse_document(document, path)
+        return _parse_document(document, path, os.environ if environ is None else environ)
     except _EntryError as exc:
         raise ConfigError(
             f"{path}: {exc.key}: {exc.reason}", file=str(path), key=exc.key, reason=exc.reason
         ) from None
 
 
-def _parse_document(document: dict[str, Any], path: Path) -> list[Configuration]:
+def _parse_document(
+    document: dict[str, Any], path: Path, environ: Mapping[str, str]
+) -> list[Configuration]:
     _reject_unknown(document, ("configuration",), "")
     entries = document.get("configuration", [])
     if not isinstance(entries, list):
@@ -259,7 +287,7 @@ def _parse_document(document: dict[str, Any], path: Path) -> list[Configuration]
     seen: dict[tuple[str, str], str] = {}
     for index, entry in enumerate(entries):
         where = f"configuration[{index}]"
-        config = _parse_entry(entry, where, base, path)
+        config = _parse_entry(entry, where, base, path, environ)
         key = (config.workspace_id, config.configuration_id)
         if key in seen:
             raise _EntryError(
@@ -270,7 +298,9 @@ def _parse_document(document: dict[str, Any], path: Path) -> list[Configuration]
     return configs
 
 
-def _parse_entry(entry: object, where: str, base: Path, source: Path) -> Configuration:
+def _parse_entry(
+    entry: object, where: str, base: Path, source: Path, environ: Mapping[str, str]
+) -> Configuration:
     table = _table(entry, where)
     _reject_unknown(table, _ENTRY_KEYS, where)
     workspace = _name(table, "workspace", where, "workspace id")
@@ -282,12 +312,22 @@ def _parse_entry(entry: object, where: str, base: Path, source: Path) -> Configu
     if "command" not in table:
         raise _EntryError(f"{where}.command", "missing (the argv to run)")
     build = table.get("build")
+    env = _env(table.get("env", {}), f"{where}.env")
+    names, values = _secrets(
+        table.get("secrets", []),
+        f"{where}.secrets",
+        f"{workspace}/{configuration_id}",
+        env,
+        environ,
+    )
     return Configuration(
         workspace_id=workspace,
         configuration_id=configuration_id,
         command=_argv(table["command"], f"{where}.command", cwd),
         cwd=cwd,
-        env=_env(table.get("env", {}), f"{where}.env"),
+        env=env,
+        secrets=names,
+        secret_values=values,
         timeout_seconds=_timeout(table.get("timeout"), f"{where}.timeout"),
         build=None if build is None else _build(build, f"{where}.build", cwd),
         description=description,
@@ -408,6 +448,35 @@ def _env(value: object, where: str) -> dict[str, str]:
         _no_nul(item, f"{where}.{key}")
         env[key] = item
     return env
+
+
+def _secrets(
+    value: object, where: str, config: str, env: Mapping[str, str], environ: Mapping[str, str]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The declared secret names and their values (entry's env first, then ``environ``)."""
+    if not isinstance(value, list):
+        raise _EntryError(where, "must be a list of environment variable names")
+    values: dict[str, str] = {}
+    for index, name in enumerate(value):
+        key = f"{where}[{index}]"
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise _EntryError(key, f"configuration {config}: {name!r} is not a variable name")
+        secret = env.get(name, environ.get(name))
+        if secret is None:
+            raise _EntryError(
+                key,
+                f"configuration {config}: secret {name} is not set "
+                "(neither in the configuration's env nor in the environment)",
+            )
+        if len(secret) < MIN_SECRET_CHARS:
+            raise _EntryError(
+                key,
+                f"configuration {config}: secret {name} is {len(secret)} characters long; "
+                f"at least {MIN_SECRET_CHARS} are required (masking a shorter value would "
+                "hide ordinary words in every log)",
+            )
+        values[name] = secret
+    return tuple(values), values
 
 
 def _timeout(value: object, where: str) -> float | None:

@@ -20,6 +20,8 @@ The child process (:mod:`runevents.process`) runs in its own session and gets:
   ``RUNEVENTS_OPTIONS_FILE`` (the run options as a JSON object),
   ``RUNEVENTS_RUN_DIR`` (the scratch directory, removed after the run) and, with
   a build step, ``RUNEVENTS_BUILD_DIR``;
+* the configuration's secrets (``secrets``): their values, also when they
+  come from this process's environment under a ``RUNEVENTS_`` name;
 * argv placeholders: ``{python}`` is replaced by the interpreter running
   runevents (so a configuration can run Python without depending on ``PATH``)
   and ``{config_dir}`` by the directory of the configuration's TOML file.
@@ -40,6 +42,13 @@ cancel (``cancel`` is set)   cancelled  null (exit code of the stopped child, if
 build failed / timed out     failed     ``{stage: build, code: exit_code|timeout|...}``; the
                                         command is not started, exit null
 ===========================  =========  ====================================================
+
+Secrets (contract section 11): every draft goes through the run's
+:class:`~runevents.masking.Masker` on its way to the sink -- the executor's and
+the build's :class:`~runevents.process.Emitter` hold it, and every draft of an
+execution goes through one of them -- and the returned failure is masked too.
+The masker starts with the configuration's secret values and learns
+``::add-mask::`` values from the run's console lines (build and command share it).
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from runevents.build import BuildCache
 from runevents.capture import ConsoleTranslator
 from runevents.configs import Configuration
 from runevents.events import EventDraft
+from runevents.masking import Masker
 from runevents.models import RunStatus, rfc3339, utcnow
 from runevents.process import Emitter, ProcessOutcome, run_process
 
@@ -136,6 +146,38 @@ async def execute(
     ``CancelledError``); the child's process group is gone before it returns or
     raises.
     """
+    masker = Masker(config.secret_values.values())
+    result = await _execute(
+        config,
+        masker,
+        run_id=run_id,
+        options=options,
+        sink=sink,
+        cancel=cancel,
+        work_dir=work_dir,
+        max_line_bytes=max_line_bytes,
+        kill_grace_seconds=kill_grace_seconds,
+        base_env=base_env,
+    )
+    if result.failure is not None and masker:
+        failure, _ = masker.mask_value(result.failure)
+        result = dataclasses.replace(result, failure=failure)
+    return result
+
+
+async def _execute(
+    config: Configuration,
+    masker: Masker,
+    *,
+    run_id: str,
+    options: Mapping[str, Any],
+    sink: EventSink,
+    cancel: asyncio.Event,
+    work_dir: Path,
+    max_line_bytes: int,
+    kill_grace_seconds: float,
+    base_env: Mapping[str, str] | None,
+) -> ExecutionResult:
     if cancel.is_set():
         return _ended("cancelled", None, None, None)
     run_dir = work_dir / "tmp" / run_id
@@ -168,6 +210,7 @@ async def execute(
                         cwd=config.cwd,
                         kill_grace_seconds=kill_grace_seconds,
                         max_line_bytes=max_line_bytes,
+                        masker=masker,
                     )
                 )
                 if build.status != "succeeded":
@@ -177,7 +220,7 @@ async def execute(
             if cancel.is_set():
                 return _ended("cancelled", None, None, None)
             return await _run_command(
-                config, sink, cancel, env, run_dir, max_line_bytes, kill_grace_seconds
+                config, sink, masker, cancel, env, run_dir, max_line_bytes, kill_grace_seconds
             )
     finally:
         await asyncio.to_thread(shutil.rmtree, run_dir, True)
@@ -186,6 +229,7 @@ async def execute(
 async def _run_command(
     config: Configuration,
     sink: EventSink,
+    masker: Masker,
     cancel: asyncio.Event,
     env: dict[str, str],
     run_dir: Path,
@@ -195,7 +239,7 @@ async def _run_command(
     argv = expand_argv(config.command, config)
     await sink.set_status(RunStatus.RUNNING)
     translator = ConsoleTranslator(scope="run")
-    emitter = Emitter(sink, translator)
+    emitter = Emitter(sink, translator, masker)
     started_at = rfc3339(utcnow())
     await emitter.emit(
         [EventDraft(type="run.started", payload={"status": "running", "command": argv})]
@@ -264,6 +308,8 @@ def child_environment(
     env = {key: value for key, value in base.items() if not key.startswith("RUNEVENTS_")}
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(config.env)
+    # declared secrets reach the child whatever their name (they were resolved at load)
+    env.update(config.secret_values)
     env.update(runevents_vars)
     return env
 

@@ -42,6 +42,7 @@ from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
 from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
 from runevents.ownership import Ownership
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
+from runevents.run_masks import RunMasks
 from runevents.search import search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
@@ -76,6 +77,8 @@ class RunManager(ProducerIngest, RunUpkeep):
         self._cancel_signals: dict[str, asyncio.Event] = {}
         #: called after a run is queued, so an embedded worker claims it at once
         self.on_queued: Callable[[], None] | None = None
+        # secret masking of producers' batches (contract 11; hooked in producer.ingest)
+        self.masks = RunMasks(repo, configs)
 
     async def close(self) -> None:
         """Let go of every run this process holds (server shutdown); nothing is lost:

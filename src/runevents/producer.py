@@ -51,6 +51,7 @@ from runevents.models import Run, RunStatus, utcnow
 
 if TYPE_CHECKING:
     from runevents.db.repository import IdempotencyRecord, RunRepository
+    from runevents.run_masks import RunMasks
     from runevents.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class ProducerIngest:
     repo: RunRepository
     log: EventLog
     held: HeldRuns
+    masks: RunMasks
 
     if TYPE_CHECKING:
         # provided by RunManager
@@ -141,6 +143,9 @@ class ProducerIngest:
                 if held is not None
                 else await self.get_run(workspace_id, configuration_id, run_id)
             )
+            # secrets and ::add-mask:: values become *** before anything is stored
+            # (run_masks.py)
+            drafts = await self.masks.mask_batch(run, drafts, held=held is not None)
             record = None
             if idempotency_key is not None:
                 # checked before the run's state, so the retry of a batch that

@@ -62,8 +62,13 @@ class Settings(BaseSettings):
     demo: bool = False
     #: with ``demo``: start one demo run at start-up (``serve --demo`` only, not workers)
     start_demo_run: bool = False
-    #: key that signs browser session cookies; None: generated once, kept in data_dir/session.key
+    #: key that signs browser session cookies; None: generated once and kept in the
+    #: database, shared by every process of the deployment
     session_secret: str | None = None
+    #: proxies trusted for X-Forwarded-Proto/-For (comma-separated IPs or networks, or "*"),
+    #: so the session cookie is Secure behind a TLS-terminating proxy (uvicorn's
+    #: forwarded-allow-ips)
+    forwarded_allow_ips: str = "127.0.0.1"
     #: a browser session (cookie) expires this long after sign-in (seconds)
     session_ttl_seconds: float = Field(default=7 * 86400.0, gt=0)
     #: an SSE client that does not take a chunk within this long is dropped (seconds)

@@ -333,20 +333,21 @@ def test_tokens_required_and_scoped(tmp_path: Path) -> None:
         other_run = r.json()["run"]
         foreign = cli("runs", "show", other_run["id"], server=server.url, token=demo_token)
         assert foreign.returncode == 2
-        assert "HTTP 403" in foreign.stderr
+        # as unknown as a run that does not exist (issue 15: no 403 naming "other")
+        assert "HTTP 404" in foreign.stderr and "other" not in foreign.stderr
         mine = cli("runs", "show", other_run["id"], server=server.url, token=other_token)
         assert mine.returncode == 0, mine.stderr
         assert json.loads(mine.stdout)["run"]["id"] == other_run["id"]
 
-        # the lookup route itself: 401, 422, 404, 403, 200
+        # the lookup route itself: 401, 422, 404 (unknown or another workspace's), 200
         lookup = f"{server.url}/api/v1/runs/"
         as_demo = {"Authorization": f"Bearer {demo_token}"}
         assert httpx.get(lookup + other_run["id"]).status_code == 401
         assert httpx.get(lookup + "run_nope", headers=as_demo).status_code == 422
         assert httpx.get(lookup + "run_" + "0" * 26, headers=as_demo).status_code == 404
         answer = httpx.get(lookup + other_run["id"], headers=as_demo)
-        assert answer.status_code == 403
-        assert answer.json()["error"]["code"] == "forbidden"
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "run_not_found"
         as_other = {"Authorization": f"Bearer {other_token}"}
         full = f"{server.url}/api/v1/workspaces/other/configurations/ext/runs/{other_run['id']}"
         got = httpx.get(lookup + other_run["id"], headers=as_other)
@@ -425,9 +426,14 @@ async def test_lookup_route_finds_a_run_by_id_within_the_token_s_workspaces(
         assert r.json() == full.json()
         assert r.json()["run"]["workspace_id"] == "acme"
 
+        # regression (issue 15): this was a 403 naming the run's workspace ("beta");
+        # another workspace's run is as unknown to the token as a run that does not exist
         r = await http.get(f"/api/v1/runs/{beta.id}", headers=bearer("tok-read"))
-        assert r.status_code == 403, r.text
-        assert r.json()["error"]["code"] == "forbidden"
+        assert r.status_code == 404, r.text
+        assert r.json() == {
+            "error": {"code": "run_not_found", "message": f"run {beta.id} not found"}
+        }
+        assert "beta" not in r.text
         r = await http.get(f"/api/v1/runs/{beta.id}", headers=bearer("tok-admin"))
         assert r.status_code == 200 and r.json()["run"]["id"] == beta.id
 

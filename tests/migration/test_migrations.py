@@ -63,7 +63,13 @@ async def test_upgrade_on_an_empty_database_reaches_head_and_matches_the_models(
         assert await database.current_revision() == head_revision()
         async with database.engine.connect() as conn:
             assert await conn.run_sync(_diff) == []
-            assert await conn.run_sync(_tables) == {"runs", "ingest_keys", "alembic_version"}
+            assert await conn.run_sync(_tables) == {
+                "runs",
+                "ingest_keys",
+                "server_keys",
+                "run_masks",
+                "alembic_version",
+            }
             indexes = await conn.run_sync(_indexes)
     finally:
         await database.close()
@@ -121,7 +127,7 @@ async def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
     finally:
         await database.close()
     assert down == {"alembic_version"}
-    assert up == {"runs", "ingest_keys", "alembic_version"}
+    assert up == {"runs", "ingest_keys", "server_keys", "run_masks", "alembic_version"}
 
 
 def test_every_revision_has_a_downgrade_and_one_head() -> None:

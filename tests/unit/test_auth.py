@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import stat
 import tomllib
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from runevents.auth import (
     generate_token,
     hash_token,
     is_loopback,
-    load_session_secret,
     load_tokens,
 )
 from runevents.exceptions import ConfigError
@@ -252,22 +249,15 @@ def test_session_issue_needs_a_configured_token(tokens_file: Path) -> None:
         signer.issue(OPEN_PRINCIPAL)
 
 
-def test_session_secret_configured_wins(tmp_path: Path) -> None:
-    assert load_session_secret("configured", tmp_path) == b"configured"
-    assert not (tmp_path / "session.key").exists()
-
-
-def test_session_secret_generated_once_with_mode_0600(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    first = load_session_secret(None, data_dir)
-    key_file = data_dir / "session.key"
-    assert len(first) >= 32
-    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-    assert load_session_secret(None, data_dir) == first  # a restart keeps sessions
-    assert [p.name for p in data_dir.iterdir()] == ["session.key"]  # no temp file left
-
-
-def test_session_secret_too_short_file_is_replaced(tmp_path: Path) -> None:
-    (tmp_path / "session.key").write_bytes(b"short")
-    key = load_session_secret(None, tmp_path)
-    assert key != b"short" and len(key) >= 32
+def test_session_signer_without_its_key_refuses_to_sign(tokens_file: Path) -> None:
+    # the key is read from the database on first use; signing before that is a bug
+    signer = SessionSigner(None, load_tokens(tokens_file), 60)
+    assert not signer.ready
+    ci = load_tokens(tokens_file).entry("ci-bot")
+    assert ci is not None
+    with pytest.raises(RuntimeError, match="not loaded"):
+        signer.issue(ci.principal)
+    with pytest.raises(ValueError, match="16 bytes"):
+        signer.set_secret(b"short")
+    signer.set_secret(b"k" * 32)
+    assert signer.verify(signer.issue(ci.principal)) == ci.principal

@@ -455,3 +455,49 @@ def test_content_hash_ignores_description_run_timeout_and_env_order(tmp_path: Pa
     base = make(env={"A": "1", "B": "2"}, cwd=tmp_path)
     same = make(env={"B": "2", "A": "1"}, cwd=tmp_path, description="x", timeout_seconds=3.0)
     assert base.content_hash() == same.content_hash()
+
+
+# -- secrets (contract section 11) -----------------------------------------------------
+
+
+def test_secrets_take_values_from_env_first_then_the_environment(tmp_path: Path) -> None:
+    text = entry(
+        'command = ["x"]\nenv = { DB_PASSWORD = "from-the-config-env" }\n'
+        'secrets = ["DB_PASSWORD", "API_TOKEN"]'
+    )
+    environ = {"DB_PASSWORD": "from-the-server-env", "API_TOKEN": "api-token-0123456789"}
+    (config,) = load_config_file(write(tmp_path, text), environ=environ)
+    assert config.secrets == ("DB_PASSWORD", "API_TOKEN")
+    assert dict(config.secret_values) == {
+        "DB_PASSWORD": "from-the-config-env",
+        "API_TOKEN": "api-token-0123456789",
+    }
+    # never shown: not in repr, not in the API's JSON
+    assert "api-token-0123456789" not in repr(config)
+    assert "api-token-0123456789" not in str(config.to_dict())
+
+
+def test_short_secret_is_refused_at_load_naming_file_configuration_and_reason(
+    tmp_path: Path,
+) -> None:
+    text = entry('command = ["x"]\nsecrets = ["PIN"]', id="deploy")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path, environ={"PIN": "1234"})
+    message = info.value.message
+    assert message.startswith(f"{path}: configuration[0].secrets[0]: ")
+    assert "acme/deploy" in message
+    assert "PIN is 4 characters long; at least 8 are required" in message
+    assert "1234" not in message  # the value itself is never printed
+
+
+def test_unset_secret_is_refused_at_load(tmp_path: Path) -> None:
+    message = load_error(tmp_path, entry('command = ["x"]\nsecrets = ["NOPE_NOT_SET_XYZ"]'))
+    assert "configuration[0].secrets[0]" in message
+    assert "NOPE_NOT_SET_XYZ is not set" in message
+
+
+@pytest.mark.parametrize("value", ['"DB"', '["A=B"]', '[""]', "[1]"])
+def test_bad_secrets_lists_are_refused(tmp_path: Path, value: str) -> None:
+    message = load_error(tmp_path, entry(f'command = ["x"]\nsecrets = {value}'))
+    assert "configuration[0].secrets" in message

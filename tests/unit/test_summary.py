@@ -146,6 +146,7 @@ def test_example_object_shape() -> None:
             "by_stream": {"stderr": 1, "stdout": 1},
             "by_level": {"info": 1, "warning": 1},
             "truncated": 0,
+            "masked": 0,
         },
         "phases": [
             {"scope": "run", "phase": "extracting", "status": "succeeded", "duration_ms": 800}
@@ -290,6 +291,7 @@ def test_console_lines_by_stream_and_by_level() -> None:
         "by_stream": {"stderr": 2, "stdout": 2},
         "by_level": {"debug": 1, "info": 1, "warning": 2},
         "truncated": 0,
+        "masked": 0,
     }
 
 

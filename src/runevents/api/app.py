@@ -1,8 +1,14 @@
 """The FastAPI application: routers, error handlers, the web UI, the lifespan.
 
 ``create_app(settings)`` builds everything that can fail from configuration
-(tokens file, session key) at once, so a bad tokens file stops ``runevents
-serve`` before it binds. The lifespan opens the :class:`~runevents.app.App`
+(the tokens file) at once, so a bad tokens file stops ``runevents serve``
+before it binds. The session signing key is read from the database on first
+use (``ApiState.session_signer``).
+
+Middleware, outermost first: the trusted-proxy headers (``X-Forwarded-Proto``
+and ``-For`` from ``forwarded_allow_ips`` only, so the session cookie is
+``Secure`` behind a TLS-terminating proxy), in open mode the Host/Origin guard
+(``guard.py``), then the body limit. The lifespan opens the :class:`~runevents.app.App`
 (database, log store, manager, worker) unless the caller hands one in (tests,
 benchmarks), and closes only what it opened.
 """
@@ -19,12 +25,14 @@ from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from runevents.api import errors, events, lookup, openapi, ops, runs, session
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
+from runevents.api.guard import OpenModeGuard
 from runevents.app import App
-from runevents.auth import SessionSigner, TokenRegistry, load_session_secret, load_tokens
+from runevents.auth import SessionSigner, TokenRegistry, load_tokens
 from runevents.settings import Settings
 
 #: the static web UI (written by the UI module; served only if present)
@@ -112,11 +120,11 @@ def create_app(
     """The ASGI application. ``app``: an already open App (not closed at shutdown).
 
     ``tokens`` overrides ``settings.tokens_file``. Raises ConfigError for a bad
-    tokens file or an unusable session key.
+    tokens file.
     """
     if tokens is None:
         tokens = load_tokens(settings.tokens_file) if settings.tokens_file else TokenRegistry()
-    secret = load_session_secret(settings.session_secret, settings.data_dir)
+    secret = settings.session_secret.encode("utf-8") if settings.session_secret else None
     state = ApiState(
         settings=settings,
         tokens=tokens,
@@ -164,4 +172,8 @@ def create_app(
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes
     )
+    if tokens.open:
+        api.add_middleware(OpenModeGuard)
+    # the last one added runs first: the scheme is the client's before anything looks
+    api.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return api

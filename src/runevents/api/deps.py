@@ -22,11 +22,18 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BeforeValidator, WithJsonSchema
 
 from runevents.app import App
-from runevents.auth import OPEN_PRINCIPAL, Principal, SessionSigner, TokenRegistry
+from runevents.auth import (
+    OPEN_PRINCIPAL,
+    SESSION_KEY_NAME,
+    Principal,
+    SessionSigner,
+    TokenRegistry,
+)
 from runevents.events import normalize_created_at
 from runevents.exceptions import Forbidden, InvalidInput, Unauthorized
 from runevents.ids import check_name
 from runevents.manager import RunManager
+from runevents.secretbox import new_key
 from runevents.settings import Settings
 
 #: workspace and configuration ids (contract section 1; "." and ".." cannot match)
@@ -88,6 +95,18 @@ class ApiState:
             raise RuntimeError("the application is not started")
         return self.app.manager
 
+    async def session_signer(self) -> SessionSigner:
+        """The signer, its key loaded: ``session_secret``, else the database's.
+
+        The key in the database is created once for the deployment, so every
+        process on the same database signs and verifies with the same key
+        (contract 7: a session one process issued is accepted by all).
+        """
+        if not self.signer.ready:
+            key = await self.manager.repo.server_key(SESSION_KEY_NAME, new_key())
+            self.signer.set_secret(bytes.fromhex(key))
+        return self.signer
+
 
 # Dependencies are ``async def`` although none awaits: FastAPI runs a plain
 # ``def`` dependency in its thread pool, a thread hand-off per dependency per
@@ -136,7 +155,7 @@ async def principal(
             raise Unauthorized("unknown token")
         return found
     if cookie:
-        found = state.signer.verify(cookie)
+        found = (await state.session_signer()).verify(cookie)
         if found is None:
             raise Unauthorized("the session expired or is invalid; sign in again")
         if request.method not in SAFE_METHODS and not _same_origin(request):

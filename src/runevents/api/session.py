@@ -44,7 +44,7 @@ async def sign_in(body: schemas.SessionRequest, request: Request, state: State) 
         raise Unauthorized("unknown token")
     response.set_cookie(
         SESSION_COOKIE,
-        state.signer.issue(principal),
+        (await state.session_signer()).issue(principal),
         max_age=int(state.settings.session_ttl_seconds),
         path="/",
         httponly=True,

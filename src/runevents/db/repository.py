@@ -42,7 +42,7 @@ from runevents.db.rows import (
     scrub,
     to_row,
 )
-from runevents.db.tables import ingest_keys, runs
+from runevents.db.tables import ingest_keys, run_masks, runs, server_keys
 from runevents.exceptions import (
     Conflict,
     DatabaseError,
@@ -558,6 +558,65 @@ class RunRepository:
             stmt = stmt.where(ingest_keys.c.run_id == run_id)
         async with self._tx() as conn:
             return int(await conn.scalar(stmt) or 0)
+
+    # -- deployment keys and run masks ---------------------------------------------------
+
+    async def server_key(self, name: str, candidate: str) -> str:
+        """The deployment's key ``name``, created as ``candidate`` if there is none yet.
+
+        Race-safe on both backends: of processes starting at once, the first
+        INSERT wins and every process reads the winner's value (``ON CONFLICT DO
+        NOTHING``, then SELECT in the same transaction; on Postgres the second
+        INSERT waits for the first to commit, and READ COMMITTED shows the
+        SELECT the committed row).
+        """
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(server_keys)
+            .values(name=name, value=candidate, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=[server_keys.c.name])
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
+            value = await conn.scalar(
+                sa.select(server_keys.c.value).where(server_keys.c.name == name)
+            )
+        if not isinstance(value, str):  # pragma: no cover - the row was just written
+            raise DatabaseError(f"server key {name!r} could not be created")
+        return value
+
+    async def run_masks(self, run_id: str) -> list[str]:
+        """The sealed ``::add-mask::`` values stored for the run, oldest first."""
+        stmt = (
+            sa.select(run_masks.c.sealed)
+            .where(run_masks.c.run_id == run_id)
+            .order_by(run_masks.c.created_at, run_masks.c.digest)
+        )
+        async with self._tx() as conn:
+            return [str(v) for v in (await conn.scalars(stmt)).all()]
+
+    async def add_run_masks(self, run_id: str, masks: Collection[tuple[str, str]]) -> None:
+        """Store ``(digest, sealed)`` masks of the run; a digest already stored is kept."""
+        if not masks:
+            return
+        insert = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        stmt = (
+            insert(run_masks)
+            .values(
+                [
+                    {"run_id": run_id, "digest": digest, "sealed": sealed, "created_at": now}
+                    for digest, sealed in masks
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[run_masks.c.run_id, run_masks.c.digest])
+        )
+        try:
+            async with self._tx(write=True) as conn:
+                await conn.execute(stmt)
+        except Conflict as exc:
+            # the primary key cannot clash (DO NOTHING): only the run's foreign key can
+            raise RunNotFound(f"run {run_id} not found") from exc
 
     # -- maintenance -----------------------------------------------------------------
 

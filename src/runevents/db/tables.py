@@ -1,4 +1,4 @@
-"""The schema: one compact row per run, plus ingest idempotency keys.
+"""The schema: one compact row per run, ingest idempotency keys, deployment keys, run masks.
 
 The database never holds events (design doc 4.2): a run's row has the same
 columns whether its log has ten events or a million; ``summary_json`` holds
@@ -149,4 +149,34 @@ ingest_keys = sa.Table(
     sa.Column("body_sha256", sa.String(64), nullable=True),
     # event_id of the batch's first event: the log proves the batch is in it
     sa.Column("first_event_id", sa.String(128), nullable=True),
+)
+
+# Keys every process of a deployment shares (contract 7: a browser session one
+# process issued is accepted by every process on the same database). One row
+# per purpose, created once by whichever process needs it first.
+server_keys = sa.Table(
+    "server_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    #: hex of the random key
+    sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# The ``::add-mask::`` values of external runs (contract 11), so that the
+# replica that gets a producer's next batch masks them too. Stored sealed
+# (``runevents.secretbox``), never as plain text; ``digest`` (a keyed hash of
+# the value) makes adding the same value twice, from two replicas, a no-op.
+run_masks = sa.Table(
+    "run_masks",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.String(64),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )

@@ -31,6 +31,11 @@ Rules beyond the contract's words (each is a choice the contract leaves open):
   ``max_severity`` is used only when it sent no ``issues_by_severity`` map, and
   only if it is one of the ranked names. A missing ``issues_total`` is the sum
   of ``issues_by_severity``.
+- **``console.masked``** sums the ``payload.masked`` counts the server writes
+  into every event in which it replaced a secret by ``***`` (any event type:
+  console lines, structured events, a producer's ``run.completed``), so the
+  count is read from the log like every other figure. Only positive ints
+  count; the key is the server's (it drops a producer's own ``masked``).
 - Maps in the output (``by_type``, ``by_stream``, ...) are sorted by key so the
   serialized summary is byte-for-byte deterministic.
 

@@ -12,6 +12,7 @@ import msgspec
 
 from runevents.events import Event
 from runevents.exceptions import InvalidEvent
+from runevents.masking import MASKED_KEY
 from runevents.summary.bounds import (
     MAX_ENTRIES,
     MAX_MESSAGE_CHARS,
@@ -112,6 +113,8 @@ class RunSummaryBuilder:
         self._by_stream = Counts(max_entries)
         self._by_level = Counts(max_entries)
         self._truncated = 0
+        #: secret replacements recorded in the events (``payload.masked``, see masking.py)
+        self._masked = 0
         #: the latest console messages: just enough to fill SNIPPET_BYTES of UTF-8
         self._snippet: deque[str] = deque()
         #: characters in _snippet, counting one per joining newline
@@ -135,6 +138,11 @@ class RunSummaryBuilder:
             kept_types[type] += 1
         else:
             self._by_type.add(cap_str(type))
+        if isinstance(payload, dict) and MASKED_KEY in payload:
+            masked = payload[MASKED_KEY]
+            # the server writes a positive int; anything else is not a count
+            if masked.__class__ is int and masked > 0:
+                self._masked += masked
         try:
             phase_kind = _PHASE_TYPES.get(type)
             if phase_kind is not None:
@@ -194,6 +202,9 @@ class RunSummaryBuilder:
                     self._by_level.add(cap_str(level))
                 if payload.get("truncated") is True:
                     cut_lines += 1
+                masked = payload.get(MASKED_KEY)
+                if masked is not None and masked.__class__ is int and masked > 0:
+                    self._masked += masked
                 keep(message)
         finally:
             # Also on an unexpected error: the lines counted so far are in the state.
@@ -285,6 +296,10 @@ class RunSummaryBuilder:
     def _add_console_slowly(self, payload: Any, messages: list[str]) -> None:
         self._total += 1
         self._by_type.add("console.line")
+        if isinstance(payload, dict):
+            masked = payload.get(MASKED_KEY)
+            if masked.__class__ is int and masked > 0:
+                self._masked += masked
         try:
             message = self._count_console(payload)
         except Malformed:
@@ -443,6 +458,7 @@ class RunSummaryBuilder:
                 "by_stream": self._by_stream.as_dict(),
                 "by_level": self._by_level.as_dict(),
                 "truncated": self._truncated,
+                "masked": self._masked,
             },
             "phases": list(self._phases.entries(completed.created_at if completed else None)),
             "tables": tables,

@@ -198,14 +198,14 @@ async def test_cookie_state_changes_need_a_matching_origin(auth_client: httpx.As
     scheme_trick = await auth_client.post(RUNS, json={"external": True}, headers={"Origin": "null"})
     assert scheme_trick.status_code == 403
     same = await auth_client.post(
-        RUNS, json={"external": True}, headers={"Origin": "http://testserver"}
+        RUNS, json={"external": True}, headers={"Origin": "http://127.0.0.1"}
     )
     assert same.status_code == 201
     run = same.json()["run"]
     cancel = await auth_client.post(run_path(run) + "/cancel")
     assert cancel.status_code == 403
     cancel = await auth_client.post(
-        run_path(run) + "/cancel", headers={"Origin": "http://testserver"}
+        run_path(run) + "/cancel", headers={"Origin": "http://127.0.0.1"}
     )
     assert cancel.status_code == 202
     # a bearer token needs no Origin, even with the cookie present
@@ -235,3 +235,17 @@ async def test_open_mode_session_and_access(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/v1/session", json={"token": "anything"})
     assert response.status_code == 204 and "set-cookie" not in response.headers
     assert (await client.get("/api/v1/workspaces/x/runs")).status_code == 200
+
+
+async def test_regression_lookup_by_id_answered_403_naming_another_workspace(
+    auth_client: httpx.AsyncClient,
+) -> None:
+    # GET /api/v1/runs/{id} told a token of workspace acme that the run exists and
+    # lives in "beta"; now it is as unknown as a run that does not exist
+    run = await make_run(auth_client, ws="beta")
+    foreign = await auth_client.get(f"/api/v1/runs/{run['id']}", headers=READ)
+    missing = await auth_client.get("/api/v1/runs/run_01JAAAAAAAAAAAAAAAAAAAAAAA", headers=READ)
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.json()["error"]["code"] == missing.json()["error"]["code"] == "run_not_found"
+    assert "beta" not in foreign.text
+    assert (await auth_client.get(f"/api/v1/runs/{run['id']}", headers=BETA)).status_code == 200

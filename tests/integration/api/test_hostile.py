@@ -45,9 +45,9 @@ async def raw_request(
         "raw_path": path.encode("latin-1"),
         "query_string": query.encode("latin-1"),
         "root_path": "",
-        "headers": [(b"host", b"testserver"), *(headers or [])],
+        "headers": [(b"host", b"127.0.0.1:8000"), *(headers or [])],
         "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
+        "server": ("127.0.0.1", 8000),
     }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []

@@ -1,0 +1,351 @@
+"""Secret masking: a run's secret values never reach its log (contract section 11).
+
+A :class:`Masker` belongs to one run. It knows the configuration's declared
+secret values and the values the run added with ``::add-mask::VALUE``, and
+replaces every occurrence -- of the value itself, its standard base64 form and
+its percent-encoded form -- in every string of an event draft by ``***``
+*before* the draft reaches a writer, so the value is never encoded into a log
+line, a spool or quarantine file, a compressed frame, a summary, a snippet or
+an SSE frame.
+
+Why these forms (GitHub Actions masks the same ones):
+
+* base64: a value inside a base64 blob (``Authorization: Basic ...``, a
+  Kubernetes secret) shows up in one of three alignments. For each alignment the
+  characters that depend only on the value's bytes are masked; the one or two
+  edge characters that mix in the neighbours' bits stay, and they cannot tell
+  the value. The whole padded form is masked too.
+* percent-encoding: every byte but ``A-Za-z0-9-._~`` encoded, with upper- and
+  lower-case hex digits (both are standard).
+* a multi-line value: lines are split before masking, so each of its lines of
+  at least :data:`MIN_SECRET_CHARS` characters is masked on its own.
+
+Counting: every draft whose strings had replacements carries the number in
+``payload["masked"]`` (an int the server owns: a producer's own ``masked`` key
+is dropped), and the run summary's ``console.masked`` sums them. So the summary
+stays a pure function of the stored events.
+
+Streaming: lines are masked whole, after the line splitter joined the writes
+of the child that made them, so a secret split across two writes of one line is
+masked. A value split across two *lines* is not (the contract leaves it out).
+
+The search is Aho-Corasick (``ahocorasick-rs``). Text is first checked as
+UTF-8 bytes by automatons of at most :attr:`Masker.GROUP` forms each (searched
+with a SIMD prefilter, GB/s), and only strings known to hold a form go through
+the replacing automaton of all forms (leftmost-longest: a whole padded base64
+form wins over its slice). The executor checks a child's raw reads this way
+(``process.Emitter``); :meth:`Masker.mask_drafts` does it for a batch of drafts
+by their JSON encoding (where the forms are searched as JSON escapes them).
+One compiled regular expression of the same forms was measured ~250x slower
+than the bytes check (``bench/bench_masking.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+from urllib.parse import quote
+
+import orjson
+from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, MatchKind
+
+from runevents.events import EventDraft
+
+#: what a secret value is replaced with
+MASK: Final = "***"
+#: the workflow command (GitHub's syntax) that masks a value for the rest of the run
+ADD_MASK: Final = "::add-mask::"
+#: the same, as the bytes a child prints
+ADD_MASK_BYTES: Final = ADD_MASK.encode()
+# one-pattern automaton: a SIMD search, ~30x faster than ``bytes in bytes`` (measured)
+_ADD_MASK_SEARCH: Final = BytesAhoCorasick([ADD_MASK_BYTES], matchkind=MatchKind.LeftmostLongest)
+
+
+def has_add_mask(data: bytes) -> bool:
+    """Whether ``data`` holds ``::add-mask::`` anywhere."""
+    return bool(_ADD_MASK_SEARCH.find_matches_as_indexes(data))
+
+
+#: shortest secret a configuration may declare (GitLab's rule: shorter values
+#: would mask ordinary words)
+MIN_SECRET_CHARS: Final = 8
+#: shortest *derived* form (a base64 slice) that is masked; shorter ones would
+#: hit ordinary text. The value itself is always masked, whatever its length.
+MIN_DERIVED_CHARS: Final = 6
+#: the payload key counting replacements in one event (server-owned)
+MASKED_KEY: Final = "masked"
+#: the type of the events whose ``message`` may carry ``::add-mask::``
+CONSOLE_LINE: Final = "console.line"
+
+
+def encoded_forms(value: str) -> set[str]:
+    """The strings to mask for ``value``: itself, base64 (3 alignments) and percent-encoded."""
+    forms: set[str] = set()
+    pieces = [value]
+    if "\n" in value:
+        # each line of a multi-line value reaches the log on its own line
+        pieces += [line.rstrip("\r") for line in value.split("\n") if len(line) >= MIN_SECRET_CHARS]
+    for piece in pieces:
+        if not piece:
+            continue
+        forms.add(piece)
+        raw = piece.encode("utf-8", "surrogateescape")
+        forms.add(base64.b64encode(raw).decode("ascii"))
+        for shift in range(3):
+            encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii").rstrip("=")
+            # characters 6 bits each: skip those holding bits of the shift bytes,
+            # stop before the one that would hold bits of whatever follows
+            first = -(-8 * shift // 6)
+            last = 8 * (shift + len(raw)) // 6
+            forms.add(encoded[first:last])
+        percent = quote(raw, safe="")
+        forms.add(percent)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), percent))
+    return {f for f in forms if f and (f in pieces or len(f) >= MIN_DERIVED_CHARS)}
+
+
+def add_mask_value(message: str) -> str | None:
+    """The VALUE of a ``::add-mask::VALUE`` line (leading blanks allowed), else None."""
+    if ADD_MASK not in message:
+        return None
+    text = message.lstrip()
+    if not text.startswith(ADD_MASK):
+        return None
+    value = text[len(ADD_MASK) :].strip()
+    return value or None
+
+
+def _json_escaped(form: str) -> bytes:
+    """``form`` as it appears between the quotes of an encoded JSON string."""
+    return orjson.dumps(form)[1:-1]
+
+
+def _groups(patterns: list[bytes], size: int) -> list[BytesAhoCorasick]:
+    return [
+        BytesAhoCorasick(patterns[i : i + size], matchkind=MatchKind.LeftmostLongest)
+        for i in range(0, len(patterns), size)
+    ]
+
+
+class Masker:
+    """One run's masking state: the values to mask and their automatons."""
+
+    __slots__ = ("_bytes", "_forms", "_json", "_json_all", "_text", "_values")
+
+    #: forms per *detecting* automaton: up to 64 patterns are searched with a SIMD
+    #: prefilter (GB/s); past that the automaton runs without it, measured ~30x
+    #: slower (bench/bench_masking.py), so the bytes check uses groups of 64. The
+    #: replacing automaton (over str, only on strings known to hold a form) keeps
+    #: every form in one automaton, for true leftmost-longest replacement.
+    GROUP = 64
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._values: list[str] = []
+        self._forms: set[str] = set()
+        #: the forms over str (replacing) and over UTF-8 bytes (the batch check)
+        self._text: AhoCorasick | None = None
+        self._bytes: list[BytesAhoCorasick] = []
+        #: the forms as they appear inside a JSON string (escaped), for checking
+        #: and replacing in encoded events: groups, and all in one automaton
+        self._json: list[BytesAhoCorasick] = []
+        self._json_all: BytesAhoCorasick | None = None
+        self.add(*values)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The values masked so far (declared, then added), without duplicates."""
+        return tuple(self._values)
+
+    def __bool__(self) -> bool:
+        return self._text is not None
+
+    def add(self, *values: str) -> list[str]:
+        """Mask ``values`` from now on; returns the ones that were new."""
+        added = [v for v in dict.fromkeys(values) if v and v not in self._values]
+        if not added:
+            return []
+        self._values.extend(added)
+        for value in added:
+            self._forms |= encoded_forms(value)
+        forms = sorted(self._forms)
+        self._text = AhoCorasick(forms, matchkind=MatchKind.LeftmostLongest)
+        self._bytes = _groups([f.encode("utf-8", "surrogatepass") for f in forms], self.GROUP)
+        escaped = sorted({_json_escaped(f) for f in forms})
+        raw = [f.encode("utf-8", "surrogatepass") for f in forms]
+        self._json = self._bytes if escaped == sorted(raw) else _groups(escaped, self.GROUP)
+        self._json_all = BytesAhoCorasick(escaped, matchkind=MatchKind.LeftmostLongest)
+        return added
+
+    def _text_matches(self, text: str) -> list[tuple[int, int]]:
+        if self._text is None:
+            return []
+        return [(start, end) for _, start, end in self._text.find_matches_as_indexes(text)]
+
+    # -- strings ----------------------------------------------------------------
+
+    def byte_matches(self, data: bytes) -> list[tuple[int, int]]:
+        """(start, end) byte offsets of forms found in ``data`` (UTF-8), per group.
+
+        Enough to tell *which lines* hold a form (the replacing pass then finds
+        every occurrence in them); not a replacement plan.
+        """
+        return [
+            (start, end) for a in self._bytes for _, start, end in a.find_matches_as_indexes(data)
+        ]
+
+    def clean_bytes_only(self, data: bytes) -> bool:
+        """True when ``data`` (UTF-8) holds no form to mask (``::add-mask::`` not looked at)."""
+        return not any(a.find_matches_as_indexes(data) for a in self._bytes)
+
+    def clean_bytes(self, data: bytes) -> bool:
+        """True when ``data`` (UTF-8) holds no form to mask and no ``::add-mask::``."""
+        return not has_add_mask(data) and self.clean_bytes_only(data)
+
+    def mask_text(self, text: str) -> tuple[str, int]:
+        """``text`` with every form replaced by ``***``, and the number of replacements."""
+        matches = self._text_matches(text)
+        if not matches:
+            return text, 0
+        parts: list[str] = []
+        position = 0
+        for start, end in matches:
+            parts.append(text[position:start])
+            parts.append(MASK)
+            position = end
+        parts.append(text[position:])
+        return "".join(parts), len(matches)
+
+    def mask_value(self, value: Any) -> tuple[Any, int]:
+        """A JSON value with every string (dict keys too) masked; (value, replacements).
+
+        Containers are rebuilt only when something in them changed.
+        """
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if isinstance(value, dict):
+            total = 0
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                if isinstance(key, str):
+                    key, n = self.mask_text(key)
+                    total += n
+                item, n = self.mask_value(item)
+                total += n
+                out[key] = item
+            return (out, total) if total else (value, 0)
+        if isinstance(value, list):
+            total = 0
+            items = []
+            for item in value:
+                item, n = self.mask_value(item)
+                total += n
+                items.append(item)
+            return (items, total) if total else (value, 0)
+        return value, 0
+
+    # -- drafts -----------------------------------------------------------------
+
+    def mask_drafts(self, drafts: Sequence[EventDraft]) -> list[EventDraft]:
+        """``drafts`` masked (payload keys and strings, type, source), ``::add-mask::`` applied.
+
+        An ``::add-mask::VALUE`` console line masks VALUE in itself and in every
+        later event. Drafts are changed in place (they are not shared); the
+        same drafts are returned in a list.
+        """
+        out = list(drafts)
+        if not out:
+            return out
+        return self._mask_encoded(out)
+
+    def _mask_encoded(self, drafts: list[EventDraft]) -> list[EventDraft]:
+        """Mask a batch by its drafts' JSON: one encoding and one check for the
+        batch, then one replacement per draft that holds a form.
+
+        Walking every string of every event with the automaton was measured at
+        ~40 us per structured event with 20 secrets (an automaton call per
+        string, ~1.5 us each); the encoded batch costs one scan.
+        """
+        try:
+            blob = orjson.dumps([[d.type, d.source, d.payload] for d in drafts])
+        except (orjson.JSONEncodeError, TypeError):  # an int past 64 bits, say
+            return self._mask_all(drafts)
+        if has_add_mask(blob):
+            return self._mask_all(drafts)  # in order: a mask applies from its line on
+        for draft in drafts:
+            draft.payload.pop(MASKED_KEY, None)  # the count is the server's
+        if not any(a.find_matches_as_indexes(blob) for a in self._json):
+            return drafts  # the common case: one encoding, one scan
+        # which drafts: encode them one by one (a batch with a hit is the rare case)
+        pieces = [orjson.dumps([d.type, d.source, d.payload]) for d in drafts]
+        joined = b"\n".join(pieces)  # encoded JSON holds no raw newline
+        ends = list(itertools.accumulate(len(piece) + 1 for piece in pieces))
+        hits = {
+            bisect.bisect_right(ends, start)
+            for a in self._json
+            for _, start, _ in a.find_matches_as_indexes(joined)
+        }
+        for index in sorted(hits):
+            self._mask_json(drafts[index], pieces[index])
+        return drafts
+
+    def _mask_json(self, draft: EventDraft, piece: bytes) -> None:
+        """Replace the (escaped) forms in ``piece``, the draft's JSON, and take it back."""
+        assert self._json_all is not None
+        matches = self._json_all.find_matches_as_indexes(piece)
+        parts: list[bytes] = []
+        position = 0
+        for _, start, end in matches:
+            parts.append(piece[position:start])
+            parts.append(b"***")
+            position = end
+        parts.append(piece[position:])
+        try:
+            kind, source, payload = orjson.loads(b"".join(parts))
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            # a match that ran into the JSON's own syntax: walk the strings instead
+            self._mask_draft(draft)
+            return
+        if not isinstance(kind, str) or not isinstance(payload, dict):  # pragma: no cover
+            self._mask_draft(draft)
+            return
+        draft.type, draft.source = kind, source
+        draft.payload.clear()
+        draft.payload.update(payload)
+        draft.payload.pop(MASKED_KEY, None)
+        if matches:
+            draft.payload[MASKED_KEY] = len(matches)
+
+    def _mask_all(self, drafts: list[EventDraft]) -> list[EventDraft]:
+        for draft in drafts:
+            self._mask_draft(draft)
+        return drafts
+
+    def _mask_draft(self, draft: EventDraft) -> None:
+        payload = draft.payload
+        # the count is the server's: a producer cannot claim replacements
+        payload.pop(MASKED_KEY, None)
+        if draft.type == CONSOLE_LINE:
+            message = payload.get("message")
+            if isinstance(message, str):
+                value = add_mask_value(message)
+                if value is not None:
+                    self.add(value)
+        if self._text is None:
+            return
+        total = 0
+        draft.type, n = self.mask_text(draft.type)
+        total += n
+        if draft.source is not None:
+            draft.source, n = self.mask_text(draft.source)
+            total += n
+        masked, n = self.mask_value(payload)
+        total += n
+        if n:
+            payload.clear()
+            payload.update(masked)
+        if total:
+            payload[MASKED_KEY] = total

@@ -1,0 +1,94 @@
+"""Masking for producers' batches (contract section 11, external runs).
+
+An executed run is masked by its executor (``executor.py``), which holds the
+run from start to end in one process. An external run's batches may reach any
+replica, one after another, so its masking state cannot live in one process's
+memory alone:
+
+* the declared secrets come from the run's configuration, if the server has
+  one registered under that id (external runs need none);
+* the ``::add-mask::`` values a producer sent are stored **sealed**
+  (:mod:`runevents.secretbox`) in ``run_masks``, keyed by a keyed hash of the
+  value, so the next replica loads them; the value itself never reaches the
+  database, a log or a response.
+
+A process caches the masker of a run whose writer it holds (the manager's
+``_held``): while it holds the writer nobody else can append to the run, so
+nobody else can have added a mask. Any other batch -- the first one here, or
+the first after the writer moved -- loads the masks from the database. The
+cache is a bounded LRU; an evicted run is simply loaded again.
+
+Hooked into ``ProducerIngest.ingest`` (``producer.py``) under the run's lock,
+before the idempotency check: the stored payloads are the masked ones, so a
+retried batch, masked the same way, compares equal to what the log holds.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from runevents.configs import ConfigRegistry
+from runevents.db.repository import RunRepository
+from runevents.events import EventDraft
+from runevents.exceptions import ConfigurationNotFound
+from runevents.masking import Masker
+from runevents.models import Run
+from runevents.secretbox import SecretBox, new_key
+
+#: maskers kept for held runs (each holds a few compiled automatons)
+CACHE_RUNS = 1024
+#: name of the mask-sealing key in ``server_keys``
+SEAL_KEY_NAME = "run_masks"
+
+
+class RunMasks:
+    """The maskers of the external runs this process ingests for."""
+
+    def __init__(self, repo: RunRepository, configs: ConfigRegistry) -> None:
+        self.repo = repo
+        self.configs = configs
+        self._box: SecretBox | None = None
+        self._cache: OrderedDict[str, Masker] = OrderedDict()
+
+    async def _secretbox(self) -> SecretBox:
+        if self._box is None:
+            key = await self.repo.server_key(SEAL_KEY_NAME, new_key())
+            self._box = SecretBox(bytes.fromhex(key))
+        return self._box
+
+    def _declared(self, run: Run) -> list[str]:
+        try:
+            config = self.configs.get(run.workspace_id, run.configuration_id)
+        except ConfigurationNotFound:
+            return []
+        return list(config.secret_values.values())
+
+    async def masker(self, run: Run, *, held: bool) -> Masker:
+        """The run's masker: cached while ``held``, else loaded from the database."""
+        masker = self._cache.get(run.id) if held else None
+        if masker is not None:
+            self._cache.move_to_end(run.id)
+            return masker
+        masker = Masker(self._declared(run))
+        sealed = await self.repo.run_masks(run.id)
+        if sealed:
+            box = await self._secretbox()
+            masker.add(*[value for value in map(box.open, sealed) if value])
+        self._cache[run.id] = masker
+        while len(self._cache) > CACHE_RUNS:
+            self._cache.popitem(last=False)
+        return masker
+
+    async def mask_batch(
+        self, run: Run, drafts: Sequence[EventDraft], *, held: bool
+    ) -> list[EventDraft]:
+        """``drafts`` masked; the batch's new ``::add-mask::`` values stored (sealed) first."""
+        masker = await self.masker(run, held=held)
+        known = len(masker.values)
+        out = masker.mask_drafts(drafts)
+        added = masker.values[known:]
+        if added:
+            box = await self._secretbox()
+            await self.repo.add_run_masks(run.id, [(box.digest(v), box.seal(v)) for v in added])
+        return out

@@ -1,0 +1,44 @@
+"""One browser session for the whole deployment (contract 7), with no extra setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runevents.api.app import create_app
+from runevents.app import App
+from runevents.auth import TokenRegistry
+from runevents.settings import Settings
+from tests.fixtures.app import asgi_client
+
+
+async def test_regression_each_process_had_its_own_session_key(
+    tmp_path: Path, api_settings: Settings, token_registry: TokenRegistry
+) -> None:
+    # two processes of one deployment: the same database, their own data dirs,
+    # no session_secret. Before, each generated data_dir/session.key, so a cookie
+    # from one was "invalid" at the other (a load balancer made users sign in again).
+    settings = [
+        api_settings.model_copy(
+            update={"session_secret": None, "data_dir": tmp_path / f"replica-{i}"}
+        )
+        for i in range(2)
+    ]
+    apps = [await App.open(s, worker=False) for s in settings]
+    try:
+        first, second = (
+            create_app(s, app=a, tokens=token_registry) for s, a in zip(settings, apps, strict=True)
+        )
+        async with asgi_client(first) as one, asgi_client(second) as two:
+            signed_in = await one.post("/api/v1/session", json={"token": "tok-read"})
+            assert signed_in.status_code == 204
+            cookie = one.cookies["runevents_session"]
+            two.cookies.set("runevents_session", cookie)
+            who = await two.get("/api/v1/session")
+            assert who.status_code == 200, who.text
+            assert who.json()["name"] == "reader"
+        # nothing about the key is left in the data dirs
+        for s in settings:
+            assert not (s.data_dir / "session.key").exists()
+    finally:
+        for a in apps:
+            await a.close()

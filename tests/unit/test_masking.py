@@ -1,0 +1,222 @@
+"""The masker (contract section 11): forms, strings, drafts, ``::add-mask::``, counts."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+import pytest
+
+from runevents.events import EventDraft
+from runevents.masking import MASK, Masker, add_mask_value, encoded_forms
+
+SECRET = "s3cr3t-Passw0rd/+="
+
+
+def line(message: str, **extra: object) -> EventDraft:
+    payload: dict[str, object] = {
+        "scope": "run",
+        "stream": "stdout",
+        "level": "info",
+        "message": message,
+    }
+    payload.update(extra)
+    return EventDraft(type="console.line", payload=payload)
+
+
+def test_forms_cover_the_value_base64_and_percent_encoding() -> None:
+    forms = encoded_forms(SECRET)
+    assert SECRET in forms
+    assert base64.b64encode(SECRET.encode()).decode() in forms
+    # every byte but A-Za-z0-9-._~ encoded, upper and lower case hex
+    percent = quote(SECRET, safe="")
+    assert percent == "s3cr3t-Passw0rd%2F%2B%3D"
+    assert (
+        percent in forms
+        and percent.replace("%2F", "%2f").replace("%2B", "%2b").replace("%3D", "%3d") in forms
+    )
+
+
+@pytest.mark.parametrize("prefix", [b"", b"u", b"us", b"user:", b"ab:cd"])
+@pytest.mark.parametrize("suffix", [b"", b"@", b"@h", b"@host"])
+def test_base64_inside_a_larger_blob_is_masked_at_every_alignment(
+    prefix: bytes, suffix: bytes
+) -> None:
+    # Authorization: Basic base64("user:" + password + ...): the secret sits at any offset
+    blob = base64.b64encode(prefix + SECRET.encode() + suffix).decode()
+    masked, count = Masker([SECRET]).mask_text(f"Authorization: Basic {blob}")
+    assert count == 1 and MASK in masked
+    # what is left of the blob cannot give the secret back
+    left = masked.split("Basic ", 1)[1].replace(MASK, "")
+    assert len(left) <= len(base64.b64encode(prefix + suffix)) + 4
+
+
+def test_mask_text_replaces_every_occurrence_and_counts() -> None:
+    masker = Masker([SECRET, "another-secret-value"])
+    text = f"a {SECRET} b {SECRET}{SECRET} c another-secret-value"
+    masked, count = masker.mask_text(text)
+    assert masked == "a *** b ****** c ***"
+    assert count == 4
+
+
+def test_an_empty_masker_changes_nothing() -> None:
+    masker = Masker()
+    assert not masker
+    assert masker.mask_text(SECRET) == (SECRET, 0)
+
+
+def test_a_multi_line_secret_is_masked_line_by_line() -> None:
+    key = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf\n-----END KEY-----"
+    masker = Masker([key])
+    masked, count = masker.mask_text("MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf")
+    assert masked == MASK and count == 1
+
+
+def test_mask_value_walks_keys_values_and_lists() -> None:
+    masker = Masker([SECRET])
+    value = {"a": [1, f"x{SECRET}", {SECRET: True}], "b": None, "c": 2.5}
+    masked, count = masker.mask_value(value)
+    assert masked == {"a": [1, "x***", {MASK: True}], "b": None, "c": 2.5}
+    assert count == 2
+    assert value["a"][1] == f"x{SECRET}"  # the input is not changed in place
+
+
+def test_add_mask_value_parsing() -> None:
+    assert add_mask_value("::add-mask::hunter2-long") == "hunter2-long"
+    assert add_mask_value("  ::add-mask::  spaced value \r") == "spaced value"
+    assert add_mask_value("::add-mask::") is None
+    assert add_mask_value("echo ::add-mask::x") is None  # only at the start of a line
+    assert add_mask_value("plain line") is None
+
+
+def test_add_mask_masks_its_own_line_and_every_later_event() -> None:
+    masker = Masker()
+    drafts = [
+        line("before tok-abc-123"),
+        line("::add-mask::tok-abc-123"),
+        line("after tok-abc-123"),
+        EventDraft(
+            type="run.error", payload={"stage": "run", "code": "x", "message": "tok-abc-123"}
+        ),
+    ]
+    out = masker.mask_drafts(drafts)
+    assert [d.payload["message"] for d in out] == [
+        "before tok-abc-123",  # printed before the command: not known yet
+        "::add-mask::***",
+        "after ***",
+        "***",
+    ]
+    assert [d.payload.get("masked") for d in out] == [None, 1, 1, 1]
+    later = masker.mask_drafts([line(base64.b64encode(b"tok-abc-123").decode())])
+    assert later[0].payload["message"] == MASK
+
+
+def test_plain_lines_without_secrets_are_left_alone() -> None:
+    masker = Masker([SECRET])
+    drafts = [line(f"row {i} ok") for i in range(100)]
+    payloads = [dict(d.payload) for d in drafts]
+    assert [d.payload for d in masker.mask_drafts(drafts)] == payloads
+
+
+def test_only_the_lines_holding_a_secret_are_rewritten() -> None:
+    masker = Masker([SECRET])
+    drafts = [line(f"row {i}") for i in range(50)]
+    drafts[17] = line(f"password={SECRET}")
+    drafts[40] = line(f"again {SECRET}", phase="load")
+    out = masker.mask_drafts(drafts)
+    assert out[17].payload == {
+        "scope": "run",
+        "stream": "stdout",
+        "level": "info",
+        "message": "password=***",
+        "masked": 1,
+    }
+    assert out[40].payload["message"] == "again ***" and out[40].payload["phase"] == "load"
+    assert all("masked" not in d.payload for i, d in enumerate(out) if i not in {17, 40})
+
+
+def test_a_secret_in_any_field_of_a_console_line_is_masked() -> None:
+    # a producer shapes its own console lines: every key and value is looked at
+    masker = Masker([SECRET])
+    out = masker.mask_drafts(
+        [
+            line("ok", phase=f"phase-{SECRET}"),
+            line("ok", logger=SECRET),
+            EventDraft(
+                type="console.line", payload={"message": "ok", SECRET: 1}, source=f"p-{SECRET}"
+            ),
+        ]
+    )
+    assert out[0].payload["phase"] == "phase-***"
+    assert out[1].payload["logger"] == MASK
+    assert out[2].payload == {"message": "ok", MASK: 1, "masked": 2}
+    assert out[2].source == "p-***"
+
+
+def test_a_producers_own_masked_count_is_dropped() -> None:
+    # the summary sums payload.masked: a producer must not be able to claim replacements
+    masker = Masker()
+    out = masker.mask_drafts(
+        [
+            line("hello", masked=99),
+            EventDraft(type="run.error", payload={"message": "x", "masked": 5}),
+        ]
+    )
+    assert "masked" not in out[0].payload and "masked" not in out[1].payload
+
+
+def test_structured_events_are_masked_recursively() -> None:
+    masker = Masker([SECRET])
+    draft = EventDraft(
+        type="run.table.summary",
+        payload={
+            "table_id": "t1",
+            "source_file": f"/data/{SECRET}.xlsx",
+            "validation": {"issues_by_code": {SECRET: 2}},
+        },
+    )
+    (out,) = masker.mask_drafts([draft])
+    assert out.payload == {
+        "table_id": "t1",
+        "source_file": "/data/***.xlsx",
+        "validation": {"issues_by_code": {MASK: 2}},
+        "masked": 2,
+    }
+
+
+def test_many_secrets_are_all_found_past_one_automaton_group() -> None:
+    # more than Masker.GROUP forms: the bytes check runs several automatons
+    values = [f"secret-number-{i:03d}-xyz" for i in range(40)]
+    masker = Masker(values)
+    assert len(encoded_forms(values[0])) * len(values) > Masker.GROUP
+    for value in values:
+        data = f"a line with {value} inside".encode()
+        assert not masker.clean_bytes(data)
+        assert masker.byte_matches(data)
+        assert masker.mask_text(data.decode()) == ("a line with *** inside", 1)
+    assert masker.clean_bytes(b"a line with nothing")
+
+
+def test_a_secret_with_json_special_characters_is_found_in_encoded_events() -> None:
+    # drafts are checked as encoded JSON, where " and \\ and control characters are escaped
+    tricky = 'pa"ss\\word\t-1234'
+    masker = Masker([tricky])
+    out = masker.mask_drafts(
+        [
+            EventDraft(type="run.error", payload={"message": f"bad {tricky}!", "n": 1}),
+            line(f"plain {tricky}"),
+            line("nothing here"),
+        ]
+    )
+    assert out[0].payload == {"message": "bad ***!", "n": 1, "masked": 1}
+    assert out[1].payload["message"] == "plain ***" and out[1].payload["masked"] == 1
+    assert "masked" not in out[2].payload
+
+
+def test_a_payload_json_cannot_encode_is_still_masked() -> None:
+    # orjson refuses ints past 64 bits: the masker walks the strings instead
+    masker = Masker([SECRET])
+    (out,) = masker.mask_drafts(
+        [EventDraft(type="x.y", payload={"big": 2**70, "note": f"{SECRET}", "masked": 3})]
+    )
+    assert out.payload == {"big": 2**70, "note": MASK, "masked": 1}
