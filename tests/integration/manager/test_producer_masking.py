@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
-from runevents.exceptions import WriterBusy
+from runevents.exceptions import WriterBusy, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
 
@@ -98,7 +98,7 @@ async def test_a_producers_declared_secrets_and_add_masks_never_reach_log_or_dat
                     "acme", "deploy", run.id, [console(f"still {LATE} on the other replica")]
                 )
                 break
-            except WriterBusy:
+            except (WriterBusy, WriterMoving):
                 assert asyncio.get_running_loop().time() < deadline, "never released"
                 await asyncio.sleep(0.1)
         await other.manager.ingest(
