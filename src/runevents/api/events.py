@@ -158,7 +158,8 @@ async def read_events(
     if ndjson:
         return await _ndjson(manager, run, end, position, if_none_match)
     if wait is not None and not end.ended and position >= end.last_sequence:
-        page, stop = await wait_page(manager, run, position, limit, wait)
+        waited = await wait_page(manager, run, position, limit, wait)
+        page, stop = waited.page, waited.stop
     else:
         stop = end.last_sequence
         tag = caching.etag(run.id, end, f"json{limit}", position, min(stop, position + limit))

@@ -15,6 +15,7 @@ object. A run that has ended answers at once (the empty page after
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from runevents.api.pages import Page, first_chunks, page_of
 from runevents.manager import RunManager
@@ -24,16 +25,30 @@ from runevents.models import Run
 MAX_WAIT = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """What a long-poll got."""
+
+    page: Page
+    #: the sequence the log reached (``position`` if nothing arrived)
+    stop: int
+    #: nothing arrived because the log is already past run.completed (not a timeout)
+    ended: bool
+
+
 async def wait_page(
     manager: RunManager, run: Run, position: int, limit: int, wait: float
-) -> tuple[Page, int]:
-    """The page of what arrives after ``position`` within ``wait`` seconds, and the
-    sequence the log reached (``position`` if nothing arrived)."""
+) -> Waited:
+    """The page of what arrives after ``position`` within ``wait`` seconds."""
     chunks = manager.follow_events(run, position)
+    timed_out = False
     try:
         async with asyncio.timeout(wait):
             got = await first_chunks(chunks)
     except TimeoutError:
-        got = []
+        got, timed_out = [], True
     page = page_of(got, position, limit)
-    return page, got[-1].last_sequence if got else position
+    if got:
+        return Waited(page, got[-1].last_sequence, got[-1].ends_run and not page.has_more)
+    # the follower ended without a chunk: the position is past run.completed
+    return Waited(page, position, not timed_out)
