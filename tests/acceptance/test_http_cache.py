@@ -9,20 +9,14 @@ the open tail of a live run reaches the server every time.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runevents.api.app import create_app
-from runevents.settings import Settings
 from tests.acceptance.ui_support import browser, page  # noqa: F401
+from tests.fixtures.thread_server import ThreadServer
 
 FETCH_TWICE = """async ([url, accept]) => {
     const headers = accept ? {Accept: accept} : {};
@@ -30,50 +24,6 @@ FETCH_TWICE = """async ([url, accept]) => {
     const second = await (await fetch(url, {headers})).text();
     return [first === second, first.length];
 }"""
-
-
-class Counting:
-    """ASGI middleware that counts the requests per path that reach the app."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.hits: dict[str, int] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.hits[scope["path"]] = self.hits.get(scope["path"], 0) + 1
-        await self.app(scope, receive, send)
-
-
-class ThreadServer:
-    """The whole app (it opens its own App in the lifespan) under uvicorn in a thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        settings = Settings(
-            data_dir=data_dir,
-            maintenance_interval_seconds=0,
-            worker_concurrency=0,
-            flush_interval_ms=5,
-            session_secret="test-session-secret-0123456789abcdef",
-        )
-        self.counter = Counting(create_app(settings))
-        config = uvicorn.Config(self.counter, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.http = httpx.Client(base_url=self.url, timeout=30)
-
-    def stop(self) -> None:
-        self.http.close()
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,11 @@ skipped: shipping them would log the shipping, without end.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
+import weakref
 from typing import Any
 
 from runevents.client.errors import ClientError
@@ -65,6 +67,11 @@ class RuneventsHandler(logging.Handler):
         self.run: Run | None = None
         #: how ``close`` ends the run when ``finish_run`` (see :meth:`set_outcome`)
         self.outcome: tuple[str, dict[str, Any] | None] = ("succeeded", None)
+        # At exit the handler, not its producer, shuts down: it may still have to
+        # end the run, which a producer closed first could no longer send.
+        atexit.unregister(producer._exit_hook)
+        self._exit_hook = _close_at_exit(weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     def set_outcome(self, status: str, failure: dict[str, Any] | None = None) -> None:
         """How the run ends at ``close`` (``finish_run``): ``failed`` with ``{stage, code,
@@ -127,6 +134,7 @@ class RuneventsHandler(logging.Handler):
             super().close()
             return
         self._closed = True
+        atexit.unregister(self._exit_hook)
         try:
             if self.finish_run:
                 self.producer.complete(*self.outcome)
@@ -138,3 +146,12 @@ class RuneventsHandler(logging.Handler):
             if self._owns_client:
                 self.producer.client.close()
             super().close()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[RuneventsHandler]) -> Any:
+    def close() -> None:
+        handler = ref()
+        if handler is not None:
+            handler.close()
+
+    return close

@@ -11,6 +11,7 @@ plain scripts, from threads, and from code that already runs an event loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -64,10 +65,12 @@ class Portal:
                 self.call(close())
 
     def close(self) -> None:
-        """Stop the loop and its thread."""
+        """Cancel what still runs (a thread waiting on it gets CancelledError), then stop."""
         if self.closed:
             return
         self.closed = True
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():
@@ -167,6 +170,14 @@ class Client:
     def producer(self, run: RunRef, **options: Any) -> Producer:
         """A batching producer for ``run`` (see :class:`~runevents.client.Producer`)."""
         return Producer(self, run, **options)
+
+
+async def _cancel_others() -> None:
+    me = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not me]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _make(server: str, token: str | None, **options: Any) -> AsyncClient:
