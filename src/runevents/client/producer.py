@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import enum
 import threading
 import weakref
 from collections.abc import Mapping
@@ -81,6 +82,16 @@ def completed_payload(status: str, failure: Mapping[str, Any] | None) -> dict[st
     return {"status": status, "failure": dict(failure) if failure else None}
 
 
+class _State(enum.Enum):
+    """What queueing one event left behind."""
+
+    QUEUED = 0
+    #: at least a full batch is waiting
+    FULL = 1
+    #: the buffer is over ``max_buffered_bytes``: wait for the sender
+    OVER = 2
+
+
 class AsyncProducer:
     """Batches events of one run. ``async with client.producer(run) as producer:``.
 
@@ -115,7 +126,8 @@ class AsyncProducer:
         self._space_changed = threading.Condition(self._lock)
         self._lines: list[bytes] = []
         self._size = 0
-        self._in_flight = False
+        #: (events, bytes) of the batch being posted: the head of ``_lines``
+        self._sending = (0, 0)
         self._flushing = 0
         self._closing = False
         self._error: ProducerError | None = None
@@ -136,7 +148,12 @@ class AsyncProducer:
     ) -> None:
         """Queue one event (waits only while the buffer is over its bound)."""
         self._start()
-        if self._add(encode_event(type, payload, created_at, source)):
+        state = self._add(encode_event(type, payload, created_at, source))
+        if state is _State.FULL:
+            # let the sender start posting this batch while the caller goes on
+            # filling the next (a tight loop of emits would never yield otherwise)
+            await asyncio.sleep(0)
+        elif state is _State.OVER:
             while True:
                 with self._lock:
                     if self._size <= self.max_buffered_bytes or self._error is not None:
@@ -156,7 +173,7 @@ class AsyncProducer:
             self._signal()
             while True:
                 with self._lock:
-                    if self._error is not None or (not self._lines and not self._in_flight):
+                    if self._error is not None or not self._lines:
                         break
                 await self._wait_changed()
         finally:
@@ -196,22 +213,28 @@ class AsyncProducer:
         await self.aclose()
 
     # ------------------------------------------------------------------ the buffer
-    def _add(self, line: bytes) -> bool:
-        """Append a line (any thread); True when the buffer is now over its bound."""
+    def _add(self, line: bytes) -> _State:
+        """Append a line (any thread); whether a batch just filled or the buffer is over."""
         with self._lock:
             if self._error is not None:
                 raise self._error
             if self._closing:
                 raise ProducerError("the producer is closed")
-            was_empty = not self._lines
             self._lines.append(line)
             self._size += len(line)
-            full = len(self._lines) >= self.max_events or self._size >= self.max_bytes
+            # what waits behind the batch being posted, if one is
+            pending = len(self._lines) - self._sending[0]
+            pending_size = self._size - self._sending[1]
+            filled = (pending == self.max_events) or (
+                pending_size >= self.max_bytes > pending_size - len(line)
+            )
             over = self._size > self.max_buffered_bytes
-        if was_empty or full:
-            # the sender sleeps until there is work; a batch-full buffer goes at once
+        if pending == 1 or filled:
+            # the sender sleeps until there is work; a full batch goes at once
             self._signal()
-        return over
+        if over:
+            return _State.OVER
+        return _State.FULL if filled else _State.QUEUED
 
     def _take(self) -> tuple[bytes, int]:
         """The next batch (the caller is the sender)."""
@@ -222,14 +245,15 @@ class AsyncProducer:
                     break
                 count += 1
                 size += len(line)
-            self._in_flight = count > 0
-            return b"".join(self._lines[:count]), count
+            body = b"".join(self._lines[:count])
+            self._sending = (count, len(body))
+            return body, count
 
     def _done(self, count: int, size: int) -> None:
         with self._lock:
             del self._lines[:count]
             self._size -= size
-            self._in_flight = False
+            self._sending = (0, 0)
             self.delivered += count
             self._space_changed.notify_all()
         self._notify_changed()
@@ -239,7 +263,7 @@ class AsyncProducer:
             self._error = error
             self._lines.clear()
             self._size = 0
-            self._in_flight = False
+            self._sending = (0, 0)
             self._space_changed.notify_all()
         self._notify_changed()
 
@@ -371,7 +395,7 @@ class Producer:
     ) -> None:
         """Queue one event (blocks only while the buffer is over its bound)."""
         inner = self._inner
-        if inner._add(encode_event(type, payload, created_at, source)):
+        if inner._add(encode_event(type, payload, created_at, source)) is _State.OVER:
             with inner._space_changed:
                 while inner._size > inner.max_buffered_bytes and inner._error is None:
                     inner._space_changed.wait(0.5)
