@@ -236,6 +236,11 @@ class AsyncProducer:
             return _State.OVER
         return _State.FULL if filled else _State.QUEUED
 
+    def _pending_full(self) -> bool:
+        """A full batch waits behind the one being posted (the caller holds the lock)."""
+        pending = len(self._lines) - self._sending[0]
+        return pending >= self.max_events or self._size - self._sending[1] >= self.max_bytes
+
     def _take(self) -> tuple[bytes, int]:
         """The next batch (the caller is the sender)."""
         with self._lock:
@@ -247,6 +252,7 @@ class AsyncProducer:
                 size += len(line)
             body = b"".join(self._lines[:count])
             self._sending = (count, len(body))
+            self._space_changed.notify_all()  # a sync emitter waits for this batch to go
             return body, count
 
     def _done(self, count: int, size: int) -> None:
@@ -395,10 +401,19 @@ class Producer:
     ) -> None:
         """Queue one event (blocks only while the buffer is over its bound)."""
         inner = self._inner
-        if inner._add(encode_event(type, payload, created_at, source)) is _State.OVER:
-            with inner._space_changed:
-                while inner._size > inner.max_buffered_bytes and inner._error is None:
+        state = inner._add(encode_event(type, payload, created_at, source))
+        if state is _State.QUEUED:
+            return
+        with inner._space_changed:
+            if state is _State.FULL:
+                # Wait until the sender takes this batch (it posts the one before
+                # first). Filling a second batch meanwhile would only compete for
+                # the GIL with the loop thread doing the posting: measured, an
+                # emitter that never waits gets a third of the throughput.
+                while inner._pending_full() and inner._error is None and not inner._closing:
                     inner._space_changed.wait(0.5)
+            while inner._size > inner.max_buffered_bytes and inner._error is None:
+                inner._space_changed.wait(0.5)
 
     def console(self, message: str, **fields: Any) -> None:
         """Queue a ``console.line`` (``stream``, ``level``, ``logger``, ``phase``)."""
