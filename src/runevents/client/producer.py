@@ -51,7 +51,8 @@ def encode_event(
     source: str | None,
 ) -> bytes:
     """One NDJSON line of a producer's event (section 6: type, payload, created_at, source)."""
-    event: dict[str, Any] = {"type": type, "payload": dict(payload or {})}
+    body = payload if isinstance(payload, dict) else dict(payload or {})
+    event: dict[str, Any] = {"type": type, "payload": body}
     if created_at is not None:
         event["created_at"] = created_at
     if source is not None:
@@ -150,9 +151,15 @@ class AsyncProducer:
         self._start()
         state = self._add(encode_event(type, payload, created_at, source))
         if state is _State.FULL:
-            # let the sender start posting this batch while the caller goes on
-            # filling the next (a tight loop of emits would never yield otherwise)
-            await asyncio.sleep(0)
+            # A full batch waits: yield until the sender has taken it. The caller
+            # then fills the next one while the server works on this one (a tight
+            # loop of emits would otherwise never let the sender run, and buffer
+            # everything until the bound).
+            while True:
+                with self._lock:
+                    if not self._pending_full() or self._error is not None or self._closing:
+                        break
+                await self._wait_changed()
         elif state is _State.OVER:
             while True:
                 with self._lock:
@@ -344,6 +351,7 @@ class AsyncProducer:
                             await wake.wait()
                             wake.clear()
             body, count = self._take()
+            self._notify_changed()  # an emitter may wait for this batch to be taken
             if not count:
                 continue
             try:
