@@ -6,7 +6,8 @@
   ``GET {run}/events?after_sequence=N&wait=60``; one event is appended; the
   time from the POST to each waiter's answer (p50/p99), over several rounds
   (each round re-arms every waiter at the new position), and the server's RSS
-  with the waiters parked vs before they came.
+  with the waiters parked vs before they came; then, on a fresh server, the
+  RSS of as many idle SSE followers (a waiter must cost no more than one).
 - Producer: the same events through ``runevents.client``'s producers vs raw
   httpx posting the same 1,000-event batches, one after the other, both
   encoding the events with orjson inside the timed region [>= 0.9x]; async
@@ -47,10 +48,11 @@ class Sizes:
     rounds: int  # long-poll rounds (one event each)
     producer_events: int  # events per producer run
     repeats: int  # interleaved repeats of each producer design
+    settle_s: float  # time for a crowd of requests to park before an event or a reading
 
 
-FULL = Sizes(log_mb=100, waiters=1000, rounds=5, producer_events=200_000, repeats=3)
-QUICK = Sizes(log_mb=10, waiters=200, rounds=2, producer_events=20_000, repeats=1)
+FULL = Sizes(log_mb=100, waiters=1000, rounds=5, producer_events=200_000, repeats=3, settle_s=2.0)
+QUICK = Sizes(log_mb=5, waiters=200, rounds=2, producer_events=20_000, repeats=1, settle_s=1.0)
 
 
 def _progress(message: str) -> None:
@@ -213,7 +215,7 @@ async def _long_poll(url: str, pid: int, sizes: Sizes) -> list[Row]:
                 transport.write(request)
                 waiters.append(waiter)
                 await asyncio.sleep(0.001)
-            await asyncio.sleep(2.0)  # every request is parked on the tail
+            await asyncio.sleep(sizes.settle_s)  # every request is parked on the tail
             if any(w.done.done() for w in waiters):
                 raise RuntimeError("a long-poll answered before any event existed")
             rss_parked = max(rss_parked, await _rss(pid))
@@ -240,6 +242,34 @@ async def _long_poll(url: str, pid: int, sizes: Sizes) -> list[Row]:
         row(LONGPOLL, "server RSS with the waiters parked", rss_parked / 2**20, "MB", note=(
             f"{rss_before / 2**20:.0f} MB before; +{grown:.1f} MB for {sizes.waiters} waiters "
             f"({grown * 1024 / sizes.waiters:.1f} KiB each: connection + request + cursor)")),
+    ]  # fmt: skip
+
+
+async def _sse_parked(url: str, pid: int, sizes: Sizes) -> list[Row]:
+    """The same crowd as SSE followers (on a fresh server: RSS only grows), for comparison."""
+    port = int(url.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        run_path = await _create_run(http)
+        rss_before = await _rss(pid)
+        request = (
+            f"GET {run_path}/events?stream=true&after_sequence=1 HTTP/1.0\r\nHost: bench\r\n\r\n"
+        ).encode()
+        transports = []
+        for _ in range(sizes.waiters):
+            transport, _waiter = await loop.create_connection(_Waiter, "127.0.0.1", port)
+            transport.write(request)
+            transports.append(transport)
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(sizes.settle_s)
+        rss_parked = await _rss(pid)
+        for transport in transports:
+            transport.close()
+    grown = (rss_parked - rss_before) / 2**20
+    return [
+        row(LONGPOLL, "server RSS with as many SSE followers parked", rss_parked / 2**20, "MB",
+            note=f"fresh server, {rss_before / 2**20:.0f} MB before; +{grown:.1f} MB for "
+            f"{sizes.waiters} SSE followers ({grown * 1024 / sizes.waiters:.1f} KiB each)"),
     ]  # fmt: skip
 
 
@@ -353,9 +383,15 @@ def collect(quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="runevents-bench-clients-") as tmp:
         try:
             with _server(Path(tmp) / "data") as (url, pid):
-                return asyncio.run(_collect(url, pid, sizes))
+                rows = asyncio.run(_collect(url, pid, sizes))
         except Exception as exc:
             return [failed_row(CACHE, "client benchmarks", exc)]
+        try:
+            with _server(Path(tmp) / "data-sse") as (url, pid):
+                rows += asyncio.run(_sse_parked(url, pid, sizes))
+        except Exception as exc:
+            rows.append(failed_row(LONGPOLL, "SSE followers parked", exc))
+        return rows
 
 
 if __name__ == "__main__":

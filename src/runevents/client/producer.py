@@ -37,6 +37,8 @@ from runevents.client.errors import ClientError, ProducerError
 if TYPE_CHECKING:
     from runevents.client.sync import Client
 
+_dumps = orjson.dumps
+
 #: defaults: a batch is sent at 1,000 events or 1 MiB, or 50 ms after its first event
 MAX_EVENTS = 1000
 MAX_BYTES = 1024 * 1024
@@ -51,13 +53,15 @@ def encode_event(
     source: str | None,
 ) -> bytes:
     """One NDJSON line of a producer's event (section 6: type, payload, created_at, source)."""
-    body = payload if isinstance(payload, dict) else dict(payload or {})
+    body = payload if payload.__class__ is dict else dict(payload or {})
     event: dict[str, Any] = {"type": type, "payload": body}
+    if created_at is None and source is None:
+        return _dumps(event) + b"\n"
     if created_at is not None:
         event["created_at"] = created_at
     if source is not None:
         event["source"] = source
-    return orjson.dumps(event) + b"\n"
+    return _dumps(event) + b"\n"
 
 
 def console_payload(
@@ -127,8 +131,8 @@ class AsyncProducer:
         self._space_changed = threading.Condition(self._lock)
         self._lines: list[bytes] = []
         self._size = 0
-        #: (events, bytes) of the batch being posted: the head of ``_lines``
-        self._sending = (0, 0)
+        #: events and bytes of the batch being posted: the head of ``_lines``
+        self._sending_count = self._sending_bytes = 0
         self._flushing = 0
         self._closing = False
         self._error: ProducerError | None = None
@@ -148,8 +152,11 @@ class AsyncProducer:
         source: str | None = None,
     ) -> None:
         """Queue one event (waits only while the buffer is over its bound)."""
-        self._start()
+        if self._task is None:
+            self._start()
         state = self._add(encode_event(type, payload, created_at, source))
+        if state is _State.QUEUED:
+            return
         if state is _State.FULL:
             # A full batch waits: yield until the sender has taken it. The caller
             # then fills the next one while the server works on this one (a tight
@@ -221,21 +228,30 @@ class AsyncProducer:
 
     # ------------------------------------------------------------------ the buffer
     def _add(self, line: bytes) -> _State:
-        """Append a line (any thread); whether a batch just filled or the buffer is over."""
+        """Append a line (any thread); whether a batch just filled or the buffer is over.
+
+        The hot path of every emit: kept to a few attribute reads.
+        """
         with self._lock:
-            if self._error is not None:
-                raise self._error
-            if self._closing:
-                raise ProducerError("the producer is closed")
-            self._lines.append(line)
-            self._size += len(line)
+            if self._error is not None or self._closing:
+                raise self._error or ProducerError("the producer is closed")
+            lines = self._lines
+            lines.append(line)
+            size = self._size = self._size + len(line)
             # what waits behind the batch being posted, if one is
-            pending = len(self._lines) - self._sending[0]
-            pending_size = self._size - self._sending[1]
+            pending = len(lines) - self._sending_count
+            pending_size = size - self._sending_bytes
+            if (
+                pending > 1
+                and pending < self.max_events
+                and pending_size < self.max_bytes
+                and size <= self.max_buffered_bytes
+            ):
+                return _State.QUEUED
             filled = (pending == self.max_events) or (
                 pending_size >= self.max_bytes > pending_size - len(line)
             )
-            over = self._size > self.max_buffered_bytes
+            over = size > self.max_buffered_bytes
         if pending == 1 or filled:
             # the sender sleeps until there is work; a full batch goes at once
             self._signal()
@@ -245,8 +261,8 @@ class AsyncProducer:
 
     def _pending_full(self) -> bool:
         """A full batch waits behind the one being posted (the caller holds the lock)."""
-        pending = len(self._lines) - self._sending[0]
-        return pending >= self.max_events or self._size - self._sending[1] >= self.max_bytes
+        pending = len(self._lines) - self._sending_count
+        return pending >= self.max_events or self._size - self._sending_bytes >= self.max_bytes
 
     def _take(self) -> tuple[bytes, int]:
         """The next batch (the caller is the sender)."""
@@ -258,7 +274,7 @@ class AsyncProducer:
                 count += 1
                 size += len(line)
             body = b"".join(self._lines[:count])
-            self._sending = (count, len(body))
+            self._sending_count, self._sending_bytes = count, len(body)
             self._space_changed.notify_all()  # a sync emitter waits for this batch to go
             return body, count
 
@@ -266,7 +282,7 @@ class AsyncProducer:
         with self._lock:
             del self._lines[:count]
             self._size -= size
-            self._sending = (0, 0)
+            self._sending_count = self._sending_bytes = 0
             self.delivered += count
             self._space_changed.notify_all()
         self._notify_changed()
@@ -276,7 +292,7 @@ class AsyncProducer:
             self._error = error
             self._lines.clear()
             self._size = 0
-            self._sending = (0, 0)
+            self._sending_count = self._sending_bytes = 0
             self._space_changed.notify_all()
         self._notify_changed()
 
