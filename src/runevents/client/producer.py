@@ -154,7 +154,11 @@ class AsyncProducer:
         """Queue one event (waits only while the buffer is over its bound)."""
         if self._task is None:
             self._start()
-        state = self._add(encode_event(type, payload, created_at, source))
+        if created_at is None and source is None and payload.__class__ is dict:
+            line = _dumps({"type": type, "payload": payload}) + b"\n"  # the common case
+        else:
+            line = encode_event(type, payload, created_at, source)
+        state = self._add(line)
         if state is _State.QUEUED:
             return
         if state is _State.FULL:
@@ -425,7 +429,12 @@ class Producer:
     ) -> None:
         """Queue one event (blocks only while the buffer is over its bound)."""
         inner = self._inner
-        state = inner._add(encode_event(type, payload, created_at, source))
+        if created_at is None and source is None and payload.__class__ is dict:
+            # the common case, inline: this runs once per event on the caller's thread
+            line = _dumps({"type": type, "payload": payload}) + b"\n"
+        else:
+            line = encode_event(type, payload, created_at, source)
+        state = inner._add(line)
         if state is _State.QUEUED:
             return
         with inner._space_changed:
