@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from runevents.eventlog import RunRef
 from runevents.manager import RunManager
 from runevents.models import LogState, Run
-from runevents.upkeep import run_ref
 
 #: the stored form of a log as it matters to a cache: uncompressed NDJSON (live or
 #: sealed: the same bytes) or zstd frames
@@ -42,5 +42,5 @@ async def log_end(manager: RunManager, run: Run) -> LogEnd:
     if run.status.ended:
         form: Form = "zstd" if run.log_state is LogState.COMPRESSED else "ndjson"
         return LogEnd(run.event_count, True, form)
-    stats = await manager.log.stats(run_ref(run))
+    stats = await manager.log.stats(RunRef(run.workspace_id, run.configuration_id, run.id))
     return LogEnd(stats.event_count, False, "zstd" if stats.form == "compressed" else "ndjson")
