@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import enum
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ MAX_EVENTS = 1000
 MAX_BYTES = 1024 * 1024
 LINGER = 0.05
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+#: a sync emitter lets the posting thread run every this many events (see Producer.emit)
+YIELD_EVERY = 32
 
 
 def encode_event(
@@ -405,6 +408,7 @@ class Producer:
     def __init__(self, client: Client, run: RunRef, **options: Any) -> None:
         self.client = client
         self._inner = AsyncProducer(client._async, run, **options)
+        self._since_yield = 0
         self.finish_run = self._inner.finish_run
         self._closed = False
         client._portal.call(self._start())
@@ -436,6 +440,14 @@ class Producer:
             line = encode_event(type, payload, created_at, source)
         state = inner._add(line)
         if state is _State.QUEUED:
+            if inner._sending_count:
+                self._since_yield += 1
+                if self._since_yield >= YIELD_EVERY:
+                    # A batch is being posted on the loop thread, which needs the GIL
+                    # at each step of its I/O; a tight loop of emits would hold it for
+                    # the whole switch interval (5 ms) each time. Hand it over now.
+                    self._since_yield = 0
+                    time.sleep(0)
             return
         with inner._space_changed:
             if state is _State.FULL:
