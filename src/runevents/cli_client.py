@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runevents.cli import app, console
-from runevents.client import Client, ClientError
+from runevents.client import AsyncClient, ClientError, Event, Run, RunPage
 from runevents.settings import ClientSettings
 
 runs_app = typer.Typer(help="List and inspect runs.", no_args_is_help=True)
@@ -34,12 +34,12 @@ T = TypeVar("T")
 EXIT_CANCELLED = 130
 
 
-def _client(server: str | None, token: str | None) -> Client:
+def _client(server: str | None, token: str | None) -> AsyncClient:
     settings = ClientSettings()
-    return Client(server or settings.server, token or settings.token)
+    return AsyncClient(server or settings.server, token or settings.token)
 
 
-def _call(server: str | None, token: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
+def _call(server: str | None, token: str | None, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
     async def main() -> T:
         async with _client(server, token) as client:
             return await work(client)
@@ -59,7 +59,7 @@ def _call(server: str | None, token: str | None, work: Callable[[Client], Awaita
         raise typer.Exit(code=0) from None
 
 
-def _print_event(event: dict[str, Any]) -> None:
+def _print_event(event: Event) -> None:
     """Console lines go to stdout/stderr as-is (ANSI kept); other events as dim notes."""
     payload = event.get("payload") or {}
     if event.get("type") == "console.line":
@@ -88,7 +88,7 @@ def _status_exit_code(status: object, exit_code: object) -> int:
     return exit_code if isinstance(exit_code, int) and 0 < exit_code < 256 else 1
 
 
-def _exit_code(event: dict[str, Any] | None) -> int:
+def _exit_code(event: Event | None) -> int:
     """The exit code for a run that ended with ``event`` (its run.completed)."""
     if event is None:
         return 1
@@ -123,10 +123,9 @@ def run_cmd(
     """Start a run, follow its console live, and exit with the run's exit code."""
     options = _parse_options(option or [])
 
-    async def work(client: Client) -> int:
-        created = await client.create_run(workspace_id, configuration_id, options)
-        run = created["run"]
-        console.print(f"[bold]{run['id']}[/] queued ({workspace_id}/{configuration_id})")
+    async def work(client: AsyncClient) -> int:
+        run = await client.create_run(workspace_id, configuration_id, options=options)
+        console.print(f"[bold]{run.id}[/] queued ({workspace_id}/{configuration_id})")
         last = None
         async for event in client.follow(run):
             _print_event(event)
@@ -145,8 +144,8 @@ def tail_cmd(
 ) -> None:
     """Follow a run's events live (replaying after --after), resuming after drops."""
 
-    async def work(client: Client) -> int:
-        run = (await client.lookup(run_id))["run"]
+    async def work(client: AsyncClient) -> int:
+        run = await client.get_run(run_id)
         last = None
         async for event in client.follow(run, after):
             _print_event(event)
@@ -154,8 +153,8 @@ def tail_cmd(
         if last is not None and last.get("type") == "run.completed":
             return _exit_code(last)
         # --after was already past run.completed: the run's own outcome
-        run = (await client.lookup(run_id))["run"]
-        return _status_exit_code(run["status"], run["exit_code"])
+        run = await client.get_run(run_id)
+        return _status_exit_code(run.status, run.exit_code)
 
     raise typer.Exit(code=_call(server, token, work))
 
@@ -172,8 +171,8 @@ def events_cmd(
     if fmt not in {"ndjson", "text"}:
         raise typer.BadParameter("use ndjson or text", param_hint="--format")
 
-    async def work(client: Client) -> None:
-        run = (await client.lookup(run_id))["run"]
+    async def work(client: AsyncClient) -> None:
+        run = await client.get_run(run_id)
         pending = b""
         async for chunk in client.download(run, after):
             if fmt == "ndjson":
@@ -194,13 +193,11 @@ def events_cmd(
 def cancel_cmd(run_id: str, server: Server = None, token: Token = None) -> None:
     """Cancel a run."""
 
-    async def work(client: Client) -> dict[str, Any]:
-        run = (await client.lookup(run_id))["run"]
-        return await client.cancel(run)
+    async def work(client: AsyncClient) -> Run:
+        return await client.cancel(await client.get_run(run_id))
 
-    answer = _call(server, token, work)
-    run = answer.get("run", answer)
-    console.print(f"[bold]{run_id}[/]: cancel requested (status {run.get('status')})")
+    run = _call(server, token, work)
+    console.print(f"[bold]{run_id}[/]: cancel requested (status {run.status})")
 
 
 @runs_app.command("ls")
@@ -213,35 +210,40 @@ def runs_ls(
     token: Token = None,
 ) -> None:
     """List runs, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    if configuration:
-        params["configuration_id"] = configuration
 
-    page = _call(server, token, lambda c: c.list_runs(workspace, params))
+    async def work(client: AsyncClient) -> RunPage:
+        return await client.list_runs(
+            workspace, status=status or None, configuration_id=configuration, limit=limit
+        )
+
+    page = _call(server, token, work)
     table = Table()
     # run ids are copied from here: never wrap or cut them, whatever the width
     table.add_column("run", no_wrap=True, min_width=30)
     for name in ("configuration", "status", "created", "exit", "events", "rows"):
         table.add_column(name)
-    for run in page["items"]:
+    for run in page.items:
+        rows = run.raw.get("row_count")
         table.add_row(
-            run["id"],
-            run["configuration_id"],
-            run["status"],
-            (run["created_at"] or "")[:19],
-            "" if run["exit_code"] is None else str(run["exit_code"]),
-            str(run["event_count"]),
-            "" if run["row_count"] is None else str(run["row_count"]),
+            run.id,
+            run.configuration_id,
+            run.status,
+            (run.created_at or "")[:19],
+            "" if run.exit_code is None else str(run.exit_code),
+            str(run.event_count),
+            "" if rows is None else str(rows),
         )
     Console(highlight=False).print(table)
-    if page.get("next_cursor"):
-        console.print(f"[dim]more runs: raise --limit (showing {len(page['items'])})[/]")
+    if page.next_cursor:
+        console.print(f"[dim]more runs: raise --limit (showing {len(page.items)})[/]")
 
 
 @runs_app.command("show")
 def runs_show(run_id: str, server: Server = None, token: Token = None) -> None:
     """A run's metadata and summary, as JSON."""
-    answer = _call(server, token, lambda c: c.lookup(run_id))
-    typer.echo(json.dumps(answer, indent=2))
+
+    async def work(client: AsyncClient) -> Run:
+        return await client.get_run(run_id)
+
+    run = _call(server, token, work)
+    typer.echo(json.dumps({"run": run.raw, "summary": run.summary}, indent=2))

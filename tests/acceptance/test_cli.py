@@ -366,12 +366,9 @@ def sse_frame(sequence: int, type_: str, **payload: Any) -> bytes:
     return b"id: %d\nevent: ade.event\ndata: %s\n\n" % (sequence, data)
 
 
-async def test_follow_resumes_after_drops_and_keeps_unicode_line_separators(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from runevents import client as client_module
+async def test_follow_resumes_after_drops_and_keeps_unicode_line_separators() -> None:
+    from runevents.client import AsyncClient
 
-    monkeypatch.setattr(client_module, "RECONNECT_DELAY", 0.0)
     tricky = "a\u2028b\u2029c\x85d\re"  # str.splitlines() would cut this message in five
     seen: list[str | None] = []
     answers: list[Any] = [
@@ -395,8 +392,8 @@ async def test_follow_resumes_after_drops_and_keeps_unicode_line_separators(
         return httpx.Response(200, content=answer, headers={"content-type": "text/event-stream"})
 
     run = {"workspace_id": "ws", "configuration_id": "cfg", "id": "run_" + "0" * 26}
-    async with client_module.Client(
-        "http://test", transport=httpx.MockTransport(handler)
+    async with AsyncClient(
+        "http://test", reconnect_delay=0.0, transport=httpx.MockTransport(handler)
     ) as client:
         events = [event async for event in client.follow(run)]
 

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from runevents.api import errors, events, lookup, openapi, ops, runs, session
+from runevents.api import durable, errors, events, lookup, openapi, ops, runs, session
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.guard import OpenModeGuard
@@ -168,6 +168,7 @@ def create_app(
     api.include_router(session.router)
     api.include_router(lookup.router)
     api.include_router(ops.router)
+    api.include_router(durable.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

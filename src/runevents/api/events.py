@@ -7,10 +7,13 @@ Reads (contract section 5 and 4):
   so one URL never changes meaning with a header a proxy may rewrite.
 * ``Accept: application/x-ndjson`` (preferred over JSON) -> the log's bytes as
   stored, streamed chunk by chunk.
-* otherwise -> a JSON page. Its ``events`` are the stored lines spliced into
-  the response, never decoded and re-encoded. A page ends at ``limit`` events
-  or at :data:`PAGE_BYTES` (at least one event), whichever comes first;
-  ``has_more`` says whether an event exists after it now.
+* otherwise -> a JSON page (``api/pages.py``); with ``wait=S`` a long-poll
+  (``api/longpoll.py``).
+
+NDJSON and pages are read up to the log's end when the request came
+(``runevents.logview``), carry an ETag, answer ``If-None-Match`` with 304 and
+say whether they may be cached for good (``api/caching.py``, contract section
+14). ``HEAD`` answers the last sequence and whether the run ended.
 
 The position is the furthest of ``after_sequence``, ``from_sequence - 1`` and
 ``Last-Event-ID``.
@@ -25,20 +28,24 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from runevents.api import ingest, schemas
+from runevents.api import caching, ingest, schemas
 from runevents.api.deps import ConfigurationId, Manager, Reader, RunId, State, WorkspaceId, Writer
+from runevents.api.longpoll import MAX_WAIT, wait_page
+from runevents.api.pages import json_list, read_page
 from runevents.api.runs import RUN
 from runevents.api.schemas import MAX_SEQUENCE, errors
 from runevents.api.sse import close_quietly, resolve_position, sse_response
 from runevents.eventlog import Chunk
+from runevents.logview import LogEnd, log_end
 from runevents.manager import RunManager
 from runevents.models import Run
 
 router = APIRouter(prefix="/api/v1")
 
-#: a JSON page stops growing past this many bytes of events (the first event always fits)
-PAGE_BYTES = 8 * 1024 * 1024
 NDJSON = "application/x-ndjson"
+#: HEAD {run}/events: the run's last sequence, and whether it ended ("true"/"false")
+LAST_SEQUENCE_HEADER = "Runevents-Last-Sequence"
+ENDED_HEADER = "Runevents-Ended"
 
 # Not nullable on purpose: 0 means "from the start" and keeps the schema honest
 # (a nullable header would be documented as accepting the text "null").
@@ -84,39 +91,6 @@ def wants_ndjson(accept: str | None) -> bool:
     return ndjson > 0 and ndjson >= best.get("application/json", 0.0)
 
 
-async def _page(
-    manager: RunManager, run: Run, position: int, limit: int
-) -> tuple[list[bytes], int, bool]:
-    """Up to ``limit`` stored lines after ``position``, their last sequence, and has_more."""
-    lines: list[bytes] = []
-    size = 0
-    last = position
-    chunks = manager.read_events(run, position, limit + 1)
-    try:
-        async for chunk in chunks:
-            sequence = chunk.first_sequence
-            for line in chunk.data.split(b"\n")[:-1]:
-                if sequence > position:
-                    if len(lines) >= limit or (lines and size + len(line) > PAGE_BYTES):
-                        return lines, last, True
-                    lines.append(line)
-                    size += len(line) + 1
-                    last = sequence
-                sequence += 1
-    finally:
-        await close_quietly(chunks)
-    return lines, last, False
-
-
-def _json_list(key: bytes, lines: list[bytes], next_after: int, has_more: bool) -> bytes:
-    return b'{"%s":[%s],"next_after_sequence":%d,"has_more":%s}' % (
-        key,
-        b",".join(lines),
-        next_after,
-        b"true" if has_more else b"false",
-    )
-
-
 async def _ndjson_body(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
     try:
         yield first.data
@@ -124,6 +98,18 @@ async def _ndjson_body(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterato
             yield chunk.data
     finally:
         await close_quietly(rest)
+
+
+Wait = Annotated[
+    float,
+    Query(
+        gt=0,
+        le=MAX_WAIT,
+        description="long-poll (JSON page form): wait up to this many seconds for events "
+        "after the position when there are none yet. SSE waits anyway and the NDJSON form "
+        "is what the log holds now: both ignore it",
+    ),
+]
 
 
 @router.get(
@@ -139,6 +125,7 @@ async def _ndjson_body(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterato
             },
         },
         204: {"description": "`stream=true` and the position is already past run.completed"},
+        304: {"description": "`If-None-Match` names the answer's ETag"},
         **errors(401, 403, 404, 410, 422, 503),
     },
     tags=["events"],
@@ -156,9 +143,11 @@ async def read_events(
     from_sequence: FromSequence = 0,
     limit: Annotated[int, Query(ge=1, le=5000, description="JSON page size")] = 500,
     last_event_id: LastEventId = "0",
+    wait: Wait | None = None,
 ) -> Response:
     """The events of a run as a JSON page, the NDJSON log, or an SSE stream."""
     position = resolve_position(after_sequence, from_sequence - 1, int(last_event_id))
+    ndjson = wants_ndjson(request.headers.get("accept"))
     run = await manager.open_events(workspace_id, configuration_id, run_id)
     if stream:
         if run.status.ended and position >= run.event_count:
@@ -170,22 +159,74 @@ async def read_events(
             keepalive_seconds=state.settings.keepalive_seconds,
             send_timeout=state.settings.sse_send_timeout_seconds,
         )
-    if wants_ndjson(request.headers.get("accept")):
-        chunks = manager.read_events(run, position)
-        # the first chunk is read before the answer starts, so a missing log is
-        # still an error status rather than a truncated 200
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return Response(b"", media_type=NDJSON)
-        except BaseException:
-            await close_quietly(chunks)
-            raise
-        return StreamingResponse(_ndjson_body(first, chunks), media_type=NDJSON)
-    lines, next_after, has_more = await _page(manager, run, position, limit)
+    end = await log_end(manager, run)
+    if_none_match = request.headers.get("if-none-match")
+    if ndjson:
+        return await _ndjson(manager, run, end, position, if_none_match)
+    if wait is not None and not end.ended and position >= end.last_sequence:
+        waited = await wait_page(manager, run, position, limit, wait)
+        page, stop = waited.page, waited.stop
+    else:
+        stop = end.last_sequence
+        tag = caching.etag(run.id, end, f"json{limit}", position, min(stop, position + limit))
+        complete = end.ended or position + limit < stop
+        if caching.matches(if_none_match, tag):
+            return caching.not_modified(tag, complete)
+        page = await read_page(manager, run, position, limit, stop)
+    # a page is final when the run ended or events exist after it
+    complete = end.ended or page.has_more
+    tag = caching.etag(run.id, end, f"json{limit}", position, min(stop, position + limit))
     return Response(
-        _json_list(b"events", lines, next_after, has_more), media_type="application/json"
+        json_list(b"events", page.lines, page.last, page.has_more),
+        media_type="application/json",
+        headers=caching.headers(tag, complete),
     )
+
+
+@router.head(RUN + "/events", responses=errors(401, 403, 404, 410, 422, 503), tags=["events"])
+async def events_head(
+    workspace_id: WorkspaceId,
+    configuration_id: ConfigurationId,
+    run_id: RunId,
+    _who: Reader,
+    manager: Manager,
+) -> Response:
+    """The run's last sequence and whether it ended, in headers, without a body."""
+    run = await manager.open_events(workspace_id, configuration_id, run_id)
+    end = await log_end(manager, run)
+    return Response(
+        status_code=200,
+        headers={
+            LAST_SEQUENCE_HEADER: str(end.last_sequence),
+            ENDED_HEADER: "true" if end.ended else "false",
+            "Cache-Control": caching.NO_STORE,
+        },
+    )
+
+
+async def _ndjson(
+    manager: RunManager, run: Run, end: LogEnd, position: int, if_none_match: str | None
+) -> Response:
+    """The log after ``position`` up to its end when the request came, as stored."""
+    stop = end.last_sequence
+    tag = caching.etag(run.id, end, "ndjson", position, max(stop, position))
+    # the whole rest of the log: final only once the run ended
+    headers = caching.headers(tag, end.ended)
+    if caching.matches(if_none_match, tag):
+        return caching.not_modified(tag, end.ended)
+    if stop <= position:
+        return Response(b"", media_type=NDJSON, headers=headers)
+    chunks = manager.read_events(run, position, stop - position)
+    # the first chunk is read before the answer starts, so a missing log is
+    # still an error status rather than a truncated 200
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return Response(b"", media_type=NDJSON, headers=headers)
+    except BaseException:
+        await close_quietly(chunks)
+        raise
+    return StreamingResponse(_ndjson_body(first, chunks), media_type=NDJSON, headers=headers)
 
 
 @router.get(
@@ -216,7 +257,7 @@ async def search_events(
         after_sequence=after_sequence,
         limit=limit,
     )
-    body = _json_list(b"matches", [line.rstrip(b"\n") for line in lines], next_after, has_more)
+    body = json_list(b"matches", [line.rstrip(b"\n") for line in lines], next_after, has_more)
     return Response(body, media_type="application/json")
 
 
