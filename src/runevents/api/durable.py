@@ -66,7 +66,11 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 Offset = Annotated[
     str | None,
-    Query(max_length=64, description="-1 (start, the default), now (the tail), or an offset"),
+    Query(
+        # the pattern is exactly what the server takes: the schema and the server agree
+        pattern=rf"^(-1|now|[0-9]{{{OFFSET_DIGITS}}})$",
+        description="-1 (start, the default), now (the tail), or an offset",
+    ),
 ]
 Live = Annotated[Literal["long-poll", "sse"] | None, Query(description="live mode")]
 Cursor = Annotated[str | None, Query(max_length=64, description="the last Stream-Cursor")]
@@ -157,7 +161,24 @@ async def ds_head(
 @router.get(
     PATH,
     responses={
-        200: {"description": "a JSON array of event envelopes, or an SSE stream (live=sse)"},
+        200: {
+            "description": "a JSON array of event envelopes, or an SSE stream (live=sse)",
+            "content": {
+                "application/json": {"schema": {"type": "array", "items": {}}},
+                # the protocol's SSE: `data` events (a JSON array of envelopes) and
+                # `control` events (offsets, cursor, closed), no ids
+                "text/event-stream": {
+                    "itemSchema": {
+                        "type": "object",
+                        "properties": {
+                            "event": {"enum": ["data", "control"]},
+                            "data": {"type": "string"},
+                        },
+                        "required": ["event", "data"],
+                    }
+                },
+            },
+        },
         204: {"description": "long-poll: nothing arrived in time, or the stream is closed"},
         304: {"description": "`If-None-Match` names the answer's ETag"},
         **errors(401, 403, 404, 410, 422, 503),

@@ -196,6 +196,8 @@ async def events_head(
     end = await log_end(manager, run)
     return Response(
         status_code=200,
+        # a HEAD answers the headers a GET would: the default read form is a JSON page
+        media_type="application/json",
         headers={
             LAST_SEQUENCE_HEADER: str(end.last_sequence),
             ENDED_HEADER: "true" if end.ended else "false",

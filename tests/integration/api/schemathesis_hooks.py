@@ -79,9 +79,11 @@ def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: 
             ):
                 headers[name] = f"{value[:180]}-{next(_KEYS)}"
     params = kwargs.get("params")
-    if not isinstance(params, dict) or "wait" not in params:
+    if not isinstance(params, MutableMapping) or "wait" not in params:
         return
     value = params["wait"]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return
     try:
