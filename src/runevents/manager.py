@@ -104,6 +104,7 @@ class RunManager(ProducerIngest, RunUpkeep):
         mode: str = "execute",
         options: dict[str, Any] | None = None,
         external: bool = False,
+        rerun_of: str | None = None,
     ) -> Run:
         """Create a queued run and write its ``run.queued`` event.
 
@@ -144,6 +145,8 @@ class RunManager(ProducerIngest, RunUpkeep):
                             "mode": mode,
                             "options": options,
                             "external": external,
+                            # issue 19: a re-run names its original (no column needed)
+                            **({"rerun_of": rerun_of} if rerun_of else {}),
                         },
                     )
                 ]

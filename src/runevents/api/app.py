@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runevents.api import errors, events, lookup, runs, session
+from runevents.api import errors, events, lookup, outline, runs, session
 from runevents.api.deps import ApiState
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_session_secret, load_tokens
@@ -89,9 +89,19 @@ def _mount_web(app: FastAPI) -> None:
             raise HTTPException(404, "the web UI is not installed")
         return FileResponse(index, media_type="text/html")
 
+    async def not_found(path: str) -> Response:
+        # a browser asking for a page the UI does not have gets the UI's own
+        # not-found page (404, HTML); API and static paths keep their JSON 404
+        if path.startswith(("api/", "static/")) or path in {"api", "static"}:
+            raise HTTPException(404, f"no route /{path}")
+        if not index.is_file():
+            raise HTTPException(404, "the web UI is not installed")
+        return FileResponse(index, media_type="text/html", status_code=404)
+
     # deep links (/workspaces/{ws}/runs/{run}) are the SPA's: same page, its router decides
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/workspaces/{path:path}", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/{path:path}", not_found, methods=["GET"], include_in_schema=False)
 
 
 def create_app(
@@ -146,6 +156,7 @@ def create_app(
     api.include_router(events.router)
     api.include_router(session.router)
     api.include_router(lookup.router)
+    api.include_router(outline.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

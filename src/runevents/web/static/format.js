@@ -115,3 +115,14 @@ export function ulidTime(runId) {
   }
   return ms;
 }
+
+/** The browser's time zone as shown beside times: "Europe/Berlin (UTC+01:00)", "UTC". */
+export function timeZoneName(at = new Date()) {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone ?? "local";
+  const minutes = -at.getTimezoneOffset();
+  if (minutes === 0 && /^(UTC|Etc\/UTC|GMT|Etc\/GMT)$/.test(zone)) return "UTC";
+  const sign = minutes < 0 ? "-" : "+";
+  const abs = Math.abs(minutes);
+  const offset = `UTC${sign}${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
+  return `${zone} (${offset})`;
+}

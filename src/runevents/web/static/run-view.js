@@ -2,67 +2,85 @@
 //
 // Data flow: `GET {run}` gives the row (and the summary once ended). A live run
 // opens ONE EventSource from after_sequence=0; every event goes through the
-// pure reducer (header, phases, summary) and into the log source (console rows,
-// by sequence). The browser reconnects a dropped stream by itself with
-// Last-Event-ID; if the stream closes for good before run.completed, we reopen
-// it after the last sequence we hold. Either way a sequence is applied once
-// (the reducer and the source both ignore what they already have).
+// pure reducer (header, phases, summary), the section index (folding, errors)
+// and into the log source (console rows, by sequence). The browser reconnects a
+// dropped stream by itself with Last-Event-ID; if the stream closes for good
+// before run.completed, we reopen it after the last sequence we hold. Either
+// way a sequence is applied once (reducer, index and source ignore repeats).
 // A finished run opens no stream: its event_count sizes the console, whose
-// windows load from the JSON pages API as they scroll into view.
+// windows load from the JSON pages API as they scroll into view, and its
+// outline (`{run}/outline`) feeds the section index.
+//
+// The URL holds what a shared link should show: ?q=, ?stream=, ?level= and #seq=N.
 
-import {
-  ApiError,
-  cancelRun,
-  downloadNdjson,
-  eventStreamUrl,
-  eventsPage,
-  findRun,
-  getRun,
-  rememberRun,
-  searchEvents,
-} from "./api.js";
-import { VirtualConsole, describeEvent } from "./console.js";
+import { ApiError, downloadNdjson, eventStreamUrl, eventsPage, findRun, getRun, outlinePage, rememberRun, searchEvents, textUrl } from "./api.js";
+import { VirtualConsole } from "./console.js";
 import { h, replaceChildren } from "./dom.js";
-import { formatDateTime, formatNumber, isActive } from "./format.js";
+import { formatDateTime, formatNumber, isActive, timeZoneName } from "./format.js";
 import { FilteredSource, SequenceSource } from "./log-source.js";
+import { getPref, setPref } from "./prefs.js";
 import { initialRunState, reduceRun, withRun } from "./reducer.js";
-import { workspaceUrl, seqFromHash } from "./router.js";
+import { seqFromHash, workspaceUrl } from "./router.js";
+import { RunActions, renderOptions } from "./run-actions.js";
 import { renderFailure, renderMeta, renderPhases, renderSummary } from "./run-panels.js";
+import { ConsoleSearch } from "./run-search.js";
+import { FoldedSource, SectionIndex } from "./sections.js";
 import { errorMessage, notice, statusBadge, toast } from "./widgets.js";
 
-const SEARCH_PAGE = 200; // matches per search request
 const FILTER_PAGE = 1000; // rows per filtered page (the search API's maximum)
 const RECONNECT_MS = 2000; // wait before reopening a stream that closed for good
+const ROW_POLL_MS = 5000; // a live run's row is re-read this often (its status leads the badge)
+const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
+
+function toggle(label, pressed, onclick, attrs = {}) {
+  return h("button", { class: "btn btn-toggle", type: "button", "aria-pressed": String(pressed), onclick, ...attrs }, label);
+}
 
 export class RunView {
-  constructor(root, { workspaceId, runId, canWrite }) {
+  constructor(root, { workspaceId, runId, canWrite, router }) {
     this.root = root;
     this.workspaceId = workspaceId;
     this.runId = runId;
     this.canWrite = canWrite;
+    this.router = router;
     this.state = initialRunState();
+    this.index = new SectionIndex();
     this.es = null;
     this.sseOpens = 0;
     this.expired = false;
     this.destroyed = false;
     this.pendingSeq = seqFromHash(location.hash);
-    this.search = { q: "", matches: [], next: 0, hasMore: false, loading: false };
+    const query = new URLSearchParams(location.search);
+    this.initial = { q: query.get("q") ?? "", stream: query.get("stream") ?? "", level: query.get("level") ?? "" };
+    this.errorIndex = -1;
     this.frame = 0;
     this.onHashChange = () => {
       const seq = seqFromHash(location.hash);
       if (seq) this.jumpToSeq(seq);
     };
     this.onKeyDown = (event) => {
+      if (event.key === "Escape" && this.root.querySelector(".log-fullscreen")) {
+        this.setFullscreen(false);
+        return;
+      }
       // "/" focuses the search box, as in most log viewers
       if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
       if (event.target.closest?.("input, textarea, select, [contenteditable]")) return;
-      if (!this.searchInput || this.searchInput.disabled) return;
+      if (!this.search || this.search.input.disabled) return;
       event.preventDefault();
-      this.searchInput.focus();
+      this.search.input.focus();
     };
   }
 
   async mount() {
+    if (!RUN_ID.test(this.runId)) {
+      replaceChildren(
+        this.root,
+        this.crumbs(),
+        notice("error", "Not a run id", `“${this.runId}” is not a run id. Run ids look like run_01JD3Z8K2M4N6P8Q0R2S4T6V8W; copy one from the runs list.`),
+      );
+      return;
+    }
     replaceChildren(this.root, h("p", { class: "loading", role: "status" }, "Loading run…"));
     let found;
     try {
@@ -72,7 +90,7 @@ export class RunView {
       replaceChildren(
         this.root,
         this.crumbs(),
-        notice("error", error.status === 404 ? "Run not found" : "Could not load the run", errorMessage(error)),
+        notice("error", error.status === 404 ? "Run not found" : "Could not load the run", error.status === 404 ? `There is no run ${this.runId} in workspace ${this.workspaceId}.` : errorMessage(error)),
       );
       return;
     }
@@ -93,18 +111,31 @@ export class RunView {
       onUpdate: () => this.console.refresh(),
       onError: (error) => this.onLogError(error),
     });
+    this.folded = new FoldedSource(this.fullSource, this.index);
     const live = isActive(found.run.status) || found.run.log_state === "live";
+    // a failed run opens at its first error, unless the link points somewhere
+    this.openAtFailure = !isActive(found.run.status) && found.run.status === "failed" && !this.pendingSeq && !this.initial.q;
     if (!live) {
       this.fullSource.setCount(found.run.event_count ?? 0);
       this.console.following = false;
     }
-    this.console.setSource(this.fullSource);
+    this.console.setSource(this.folded);
     this.updateFollow();
+    this.loadQueued();
+    if (this.initial.stream || this.initial.level) this.applyFilter({ fromUrl: true });
+    if (this.initial.q) {
+      this.search.input.value = this.initial.q;
+      this.search.start(this.initial.q);
+    }
     if (this.pendingSeq) this.tryPendingJump();
     if (live) this.openStream();
+    else this.loadOutline();
     this.ticker = setInterval(() => {
-      if (!this.state.completed) this.renderPanels();
+      if (this.state.completed) return;
+      this.renderPanels();
+      this.console?.refresh(); // open sections' durations (their rows redraw on every render)
     }, 1000);
+    this.rowPoller = setInterval(() => this.pollRow(), ROW_POLL_MS);
   }
 
   crumbs() {
@@ -120,97 +151,144 @@ export class RunView {
   build() {
     const run = this.state.run;
     this.badgeHost = h("span", { class: "run-badge" });
-    this.cancelBtn = h("button", { class: "btn btn-danger", type: "button", onclick: () => this.cancel() }, "Cancel run");
-    this.downloadBtn = h("button", { class: "btn", type: "button", onclick: () => this.download() }, "Download NDJSON");
+    this.actions = new RunActions({
+      workspaceId: this.workspaceId,
+      path: this.path,
+      canWrite: this.canWrite,
+      router: this.router,
+      onCancelled: (updated) => {
+        this.state = withRun(this.state, updated);
+        this.renderPanels();
+      },
+    });
     this.metaHost = h("div", { class: "meta-host" });
     this.failureHost = h("div", { class: "failure-host" });
     this.phasesHost = h("section", { class: "panel phases-panel", "aria-label": "Phases" });
     this.summaryHost = h("div", { class: "panel summary-panel" });
-    this.searchInput = h("input", {
-      type: "search",
-      class: "input",
-      placeholder: "Search the whole log  ( / )",
-      "aria-label": "Search the log",
-      name: "q",
-      autocomplete: "off",
+    this.search = new ConsoleSearch({
+      path: this.path,
+      filters: () => ({ stream: this.streamSelect.value || null, level: this.levelSelect.value || null }),
+      onJump: (seq) => this.jumpToSeq(seq),
+      onQuery: (q) => {
+        this.console?.setHighlight(this.search.regex);
+        this.updateUrl();
+        if (!q) this.console?.setHighlight(null);
+      },
     });
-    this.streamSelect = h(
-      "select",
-      { class: "input", "aria-label": "Stream", onchange: () => this.applyFilter() },
-      h("option", { value: "" }, "All streams"),
-      h("option", { value: "stdout" }, "stdout"),
-      h("option", { value: "stderr" }, "stderr"),
+    const select = (label, options, value) =>
+      h("select", { class: "input", "aria-label": label, onchange: () => this.applyFilter() }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
+    this.streamSelect = select("Stream", [["", "All streams"], ["stdout", "stdout"], ["stderr", "stderr"]], this.initial.stream);
+    this.levelSelect = select("Level", [["", "All levels"], ...["debug", "info", "warning", "error"].map((l) => [l, l])], this.initial.level);
+    this.followBtn = toggle("Follow", true, () => this.toggleFollow());
+    this.wrap = getPref("wrap", window.matchMedia("(max-width: 640px)").matches);
+    this.timestamps = getPref("timestamps", true);
+    this.wrapBtn = toggle("Wrap", this.wrap, () => this.setWrap(!this.wrap), { title: "Wrap long lines" });
+    this.timeBtn = toggle("Times", this.timestamps, () => this.setTimestamps(!this.timestamps), {
+      title: `Show the time of each line (${timeZoneName()}); hover a time for the full date`,
+      "aria-label": `Timestamps (${timeZoneName()})`,
+    });
+    this.detailsBtn = toggle("Details", !getPref("detailsHidden", false), () => this.setDetailsHidden(!this.detailsHidden), { title: "Show or hide the run's details and panels" });
+    this.fullBtn = toggle("Full screen", false, () => this.setFullscreen(!this.fullscreen), { title: "The log fills the window (Esc to leave)" });
+    this.errorCount = h("span", { class: "search-count", "data-testid": "error-count" });
+    this.errorNav = h(
+      "div",
+      { class: "error-nav", hidden: true },
+      h("button", { type: "button", class: "btn btn-small", onclick: () => this.gotoError(0) }, "First error"),
+      this.errorCount,
+      h("button", { type: "button", class: "btn btn-small", onclick: () => this.gotoError(this.errorIndex + 1) }, "Next error"),
     );
-    this.levelSelect = h(
-      "select",
-      { class: "input", "aria-label": "Level", onchange: () => this.applyFilter() },
-      h("option", { value: "" }, "All levels"),
-      ...["debug", "info", "warning", "error"].map((l) => h("option", { value: l }, l)),
-    );
-    this.followBtn = h(
-      "button",
-      { class: "btn btn-toggle", type: "button", "aria-pressed": "true", onclick: () => this.toggleFollow() },
-      "Follow",
-    );
-    this.jumpBtn = h(
-      "button",
-      { class: "btn btn-primary jump-latest", type: "button", hidden: true, onclick: () => this.console.jumpToLatest() },
-      "Jump to latest ↓",
-    );
+    this.downloadBtn = h("button", { class: "btn btn-small", type: "button", onclick: () => this.download() }, "Download NDJSON");
+    this.rawLink = h("a", { class: "btn btn-small", href: textUrl(this.path), target: "_blank", rel: "noopener", "data-external": "" }, "View raw");
+    this.textLink = h("a", { class: "btn btn-small", href: textUrl(this.path, { download: true }), download: `${this.runId}.log`, "data-external": "" }, "Download text");
+    this.jumpBtn = h("button", { class: "btn btn-primary btn-small jump-latest", type: "button", hidden: true, onclick: () => this.console.jumpToLatest() }, "Jump to latest ↓");
     this.connectionEl = h("span", { class: "connection", "data-testid": "connection" });
     this.statusLine = h("div", { class: "console-status", "aria-live": "off", "data-testid": "console-status" });
-    this.resultsEl = h("aside", { class: "search-results", hidden: true, "aria-label": "Search results" });
     this.consoleHost = h("div", { class: "console-host", "data-testid": "console" });
-    const searchForm = h(
-      "form",
-      {
-        class: "search-form",
-        role: "search",
-        onsubmit: (event) => {
-          event.preventDefault();
-          this.runSearch();
-        },
-      },
-      this.searchInput,
-      h("button", { class: "btn", type: "submit" }, "Search"),
-    );
-    replaceChildren(
-      this.root,
+    this.view = h(
+      "div",
+      { class: "run-view" },
+      this.crumbs(),
+      h(
+        "header",
+        { class: "run-head" },
+        h(
+          "div",
+          { class: "run-title" },
+          this.badgeHost,
+          h("h1", null, run.configuration_id, " ", h("small", { class: "run-id" }, run.id)),
+          run.external ? h("span", { class: "chip" }, "external") : null,
+        ),
+        this.actions.el,
+      ),
+      this.metaHost,
+      this.failureHost,
+      h("div", { class: "run-panels" }, this.phasesHost, this.summaryHost),
       h(
         "div",
-        { class: "run-view" },
-        this.crumbs(),
-        h(
-          "header",
-          { class: "run-head" },
-          h(
-            "div",
-            { class: "run-title" },
-            this.badgeHost,
-            h("h1", null, run.configuration_id, " ", h("small", { class: "run-id" }, run.id)),
-            run.external ? h("span", { class: "chip" }, "external") : null,
-          ),
-          h("div", { class: "run-actions" }, this.cancelBtn, this.downloadBtn),
-        ),
-        this.metaHost,
-        this.failureHost,
-        h("div", { class: "run-panels" }, this.phasesHost, this.summaryHost),
+        { class: "log-pane" },
         h(
           "div",
           { class: "console-toolbar" },
-          searchForm,
-          h("div", { class: "filters" }, this.streamSelect, this.levelSelect, this.followBtn, this.connectionEl),
+          this.search.el,
+          h("div", { class: "filters" }, this.streamSelect, this.levelSelect, this.errorNav),
+          h("div", { class: "filters" }, this.followBtn, this.wrapBtn, this.timeBtn, this.detailsBtn, this.fullBtn, this.connectionEl),
+          h("div", { class: "log-actions" }, this.rawLink, this.textLink, this.downloadBtn),
         ),
-        h("div", { class: "console-area" }, this.consoleHost, this.jumpBtn, this.resultsEl),
-        this.statusLine,
+        h("div", { class: "console-area" }, this.consoleHost),
+        h("div", { class: "console-foot" }, this.statusLine, this.jumpBtn),
       ),
     );
+    replaceChildren(this.root, this.view);
     this.console = new VirtualConsole(this.consoleHost, {
       onFollowChange: () => this.updateFollow(),
       onRender: (info) => this.renderStatusLine(info),
     });
+    this.console.setWrap(this.wrap);
+    this.console.setTimestamps(this.timestamps);
+    this.setDetailsHidden(getPref("detailsHidden", false));
     this.console.setEmptyText(isActive(run.status) ? "Waiting for output…" : "No events.");
     document.title = `${run.configuration_id} · ${run.id} · runevents`;
+  }
+
+  // ---- view settings ----------------------------------------------------------
+
+  setWrap(on) {
+    this.wrap = on;
+    setPref("wrap", on);
+    this.wrapBtn.setAttribute("aria-pressed", String(on));
+    this.console?.setWrap(on);
+  }
+
+  setTimestamps(on) {
+    this.timestamps = on;
+    setPref("timestamps", on);
+    this.timeBtn.setAttribute("aria-pressed", String(on));
+    this.console?.setTimestamps(on);
+  }
+
+  setDetailsHidden(hidden) {
+    this.detailsHidden = hidden;
+    setPref("detailsHidden", hidden);
+    this.detailsBtn.setAttribute("aria-pressed", String(!hidden));
+    this.view.classList.toggle("details-hidden", hidden);
+  }
+
+  setFullscreen(on) {
+    this.fullscreen = on;
+    this.fullBtn.setAttribute("aria-pressed", String(on));
+    this.view.classList.toggle("log-fullscreen", on);
+  }
+
+  /** ?q=, ?stream=, ?level= follow the view, so a filtered view can be shared. */
+  updateUrl() {
+    const query = new URLSearchParams();
+    if (this.search?.q) query.set("q", this.search.q);
+    if (this.streamSelect?.value) query.set("stream", this.streamSelect.value);
+    if (this.levelSelect?.value) query.set("level", this.levelSelect.value);
+    const text = query.toString();
+    const url = `${location.pathname}${text ? `?${text}` : ""}${location.hash}`;
+    if (this.router) this.router.replaceQuietly(url);
+    else history.replaceState(null, "", url);
   }
 
   // ---- rendering ----------------------------------------------------------
@@ -220,7 +298,7 @@ export class RunView {
     this.frame = requestAnimationFrame(() => {
       this.frame = 0;
       this.renderPanels();
-      this.console.refresh();
+      this.console?.refresh();
     });
   }
 
@@ -229,15 +307,18 @@ export class RunView {
     const s = this.state;
     const now = Date.now();
     replaceChildren(this.badgeHost, statusBadge(s.status));
-    this.cancelBtn.hidden = !(this.canWrite && !s.completed && isActive(s.status));
+    this.actions.render(s);
     this.downloadBtn.disabled = this.expired;
-    replaceChildren(this.metaHost, renderMeta(s, now));
+    replaceChildren(this.metaHost, renderMeta(s, now), renderOptions(this.workspaceId, this.actions.queued));
     replaceChildren(this.failureHost, renderFailure(s));
-    replaceChildren(this.phasesHost, h("h2", null, "Phases"), renderPhases(s, now));
+    replaceChildren(this.phasesHost, h("h2", null, "Phases"), renderPhases(s, now, { onPhase: (i) => this.gotoPhase(i) }));
     if (this.summaryRendered !== s.summary || !s.completed) {
       this.summaryRendered = s.summary;
       replaceChildren(this.summaryHost, renderSummary(s));
     }
+    const errors = this.index.errors.length;
+    this.errorNav.hidden = errors === 0 || this.expired;
+    this.errorCount.textContent = errors ? `${this.errorIndex >= 0 ? `error ${this.errorIndex + 1} of ` : ""}${formatNumber(errors)}${this.errorIndex >= 0 ? "" : ` error${errors === 1 ? "" : "s"}`}` : "";
     this.root.dataset.status = s.status;
   }
 
@@ -247,6 +328,7 @@ export class RunView {
     const rows = filtered ? source.rows.length : count;
     const parts = [];
     parts.push(filtered ? `${formatNumber(rows)}${source.hasMore ? "+" : ""} matching lines` : `${formatNumber(rows)} lines`);
+    if (!filtered && this.fullSource && this.fullSource.count !== count) parts.push(`${formatNumber(this.fullSource.count - count)} folded`);
     if (count > 0) parts.push(`showing ${formatNumber(Math.min(first + 1, rows))}–${formatNumber(Math.min(last + 1, rows))}`);
     if (!filtered && this.fullSource) parts.push(`${formatNumber(this.fullSource.loadedEvents())} in memory`);
     this.statusLine.textContent = parts.join(" · ");
@@ -271,6 +353,68 @@ export class RunView {
     this.connectionEl.className = `connection conn-${kind}`;
   }
 
+  // ---- data: the run.queued event, the outline, the row ------------------------
+
+  async loadQueued() {
+    try {
+      const page = await eventsPage(this.path, 0, 1);
+      const first = page.events?.[0];
+      if (first?.type === "run.queued" && !this.destroyed) {
+        this.actions.queued = first.payload ?? {};
+        this.renderPanels();
+      }
+    } catch {
+      /* the options line stays away; the log itself reports errors */
+    }
+  }
+
+  /** A finished run's sections and errors, from the outline route (paged). */
+  async loadOutline() {
+    let after = 0;
+    try {
+      for (;;) {
+        const page = await outlinePage(this.path, after);
+        if (this.destroyed) return;
+        for (const event of page.events) this.index.add(event);
+        after = page.next_after_sequence;
+        if (!page.has_more) break;
+      }
+    } catch (error) {
+      this.onLogError(error);
+    }
+    this.outlineLoaded = true;
+    this.afterSections();
+  }
+
+  /** Sections are known: fold as GitHub does on a failed run, and open at its failure. */
+  afterSections() {
+    if (this.destroyed || !this.console) return;
+    if (this.openAtFailure) {
+      this.openAtFailure = false;
+      const failedPhase = this.index.phases().find((p) => p.status === "failed");
+      // the other phases fold away; the failed one stays open
+      for (const p of this.index.phases()) if (p !== failedPhase && p.status === "succeeded") this.folded.setCollapsed(p.headerSeq, true);
+      const target = this.index.errors[0] ?? failedPhase?.headerSeq;
+      if (target) {
+        this.errorIndex = this.index.errors.indexOf(target);
+        this.jumpToSeq(target);
+      }
+    }
+    this.scheduleRender();
+  }
+
+  async pollRow() {
+    if (this.destroyed || this.state.completed || !this.path) return;
+    try {
+      const { run, summary } = await getRun(this.path);
+      if (this.destroyed) return;
+      this.state = withRun(this.state, run, isActive(run.status) ? null : summary);
+      this.scheduleRender();
+    } catch {
+      /* the stream keeps the page current; the next poll tries again */
+    }
+  }
+
   // ---- live stream ------------------------------------------------------------
 
   openStream() {
@@ -292,8 +436,7 @@ export class RunView {
     es.onerror = () => {
       if (this.es !== es) return;
       if (es.readyState === EventSource.CONNECTING) {
-        // the browser retries by itself, sending Last-Event-ID
-        this.setConnection("reconnecting…", "wait");
+        this.setConnection("reconnecting…", "wait"); // the browser retries, sending Last-Event-ID
         return;
       }
       es.close();
@@ -335,20 +478,23 @@ export class RunView {
     const before = this.state;
     this.state = reduceRun(this.state, event);
     if (this.state.lastSequence === before.lastSequence) return; // already had it
+    this.index.add(event);
     this.fullSource.put(event);
     if (this.filteredSource) this.filteredSource.put(event);
+    this.search.live(event);
     if (this.pendingSeq) this.tryPendingJump();
     this.scheduleRender();
     if (event.type === "run.completed") {
       this.closeStream();
       this.streamEnded();
+      this.afterSections();
     }
   }
 
   /** After run.completed: fetch the final row and summary (the row may lag the event a moment). */
   async streamEnded() {
     this.setConnection("ended", "done");
-    this.console.setEmptyText("No events.");
+    this.console?.setEmptyText("No events.");
     for (let attempt = 0; attempt < 6 && !this.destroyed; attempt += 1) {
       try {
         const { run, summary } = await getRun(this.path);
@@ -373,7 +519,7 @@ export class RunView {
     }
   }
 
-  /** Scroll to a sequence and mark its line (the `#seq=N` permalink). */
+  /** Scroll to a sequence and mark its line (permalinks, search, errors, phases). */
   jumpToSeq(seq) {
     if (!this.console || this.expired) return;
     let source = this.console.source;
@@ -383,23 +529,49 @@ export class RunView {
       this.applyFilter();
       source = this.console.source;
     }
+    if (source === this.folded) this.folded.reveal(seq);
     const index = source.indexOfSeq(seq);
     if (index < 0) {
       this.pendingSeq = seq; // not written yet: jump when it arrives
       return;
     }
     this.console.highlightSeq = seq;
+    this.console.redraw();
     this.console.scrollToIndex(index);
     this.updateFollow();
   }
 
-  applyFilter() {
+  gotoError(i) {
+    const errors = this.index.errors;
+    if (!errors.length) return;
+    this.errorIndex = ((i % errors.length) + errors.length) % errors.length;
+    this.jumpToSeq(errors[this.errorIndex]);
+    this.renderPanels();
+  }
+
+  gotoPhase(i) {
+    const section = this.index.phases()[i];
+    if (!section) return;
+    if (this.console.source !== this.folded) {
+      this.streamSelect.value = "";
+      this.levelSelect.value = "";
+      this.applyFilter();
+    }
+    this.folded.setCollapsed(section.headerSeq, false);
+    this.jumpToSeq(section.headerSeq);
+  }
+
+  applyFilter({ fromUrl = false } = {}) {
     const stream = this.streamSelect.value || null;
     const level = this.levelSelect.value || null;
     this.filteredSource?.stop();
     this.filteredSource = null;
+    if (!fromUrl) {
+      this.updateUrl();
+      if (this.search.q) this.search.start(this.search.q); // the matches follow the filters
+    }
     if (!stream && !level) {
-      this.console.setSource(this.fullSource, { keepPosition: false });
+      this.console.setSource(this.folded, { keepPosition: false });
       this.updateFollow();
       return;
     }
@@ -419,123 +591,7 @@ export class RunView {
     this.updateFollow();
   }
 
-  // ---- search ---------------------------------------------------------------
-
-  async runSearch(more = false) {
-    const q = this.searchInput.value.trim();
-    if (!q) {
-      this.closeSearch();
-      return;
-    }
-    if (!more) {
-      this.searchController?.abort();
-      this.search = { q, matches: [], next: 0, hasMore: false, loading: true };
-      this.console.setHighlight(new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "gi"));
-    }
-    this.search.loading = true;
-    this.renderResults();
-    const controller = new AbortController();
-    this.searchController = controller;
-    try {
-      const page = await searchEvents(
-        this.path,
-        {
-          q,
-          stream: this.streamSelect.value || null,
-          level: this.levelSelect.value || null,
-          afterSequence: this.search.next,
-          limit: SEARCH_PAGE,
-        },
-        { signal: controller.signal },
-      );
-      this.search.matches.push(...page.matches);
-      this.search.next = page.next_after_sequence;
-      this.search.hasMore = page.has_more;
-      this.search.error = null;
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      this.search.error = error.code === "log_expired" ? "The log has expired." : errorMessage(error);
-    }
-    this.search.loading = false;
-    this.renderResults();
-    if (!more && this.search.matches.length) this.jumpToSeq(this.search.matches[0].sequence);
-  }
-
-  closeSearch() {
-    this.searchController?.abort();
-    this.resultsEl.hidden = true;
-    this.console.setHighlight(null);
-  }
-
-  renderResults() {
-    const { q, matches, hasMore, loading, error } = this.search;
-    const items = matches.map((m) =>
-      h(
-        "li",
-        null,
-        h(
-          "button",
-          {
-            type: "button",
-            class: "result",
-            dataset: { seq: m.sequence },
-            onclick: () => {
-              history.replaceState(null, "", `#seq=${m.sequence}`);
-              this.jumpToSeq(m.sequence);
-            },
-            onkeydown: (event) => this.resultKeys(event),
-          },
-          h("span", { class: "result-seq" }, m.sequence),
-          h("span", { class: `result-text${m.payload?.stream === "stderr" ? " s-stderr" : ""}` }, describeEvent(m)),
-        ),
-      ),
-    );
-    const count = `${formatNumber(matches.length)}${hasMore ? "+" : ""} match${matches.length === 1 ? "" : "es"} for “${q}”`;
-    replaceChildren(
-      this.resultsEl,
-      h(
-        "div",
-        { class: "results-head" },
-        h("span", { role: "status", "data-testid": "search-count" }, loading && !matches.length ? "Searching…" : count),
-        h("button", { type: "button", class: "btn btn-small", onclick: () => this.closeSearch(), "aria-label": "Close search results" }, "✕"),
-      ),
-      error ? notice("error", "Search failed", error) : null,
-      h("ol", { class: "results-list" }, items),
-      hasMore
-        ? h("button", { type: "button", class: "btn btn-small", disabled: loading, onclick: () => this.runSearch(true) }, loading ? "Searching…" : "More matches")
-        : null,
-    );
-    this.resultsEl.hidden = false;
-  }
-
-  resultKeys(event) {
-    if (event.key !== "ArrowDown" && event.key !== "ArrowUp" && event.key !== "Escape") return;
-    event.preventDefault();
-    if (event.key === "Escape") {
-      this.closeSearch();
-      this.searchInput.focus();
-      return;
-    }
-    const li = event.target.closest("li");
-    const next = event.key === "ArrowDown" ? li?.nextElementSibling : li?.previousElementSibling;
-    next?.querySelector("button")?.focus();
-  }
-
   // ---- actions and states ---------------------------------------------------
-
-  async cancel() {
-    this.cancelBtn.disabled = true;
-    try {
-      const { run } = await cancelRun(this.path);
-      this.state = withRun(this.state, run);
-      toast("Cancel requested.");
-    } catch (error) {
-      toast(error.status === 409 ? "The run has already ended." : errorMessage(error), "error");
-    } finally {
-      this.cancelBtn.disabled = false;
-      this.renderPanels();
-    }
-  }
 
   async download() {
     this.downloadBtn.disabled = true;
@@ -567,7 +623,9 @@ export class RunView {
     this.closeStream();
     this.fullSource?.stop();
     this.filteredSource?.stop();
-    for (const el of [this.searchInput, this.streamSelect, this.levelSelect, this.followBtn, this.downloadBtn]) el.disabled = true;
+    for (const el of [this.search.input, this.streamSelect, this.levelSelect, this.followBtn, this.downloadBtn]) el.disabled = true;
+    this.rawLink.hidden = true;
+    this.textLink.hidden = true;
     this.console?.destroy();
     this.console = null;
     this.jumpBtn.hidden = true;
@@ -596,10 +654,15 @@ export class RunView {
       streamOpen: Boolean(this.es),
       following: this.console?.following ?? false,
       count: this.console?.count ?? 0,
+      total: this.fullSource?.count ?? 0,
       visible: this.console?.visibleSequences() ?? [],
+      highlighted: this.console?.highlightSeq ?? null,
       loadedEvents: this.fullSource?.loadedEvents() ?? 0,
       pageRequests: this.fullSource?.requests ?? 0,
       expired: this.expired,
+      sections: this.index.sections.map((s) => ({ kind: s.kind, name: s.name, header: s.headerSeq, end: s.endSeq, collapsed: this.folded?.isCollapsed(s) ?? false })),
+      errors: [...this.index.errors],
+      outlineLoaded: Boolean(this.outlineLoaded),
     };
   }
 
@@ -607,12 +670,13 @@ export class RunView {
     this.destroyed = true;
     this.closeStream();
     clearInterval(this.ticker);
+    clearInterval(this.rowPoller);
     cancelAnimationFrame(this.frame);
     window.removeEventListener("hashchange", this.onHashChange);
     document.removeEventListener("keydown", this.onKeyDown);
     this.fullSource?.stop();
     this.filteredSource?.stop();
-    this.searchController?.abort();
+    this.search?.destroy();
     this.console?.destroy();
   }
 }
