@@ -39,9 +39,13 @@ OUTLINE_TYPES = frozenset(
 )
 #: bytes that may mark a console line as part of the outline (prefilter only)
 _CONSOLE_MARKERS = (b"::group::", b"::endgroup::", b"section_start:", b"section_end:")
-_ERROR_HINTS = (b'"level":"error"', b"Traceback", b"rror", b"RROR", b"atal", b"ATAL")
+_ERROR_HINTS = (b"Traceback", b"rror", b"RROR", b"atal", b"ATAL", b"xception")
 #: a console line that reads as an error whatever its level (stripped of ANSI)
-ERROR_TEXT = re.compile(r"^\s*(Traceback \(most recent call last\)|(error|fatal)\b\s*[:!])", re.I)
+ERROR_TEXT = re.compile(
+    r"^\s*(Traceback \(most recent call last\)|##\[error\]|(error|fatal)\b\s*[:!]"
+    r"|[A-Za-z_][\w.]*(Error|Exception):\s)",
+    re.I,
+)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 

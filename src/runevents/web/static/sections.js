@@ -16,7 +16,11 @@
 
 import { stripAnsi } from "./ansi.js";
 
-const ERROR_TEXT = /^\s*(Traceback \(most recent call last\)|(error|fatal)\b\s*[:!])/i;
+// escape sequences only: GitLab's markers carry a "\r" before their header,
+// which stripAnsi would treat as a terminal overwrite
+const ESCAPES = /\x1b\[[0-9;?]*[ -/]*[@-~]/g;
+// must match runevents/outline.py ERROR_TEXT (the outline route's prefilter)
+const ERROR_TEXT = /^\s*(Traceback \(most recent call last\)|##\[error\]|(error|fatal)\b\s*[:!]|[A-Za-z_][\w.]*(Error|Exception):\s)/i;
 
 /** Whether a console line's payload is an error (level error, or reads as one). */
 export function isErrorLine(payload) {
@@ -27,7 +31,7 @@ export function isErrorLine(payload) {
 /** A section marker in a console message: {kind, name, key, collapsed} or null. */
 export function parseMarker(message) {
   if (typeof message !== "string") return null;
-  const text = stripAnsi(message).trimStart();
+  const text = message.replace(ESCAPES, "").trimStart();
   if (text.startsWith("::group::")) return { kind: "open", style: "github", name: text.slice(9).trim() || "group", collapsed: true };
   if (text.startsWith("::endgroup::")) return { kind: "close", style: "github" };
   let m = /^section_start:\d+:([A-Za-z0-9_.-]+)(\[[^\]]*\])?\r?(.*)$/s.exec(text);
