@@ -328,3 +328,284 @@ def test_a_failed_run_opens_at_its_first_error(ui_server: Server, wide: Any) -> 
     wait_view(page, "v.highlighted === 5 && v.outlineLoaded")
     page.wait_for_timeout(300)
     assert view_state(page)["highlighted"] == 5
+
+
+# ---- 5. search, 8. state in the URL ---------------------------------------------------------
+
+
+def boxes_overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def test_search_counts_every_match_and_moves_through_them(ui_server: Server, wide: Any) -> None:
+    """Regression (issue 19 item 5): the count stopped at "200+", the results sat in a
+    side list, and the floating "Jump to latest" button covered the console's controls."""
+    page = wide
+    s = ui_server
+    run = s.create_run("search", "live", external=True)
+    rid = run["id"]
+    # 2,500 matching lines among others; "needle" also in a meta event, which is not marked
+    events: list[dict[str, Any]] = [{"type": "run.phase.started", "payload": {"phase": "needle"}}]
+    for i in range(1, 5001):
+        events.append(line(f"row {i} {'NEEDLE here' if i % 2 == 0 else 'hay'}"))
+    s.ingest("search", "live", rid, events)
+    page.goto(f"{s.url}/workspaces/search/runs/{rid}")
+    wait_view(page, "(v.total || v.count) >= 5002")
+    box = page.get_by_label("Search the log")
+    box.fill("needle")
+    box.press("Enter")
+    count = page.get_by_test_id("search-count")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=search-count]').textContent === '1 of 2,500'"
+    )
+    first = view_state(page)["highlighted"]
+    assert first == 4  # row 2 (sequence 2 + run.queued + phase start)
+    marked = page.locator(".ln mark")
+    assert marked.count() >= 1
+    # only console lines are marked: the phase header's "needle" is not
+    assert page.locator(".ln.k-meta mark, .ln-section mark").count() == 0
+    box.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=search-count]').textContent === '2 of 2,500'"
+    )
+    assert view_state(page)["highlighted"] == 6
+    box.press("Shift+Enter")
+    page.wait_for_function("() => window.__runevents.view().highlighted === 4")
+    assert count.inner_text() == "1 of 2,500"
+    # wraps backwards to the last match (paging through every page of hits)
+    page.get_by_role("button", name="Previous match").click()
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=search-count]').textContent === '2,500 of 2,500'"
+    )
+    assert view_state(page)["highlighted"] == 5002
+    # the URL holds the term
+    assert "q=needle" in page.url
+
+    # a live run: new matches join the count
+    s.ingest("search", "live", rid, [line("one more needle"), line("hay again")])
+    page.wait_for_function(
+        "() => / of 2,501$/.test(document.querySelector('[data-testid=search-count]').textContent)"
+    )
+    # "Jump to latest" (shown: following stopped at the match) covers no control
+    jump = page.get_by_role("button", name="Jump to latest ↓")
+    jump.wait_for()
+    jb = jump.bounding_box()
+    assert jb is not None
+    for control in page.locator(
+        ".console-toolbar button, .console-toolbar input, .console-toolbar select"
+    ).all():
+        cb = control.bounding_box()
+        if cb:
+            assert not boxes_overlap(jb, cb), control.inner_text()
+    vp = page.locator(".console-viewport").bounding_box()
+    assert vp is not None and not boxes_overlap(jb, vp), "the button covers the log"
+
+
+def test_filters_and_search_are_in_the_url(ui_server: Server, wide: Any) -> None:
+    page = wide
+    run = ui_server.external_run("urlstate", "bulk", 300)
+    url = f"{ui_server.url}/workspaces/urlstate/runs/{run['id']}"
+    page.goto(url)
+    wait_view(page, "v.count > 0")
+    page.get_by_label("Stream").select_option("stderr")
+    page.wait_for_url(re.compile(r"\?stream=stderr$"))
+    page.get_by_label("Level").select_option("warning")
+    page.get_by_label("Search the log").fill("line 1")
+    page.get_by_label("Search the log").press("Enter")
+    page.wait_for_url(re.compile(r"\?q=line\+1&stream=stderr&level=warning$"))
+    shared = page.url
+    # a shared link opens the same view: filter, level and search
+    other = new_page(page.context.browser)
+    try:
+        other.goto(shared)
+        other.wait_for_function(
+            """() => { const rows = [...document.querySelectorAll('.ln.k-line')];
+                       return rows.length > 2 && rows.every((r) => r.classList.contains('s-stderr')); }"""
+        )
+        assert other.get_by_label("Stream").input_value() == "stderr"
+        assert other.get_by_label("Level").input_value() == "warning"
+        assert other.get_by_label("Search the log").input_value() == "line 1"
+        # stderr lines are every 10th: "line 1" matches lines 10, 100..190 and 1000.. -> 11
+        other.wait_for_function(
+            "() => document.querySelector('[data-testid=search-count]').textContent === '1 of 11'"
+        )
+    finally:
+        close_page(other)
+
+
+# ---- 6. wrap and timestamps, 7. raw log, 4. room for the log -------------------------------
+
+
+def test_wrap_and_timestamps_are_toggles_that_are_remembered(
+    ui_server: Server, wide: Any, browser: Any
+) -> None:
+    page = wide
+    s = ui_server
+    run = s.create_run("wrap", "bulk", external=True)
+    long = "a-long-line " * 60
+    s.ingest("wrap", "bulk", run["id"], [line(long), *lines("short", 5)])
+    s.ingest(
+        "wrap", "bulk", run["id"], [{"type": "run.completed", "payload": {"status": "succeeded"}}]
+    )
+    url = f"{s.url}/workspaces/wrap/runs/{run['id']}"
+    page.goto(url)
+    row = page.locator(".ln[data-seq='2']")
+    row.wait_for()
+    assert row.bounding_box()["height"] == 20  # one line, scrolled sideways
+    # the time has its zone and full date on hover
+    time_el = row.locator(".ln-time")
+    title = time_el.get_attribute("title")
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", title), title
+    assert "UTC" in title
+    times = page.get_by_role("button", name=re.compile(r"^Timestamps \("))
+    assert "UTC" in times.get_attribute("aria-label")
+    times.click()
+    assert time_el.is_hidden()
+    page.get_by_role("button", name="Wrap", exact=True).click()
+    page.wait_for_function("() => document.querySelector(\".ln[data-seq='2']\").offsetHeight > 40")
+    console = page.locator(".console-viewport").bounding_box()
+    assert row.bounding_box()["width"] <= console["width"]
+    # both are remembered
+    page.reload()
+    page.locator(".ln[data-seq='2']").wait_for()
+    page.wait_for_function("() => document.querySelector(\".ln[data-seq='2']\").offsetHeight > 40")
+    assert page.locator(".ln[data-seq='2'] .ln-time").is_hidden()
+    assert (
+        page.get_by_role("button", name="Wrap", exact=True).get_attribute("aria-pressed") == "true"
+    )
+
+    # a phone: wrapped by default, nothing wider than the screen
+    phone = new_page(browser, {"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone.goto(url)
+        phone.locator(".ln[data-seq='2']").wait_for()
+        phone.wait_for_function(
+            "() => document.querySelector(\".ln[data-seq='2']\").offsetHeight > 60"
+        )
+        width = phone.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, width
+    finally:
+        close_page(phone)
+
+
+def test_raw_log_view_and_text_download(ui_server: Server, wide: Any) -> None:
+    page = wide
+    s = ui_server
+    run = s.create_run("raw", "bulk", external=True)
+    s.ingest(
+        "raw",
+        "bulk",
+        run["id"],
+        [
+            line("\x1b[32mgreen\x1b[0m start"),
+            line("to stderr", stream="stderr"),
+            {"type": "run.completed", "payload": {"status": "succeeded"}},
+        ],
+    )
+    page.goto(f"{s.url}/workspaces/raw/runs/{run['id']}")
+    view_raw = page.get_by_role("link", name="View raw")
+    view_raw.wait_for()
+    with page.context.expect_page() as info:
+        view_raw.click()
+    raw = info.value
+    raw.wait_for_load_state()
+    assert raw.locator("body").inner_text().strip() == "green start\nto stderr"
+    raw.close()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download text").click()
+    assert download.value.suggested_filename == f"{run['id']}.log"
+    with open(download.value.path(), "rb") as f:
+        assert f.read() == b"green start\nto stderr\n"
+    assert page.get_by_role("button", name="Download NDJSON").is_visible()
+
+
+def visible_rows(page: Any) -> int:
+    return int(page.evaluate("() => window.__runevents.view().visible.length"))
+
+
+def test_details_fold_and_full_screen_give_the_log_room(ui_server: Server, browser: Any) -> None:
+    page = new_page(browser)  # 1400 x 900
+    try:
+        run = ui_server.external_run("room", "bulk", 500)
+        page.goto(f"{ui_server.url}/workspaces/room/runs/{run['id']}")
+        page.wait_for_function("() => window.__runevents.view().visible.length > 5")
+        before = visible_rows(page)
+        page.get_by_role("button", name="Details").click()
+        page.wait_for_function(f"() => window.__runevents.view().visible.length > {before} + 5")
+        folded = visible_rows(page)
+        assert folded >= 30, folded
+        page.reload()  # remembered
+        page.wait_for_function(f"() => window.__runevents.view().visible.length >= {folded}")
+        assert page.get_by_role("button", name="Details").get_attribute("aria-pressed") == "false"
+        page.get_by_role("button", name="Full screen").click()
+        page.wait_for_function(f"() => window.__runevents.view().visible.length > {folded}")
+        full = visible_rows(page)
+        assert full >= 38, full
+        box = page.locator(".console-viewport").bounding_box()
+        assert box["height"] > 780
+        page.keyboard.press("Escape")
+        page.wait_for_function(f"() => window.__runevents.view().visible.length < {full}")
+        print(
+            f"\nvisible lines at 1400x900: {before} -> {folded} (details folded) -> {full} (full screen)"
+        )
+    finally:
+        close_page(page)
+
+
+# ---- 9. re-run and cancel ------------------------------------------------------------------
+
+
+def test_rerun_repeats_the_options_and_links_back_and_cancel_asks_first(
+    ui_server: Server, wide: Any
+) -> None:
+    page = wide
+    s = ui_server
+    options = {"speed": 20, "fail": False, "seed": "rerun"}
+    old = s.create_run("demo", "extract", mode="execute", options=options)
+    s.wait_status("demo", "extract", old["id"], {"succeeded"})
+    page.goto(f"{s.url}/workspaces/demo/runs/{old['id']}")
+    page.get_by_test_id("run-options").wait_for()
+    assert (
+        json.loads(page.get_by_test_id("run-options").locator("dd").first.inner_text()) == options
+    )
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_url(re.compile(r"/runs/run_(?!" + old["id"][4:] + ")"))
+    new_id = page.url.rsplit("/", 1)[-1]
+    assert new_id != old["id"]
+    link = page.get_by_test_id("rerun-of")
+    link.wait_for()
+    assert link.inner_text() == old["id"]
+    assert (
+        json.loads(page.get_by_test_id("run-options").locator("dd").first.inner_text()) == options
+    )
+    queued = s.client.get(
+        s.run_path("demo", "extract", new_id) + "/events", params={"limit": 1}
+    ).json()["events"][0]
+    assert queued["payload"]["options"] == options
+    assert queued["payload"]["rerun_of"] == old["id"]
+    assert queued["payload"]["mode"] == "execute"
+    s.wait_status("demo", "extract", new_id, {"succeeded"})
+    # the link goes back to the old run
+    link.click()
+    page.wait_for_url(f"**/runs/{old['id']}")
+
+    # cancel asks first; "Keep running" keeps it running
+    slow = s.create_run("demo", "extract", options={"speed": 0.2, "fail": False})
+    page.goto(f"{s.url}/workspaces/demo/runs/{slow['id']}")
+    page.get_by_role("button", name="Cancel run").click()
+    page.get_by_role("button", name="Keep running").click()
+    page.get_by_role("button", name="Cancel run").wait_for()
+    assert s.get_run("demo", "extract", slow["id"])["run"]["status"] in {
+        "queued",
+        "building",
+        "running",
+    }
+    page.get_by_role("button", name="Cancel run").click()
+    page.get_by_role("button", name="Yes, cancel run").click()
+    s.wait_status("demo", "extract", slow["id"], {"cancelled"}, timeout=60)
+    page.locator(".run-badge .badge.st-cancelled").wait_for()

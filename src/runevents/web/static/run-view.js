@@ -168,15 +168,18 @@ export class RunView {
     this.search = new ConsoleSearch({
       path: this.path,
       filters: () => ({ stream: this.streamSelect.value || null, level: this.levelSelect.value || null }),
-      onJump: (seq) => this.jumpToSeq(seq),
+      onJump: (seq) => this.jumpToSeq(seq, { filtered: true }),
       onQuery: (q) => {
         this.console?.setHighlight(this.search.regex);
         this.updateUrl();
         if (!q) this.console?.setHighlight(null);
       },
     });
-    const select = (label, options, value) =>
-      h("select", { class: "input", "aria-label": label, onchange: () => this.applyFilter() }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
+    const select = (label, options, value) => {
+      const el = h("select", { class: "input", "aria-label": label, onchange: () => this.applyFilter() }, options.map(([v, text]) => h("option", { value: v }, text)));
+      if (options.some(([v]) => v === value)) el.value = value;
+      return el;
+    };
     this.streamSelect = select("Stream", [["", "All streams"], ["stdout", "stdout"], ["stderr", "stderr"]], this.initial.stream);
     this.levelSelect = select("Level", [["", "All levels"], ...["debug", "info", "warning", "error"].map((l) => [l, l])], this.initial.level);
     this.followBtn = toggle("Follow", true, () => this.toggleFollow());
@@ -520,9 +523,16 @@ export class RunView {
   }
 
   /** Scroll to a sequence and mark its line (permalinks, search, errors, phases). */
-  jumpToSeq(seq) {
+  async jumpToSeq(seq, { filtered = false } = {}) {
     if (!this.console || this.expired) return;
     let source = this.console.source;
+    // a search match is in the filtered rows: load them up to it rather than drop the filter
+    while (filtered && source instanceof FilteredSource && source.indexOfSeq(seq) < 0 && source.hasMore && !source.stopped) {
+      const before = source.scannedTo;
+      await source.loadMore();
+      if (this.console?.source !== source) return;
+      if (source.scannedTo === before) break; // failed: the toast said why
+    }
     if (source instanceof FilteredSource && source.indexOfSeq(seq) < 0) {
       this.streamSelect.value = "";
       this.levelSelect.value = "";
