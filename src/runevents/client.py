@@ -12,7 +12,7 @@ console message may hold U+2028, U+2029 or other characters that
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -198,8 +198,16 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
-    async def follow(self, run: dict[str, Any], after: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def follow(
+        self,
+        run: dict[str, Any],
+        after: int = 0,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Events over SSE until run.completed, reconnecting after a dropped connection.
+
+        ``on_retry(attempt, reason)`` is called before each reconnect (the CLI says
+        "reconnecting…").
 
         Reconnects send ``Last-Event-ID`` (the last sequence received), so
         nothing is repeated or missed. Ends without an event when the position
@@ -245,4 +253,6 @@ class Client:
                         f"lost the event stream of {run['id']} and could not reconnect "
                         f"to {self.server}: {exc.__class__.__name__}"
                     ) from exc
+                if on_retry is not None:
+                    on_retry(failures, str(exc) or exc.__class__.__name__)
             await asyncio.sleep(RECONNECT_DELAY)
