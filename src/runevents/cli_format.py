@@ -40,7 +40,8 @@ def local_time(value: object) -> str:
     if moment is None:
         return ""
     local = moment.astimezone()
-    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname() or local:%z}"
+    zone = local.tzname() or local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
 
 
 def duration_ms(run: dict[str, Any], now: datetime | None = None) -> int | None:
