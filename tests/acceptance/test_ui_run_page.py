@@ -18,7 +18,7 @@ pytest_plugins = ["tests.acceptance.ui_support"]
 pytest.register_assert_rewrite("tests.acceptance.ui_support")
 
 from tests.acceptance.ui_support import (  # noqa: E402
-    BROWSER_ARGS,  # noqa: F401  (the fixtures' browser flags; kept importable here)
+    SCREENSHOTS,
     Server,
     view_state,
 )
@@ -609,3 +609,22 @@ def test_rerun_repeats_the_options_and_links_back_and_cancel_asks_first(
     page.get_by_role("button", name="Yes, cancel run").click()
     s.wait_status("demo", "extract", slow["id"], {"cancelled"}, timeout=60)
     page.locator(".run-badge .badge.st-cancelled").wait_for()
+
+
+def test_a_failed_demo_run_opens_at_its_traceback(ui_server: Server, wide: Any) -> None:
+    """The demo's on-purpose failure, as a newcomer meets it (and the README's screenshot)."""
+    page = wide
+    s = ui_server
+    run = s.create_run("demo", "extract", options={"speed": 20, "fail": True, "seed": "shot"})
+    s.wait_status("demo", "extract", run["id"], {"failed"})
+    page.goto(f"{s.url}/workspaces/demo/runs/{run['id']}")
+    v = wait_view(page, "v.highlighted !== null && v.outlineLoaded")
+    target = v["highlighted"]
+    assert target == v["errors"][0]
+    row = page.locator(f".ln.ln-hl[data-seq='{target}']")
+    row.wait_for()
+    assert "Traceback" in row.inner_text()
+    folded = {x["name"]: x["collapsed"] for x in v["sections"] if x["kind"] == "phase"}
+    assert folded["validating"] is False and folded["discovering"] is True
+    page.get_by_test_id("failure").wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "run-failed.png"), animations="disabled")

@@ -298,8 +298,14 @@ export class VirtualConsole {
   }
 
   /** Scroll so that row `index` is in view (centred unless it already is), and stop following. */
-  scrollToIndex(index, { center = true } = {}) {
+  scrollToIndex(index, { center = true, third = false } = {}) {
     this.setFollowing(false);
+    if (third) {
+      // an error: a few lines of context above it, what follows (the traceback) below
+      this.pos = Math.max(0, Math.min(this.maxPos, index * ROW_HEIGHT - Math.floor(this.viewHeight / 4)));
+      this.render();
+      return;
+    }
     if (this.isIndexVisible(index)) {
       this.render();
       return;

@@ -126,3 +126,13 @@ export function timeZoneName(at = new Date()) {
   const offset = `UTC${sign}${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
   return `${zone} (${offset})`;
 }
+
+/** The zone's short name for labels: "UTC", "GMT+1", "CET". */
+export function shortZoneName(at = new Date()) {
+  try {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(at).find((p) => p.type === "timeZoneName");
+    return part?.value ?? "local";
+  } catch {
+    return "local";
+  }
+}

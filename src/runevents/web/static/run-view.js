@@ -16,7 +16,7 @@
 import { ApiError, downloadNdjson, eventStreamUrl, eventsPage, findRun, getRun, outlinePage, rememberRun, searchEvents, textUrl } from "./api.js";
 import { VirtualConsole } from "./console.js";
 import { h, replaceChildren } from "./dom.js";
-import { formatDateTime, formatNumber, isActive, timeZoneName } from "./format.js";
+import { formatDateTime, formatNumber, isActive, shortZoneName, timeZoneName } from "./format.js";
 import { FilteredSource, SequenceSource } from "./log-source.js";
 import { getPref, setPref } from "./prefs.js";
 import { initialRunState, reduceRun, withRun } from "./reducer.js";
@@ -186,7 +186,7 @@ export class RunView {
     this.wrap = getPref("wrap", window.matchMedia("(max-width: 640px)").matches);
     this.timestamps = getPref("timestamps", true);
     this.wrapBtn = toggle("Wrap", this.wrap, () => this.setWrap(!this.wrap), { title: "Wrap long lines" });
-    this.timeBtn = toggle("Times", this.timestamps, () => this.setTimestamps(!this.timestamps), {
+    this.timeBtn = toggle(`Times (${shortZoneName()})`, this.timestamps, () => this.setTimestamps(!this.timestamps), {
       title: `Show the time of each line (${timeZoneName()}); hover a time for the full date`,
       "aria-label": `Timestamps (${timeZoneName()})`,
     });
@@ -400,7 +400,7 @@ export class RunView {
       const target = this.index.errors[0] ?? failedPhase?.headerSeq;
       if (target) {
         this.errorIndex = this.index.errors.indexOf(target);
-        this.jumpToSeq(target);
+        this.jumpToSeq(target, { third: true });
       }
     }
     this.scheduleRender();
@@ -523,7 +523,7 @@ export class RunView {
   }
 
   /** Scroll to a sequence and mark its line (permalinks, search, errors, phases). */
-  async jumpToSeq(seq, { filtered = false } = {}) {
+  async jumpToSeq(seq, { filtered = false, third = false } = {}) {
     if (!this.console || this.expired) return;
     let source = this.console.source;
     // a search match is in the filtered rows: load them up to it rather than drop the filter
@@ -547,7 +547,7 @@ export class RunView {
     }
     this.console.highlightSeq = seq;
     this.console.redraw();
-    this.console.scrollToIndex(index);
+    this.console.scrollToIndex(index, { third });
     this.updateFollow();
   }
 
@@ -555,7 +555,7 @@ export class RunView {
     const errors = this.index.errors;
     if (!errors.length) return;
     this.errorIndex = ((i % errors.length) + errors.length) % errors.length;
-    this.jumpToSeq(errors[this.errorIndex]);
+    this.jumpToSeq(errors[this.errorIndex], { third: true });
     this.renderPanels();
   }
 
