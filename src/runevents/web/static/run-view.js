@@ -108,7 +108,10 @@ export class RunView {
     }
     this.fullSource = new SequenceSource({
       fetchPage: (after, limit, signal) => eventsPage(this.path, after, limit, { signal }),
-      onUpdate: () => this.console.refresh(),
+      onUpdate: () => {
+        this.console.refresh();
+        this.firstLines?.();
+      },
       onError: (error) => this.onLogError(error),
     });
     this.folded = new FoldedSource(this.fullSource, this.index);
@@ -129,7 +132,16 @@ export class RunView {
     }
     if (this.pendingSeq) this.tryPendingJump();
     if (live) this.openStream();
-    else this.loadOutline();
+    else {
+      // the outline scans the whole log: ask for it once the first lines are in
+      const start = () => {
+        this.firstLines = null;
+        clearTimeout(this.outlineTimer);
+        this.loadOutline();
+      };
+      this.firstLines = start;
+      this.outlineTimer = setTimeout(start, 1500);
+    }
     this.ticker = setInterval(() => {
       if (this.state.completed) return;
       this.renderPanels();
@@ -681,6 +693,7 @@ export class RunView {
     this.closeStream();
     clearInterval(this.ticker);
     clearInterval(this.rowPoller);
+    clearTimeout(this.outlineTimer);
     cancelAnimationFrame(this.frame);
     window.removeEventListener("hashchange", this.onHashChange);
     document.removeEventListener("keydown", this.onKeyDown);
