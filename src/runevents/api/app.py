@@ -89,19 +89,30 @@ def _mount_web(app: FastAPI) -> None:
             raise HTTPException(404, "the web UI is not installed")
         return FileResponse(index, media_type="text/html")
 
-    async def not_found(path: str) -> Response:
-        # a browser asking for a page the UI does not have gets the UI's own
-        # not-found page (404, HTML); API and static paths keep their JSON 404
-        if path.startswith(("api/", "static/")) or path in {"api", "static"}:
-            raise HTTPException(404, f"no route /{path}")
-        if not index.is_file():
-            raise HTTPException(404, "the web UI is not installed")
-        return FileResponse(index, media_type="text/html", status_code=404)
-
     # deep links (/workspaces/{ws}/runs/{run}) are the SPA's: same page, its router decides
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/workspaces/{path:path}", page, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/{path:path}", not_found, methods=["GET"], include_in_schema=False)
+
+    # Any other page a browser asks for gets the UI's own not-found page (the
+    # HTML, status 404), not raw JSON (issue 19). Hooked where the router gives
+    # up, after every route had its say, so a wrong method on an API path stays
+    # 405 and API and static paths keep their JSON 404.
+    fallback = app.router.default
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        api_or_static = path.startswith(("/api/", "/static/")) or path in {"/api", "/static"}
+        if (
+            scope["type"] == "http"
+            and scope["method"] in {"GET", "HEAD"}
+            and not api_or_static
+            and index.is_file()
+        ):
+            await FileResponse(index, media_type="text/html", status_code=404)(scope, receive, send)
+            return
+        await fallback(scope, receive, send)
+
+    app.router.default = not_found
 
 
 def create_app(
