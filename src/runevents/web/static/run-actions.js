@@ -87,18 +87,16 @@ export class RunActions {
   }
 }
 
-/** "Options: {...} · Re-run of run_…" from the run.queued payload, or null. */
+/** The "Options" and "Re-run of" items of the run's details (from its run.queued payload). */
 export function renderOptions(workspaceId, queued) {
-  if (!queued) return null;
+  if (!queued) return [];
   const options = queued.options ?? {};
   const text = Object.keys(options).length ? JSON.stringify(options) : "none";
-  return h(
-    "div",
-    { class: "meta-item run-options", "data-testid": "run-options" },
-    h("dt", null, "Options"),
-    h("dd", null, text),
-    queued.rerun_of
-      ? [h("dt", null, "Re-run of"), h("dd", null, h("a", { href: runUrl(workspaceId, queued.rerun_of), "data-testid": "rerun-of" }, queued.rerun_of))]
-      : null,
-  );
+  const items = [h("div", { class: "meta-item run-options", "data-testid": "run-options" }, h("dt", null, "Options"), h("dd", null, text))];
+  if (queued.rerun_of) {
+    items.push(
+      h("div", { class: "meta-item" }, h("dt", null, "Re-run of"), h("dd", null, h("a", { href: runUrl(workspaceId, queued.rerun_of), "data-testid": "rerun-of" }, queued.rerun_of))),
+    );
+  }
+  return items;
 }

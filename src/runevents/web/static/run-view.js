@@ -323,7 +323,9 @@ export class RunView {
     replaceChildren(this.badgeHost, statusBadge(s.status));
     this.actions.render(s);
     this.downloadBtn.disabled = this.expired;
-    replaceChildren(this.metaHost, renderMeta(s, now), renderOptions(this.workspaceId, this.actions.queued));
+    const meta = renderMeta(s, now);
+    meta.append(...renderOptions(this.workspaceId, this.actions.queued));
+    replaceChildren(this.metaHost, meta);
     replaceChildren(this.failureHost, renderFailure(s));
     replaceChildren(this.phasesHost, h("h2", null, "Phases"), renderPhases(s, now, { onPhase: (i) => this.gotoPhase(i) }));
     if (this.summaryRendered !== s.summary || !s.completed) {
