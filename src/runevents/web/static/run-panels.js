@@ -168,3 +168,15 @@ export function renderSummary(state) {
     byFile,
   );
 }
+
+/** What the console shows once retention removed the log. */
+export function renderExpired(state) {
+  const completed = state.completedAt ? ` It ended ${formatDateTime(state.completedAt)}.` : "";
+  return h(
+    "div",
+    { class: "expired", role: "status", "data-testid": "log-expired" },
+    h("div", { class: "expired-icon", "aria-hidden": "true" }, "⌛"),
+    h("h2", null, "Log expired"),
+    h("p", null, `This run's event log was removed by retention.${completed} The run and its summary remain available above.`),
+  );
+}

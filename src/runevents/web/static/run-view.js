@@ -16,25 +16,21 @@
 import { ApiError, downloadNdjson, eventStreamUrl, eventsPage, findRun, getRun, outlinePage, rememberRun, searchEvents, textUrl } from "./api.js";
 import { VirtualConsole } from "./console.js";
 import { h, replaceChildren } from "./dom.js";
-import { formatDateTime, formatNumber, isActive, shortZoneName, timeZoneName } from "./format.js";
+import { formatNumber, isActive } from "./format.js";
 import { FilteredSource, SequenceSource } from "./log-source.js";
-import { getPref, setPref } from "./prefs.js";
 import { initialRunState, reduceRun, withRun } from "./reducer.js";
 import { seqFromHash, workspaceUrl } from "./router.js";
 import { RunActions, renderOptions } from "./run-actions.js";
-import { renderFailure, renderMeta, renderPhases, renderSummary } from "./run-panels.js";
+import { renderExpired, renderFailure, renderMeta, renderPhases, renderSummary } from "./run-panels.js";
 import { ConsoleSearch } from "./run-search.js";
 import { FoldedSource, SectionIndex } from "./sections.js";
+import { LiveStream } from "./run-stream.js";
+import { ViewToggles, toggle } from "./view-toggles.js";
 import { errorMessage, notice, statusBadge, toast } from "./widgets.js";
 
 const FILTER_PAGE = 1000; // rows per filtered page (the search API's maximum)
-const RECONNECT_MS = 2000; // wait before reopening a stream that closed for good
 const ROW_POLL_MS = 5000; // a live run's row is re-read this often (its status leads the badge)
 const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
-
-function toggle(label, pressed, onclick, attrs = {}) {
-  return h("button", { class: "btn btn-toggle", type: "button", "aria-pressed": String(pressed), onclick, ...attrs }, label);
-}
 
 export class RunView {
   constructor(root, { workspaceId, runId, canWrite, router }) {
@@ -45,8 +41,6 @@ export class RunView {
     this.router = router;
     this.state = initialRunState();
     this.index = new SectionIndex();
-    this.es = null;
-    this.sseOpens = 0;
     this.expired = false;
     this.destroyed = false;
     this.pendingSeq = seqFromHash(location.hash);
@@ -59,8 +53,8 @@ export class RunView {
       if (seq) this.jumpToSeq(seq);
     };
     this.onKeyDown = (event) => {
-      if (event.key === "Escape" && this.root.querySelector(".log-fullscreen")) {
-        this.setFullscreen(false);
+      if (event.key === "Escape" && this.toggles?.fullscreen) {
+        this.toggles.setFullscreen(false);
         return;
       }
       // "/" focuses the search box, as in most log viewers
@@ -195,15 +189,7 @@ export class RunView {
     this.streamSelect = select("Stream", [["", "All streams"], ["stdout", "stdout"], ["stderr", "stderr"]], this.initial.stream);
     this.levelSelect = select("Level", [["", "All levels"], ...["debug", "info", "warning", "error"].map((l) => [l, l])], this.initial.level);
     this.followBtn = toggle("Follow", true, () => this.toggleFollow());
-    this.wrap = getPref("wrap", window.matchMedia("(max-width: 640px)").matches);
-    this.timestamps = getPref("timestamps", true);
-    this.wrapBtn = toggle("Wrap", this.wrap, () => this.setWrap(!this.wrap), { title: "Wrap long lines" });
-    this.timeBtn = toggle(`Times (${shortZoneName()})`, this.timestamps, () => this.setTimestamps(!this.timestamps), {
-      title: `Show the time of each line (${timeZoneName()}); hover a time for the full date`,
-      "aria-label": `Timestamps (${timeZoneName()})`,
-    });
-    this.detailsBtn = toggle("Details", !getPref("detailsHidden", false), () => this.setDetailsHidden(!this.detailsHidden), { title: "Show or hide the run's details and panels" });
-    this.fullBtn = toggle("Full screen", false, () => this.setFullscreen(!this.fullscreen), { title: "The log fills the window (Esc to leave)" });
+    this.toggles = new ViewToggles({ view: null, console: () => this.console });
     this.errorCount = h("span", { class: "search-count", "data-testid": "error-count" });
     this.errorNav = h(
       "div",
@@ -246,52 +232,24 @@ export class RunView {
           { class: "console-toolbar" },
           this.search.el,
           h("div", { class: "filters" }, this.streamSelect, this.levelSelect, this.errorNav),
-          h("div", { class: "filters" }, this.followBtn, this.wrapBtn, this.timeBtn, this.detailsBtn, this.fullBtn, this.connectionEl),
+          h("div", { class: "filters" }, this.followBtn, ...this.toggles.buttons, this.connectionEl),
         ),
         h("div", { class: "console-area" }, this.consoleHost),
         h("div", { class: "console-foot" }, this.statusLine, this.jumpBtn),
       ),
     );
     replaceChildren(this.root, this.view);
+    this.toggles.view = this.view;
     this.console = new VirtualConsole(this.consoleHost, {
       onFollowChange: () => this.updateFollow(),
       onRender: (info) => this.renderStatusLine(info),
     });
-    this.console.setWrap(this.wrap);
-    this.console.setTimestamps(this.timestamps);
-    this.setDetailsHidden(getPref("detailsHidden", false));
+    this.toggles.apply();
     this.console.setEmptyText(isActive(run.status) ? "Waiting for output…" : "No events.");
     document.title = `${run.configuration_id} · ${run.id} · runevents`;
   }
 
   // ---- view settings ----------------------------------------------------------
-
-  setWrap(on) {
-    this.wrap = on;
-    setPref("wrap", on);
-    this.wrapBtn.setAttribute("aria-pressed", String(on));
-    this.console?.setWrap(on);
-  }
-
-  setTimestamps(on) {
-    this.timestamps = on;
-    setPref("timestamps", on);
-    this.timeBtn.setAttribute("aria-pressed", String(on));
-    this.console?.setTimestamps(on);
-  }
-
-  setDetailsHidden(hidden) {
-    this.detailsHidden = hidden;
-    setPref("detailsHidden", hidden);
-    this.detailsBtn.setAttribute("aria-pressed", String(!hidden));
-    this.view.classList.toggle("details-hidden", hidden);
-  }
-
-  setFullscreen(on) {
-    this.fullscreen = on;
-    this.fullBtn.setAttribute("aria-pressed", String(on));
-    this.view.classList.toggle("log-fullscreen", on);
-  }
 
   /** ?q=, ?stream=, ?level= follow the view, so a filtered view can be shared. */
   updateUrl() {
@@ -434,39 +392,21 @@ export class RunView {
   // ---- live stream ------------------------------------------------------------
 
   openStream() {
-    if (this.destroyed || this.es) return;
-    const es = new EventSource(eventStreamUrl(this.path, this.state.lastSequence));
-    this.es = es;
-    this.sseOpens += 1;
-    this.setConnection("connecting…", "wait");
-    es.onopen = () => this.setConnection("live", "live");
-    es.addEventListener("ade.event", (message) => {
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch {
-        return;
-      }
-      this.onEvent(event);
+    if (this.destroyed) return;
+    this.stream ??= new LiveStream({
+      url: (after) => eventStreamUrl(this.path, after),
+      lastSequence: () => this.state.lastSequence,
+      onEvent: (event) => this.onEvent(event),
+      onConnection: (text, kind) => this.setConnection(text, kind),
+      onClosed: () => this.recoverStream(),
+      ended: () => this.state.completed,
     });
-    es.onerror = () => {
-      if (this.es !== es) return;
-      if (es.readyState === EventSource.CONNECTING) {
-        this.setConnection("reconnecting…", "wait"); // the browser retries, sending Last-Event-ID
-        return;
-      }
-      es.close();
-      this.es = null;
-      if (this.state.completed) return;
-      this.setConnection("reconnecting…", "wait");
-      clearTimeout(this.reconnectTimer);
-      this.reconnectTimer = setTimeout(() => this.recoverStream(), RECONNECT_MS);
-    };
+    this.stream.open();
   }
 
   /** The stream closed for good (204, an HTTP error): check the run, then resume. */
   async recoverStream() {
-    if (this.destroyed || this.es) return;
+    if (this.destroyed || this.stream?.isOpen) return;
     try {
       const { run, summary } = await getRun(this.path);
       this.state = withRun(this.state, run, summary);
@@ -483,11 +423,7 @@ export class RunView {
   }
 
   closeStream() {
-    clearTimeout(this.reconnectTimer);
-    if (this.es) {
-      this.es.close();
-      this.es = null;
-    }
+    this.stream?.close();
   }
 
   onEvent(event) {
@@ -653,17 +589,7 @@ export class RunView {
     this.console = null;
     this.jumpBtn.hidden = true;
     this.statusLine.textContent = "";
-    const completed = this.state.completedAt ? ` It ended ${formatDateTime(this.state.completedAt)}.` : "";
-    replaceChildren(
-      this.consoleHost,
-      h(
-        "div",
-        { class: "expired", role: "status", "data-testid": "log-expired" },
-        h("div", { class: "expired-icon", "aria-hidden": "true" }, "⌛"),
-        h("h2", null, "Log expired"),
-        h("p", null, `This run's event log was removed by retention.${completed} The run and its summary remain available above.`),
-      ),
-    );
+    replaceChildren(this.consoleHost, renderExpired(this.state));
     this.renderPanels();
   }
 
@@ -673,8 +599,8 @@ export class RunView {
       status: this.state.status,
       lastSequence: this.state.lastSequence,
       duplicates: this.state.duplicates,
-      sseOpens: this.sseOpens,
-      streamOpen: Boolean(this.es),
+      sseOpens: this.stream?.opens ?? 0,
+      streamOpen: Boolean(this.stream?.isOpen),
       following: this.console?.following ?? false,
       count: this.console?.count ?? 0,
       total: this.fullSource?.count ?? 0,
@@ -691,7 +617,7 @@ export class RunView {
 
   destroy() {
     this.destroyed = true;
-    this.closeStream();
+    this.stream?.stop();
     clearInterval(this.ticker);
     clearInterval(this.rowPoller);
     clearTimeout(this.outlineTimer);
