@@ -2,9 +2,16 @@
 """Self-bootstrapping developer entry point; needs only Python 3.11+.
 
     python3 dev.py demo    # set up .venv, start the server with the demo configuration
+                           #   (another port: python3 dev.py demo --port 8001)
     python3 dev.py test    # set up .venv, run the whole test suite
     python3 dev.py check   # ruff lint, ruff format --check, mypy --strict
     python3 dev.py bench   # the benchmark suite (add --quick for a smoke run)
+
+Any `runevents` command passes through to .venv/bin/runevents, so the
+README's commands work right after the quick start without activating .venv:
+
+    python3 dev.py runs ls                  # = .venv/bin/runevents runs ls
+    python3 dev.py run demo extract -o speed=2
 
 The virtual environment is (re)built only when pyproject.toml or the
 constraints file changed, so the second call starts at once.
@@ -52,8 +59,30 @@ def ensure_venv() -> None:
     STAMP.write_text(_digest())
 
 
-def run(*argv: str) -> int:
-    return subprocess.call(list(argv), cwd=ROOT)
+#: commands of the `runevents` CLI that dev.py hands over as they are
+RUNEVENTS_COMMANDS = frozenset(
+    {
+        "serve", "worker", "run", "tail", "runs", "events", "cancel", "search",
+        "token", "compact", "retention", "reindex",
+    }
+)  # fmt: skip
+
+
+def run(*argv: str, cwd: Path | None = ROOT) -> int:
+    # Not subprocess.call: on Ctrl-C it kills the child 0.25 s later, and a
+    # server needs longer to hand its runs back. The child got the same SIGINT
+    # (same process group): wait for it to finish on its own.
+    child = subprocess.Popen(list(argv), cwd=cwd)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def runevents(*args: str) -> int:
+    """``.venv/bin/runevents ARGS`` in the caller's directory (their relative paths)."""
+    return run(str(BIN / "runevents"), *args, cwd=None)
 
 
 def main(args: list[str]) -> int:
@@ -62,8 +91,11 @@ def main(args: list[str]) -> int:
         print(__doc__)
         return 0
     ensure_venv()
-    if cmd in {"demo", "run"}:
+    if cmd == "demo" or (cmd == "run" and not rest):
+        # `run` alone is the old spelling of `demo`; with arguments it is `runevents run`
         return run(str(BIN / "runevents"), "serve", "--demo", *rest)
+    if cmd in RUNEVENTS_COMMANDS:
+        return runevents(cmd, *rest)
     if cmd == "test":
         return run(str(PY), "-m", "pytest", *rest)
     if cmd == "check":

@@ -61,6 +61,7 @@ class App:
         self._watch: asyncio.Task[None] | None = None
         self._leases: asyncio.Task[None] | None = None
         self._repair: asyncio.Task[None] | None = None
+        self._demo: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
         #: database, pool and disk gauges of ``GET /metrics``
         self.state_metrics = metrics.StateCollector(
@@ -134,6 +135,8 @@ class App:
             )
         if settings.demo and settings.start_demo_run and runner is not None:
             await app._start_demo_run()
+            if settings.demo_run_interval_seconds > 0:
+                app._demo = asyncio.create_task(app._keep_demo_live(), name="demo runs")
         if settings.maintenance_interval_seconds > 0:
             app._maintenance = asyncio.create_task(app._maintain(), name="maintenance")
         app._watch = asyncio.create_task(app._watch_held(), name="held runs")
@@ -149,6 +152,21 @@ class App:
         )
         if not runs:
             await self.manager.create_run("demo", "extract", options={})
+
+    async def _keep_demo_live(self) -> None:
+        """``serve --demo``: a new demo run every interval while none is live (issue 19).
+
+        A newcomer who opens the browser a few minutes after starting the demo
+        still finds a run streaming, not only finished ones.
+        """
+        while True:
+            await asyncio.sleep(self.settings.demo_run_interval_seconds)
+            try:
+                await self._start_demo_run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not start a demo run; will retry next interval")
 
     async def _maintain(self) -> None:
         """Compaction and retention on a schedule (see ``maintenance``)."""
@@ -189,7 +207,7 @@ class App:
 
     async def close(self) -> None:
         """Stop the worker and the schedule, release writers, close the database."""
-        for task in (self._maintenance, self._watch, self._repair):
+        for task in (self._demo, self._maintenance, self._watch, self._repair):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -10,8 +10,10 @@ talk to a running server live in ``cli_client.py`` and are registered here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from runevents import logs
-from runevents.exceptions import RuneventsError
+from runevents.exceptions import ConfigError, RuneventsError
 from runevents.settings import Settings
 
 app = typer.Typer(
@@ -95,7 +97,10 @@ def serve(
         typer.Option("--config", help="Configurations TOML [env: RUNEVENTS_CONFIG_FILE]"),
     ] = None,
     demo: Annotated[
-        bool, typer.Option("--demo", help="Register the demo configuration and start a run")
+        bool,
+        typer.Option(
+            "--demo", help="Register the demo configuration and keep a demo run live (one a minute)"
+        ),
     ] = False,
     tokens: Annotated[
         Path | None,
@@ -151,6 +156,8 @@ def serve(
         from runevents.app import load_configurations
 
         load_configurations(settings)
+        # before the app starts (and queues a demo run): a busy port ends here, cleanly
+        _check_port(settings.host, settings.port)
     except RuneventsError as exc:
         raise _fail(exc) from exc
     except ValidationError as exc:
@@ -192,7 +199,29 @@ def _announce(settings: Settings, *, open_mode: bool) -> None:
             " use --tokens FILE to require tokens[/]"
         )
     if settings.demo:
-        console.print(f"  demo: a demo run starts now -> open {url}workspaces/demo")
+        console.print(
+            f"  demo: a demo run starts now, and another each minute while none is live"
+            f" -> open {url}workspaces/demo"
+        )
+    console.print("  Ctrl-C stops the server; the runs it executes end cancelled (server_shutdown)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with what to do when ``host:port`` is taken (issue 19: a second ``dev.py demo``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # uvicorn sets SO_REUSEADDR too: only a port someone listens on counts as busy
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"port {port} on {host} is already in use (is another runevents serve or "
+                f"`dev.py demo` running?). Stop it, or pick another port: --port {port + 1} "
+                f"(python3 dev.py demo --port {port + 1})"
+            ) from exc
 
 
 def _redact(url: str) -> str:

@@ -3,6 +3,11 @@
 ``runevents run WS CFG``, ``tail RUN_ID``, ``runs ls``, ``runs show RUN_ID``,
 ``events RUN_ID``, ``cancel RUN_ID``. The server URL and token come from
 ``--server``/``--token`` or ``RUNEVENTS_SERVER``/``RUNEVENTS_TOKEN``.
+
+Output follows where it goes (issue 19): console lines keep their ANSI colours
+on a terminal and lose them in a pipe (``--color`` overrides); ``runs ls``
+prints whole values to a pipe and fits a terminal (``cli_format``); ``--json``
+gives scripts the API's JSON.
 """
 
 from __future__ import annotations
@@ -10,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from runevents.cli import app, console
-from runevents.client import AsyncClient, ClientError, Event, Run, RunPage
+from runevents.cli_format import run_details, runs_table, strip_ansi
+from runevents.client import AsyncClient, ClientError, Event
 from runevents.settings import ClientSettings
 
 runs_app = typer.Typer(help="List and inspect runs.", no_args_is_help=True)
@@ -28,20 +33,73 @@ app.add_typer(runs_app, name="runs")
 
 Server = Annotated[str | None, typer.Option("--server", help="Server URL [env: RUNEVENTS_SERVER]")]
 Token = Annotated[str | None, typer.Option("--token", help="Bearer token [env: RUNEVENTS_TOKEN]")]
+Color = Annotated[
+    Literal["auto", "always", "never"],
+    typer.Option("--color", help="ANSI colours of the console lines: auto = only on a terminal"),
+]
 T = TypeVar("T")
 
 #: exit code of `runevents run` for a cancelled run (like a shell's SIGINT)
 EXIT_CANCELLED = 130
 
 
-def _client(server: str | None, token: str | None) -> AsyncClient:
+class Client(AsyncClient):
+    """The public client, plus the API's JSON as the CLI prints it (``runs show --json``)."""
+
+    async def lookup(self, run_id: str) -> dict[str, Any]:
+        run = await self.get_run(run_id)
+        return {"run": run.raw, "summary": run.summary}
+
+    async def create_json(
+        self, workspace_id: str, configuration_id: str, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        run = await self.create_run(workspace_id, configuration_id, options=options)
+        return {"run": run.raw, "summary": run.summary}
+
+    async def cancel_json(self, run: dict[str, Any]) -> dict[str, Any]:
+        return {"run": (await self.cancel(run)).raw}
+
+    async def list_json(self, workspace_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        page = await self.list_runs(
+            workspace_id,
+            status=params.get("status") or None,
+            configuration_id=params.get("configuration_id"),
+            limit=int(params.get("limit", 50)),
+        )
+        return {"items": [r.raw for r in page.items], "next_cursor": page.next_cursor}
+
+
+def _client(server: str | None, token: str | None) -> Client:
     settings = ClientSettings()
-    return AsyncClient(server or settings.server, token or settings.token)
+    return Client(server or settings.server, token or settings.token)
 
 
-def _call(server: str | None, token: str | None, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
+def _server_url(server: str | None) -> str:
+    return (server or ClientSettings().server).rstrip("/")
+
+
+def web_url(server: str | None, run: dict[str, Any]) -> str:
+    """The run's page in the web UI (contract section 9)."""
+    return f"{_server_url(server)}/workspaces/{run['workspace_id']}/runs/{run['id']}"
+
+
+def _retrying(attempt: int, reason: str) -> None:
+    console.print(
+        f"[yellow]reconnecting…[/] the event stream was lost ({escape(reason)}); attempt {attempt}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _call(
+    server: str | None,
+    token: str | None,
+    work: Callable[[Client], Awaitable[T]],
+    interrupted: Callable[[], None] | None = None,
+) -> T:
     async def main() -> T:
-        async with _client(server, token) as client:
+        client = _client(server, token)
+        async with client:
             return await work(client)
 
     try:
@@ -51,6 +109,8 @@ def _call(server: str | None, token: str | None, work: Callable[[AsyncClient], A
         console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from exc
     except KeyboardInterrupt:
+        if interrupted is not None:
+            interrupted()
         raise typer.Exit(code=EXIT_CANCELLED) from None
     except BrokenPipeError:
         # the reader of our stdout went away (`runevents events ... | head`): stop quietly
@@ -59,12 +119,20 @@ def _call(server: str | None, token: str | None, work: Callable[[AsyncClient], A
         raise typer.Exit(code=0) from None
 
 
-def _print_event(event: Event) -> None:
-    """Console lines go to stdout/stderr as-is (ANSI kept); other events as dim notes."""
+def _wants_color(color: str) -> bool:
+    """ANSI codes only where a terminal renders them (or when asked)."""
+    if color != "auto":
+        return color == "always"
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _print_event(event: Event, color: bool = True) -> None:
+    """Console lines go to stdout/stderr (ANSI kept when ``color``); other events as dim notes."""
     payload = event.get("payload") or {}
     if event.get("type") == "console.line":
         out = sys.stderr if payload.get("stream") == "stderr" else sys.stdout
-        print(payload.get("message", ""), file=out, flush=True)
+        message = str(payload.get("message", ""))
+        print(message if color else strip_ansi(message), file=out, flush=True)
     elif event.get("type") in {"run.phase.started", "build.phase.started"}:
         phase = escape(str(payload.get("phase", "")))
         console.print(f"[dim]── {event['type']}: {phase}[/]", highlight=False)
@@ -119,20 +187,43 @@ def run_cmd(
     ] = None,
     server: Server = None,
     token: Token = None,
+    color: Color = "auto",
 ) -> None:
-    """Start a run, follow its console live, and exit with the run's exit code."""
-    options = _parse_options(option or [])
+    """Start a run, follow its console live, and exit with the run's exit code.
 
-    async def work(client: AsyncClient) -> int:
-        run = await client.create_run(workspace_id, configuration_id, options=options)
-        console.print(f"[bold]{run.id}[/] queued ({workspace_id}/{configuration_id})")
+    Ctrl-C stops following; the run goes on on the server (tail or cancel it).
+    """
+    options = _parse_options(option or [])
+    colored = _wants_color(color)
+    started: dict[str, Any] = {}
+
+    async def work(client: Client) -> int:
+        created = await client.create_json(workspace_id, configuration_id, options)
+        run = created["run"]
+        started.update(run)
+        console.print(f"[bold]{run['id']}[/] queued ({workspace_id}/{configuration_id})")
+        console.print(f"  web: {web_url(server, run)}", highlight=False, soft_wrap=True)
         last = None
-        async for event in client.follow(run):
-            _print_event(event)
+        async for event in client.follow(run, on_retry=_retrying):
+            _print_event(event, colored)
             last = event
         return _exit_code(last)
 
-    raise typer.Exit(code=_call(server, token, work))
+    def interrupted() -> None:
+        if not started:
+            return
+        run_id = started["id"]
+        flag = f" --server {_server_url(server)}" if server else ""
+        console.print(
+            f"\n[bold]Stopped following {run_id}[/]; the run goes on on the server.\n"
+            f"  follow it:  runevents tail {run_id}{flag}\n"
+            f"  cancel it:  runevents cancel {run_id}{flag}\n"
+            f"  web:        {web_url(server, started)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    raise typer.Exit(code=_call(server, token, work, interrupted))
 
 
 @app.command("tail")
@@ -141,20 +232,22 @@ def tail_cmd(
     after: Annotated[int, typer.Option("--after", help="Start after this sequence")] = 0,
     server: Server = None,
     token: Token = None,
+    color: Color = "auto",
 ) -> None:
     """Follow a run's events live (replaying after --after), resuming after drops."""
+    colored = _wants_color(color)
 
-    async def work(client: AsyncClient) -> int:
-        run = await client.get_run(run_id)
+    async def work(client: Client) -> int:
+        run = (await client.lookup(run_id))["run"]
         last = None
-        async for event in client.follow(run, after):
-            _print_event(event)
+        async for event in client.follow(run, after, on_retry=_retrying):
+            _print_event(event, colored)
             last = event
         if last is not None and last.get("type") == "run.completed":
             return _exit_code(last)
         # --after was already past run.completed: the run's own outcome
-        run = await client.get_run(run_id)
-        return _status_exit_code(run.status, run.exit_code)
+        run = (await client.lookup(run_id))["run"]
+        return _status_exit_code(run["status"], run["exit_code"])
 
     raise typer.Exit(code=_call(server, token, work))
 
@@ -171,8 +264,8 @@ def events_cmd(
     if fmt not in {"ndjson", "text"}:
         raise typer.BadParameter("use ndjson or text", param_hint="--format")
 
-    async def work(client: AsyncClient) -> None:
-        run = await client.get_run(run_id)
+    async def work(client: Client) -> None:
+        run = (await client.lookup(run_id))["run"]
         pending = b""
         async for chunk in client.download(run, after):
             if fmt == "ndjson":
@@ -193,11 +286,13 @@ def events_cmd(
 def cancel_cmd(run_id: str, server: Server = None, token: Token = None) -> None:
     """Cancel a run."""
 
-    async def work(client: AsyncClient) -> Run:
-        return await client.cancel(await client.get_run(run_id))
+    async def work(client: Client) -> dict[str, Any]:
+        run = (await client.lookup(run_id))["run"]
+        return await client.cancel_json(run)
 
-    run = _call(server, token, work)
-    console.print(f"[bold]{run_id}[/]: cancel requested (status {run.status})")
+    answer = _call(server, token, work)
+    run = answer.get("run", answer)
+    console.print(f"[bold]{run_id}[/]: cancel requested (status {run.get('status')})")
 
 
 @runs_app.command("ls")
@@ -206,44 +301,40 @@ def runs_ls(
     status: Annotated[list[str] | None, typer.Option("--status", help="Status filter")] = None,
     configuration: Annotated[str | None, typer.Option("--configuration", "-c")] = None,
     limit: Annotated[int, typer.Option(help="How many")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON, for scripts")] = False,
     server: Server = None,
     token: Token = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (whole values in a pipe; fitted to a terminal)."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if configuration:
+        params["configuration_id"] = configuration
 
-    async def work(client: AsyncClient) -> RunPage:
-        return await client.list_runs(
-            workspace, status=status or None, configuration_id=configuration, limit=limit
-        )
-
-    page = _call(server, token, work)
-    table = Table()
-    # run ids are copied from here: never wrap or cut them, whatever the width
-    table.add_column("run", no_wrap=True, min_width=30)
-    for name in ("configuration", "status", "created", "exit", "events", "rows"):
-        table.add_column(name)
-    for run in page.items:
-        rows = run.raw.get("row_count")
-        table.add_row(
-            run.id,
-            run.configuration_id,
-            run.status,
-            (run.created_at or "")[:19],
-            "" if run.exit_code is None else str(run.exit_code),
-            str(run.event_count),
-            "" if rows is None else str(rows),
-        )
-    Console(highlight=False).print(table)
-    if page.next_cursor:
-        console.print(f"[dim]more runs: raise --limit (showing {len(page.items)})[/]")
+    page = _call(server, token, lambda c: c.list_json(workspace, params))
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    terminal = sys.stdout.isatty()
+    width = shutil.get_terminal_size((80, 24)).columns
+    for text in runs_table(page["items"], terminal=terminal, width=width):
+        typer.echo(text)
+    if page.get("next_cursor"):
+        console.print(f"[dim]more runs: raise --limit (showing {len(page['items'])})[/]")
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, server: Server = None, token: Token = None) -> None:
-    """A run's metadata and summary, as JSON."""
-
-    async def work(client: AsyncClient) -> Run:
-        return await client.get_run(run_id)
-
-    run = _call(server, token, work)
-    typer.echo(json.dumps({"run": run.raw, "summary": run.summary}, indent=2))
+def runs_show(
+    run_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON, for scripts")] = False,
+    server: Server = None,
+    token: Token = None,
+) -> None:
+    """A run's metadata and summary (as JSON with --json)."""
+    answer = _call(server, token, lambda c: c.lookup(run_id))
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    for text in run_details(answer, web_url(server, answer["run"])):
+        typer.echo(text)

@@ -94,6 +94,7 @@ class RunManager(ProducerIngest, RunUpkeep):
         mode: str = "execute",
         options: dict[str, Any] | None = None,
         external: bool = False,
+        rerun_of: str | None = None,
     ) -> Run:
         """Create a queued run and write its ``run.queued`` event.
 
@@ -124,7 +125,14 @@ class RunManager(ProducerIngest, RunUpkeep):
             type="run.queued",
             # the row's created_at is exactly this event's (contract 2): reindex rebuilds it
             created_at=rfc3339(now),
-            payload={"status": "queued", "mode": mode, "options": options, "external": external},
+            payload={
+                "status": "queued",
+                "mode": mode,
+                "options": options,
+                "external": external,
+                # issue 19: a re-run names its original (no column needed)
+                **({"rerun_of": rerun_of} if rerun_of else {}),
+            },
         )
         # an external run's producer comes here next: keep its writer
         held = await self.held.create(run, queued, keep=external)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     demo: bool = False
     #: with ``demo``: start one demo run at start-up (``serve --demo`` only, not workers)
     start_demo_run: bool = False
+    #: with ``start_demo_run``: start another demo run this often while none is live,
+    #: so the demo always has a live run to watch (seconds; 0 = only the first one)
+    demo_run_interval_seconds: float = Field(default=60.0, ge=0)
     #: key that signs browser session cookies; None: generated once and kept in the
     #: database, shared by every process of the deployment
     session_secret: str | None = None

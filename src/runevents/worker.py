@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 0.5
 #: backoff of a completion that could not be made durable (seconds)
 COMPLETE_RETRY_MIN, COMPLETE_RETRY_MAX = 0.2, 5.0
+#: issue 19: the reason a run ends ``cancelled`` when its server is stopped (Ctrl-C, SIGTERM)
+SHUTDOWN_FAILURE = {
+    "stage": "run",
+    "code": "server_shutdown",
+    "message": "the server executing this run was stopped (Ctrl-C or SIGTERM); re-run it to retry",
+}
 
 
 def _ms_between(start: str | None, end: str | None) -> int | None:
@@ -59,6 +65,7 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._sessions: dict[str, RunSession] = {}  # issue 19: stop() cancels them cleanly
 
     def wake(self) -> None:
         """A run was queued in this process: claim without waiting for the poll."""
@@ -76,6 +83,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         if cancel_running:
+            # issue 19: hand the runs back: stop their children (SIGTERM, then SIGKILL
+            # after kill_grace_seconds) so they end `cancelled` with SHUTDOWN_FAILURE
+            for session in list(self._sessions.values()):
+                session.cancel.set()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=self.settings.kill_grace_seconds + 5)
             for task in list(self._tasks):
                 task.cancel()
         if self._tasks:
@@ -128,6 +141,7 @@ class Worker:
                 await self.manager.release(run, self.worker_id)
             return
         heartbeat = asyncio.create_task(self._heartbeat(session))
+        self._sessions[run.id] = session
         try:
             await self._run_session(session)
         except asyncio.CancelledError:
@@ -141,6 +155,7 @@ class Worker:
             session.cancel.set()
             await session.abandon()
         finally:
+            self._sessions.pop(run.id, None)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -211,10 +226,11 @@ class Worker:
                 execution=None,
             )
             return
+        shutdown = self._stopping.is_set() and result.status == "cancelled"
         await self._complete(
             session,
             status=result.status,
-            failure=result.failure,
+            failure=result.failure or (SHUTDOWN_FAILURE if shutdown else None),
             execution={
                 "exit_code": result.exit_code,
                 "started_at": result.started_at,

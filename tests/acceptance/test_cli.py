@@ -26,6 +26,7 @@ import pytest
 from runevents.api.app import create_app
 from runevents.app import App
 from runevents.auth import TokenRegistry
+from runevents.cli_format import strip_ansi
 from runevents.settings import Settings
 from tests.acceptance.conftest import (
     CLI_TIMEOUT,
@@ -151,7 +152,9 @@ def test_run_follows_the_console_live_and_tail_joins_the_live_run(
         # the first line arrived while the run was still going: it streams live
         assert run["status"] in {"building", "running"}, (run["status"], first)
 
-        tail_cmd = LiveCommand(demo_server, "tail", run_id, stderr_file=tmp_path / "tail.err")
+        tail_cmd = LiveCommand(
+            demo_server, "tail", run_id, "--color", "always", stderr_file=tmp_path / "tail.err"
+        )
         tail_cmd.first_line()
         status = demo_server.get(run)["run"]["status"]
         assert status in {"building", "running"}, f"tail came too late to follow live: {status}"
@@ -170,14 +173,16 @@ def test_run_follows_the_console_live_and_tail_joins_the_live_run(
     events = demo_server.events(run)
     assert run_code == 0, run_cmd.stderr()
     assert tail_code == 0, tail_cmd.stderr()
-    # both printed every stdout line of the run, in order, ANSI codes kept
-    assert run_out == expected_stdout(events)
+    # both printed every stdout line of the run, in order; ANSI codes only where
+    # asked for: stdout is a pipe here (issue 19), `tail --color always` keeps them
+    assert run_out == strip_ansi(expected_stdout(events))
+    assert "\x1b[" not in run_out
     assert tail_out == expected_stdout(events)
-    assert "\x1b[" in run_out
+    assert "\x1b[" in tail_out
     assert "run.completed: succeeded" in run_cmd.stderr()
     # stderr lines of the job go to stderr
     for message in console(events, "stderr")[:3]:
-        assert message in run_cmd.stderr()
+        assert strip_ansi(message) in run_cmd.stderr()
 
 
 def test_run_exits_with_the_run_s_exit_code(demo_server: Server) -> None:
@@ -209,7 +214,7 @@ def test_tail_after_n_starts_after_n(demo_server: Server, finished: dict[str, An
     after = next(e["sequence"] for e in events if e["type"] == "console.line" and e["sequence"] > 5)
     done = cli("tail", run["id"], "--after", str(after), server=demo_server.url)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == expected_stdout([e for e in events if e["sequence"] > after])
+    assert done.stdout == strip_ansi(expected_stdout([e for e in events if e["sequence"] > after]))
     assert console(events, "stdout")[0] not in done.stdout.splitlines()[:1]
 
     bad = cli("tail", finished["bad"]["id"], server=demo_server.url)
@@ -253,7 +258,7 @@ def test_runs_ls_and_show(demo_server: Server, finished: dict[str, Any]) -> None
     assert failed.returncode == 0, failed.stderr
     assert bad["id"] in failed.stdout and ok["id"] not in failed.stdout
 
-    shown = cli("runs", "show", ok["id"], server=demo_server.url)
+    shown = cli("runs", "show", ok["id"], "--json", server=demo_server.url)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == demo_server.get(ok)
 
@@ -335,7 +340,7 @@ def test_tokens_required_and_scoped(tmp_path: Path) -> None:
         assert foreign.returncode == 2
         # as unknown as a run that does not exist (issue 15: no 403 naming "other")
         assert "HTTP 404" in foreign.stderr and "other" not in foreign.stderr
-        mine = cli("runs", "show", other_run["id"], server=server.url, token=other_token)
+        mine = cli("runs", "show", other_run["id"], "--json", server=server.url, token=other_token)
         assert mine.returncode == 0, mine.stderr
         assert json.loads(mine.stdout)["run"]["id"] == other_run["id"]
 

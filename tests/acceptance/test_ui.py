@@ -142,24 +142,25 @@ def test_live_run_follow_search_reload_and_summary(ui_server: Server, page: Any)
     assert_contiguous(view_state(page)["visible"])
     page.locator(".phase", has_text="writing").wait_for()
 
-    # server-assisted search over the whole log; a result jumps to its line
+    # server-assisted search over the whole log: "n of m", Enter moves to the next match
     page.get_by_label("Search the log").fill("warning")
     page.get_by_label("Search the log").press("Enter")
     count_text = page.get_by_test_id("search-count")
     page.wait_for_function(
-        "() => /match/.test(document.querySelector('[data-testid=search-count]').textContent)"
+        "() => /^1 of \\d+$/.test(document.querySelector('[data-testid=search-count]').textContent)"
     )
-    assert "warning" in count_text.inner_text()
-    results = page.locator(".search-results .result")
-    assert results.count() >= 1
-    target = int(results.last.get_attribute("data-seq"))
-    results.last.click()
-    page.wait_for_url(f"**#seq={target}")
+    total = int(count_text.inner_text().split(" of ")[1].replace(",", ""))
+    assert total >= 1
+    target = view_state(page)["highlighted"]
     highlighted = page.locator(f".ln.ln-hl[data-seq='{target}']")
     highlighted.wait_for()
     assert "warning" in highlighted.inner_text().lower()
     assert page.locator(".ln mark").count() >= 1
-    page.get_by_role("button", name="Close search results").click()
+    if total > 1:
+        page.get_by_label("Search the log").press("Enter")
+        page.wait_for_function(f"() => window.__runevents.view().highlighted > {target}")
+        assert count_text.inner_text().startswith("2 of ")
+    page.get_by_role("button", name="Clear search").click()
     page.get_by_role("button", name="Jump to latest ↓").click()
     page.screenshot(path=str(SCREENSHOTS / "run-view.png"), animations="disabled")
 
@@ -251,6 +252,7 @@ def test_cancel_from_the_run_view(ui_server: Server, page: Any) -> None:
     run_id = start_from_ui(page, ui_server, {"speed": 0.2, "fail": False})
     wait_view(page, "v.count >= 5")
     page.get_by_role("button", name="Cancel run").click()
+    page.get_by_role("button", name="Yes, cancel run").click()  # issue 19: cancel asks first
     v = wait_view(page, "v.status === 'cancelled'", timeout=60_000)
     assert v["duplicates"] == 0
     page.locator(".run-badge .badge.st-cancelled").wait_for()

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from runevents.api import durable, errors, events, lookup, openapi, ops, runs, session
+from runevents.api import durable, errors, events, lookup, openapi, ops, outline, runs, session
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.guard import OpenModeGuard
@@ -102,6 +102,27 @@ def _mount_web(app: FastAPI) -> None:
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/workspaces/{path:path}", page, methods=["GET"], include_in_schema=False)
 
+    # Any other page a browser asks for gets the UI's own not-found page (the
+    # HTML, status 404), not raw JSON (issue 19). Hooked where the router gives
+    # up, after every route had its say, so a wrong method on an API path stays
+    # 405 and API and static paths keep their JSON 404.
+    fallback = app.router.default
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        api_or_static = path.startswith(("/api/", "/static/")) or path in {"/api", "/static"}
+        if (
+            scope["type"] == "http"
+            and scope["method"] in {"GET", "HEAD"}
+            and not api_or_static
+            and index.is_file()
+        ):
+            await FileResponse(index, media_type="text/html", status_code=404)(scope, receive, send)
+            return
+        await fallback(scope, receive, send)
+
+    app.router.default = not_found
+
 
 class RuneventsAPI(FastAPI):
     """FastAPI with :class:`RequestContext` outside everything, Starlette's error layer included.
@@ -169,6 +190,7 @@ def create_app(
     api.include_router(lookup.router)
     api.include_router(ops.router)
     api.include_router(durable.router)
+    api.include_router(outline.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

@@ -115,6 +115,7 @@ async def create_run(
         mode=request.mode,
         options=request.options,
         external=request.external,
+        rerun_of=request.rerun_of,
     )
     if stream:
         return sse_response(

@@ -105,6 +105,11 @@ class CreateRunRequest(RequestModel):
         default=False,
         description="a producer-driven run: nothing is executed, events come over HTTP ingest",
     )
+    rerun_of: str | None = Field(
+        default=None,
+        pattern=r"^run_[0-9A-HJKMNP-TV-Z]{26}$",
+        description="the run this one re-runs (kept in its run.queued event's payload)",
+    )
 
     @field_validator("options")
     @classmethod

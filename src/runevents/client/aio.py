@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -264,8 +264,16 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
-    async def follow(self, run: RunRef, after: int = 0) -> AsyncIterator[Event]:
+    async def follow(
+        self,
+        run: RunRef,
+        after: int = 0,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> AsyncIterator[Event]:
         """Typed events over SSE until ``run.completed``, resuming after dropped connections.
+
+        ``on_retry(attempt, reason)`` is called before each reconnect (the CLI says
+        "reconnecting...").
 
         Each reconnect sends ``Last-Event-ID`` (the last sequence received), so
         nothing is repeated or missed. Ends without an event when ``after`` is
@@ -310,6 +318,8 @@ class AsyncClient:
                         f"lost the event stream of {url} and could not reconnect "
                         f"to {self.server}: {exc.__class__.__name__}"
                     ) from exc
+                if on_retry is not None:
+                    on_retry(failures, str(exc) or exc.__class__.__name__)
             await asyncio.sleep(self.reconnect_delay)
 
     async def append(

@@ -115,10 +115,10 @@ export function listRuns(workspaceId, filters = {}, { signal } = {}) {
   return json("GET", `${BASE}/workspaces/${enc(workspaceId)}/runs`, { query: filters, signal });
 }
 
-export function createRun(workspaceId, configurationId, options = {}) {
-  return json("POST", `${BASE}/workspaces/${enc(workspaceId)}/configurations/${enc(configurationId)}/runs`, {
-    body: { mode: "execute", options },
-  });
+export function createRun(workspaceId, configurationId, options = {}, { mode = "execute", rerunOf = null } = {}) {
+  const body = { mode, options };
+  if (rerunOf) body.rerun_of = rerunOf;
+  return json("POST", `${BASE}/workspaces/${enc(workspaceId)}/configurations/${enc(configurationId)}/runs`, { body });
 }
 
 /** `{run, summary}` */
@@ -241,4 +241,19 @@ export async function downloadNdjson(path, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
   return blob.size;
+}
+
+/** How many console lines the search matches in the whole log: `{total, scanned_to}`. */
+export function countMatches(path, { q, stream, level }, { signal } = {}) {
+  return json("GET", `${path}/search/count`, { query: { q, stream, level }, signal });
+}
+
+/** A page of the run's outline (phase and section markers, errors): `{events, next_after_sequence, has_more}`. */
+export function outlinePage(path, afterSequence, { signal } = {}) {
+  return json("GET", `${path}/outline`, { query: { after_sequence: afterSequence }, signal });
+}
+
+/** The raw log (plain console text); `download` makes it an attachment. */
+export function textUrl(path, { download = false } = {}) {
+  return `${path}/text${download ? "?download=true" : ""}`;
 }

@@ -74,7 +74,7 @@ class App {
         onchange: (event) => this.router.navigate(workspaceUrl(event.target.value)),
       },
       this.workspaces.map((w) => h("option", { value: w, selected: w === current }, w)),
-      current && !this.workspaces.includes(current) ? h("option", { value: current, selected: true }, current) : null,
+
     );
     const who = this.session
       ? h(
@@ -128,15 +128,36 @@ class App {
     }
     if (name === "notFound") {
       this.mount(null);
-      replaceChildren(this.main, notice("error", "Page not found", h("a", { href: "/" }, "Go to the runs list")));
+      replaceChildren(this.main, notice("error", "Page not found", `Nothing lives at ${location.pathname}. `, h("a", { href: "/" }, "Go to the runs list")));
       return;
     }
     const ws = params.workspaceId;
+    if (name === "runs" && !this.workspaces.includes(ws)) {
+      // maybe created since the directory loaded: look again before saying it is unknown
+      this.directory = this.loadDirectory();
+      await this.directory;
+      if (this.router.current !== `${location.pathname}${location.search}`) return;
+      if (!this.workspaces.includes(ws)) {
+        this.renderBar(); // an unknown workspace is not added to the picker
+        replaceChildren(
+          this.main,
+          notice(
+            "error",
+            "Unknown workspace",
+            `There is no workspace “${ws}” (it has no runs or configurations you can see). `,
+            h("a", { href: "/" }, "Go to your workspaces"),
+          ),
+        );
+        this.main.dataset.notFound = "workspace";
+        return;
+      }
+    }
+    delete this.main.dataset.notFound;
     this.renderBar(ws);
     if (name === "runs") {
       this.mount(new RunsListView(this.main, { workspaceId: ws, configurations: this.configurations, canWrite: this.canWrite(ws), router: this.router }));
     } else if (name === "run") {
-      this.mount(new RunView(this.main, { workspaceId: ws, runId: params.runId, canWrite: this.canWrite(ws) }));
+      this.mount(new RunView(this.main, { workspaceId: ws, runId: params.runId, canWrite: this.canWrite(ws), router: this.router }));
     }
     this.main.focus({ preventScroll: true });
   }

@@ -9,15 +9,22 @@
 // (smooth at any size); dragging the scrollbar maps back through the ratio.
 //
 // Follow-the-tail: while `following`, new rows keep the view at the bottom.
-// Any upward scroll by the user stops it; "Jump to latest" (or scrolling back
-// to the bottom, or End) resumes it.
+// Only the user stops it (issue 19): a wheel or key scroll upwards, dragging the
+// scrollbar, or a click in the log. A scroll event that no input caused (the
+// viewport shrank when a panel above grew, the browser clamped scrollTop) never
+// does: the view is put back at the bottom. "Jump to latest" (or scrolling back
+// to the bottom, or End) resumes following.
+//
+// Wrap: rows grow to fit their text; scrolling still moves by rows, and at the
+// bottom the rows are anchored to the bottom edge so the last line is in view.
 
 import { ansiToHtml, stripAnsi } from "./ansi.js";
 import { escapeHtml } from "./dom.js";
-import { formatClock, formatDuration, formatNumber } from "./format.js";
+import { formatClock, formatDateTime, formatDuration, formatNumber, timeZoneName } from "./format.js";
 
 export const ROW_HEIGHT = 20; // px, must match .ln in styles.css
 const MAX_SCROLL_PX = 8_000_000; // well under every browser's element height cap
+const INTENT_MS = 400; // a scroll event this soon after a wheel or key input is the user's
 
 /** One line of text for a non-console event (shown dimmed in the console). */
 export function describeEvent(event) {
@@ -85,10 +92,11 @@ function rowClasses(event) {
 }
 
 /** The inner HTML of one row. */
-export function rowHtml(event, highlight = null) {
+export function rowHtml(event, highlight = null, header = null, now = Date.now()) {
   const seq = event.sequence;
   const p = event.payload ?? {};
-  const time = `<span class="ln-time">${formatClock(event.created_at)}</span>`;
+  const time = `<span class="ln-time" title="${escapeHtml(`${formatDateTime(event.created_at)} ${timeZoneName()}`)}">${formatClock(event.created_at)}</span>`;
+  if (header) return `${`<a class="ln-no" href="#seq=${seq}" tabindex="-1" aria-label="Line ${seq}">${seq}</a>`}${time}${sectionHtml(event, header, now)}`;
   const no = `<a class="ln-no" href="#seq=${seq}" tabindex="-1" aria-label="Line ${seq}">${seq}</a>`;
   let tag = "";
   let msg;
@@ -99,10 +107,33 @@ export function rowHtml(event, highlight = null) {
     msg = ansiToHtml(p.message, highlight);
   } else {
     tag = '<span class="ln-tag tag-meta" aria-hidden="true">›</span>';
+    // search matches console lines only, so only they are marked (the count covers what is marked)
     msg = escapeHtml(describeEvent(event));
-    if (highlight) msg = ansiToHtml(describeEvent(event), highlight);
   }
   return `${no}${time}${tag}<span class="ln-msg">${msg}</span>`;
+}
+
+const PHASE_ICON = { succeeded: "✓", failed: "✕", cancelled: "⊘", skipped: "–" };
+
+/** A section's header row: fold toggle, status, name, duration. */
+function sectionHtml(event, { section, collapsed }, now) {
+  const open = section.endSeq === null;
+  const status = section.kind === "phase" ? (open ? "running" : (section.status ?? "done")) : "group";
+  const icon = section.kind === "phase" ? (open ? "●" : (PHASE_ICON[section.status] ?? "•")) : "";
+  const duration = Number.isFinite(section.durationMs)
+    ? formatDuration(section.durationMs)
+    : open && section.startedMs !== null
+      ? `${formatDuration(now - section.startedMs)}…`
+      : "";
+  const label = section.kind === "phase" ? `${section.scope === "build" ? "build: " : ""}${section.name}` : section.name;
+  return (
+    `<span class="ln-section-head" style="--depth:${section.depth}">` +
+    `<button type="button" class="fold-toggle" data-fold="${event.sequence}" aria-expanded="${!collapsed}" aria-label="${collapsed ? "Unfold" : "Fold"} ${escapeHtml(label)}">${collapsed ? "▸" : "▾"}</button>` +
+    `<span class="sec-icon st-${status}" aria-hidden="true">${icon}</span>` +
+    `<span class="sec-name">${escapeHtml(label)}</span>` +
+    (duration ? `<span class="sec-dur">${duration}</span>` : "") +
+    `</span>`
+  );
 }
 
 export class VirtualConsole {
@@ -124,6 +155,9 @@ export class VirtualConsole {
     this.pool = [];
     this.frame = 0;
     this.expectedScrollTop = -1;
+    this.intentUntil = 0; // wheel/keys: scroll events until then are the user's
+    this.dragging = false; // a pointer is down on the scrollbar
+    this.wrap = false;
 
     this.viewport = document.createElement("div");
     this.viewport.className = "console-viewport";
@@ -146,9 +180,17 @@ export class VirtualConsole {
     this.onWheel = this.onWheel.bind(this);
     this.onScroll = this.onScroll.bind(this);
     this.onKey = this.onKey.bind(this);
+    this.onPointerDown = this.onPointerDown.bind(this);
+    this.onPointerUp = () => {
+      this.dragging = false;
+    };
+    this.onClick = this.onClick.bind(this);
     this.viewport.addEventListener("wheel", this.onWheel, { passive: false });
     this.viewport.addEventListener("scroll", this.onScroll, { passive: true });
     this.viewport.addEventListener("keydown", this.onKey);
+    this.viewport.addEventListener("pointerdown", this.onPointerDown);
+    this.viewport.addEventListener("click", this.onClick);
+    window.addEventListener("pointerup", this.onPointerUp);
     this.resizeObserver = new ResizeObserver(() => this.layout());
     this.resizeObserver.observe(this.viewport);
     this.layout();
@@ -165,6 +207,27 @@ export class VirtualConsole {
 
   setEmptyText(text) {
     this.emptyText = text;
+    this.refresh();
+  }
+
+  /** Wrap long lines (rows grow) or keep one line per row (scroll sideways). */
+  setWrap(on) {
+    this.wrap = Boolean(on);
+    this.viewport.classList.toggle("wrap", this.wrap);
+    this.rowsEl.style.transform = "";
+    this.refresh();
+  }
+
+  /** Show or hide the time column. */
+  setTimestamps(on) {
+    this.viewport.classList.toggle("no-time", !on);
+  }
+
+  /** Redraw every row (section headers changed, a duration ticked). */
+  redraw() {
+    this.pool.forEach((el) => {
+      el._key = null;
+    });
     this.refresh();
   }
 
@@ -235,8 +298,14 @@ export class VirtualConsole {
   }
 
   /** Scroll so that row `index` is in view (centred unless it already is), and stop following. */
-  scrollToIndex(index, { center = true } = {}) {
+  scrollToIndex(index, { center = true, third = false } = {}) {
     this.setFollowing(false);
+    if (third) {
+      // an error: a few lines of context above it, what follows (the traceback) below
+      this.pos = Math.max(0, Math.min(this.maxPos, index * ROW_HEIGHT - Math.floor(this.viewHeight / 4)));
+      this.render();
+      return;
+    }
     if (this.isIndexVisible(index)) {
       this.render();
       return;
@@ -254,9 +323,32 @@ export class VirtualConsole {
     this.render();
   }
 
+  onPointerDown(event) {
+    // on the scrollbar (right of the content box): a drag, whatever it scrolls is the user's
+    if (event.target === this.viewport && event.offsetX >= this.viewport.clientWidth) {
+      this.dragging = true;
+      return;
+    }
+    // a click in the log (selecting text, reading a line) stops following, as on GitHub;
+    // the fold toggles and line links are actions of their own
+    if (event.target.closest?.(".fold-toggle, a.ln-no")) return;
+    if (this.rowsEl.contains(event.target) && this.count > 0) this.setFollowing(false);
+  }
+
+  onClick(event) {
+    const toggle = event.target.closest?.(".fold-toggle");
+    if (!toggle || !this.source?.toggle) return;
+    event.preventDefault();
+    const seq = Number(toggle.dataset.fold);
+    this.source.toggle(seq);
+    this.redraw();
+    this.onFold?.(seq);
+  }
+
   onWheel(event) {
     if (Math.abs(event.deltaX) > Math.abs(event.deltaY)) return; // horizontal: let the screen scroll
     event.preventDefault();
+    this.intentUntil = performance.now() + INTENT_MS;
     const unit = event.deltaMode === 1 ? ROW_HEIGHT : event.deltaMode === 2 ? this.viewHeight : 1;
     this.scrollBy(event.deltaY * unit);
   }
@@ -264,6 +356,12 @@ export class VirtualConsole {
   onScroll() {
     const top = this.viewport.scrollTop;
     if (Math.abs(top - this.expectedScrollTop) < 1) return; // our own write
+    const user = this.dragging || performance.now() < this.intentUntil;
+    if (this.following && !user) {
+      // the layout moved (a resize, new content): not a reason to stop following
+      this.render();
+      return;
+    }
     const previous = this.pos;
     this.pos = Math.max(0, Math.min(this.maxPos, top * this.ratio));
     const atBottom = top + this.viewHeight >= this.viewport.scrollHeight - 2;
@@ -274,6 +372,7 @@ export class VirtualConsole {
   }
 
   onKey(event) {
+    this.intentUntil = performance.now() + INTENT_MS;
     const page = Math.max(ROW_HEIGHT, this.viewHeight - ROW_HEIGHT);
     const keys = {
       ArrowDown: ROW_HEIGHT,
@@ -312,6 +411,8 @@ export class VirtualConsole {
       this.spacer.style.height = `${spacerH}px`;
       this.spacer._h = spacerH;
     }
+    const screenH = `${viewH}px`;
+    if (this.screen.style.height !== screenH) this.screen.style.height = screenH; // never a stale height
     const scrollTop = Math.round(this.pos / this.ratio);
     if (Math.abs(this.viewport.scrollTop - scrollTop) >= 1) {
       this.expectedScrollTop = scrollTop;
@@ -325,7 +426,8 @@ export class VirtualConsole {
     const offset = this.pos - first * ROW_HEIGHT;
     const visible = Math.ceil((viewH + offset) / ROW_HEIGHT);
     const last = Math.min(count - 1, first + visible - 1);
-    this.rowsEl.style.transform = `translateY(${-offset}px)`;
+    const atBottom = this.pos >= this.maxPos && count > 0;
+    if (!this.wrap) this.rowsEl.style.transform = `translateY(${-offset}px)`;
     const digits = String(Math.max(count, 1)).length;
     this.rowsEl.style.setProperty("--gutter", `${digits + 1}ch`);
 
@@ -352,14 +454,15 @@ export class VirtualConsole {
       const event = this.source.rowAt(index);
       const seq = event ? event.sequence : (this.source.seqAt(index) ?? null);
       const marked = seq !== null && seq === this.highlightSeq;
-      const key = event ? `${seq}|${marked}` : `loading|${seq}`;
-      if (el._key === key) continue;
+      const header = event && this.source.headerAt ? this.source.headerAt(seq) : null;
+      const key = event ? `${seq}|${marked}${header ? `|${header.collapsed}|${header.section.endSeq}|${header.section.status}` : ""}` : `loading|${seq}`;
+      if (el._key === key && !(header && header.section.endSeq === null)) continue;
       el._key = key;
       el.hidden = false;
       if (event) {
-        el.className = rowClasses(event) + (marked ? " ln-hl" : "");
+        el.className = rowClasses(event) + (marked ? " ln-hl" : "") + (header ? ` ln-section${header.collapsed ? " folded" : ""}` : "");
         el.dataset.seq = seq;
-        el.innerHTML = rowHtml(event, this.highlight);
+        el.innerHTML = rowHtml(event, this.highlight, header);
       } else {
         el.className = "ln ln-loading";
         el.dataset.seq = seq ?? "";
@@ -367,6 +470,12 @@ export class VirtualConsole {
           ? `<span class="ln-no">${seq}</span><span class="ln-msg">loading…</span>`
           : '<span class="ln-no"></span><span class="ln-msg">loading more…</span>';
       }
+    }
+    if (this.wrap) {
+      // rows are as tall as their text: at the bottom, anchor the last row to the bottom edge
+      const height = this.rowsEl.offsetHeight;
+      const shift = atBottom && height > viewH ? viewH - height : 0;
+      this.rowsEl.style.transform = `translateY(${shift}px)`;
     }
     this.empty.hidden = count > 0;
     if (count === 0) this.empty.textContent = this.emptyText;
@@ -385,6 +494,9 @@ export class VirtualConsole {
     this.viewport.removeEventListener("wheel", this.onWheel);
     this.viewport.removeEventListener("scroll", this.onScroll);
     this.viewport.removeEventListener("keydown", this.onKey);
+    this.viewport.removeEventListener("pointerdown", this.onPointerDown);
+    this.viewport.removeEventListener("click", this.onClick);
+    window.removeEventListener("pointerup", this.onPointerUp);
     this.root.replaceChildren();
   }
 }

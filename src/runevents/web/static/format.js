@@ -115,3 +115,28 @@ export function ulidTime(runId) {
   }
   return ms;
 }
+
+/** The browser's time zone as shown beside times: "Europe/Berlin (UTC+01:00)", "UTC". */
+let zoneCache = null; // an Intl.DateTimeFormat per call costs more than drawing the row
+
+export function timeZoneName(at = new Date()) {
+  zoneCache ??= Intl.DateTimeFormat().resolvedOptions().timeZone ?? "local";
+  const zone = zoneCache;
+  const minutes = -at.getTimezoneOffset();
+  if (minutes === 0 && /^(UTC|Etc\/UTC|GMT|Etc\/GMT)$/.test(zone)) return "UTC";
+  const sign = minutes < 0 ? "-" : "+";
+  const abs = Math.abs(minutes);
+  const offset = `UTC${sign}${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
+  return `${zone} (${offset})`;
+}
+
+/** The zone's short name for labels: "UTC", "GMT+1", "CET". */
+export function shortZoneName(at = new Date()) {
+  // once per page (a button label), never per row
+  try {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(at).find((p) => p.type === "timeZoneName");
+    return part?.value ?? "local";
+  } catch {
+    return "local";
+  }
+}

@@ -81,13 +81,23 @@ export class SequenceSource {
 
   /** Make sure rows first..last (and a window either side) are loaded or loading. */
   ensure(first, last) {
-    if (this.stopped || this.count === 0) return;
-    const lastRow = Math.min(last, this.count - 1);
+    this.ensureRanges([[first, last]]);
+  }
+
+  /** Same for several runs of rows (the rows around a folded section). */
+  ensureRanges(ranges) {
+    if (this.stopped || this.count === 0 || !ranges.length) return;
+    const first = ranges[0][0];
+    const lastRow = Math.min(ranges.at(-1)[1], this.count - 1);
     const firstW = Math.floor(Math.max(0, first) / this.windowSize);
     const lastW = Math.floor(Math.max(0, lastRow) / this.windowSize);
     const maxW = Math.floor((this.count - 1) / this.windowSize);
     const wanted = [];
-    for (let i = firstW; i <= lastW; i += 1) wanted.push(i);
+    for (const [a, b] of ranges) {
+      const wa = Math.floor(Math.max(0, a) / this.windowSize);
+      const wb = Math.floor(Math.max(0, Math.min(b, this.count - 1)) / this.windowSize);
+      for (let i = wa; i <= wb; i += 1) if (!wanted.includes(i)) wanted.push(i);
+    }
     this.visibleWindows = wanted.length; // these first; the neighbours only once they are in
     if (lastW < maxW) wanted.push(lastW + 1);
     if (firstW > 0) wanted.push(firstW - 1);

@@ -10,6 +10,17 @@
 import { SEVERITIES, isActive, toMillis } from "./format.js";
 
 const SUMMARY_FIELDS = ["status", "started_at", "completed_at", "exit_code"];
+const ACTIVE_RANK = { queued: 0, building: 1, running: 2 };
+
+/**
+ * A live status only moves forward (queued -> building -> running): replaying
+ * a run's `run.queued` must not turn the row's `running` back into `queued`
+ * (issue 19: an external run that was streaming showed `queued`).
+ */
+function advance(s, status) {
+  if (s.completed) return;
+  if ((ACTIVE_RANK[status] ?? 0) >= (ACTIVE_RANK[s.status] ?? -1)) s.status = status;
+}
 
 /** The state for a run row (and its summary, once the run has ended). */
 export function initialRunState(run = null, summary = null) {
@@ -72,7 +83,10 @@ export function withRun(state, run, summary = null) {
   for (const field of SUMMARY_FIELDS) {
     if (run[field] === null || run[field] === undefined) continue;
     // A row read just before the server stored run.completed must not undo it.
-    if (field === "status" && !(state.completed && isActive(run.status))) next.status = run.status;
+    if (field === "status") {
+      if (!isActive(run.status)) next.status = run.status;
+      else advance(next, run.status);
+    }
     if (field === "started_at") next.startedAt = run.started_at;
     if (field === "completed_at") next.completedAt = run.completed_at;
     if (field === "exit_code") next.exitCode = run.exit_code;
@@ -174,12 +188,12 @@ export function reduceRun(state, event) {
   const payload = event.payload ?? {};
   switch (event.type) {
     case "run.queued":
-      if (!s.completed) s.status = "queued";
+      advance(s, "queued");
       s.createdAt = s.createdAt ?? event.created_at;
       break;
     case "build.created":
     case "build.started":
-      if (!s.completed) s.status = "building";
+      advance(s, "building");
       s.build = { ...(s.build ?? {}), status: payload.status ?? "building", reason: payload.reason ?? null };
       break;
     case "build.completed":
@@ -198,7 +212,7 @@ export function reduceRun(state, event) {
       s = phaseCompleted(s, "build", event);
       break;
     case "run.started":
-      if (!s.completed) s.status = "running";
+      advance(s, "running");
       s.startedAt = s.startedAt ?? event.created_at;
       break;
     case "run.phase.started":

@@ -71,7 +71,7 @@ function phaseDuration(phase, now) {
 const PHASE_ICON = { succeeded: "✓", failed: "✕", cancelled: "⊘", skipped: "–" };
 
 /** Build and run phases: a proportional timeline bar and a list with durations. */
-export function renderPhases(state, now = Date.now()) {
+export function renderPhases(state, now = Date.now(), { onPhase = null } = {}) {
   const phases = state.phases;
   if (!phases.length) {
     const waiting = !state.completed && (state.status === "queued" || state.status === "building");
@@ -99,7 +99,9 @@ export function renderPhases(state, now = Date.now()) {
         { class: `phase ph-${p.open ? "open" : (p.status ?? "done")}`, "data-phase": p.phase },
         h("span", { class: "phase-icon", "aria-hidden": "true" }, p.open ? "" : (PHASE_ICON[p.status] ?? "•")),
         h("span", { class: "phase-scope" }, p.scope),
-        h("span", { class: "phase-name" }, p.phase),
+        onPhase
+          ? h("button", { type: "button", class: "phase-link", title: `Show ${p.phase} in the log`, onclick: () => onPhase(i) }, h("span", { class: "phase-name" }, p.phase))
+          : h("span", { class: "phase-name" }, p.phase),
         h(
           "span",
           { class: "phase-dur" },
@@ -164,5 +166,17 @@ export function renderSummary(state) {
     stats,
     severities,
     byFile,
+  );
+}
+
+/** What the console shows once retention removed the log. */
+export function renderExpired(state) {
+  const completed = state.completedAt ? ` It ended ${formatDateTime(state.completedAt)}.` : "";
+  return h(
+    "div",
+    { class: "expired", role: "status", "data-testid": "log-expired" },
+    h("div", { class: "expired-icon", "aria-hidden": "true" }, "⌛"),
+    h("h2", null, "Log expired"),
+    h("p", null, `This run's event log was removed by retention.${completed} The run and its summary remain available above.`),
   );
 }

@@ -2,67 +2,79 @@
 //
 // Data flow: `GET {run}` gives the row (and the summary once ended). A live run
 // opens ONE EventSource from after_sequence=0; every event goes through the
-// pure reducer (header, phases, summary) and into the log source (console rows,
-// by sequence). The browser reconnects a dropped stream by itself with
-// Last-Event-ID; if the stream closes for good before run.completed, we reopen
-// it after the last sequence we hold. Either way a sequence is applied once
-// (the reducer and the source both ignore what they already have).
+// pure reducer (header, phases, summary), the section index (folding, errors)
+// and into the log source (console rows, by sequence). The browser reconnects a
+// dropped stream by itself with Last-Event-ID; if the stream closes for good
+// before run.completed, we reopen it after the last sequence we hold. Either
+// way a sequence is applied once (reducer, index and source ignore repeats).
 // A finished run opens no stream: its event_count sizes the console, whose
-// windows load from the JSON pages API as they scroll into view.
+// windows load from the JSON pages API as they scroll into view, and its
+// outline (`{run}/outline`) feeds the section index.
+//
+// The URL holds what a shared link should show: ?q=, ?stream=, ?level= and #seq=N.
 
-import {
-  ApiError,
-  cancelRun,
-  downloadNdjson,
-  eventStreamUrl,
-  eventsPage,
-  findRun,
-  getRun,
-  rememberRun,
-  searchEvents,
-} from "./api.js";
-import { VirtualConsole, describeEvent } from "./console.js";
+import { ApiError, downloadNdjson, eventStreamUrl, eventsPage, findRun, getRun, outlinePage, rememberRun, searchEvents, textUrl } from "./api.js";
+import { VirtualConsole } from "./console.js";
 import { h, replaceChildren } from "./dom.js";
-import { formatDateTime, formatNumber, isActive } from "./format.js";
+import { formatNumber, isActive } from "./format.js";
 import { FilteredSource, SequenceSource } from "./log-source.js";
 import { initialRunState, reduceRun, withRun } from "./reducer.js";
-import { workspaceUrl, seqFromHash } from "./router.js";
-import { renderFailure, renderMeta, renderPhases, renderSummary } from "./run-panels.js";
+import { seqFromHash, workspaceUrl } from "./router.js";
+import { RunActions, renderOptions } from "./run-actions.js";
+import { renderExpired, renderFailure, renderMeta, renderPhases, renderSummary } from "./run-panels.js";
+import { ConsoleSearch } from "./run-search.js";
+import { FoldedSource, SectionIndex } from "./sections.js";
+import { LiveStream } from "./run-stream.js";
+import { ViewToggles, toggle } from "./view-toggles.js";
 import { errorMessage, notice, statusBadge, toast } from "./widgets.js";
 
-const SEARCH_PAGE = 200; // matches per search request
 const FILTER_PAGE = 1000; // rows per filtered page (the search API's maximum)
-const RECONNECT_MS = 2000; // wait before reopening a stream that closed for good
+const ROW_POLL_MS = 5000; // a live run's row is re-read this often (its status leads the badge)
+const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
 
 export class RunView {
-  constructor(root, { workspaceId, runId, canWrite }) {
+  constructor(root, { workspaceId, runId, canWrite, router }) {
     this.root = root;
     this.workspaceId = workspaceId;
     this.runId = runId;
     this.canWrite = canWrite;
+    this.router = router;
     this.state = initialRunState();
-    this.es = null;
-    this.sseOpens = 0;
+    this.index = new SectionIndex();
     this.expired = false;
     this.destroyed = false;
     this.pendingSeq = seqFromHash(location.hash);
-    this.search = { q: "", matches: [], next: 0, hasMore: false, loading: false };
+    const query = new URLSearchParams(location.search);
+    this.initial = { q: query.get("q") ?? "", stream: query.get("stream") ?? "", level: query.get("level") ?? "" };
+    this.errorIndex = -1;
     this.frame = 0;
     this.onHashChange = () => {
       const seq = seqFromHash(location.hash);
       if (seq) this.jumpToSeq(seq);
     };
     this.onKeyDown = (event) => {
+      if (event.key === "Escape" && this.toggles?.fullscreen) {
+        this.toggles.setFullscreen(false);
+        return;
+      }
       // "/" focuses the search box, as in most log viewers
       if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
       if (event.target.closest?.("input, textarea, select, [contenteditable]")) return;
-      if (!this.searchInput || this.searchInput.disabled) return;
+      if (!this.search || this.search.input.disabled) return;
       event.preventDefault();
-      this.searchInput.focus();
+      this.search.input.focus();
     };
   }
 
   async mount() {
+    if (!RUN_ID.test(this.runId)) {
+      replaceChildren(
+        this.root,
+        this.crumbs(),
+        notice("error", "Not a run id", `“${this.runId}” is not a run id. Run ids look like run_01JD3Z8K2M4N6P8Q0R2S4T6V8W; copy one from the runs list.`),
+      );
+      return;
+    }
     replaceChildren(this.root, h("p", { class: "loading", role: "status" }, "Loading run…"));
     let found;
     try {
@@ -72,7 +84,7 @@ export class RunView {
       replaceChildren(
         this.root,
         this.crumbs(),
-        notice("error", error.status === 404 ? "Run not found" : "Could not load the run", errorMessage(error)),
+        notice("error", error.status === 404 ? "Run not found" : "Could not load the run", error.status === 404 ? `There is no run ${this.runId} in workspace ${this.workspaceId}.` : errorMessage(error)),
       );
       return;
     }
@@ -90,21 +102,46 @@ export class RunView {
     }
     this.fullSource = new SequenceSource({
       fetchPage: (after, limit, signal) => eventsPage(this.path, after, limit, { signal }),
-      onUpdate: () => this.console.refresh(),
+      onUpdate: () => {
+        this.console.refresh();
+        this.firstLines?.();
+      },
       onError: (error) => this.onLogError(error),
     });
+    this.folded = new FoldedSource(this.fullSource, this.index);
     const live = isActive(found.run.status) || found.run.log_state === "live";
+    // a failed run opens at its first error, unless the link points somewhere
+    this.openAtFailure = !isActive(found.run.status) && found.run.status === "failed" && !this.pendingSeq && !this.initial.q;
     if (!live) {
       this.fullSource.setCount(found.run.event_count ?? 0);
       this.console.following = false;
     }
-    this.console.setSource(this.fullSource);
+    this.console.setSource(this.folded);
     this.updateFollow();
+    this.loadQueued();
+    if (this.initial.stream || this.initial.level) this.applyFilter({ fromUrl: true });
+    if (this.initial.q) {
+      this.search.input.value = this.initial.q;
+      this.search.start(this.initial.q);
+    }
     if (this.pendingSeq) this.tryPendingJump();
     if (live) this.openStream();
+    else {
+      // the outline scans the whole log: ask for it once the first lines are in
+      const start = () => {
+        this.firstLines = null;
+        clearTimeout(this.outlineTimer);
+        this.loadOutline();
+      };
+      this.firstLines = start;
+      this.outlineTimer = setTimeout(start, 1500);
+    }
     this.ticker = setInterval(() => {
-      if (!this.state.completed) this.renderPanels();
+      if (this.state.completed) return;
+      this.renderPanels();
+      this.console?.refresh(); // open sections' durations (their rows redraw on every render)
     }, 1000);
+    this.rowPoller = setInterval(() => this.pollRow(), ROW_POLL_MS);
   }
 
   crumbs() {
@@ -120,97 +157,110 @@ export class RunView {
   build() {
     const run = this.state.run;
     this.badgeHost = h("span", { class: "run-badge" });
-    this.cancelBtn = h("button", { class: "btn btn-danger", type: "button", onclick: () => this.cancel() }, "Cancel run");
-    this.downloadBtn = h("button", { class: "btn", type: "button", onclick: () => this.download() }, "Download NDJSON");
+    this.actions = new RunActions({
+      workspaceId: this.workspaceId,
+      path: this.path,
+      canWrite: this.canWrite,
+      router: this.router,
+      onCancelled: (updated) => {
+        this.state = withRun(this.state, updated);
+        this.renderPanels();
+      },
+    });
     this.metaHost = h("div", { class: "meta-host" });
     this.failureHost = h("div", { class: "failure-host" });
     this.phasesHost = h("section", { class: "panel phases-panel", "aria-label": "Phases" });
     this.summaryHost = h("div", { class: "panel summary-panel" });
-    this.searchInput = h("input", {
-      type: "search",
-      class: "input",
-      placeholder: "Search the whole log  ( / )",
-      "aria-label": "Search the log",
-      name: "q",
-      autocomplete: "off",
+    this.search = new ConsoleSearch({
+      path: this.path,
+      filters: () => ({ stream: this.streamSelect.value || null, level: this.levelSelect.value || null }),
+      onJump: (seq) => this.jumpToSeq(seq, { filtered: true }),
+      onQuery: (q) => {
+        this.console?.setHighlight(this.search.regex);
+        this.updateUrl();
+        if (!q) this.console?.setHighlight(null);
+      },
     });
-    this.streamSelect = h(
-      "select",
-      { class: "input", "aria-label": "Stream", onchange: () => this.applyFilter() },
-      h("option", { value: "" }, "All streams"),
-      h("option", { value: "stdout" }, "stdout"),
-      h("option", { value: "stderr" }, "stderr"),
+    const select = (label, options, value) => {
+      const el = h("select", { class: "input", "aria-label": label, onchange: () => this.applyFilter() }, options.map(([v, text]) => h("option", { value: v }, text)));
+      if (options.some(([v]) => v === value)) el.value = value;
+      return el;
+    };
+    this.streamSelect = select("Stream", [["", "All streams"], ["stdout", "stdout"], ["stderr", "stderr"]], this.initial.stream);
+    this.levelSelect = select("Level", [["", "All levels"], ...["debug", "info", "warning", "error"].map((l) => [l, l])], this.initial.level);
+    this.followBtn = toggle("Follow", true, () => this.toggleFollow());
+    this.toggles = new ViewToggles({ view: null, console: () => this.console });
+    this.errorCount = h("span", { class: "search-count", "data-testid": "error-count" });
+    this.errorNav = h(
+      "div",
+      { class: "error-nav", hidden: true },
+      h("button", { type: "button", class: "btn btn-small", onclick: () => this.gotoError(0) }, "First error"),
+      this.errorCount,
+      h("button", { type: "button", class: "btn btn-small", onclick: () => this.gotoError(this.errorIndex + 1) }, "Next error"),
     );
-    this.levelSelect = h(
-      "select",
-      { class: "input", "aria-label": "Level", onchange: () => this.applyFilter() },
-      h("option", { value: "" }, "All levels"),
-      ...["debug", "info", "warning", "error"].map((l) => h("option", { value: l }, l)),
-    );
-    this.followBtn = h(
-      "button",
-      { class: "btn btn-toggle", type: "button", "aria-pressed": "true", onclick: () => this.toggleFollow() },
-      "Follow",
-    );
-    this.jumpBtn = h(
-      "button",
-      { class: "btn btn-primary jump-latest", type: "button", hidden: true, onclick: () => this.console.jumpToLatest() },
-      "Jump to latest ↓",
-    );
+    this.downloadBtn = h("button", { class: "btn btn-small", type: "button", onclick: () => this.download() }, "Download NDJSON");
+    this.rawLink = h("a", { class: "btn btn-small", href: textUrl(this.path), target: "_blank", rel: "noopener", "data-external": "" }, "View raw");
+    this.textLink = h("a", { class: "btn btn-small", href: textUrl(this.path, { download: true }), download: `${this.runId}.log`, "data-external": "" }, "Download text");
+    this.jumpBtn = h("button", { class: "btn btn-primary btn-small jump-latest", type: "button", hidden: true, onclick: () => this.console.jumpToLatest() }, "Jump to latest ↓");
     this.connectionEl = h("span", { class: "connection", "data-testid": "connection" });
     this.statusLine = h("div", { class: "console-status", "aria-live": "off", "data-testid": "console-status" });
-    this.resultsEl = h("aside", { class: "search-results", hidden: true, "aria-label": "Search results" });
     this.consoleHost = h("div", { class: "console-host", "data-testid": "console" });
-    const searchForm = h(
-      "form",
-      {
-        class: "search-form",
-        role: "search",
-        onsubmit: (event) => {
-          event.preventDefault();
-          this.runSearch();
-        },
-      },
-      this.searchInput,
-      h("button", { class: "btn", type: "submit" }, "Search"),
-    );
-    replaceChildren(
-      this.root,
+    this.view = h(
+      "div",
+      { class: "run-view" },
+      this.crumbs(),
+      h(
+        "header",
+        { class: "run-head" },
+        h(
+          "div",
+          { class: "run-title" },
+          this.badgeHost,
+          h("h1", null, run.configuration_id, " ", h("small", { class: "run-id" }, run.id)),
+          run.external ? h("span", { class: "chip" }, "external") : null,
+        ),
+        h("div", { class: "run-head-actions" }, h("div", { class: "log-actions" }, this.rawLink, this.textLink, this.downloadBtn), this.actions.el),
+      ),
+      this.metaHost,
+      this.failureHost,
+      h("div", { class: "run-panels" }, this.phasesHost, this.summaryHost),
       h(
         "div",
-        { class: "run-view" },
-        this.crumbs(),
-        h(
-          "header",
-          { class: "run-head" },
-          h(
-            "div",
-            { class: "run-title" },
-            this.badgeHost,
-            h("h1", null, run.configuration_id, " ", h("small", { class: "run-id" }, run.id)),
-            run.external ? h("span", { class: "chip" }, "external") : null,
-          ),
-          h("div", { class: "run-actions" }, this.cancelBtn, this.downloadBtn),
-        ),
-        this.metaHost,
-        this.failureHost,
-        h("div", { class: "run-panels" }, this.phasesHost, this.summaryHost),
+        { class: "log-pane" },
         h(
           "div",
           { class: "console-toolbar" },
-          searchForm,
-          h("div", { class: "filters" }, this.streamSelect, this.levelSelect, this.followBtn, this.connectionEl),
+          this.search.el,
+          h("div", { class: "filters" }, this.streamSelect, this.levelSelect, this.errorNav),
+          h("div", { class: "filters" }, this.followBtn, ...this.toggles.buttons, this.connectionEl),
         ),
-        h("div", { class: "console-area" }, this.consoleHost, this.jumpBtn, this.resultsEl),
-        this.statusLine,
+        h("div", { class: "console-area" }, this.consoleHost),
+        h("div", { class: "console-foot" }, this.statusLine, this.jumpBtn),
       ),
     );
+    replaceChildren(this.root, this.view);
+    this.toggles.view = this.view;
     this.console = new VirtualConsole(this.consoleHost, {
       onFollowChange: () => this.updateFollow(),
       onRender: (info) => this.renderStatusLine(info),
     });
+    this.toggles.apply();
     this.console.setEmptyText(isActive(run.status) ? "Waiting for output…" : "No events.");
     document.title = `${run.configuration_id} · ${run.id} · runevents`;
+  }
+
+  // ---- view settings ----------------------------------------------------------
+
+  /** ?q=, ?stream=, ?level= follow the view, so a filtered view can be shared. */
+  updateUrl() {
+    const query = new URLSearchParams();
+    if (this.search?.q) query.set("q", this.search.q);
+    if (this.streamSelect?.value) query.set("stream", this.streamSelect.value);
+    if (this.levelSelect?.value) query.set("level", this.levelSelect.value);
+    const text = query.toString();
+    const url = `${location.pathname}${text ? `?${text}` : ""}${location.hash}`;
+    if (this.router) this.router.replaceQuietly(url);
+    else history.replaceState(null, "", url);
   }
 
   // ---- rendering ----------------------------------------------------------
@@ -220,7 +270,7 @@ export class RunView {
     this.frame = requestAnimationFrame(() => {
       this.frame = 0;
       this.renderPanels();
-      this.console.refresh();
+      this.console?.refresh();
     });
   }
 
@@ -229,15 +279,20 @@ export class RunView {
     const s = this.state;
     const now = Date.now();
     replaceChildren(this.badgeHost, statusBadge(s.status));
-    this.cancelBtn.hidden = !(this.canWrite && !s.completed && isActive(s.status));
+    this.actions.render(s);
     this.downloadBtn.disabled = this.expired;
-    replaceChildren(this.metaHost, renderMeta(s, now));
+    const meta = renderMeta(s, now);
+    meta.append(...renderOptions(this.workspaceId, this.actions.queued));
+    replaceChildren(this.metaHost, meta);
     replaceChildren(this.failureHost, renderFailure(s));
-    replaceChildren(this.phasesHost, h("h2", null, "Phases"), renderPhases(s, now));
+    replaceChildren(this.phasesHost, h("h2", null, "Phases"), renderPhases(s, now, { onPhase: (i) => this.gotoPhase(i) }));
     if (this.summaryRendered !== s.summary || !s.completed) {
       this.summaryRendered = s.summary;
       replaceChildren(this.summaryHost, renderSummary(s));
     }
+    const errors = this.index.errors.length;
+    this.errorNav.hidden = errors === 0 || this.expired;
+    this.errorCount.textContent = errors ? `${this.errorIndex >= 0 ? `error ${this.errorIndex + 1} of ` : ""}${formatNumber(errors)}${this.errorIndex >= 0 ? "" : ` error${errors === 1 ? "" : "s"}`}` : "";
     this.root.dataset.status = s.status;
   }
 
@@ -247,6 +302,7 @@ export class RunView {
     const rows = filtered ? source.rows.length : count;
     const parts = [];
     parts.push(filtered ? `${formatNumber(rows)}${source.hasMore ? "+" : ""} matching lines` : `${formatNumber(rows)} lines`);
+    if (!filtered && this.fullSource && this.fullSource.count !== count) parts.push(`${formatNumber(this.fullSource.count - count)} folded`);
     if (count > 0) parts.push(`showing ${formatNumber(Math.min(first + 1, rows))}–${formatNumber(Math.min(last + 1, rows))}`);
     if (!filtered && this.fullSource) parts.push(`${formatNumber(this.fullSource.loadedEvents())} in memory`);
     this.statusLine.textContent = parts.join(" · ");
@@ -271,43 +327,86 @@ export class RunView {
     this.connectionEl.className = `connection conn-${kind}`;
   }
 
+  // ---- data: the run.queued event, the outline, the row ------------------------
+
+  async loadQueued() {
+    try {
+      const page = await eventsPage(this.path, 0, 1);
+      const first = page.events?.[0];
+      if (first?.type === "run.queued" && !this.destroyed) {
+        this.actions.queued = first.payload ?? {};
+        this.renderPanels();
+      }
+    } catch {
+      /* the options line stays away; the log itself reports errors */
+    }
+  }
+
+  /** A finished run's sections and errors, from the outline route (paged). */
+  async loadOutline() {
+    let after = 0;
+    try {
+      for (;;) {
+        const page = await outlinePage(this.path, after);
+        if (this.destroyed) return;
+        for (const event of page.events) this.index.add(event);
+        after = page.next_after_sequence;
+        if (!page.has_more) break;
+      }
+    } catch (error) {
+      this.onLogError(error);
+    }
+    this.outlineLoaded = true;
+    this.afterSections();
+  }
+
+  /** Sections are known: fold as GitHub does on a failed run, and open at its failure. */
+  afterSections() {
+    if (this.destroyed || !this.console) return;
+    if (this.openAtFailure) {
+      this.openAtFailure = false;
+      const failedPhase = this.index.phases().find((p) => p.status === "failed");
+      // the other phases fold away; the failed one stays open
+      for (const p of this.index.phases()) if (p !== failedPhase && p.status === "succeeded") this.folded.setCollapsed(p.headerSeq, true);
+      const target = this.index.errors[0] ?? failedPhase?.headerSeq;
+      if (target) {
+        this.errorIndex = this.index.errors.indexOf(target);
+        this.jumpToSeq(target, { third: true });
+      }
+    }
+    this.scheduleRender();
+  }
+
+  async pollRow() {
+    if (this.destroyed || this.state.completed || !this.path) return;
+    try {
+      const { run, summary } = await getRun(this.path);
+      if (this.destroyed) return;
+      this.state = withRun(this.state, run, isActive(run.status) ? null : summary);
+      this.scheduleRender();
+    } catch {
+      /* the stream keeps the page current; the next poll tries again */
+    }
+  }
+
   // ---- live stream ------------------------------------------------------------
 
   openStream() {
-    if (this.destroyed || this.es) return;
-    const es = new EventSource(eventStreamUrl(this.path, this.state.lastSequence));
-    this.es = es;
-    this.sseOpens += 1;
-    this.setConnection("connecting…", "wait");
-    es.onopen = () => this.setConnection("live", "live");
-    es.addEventListener("ade.event", (message) => {
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch {
-        return;
-      }
-      this.onEvent(event);
+    if (this.destroyed) return;
+    this.stream ??= new LiveStream({
+      url: (after) => eventStreamUrl(this.path, after),
+      lastSequence: () => this.state.lastSequence,
+      onEvent: (event) => this.onEvent(event),
+      onConnection: (text, kind) => this.setConnection(text, kind),
+      onClosed: () => this.recoverStream(),
+      ended: () => this.state.completed,
     });
-    es.onerror = () => {
-      if (this.es !== es) return;
-      if (es.readyState === EventSource.CONNECTING) {
-        // the browser retries by itself, sending Last-Event-ID
-        this.setConnection("reconnecting…", "wait");
-        return;
-      }
-      es.close();
-      this.es = null;
-      if (this.state.completed) return;
-      this.setConnection("reconnecting…", "wait");
-      clearTimeout(this.reconnectTimer);
-      this.reconnectTimer = setTimeout(() => this.recoverStream(), RECONNECT_MS);
-    };
+    this.stream.open();
   }
 
   /** The stream closed for good (204, an HTTP error): check the run, then resume. */
   async recoverStream() {
-    if (this.destroyed || this.es) return;
+    if (this.destroyed || this.stream?.isOpen) return;
     try {
       const { run, summary } = await getRun(this.path);
       this.state = withRun(this.state, run, summary);
@@ -324,31 +423,30 @@ export class RunView {
   }
 
   closeStream() {
-    clearTimeout(this.reconnectTimer);
-    if (this.es) {
-      this.es.close();
-      this.es = null;
-    }
+    this.stream?.close();
   }
 
   onEvent(event) {
     const before = this.state;
     this.state = reduceRun(this.state, event);
     if (this.state.lastSequence === before.lastSequence) return; // already had it
+    this.index.add(event);
     this.fullSource.put(event);
     if (this.filteredSource) this.filteredSource.put(event);
+    this.search.live(event);
     if (this.pendingSeq) this.tryPendingJump();
     this.scheduleRender();
     if (event.type === "run.completed") {
       this.closeStream();
       this.streamEnded();
+      this.afterSections();
     }
   }
 
   /** After run.completed: fetch the final row and summary (the row may lag the event a moment). */
   async streamEnded() {
     this.setConnection("ended", "done");
-    this.console.setEmptyText("No events.");
+    this.console?.setEmptyText("No events.");
     for (let attempt = 0; attempt < 6 && !this.destroyed; attempt += 1) {
       try {
         const { run, summary } = await getRun(this.path);
@@ -373,33 +471,66 @@ export class RunView {
     }
   }
 
-  /** Scroll to a sequence and mark its line (the `#seq=N` permalink). */
-  jumpToSeq(seq) {
+  /** Scroll to a sequence and mark its line (permalinks, search, errors, phases). */
+  async jumpToSeq(seq, { filtered = false, third = false } = {}) {
     if (!this.console || this.expired) return;
     let source = this.console.source;
+    // a search match is in the filtered rows: load them up to it rather than drop the filter
+    while (filtered && source instanceof FilteredSource && source.indexOfSeq(seq) < 0 && source.hasMore && !source.stopped) {
+      const before = source.scannedTo;
+      await source.loadMore();
+      if (this.console?.source !== source) return;
+      if (source.scannedTo === before) break; // failed: the toast said why
+    }
     if (source instanceof FilteredSource && source.indexOfSeq(seq) < 0) {
       this.streamSelect.value = "";
       this.levelSelect.value = "";
       this.applyFilter();
       source = this.console.source;
     }
+    if (source === this.folded) this.folded.reveal(seq);
     const index = source.indexOfSeq(seq);
     if (index < 0) {
       this.pendingSeq = seq; // not written yet: jump when it arrives
       return;
     }
     this.console.highlightSeq = seq;
-    this.console.scrollToIndex(index);
+    this.console.redraw();
+    this.console.scrollToIndex(index, { third });
     this.updateFollow();
   }
 
-  applyFilter() {
+  gotoError(i) {
+    const errors = this.index.errors;
+    if (!errors.length) return;
+    this.errorIndex = ((i % errors.length) + errors.length) % errors.length;
+    this.jumpToSeq(errors[this.errorIndex], { third: true });
+    this.renderPanels();
+  }
+
+  gotoPhase(i) {
+    const section = this.index.phases()[i];
+    if (!section) return;
+    if (this.console.source !== this.folded) {
+      this.streamSelect.value = "";
+      this.levelSelect.value = "";
+      this.applyFilter();
+    }
+    this.folded.setCollapsed(section.headerSeq, false);
+    this.jumpToSeq(section.headerSeq);
+  }
+
+  applyFilter({ fromUrl = false } = {}) {
     const stream = this.streamSelect.value || null;
     const level = this.levelSelect.value || null;
     this.filteredSource?.stop();
     this.filteredSource = null;
+    if (!fromUrl) {
+      this.updateUrl();
+      if (this.search.q) this.search.start(this.search.q); // the matches follow the filters
+    }
     if (!stream && !level) {
-      this.console.setSource(this.fullSource, { keepPosition: false });
+      this.console.setSource(this.folded, { keepPosition: false });
       this.updateFollow();
       return;
     }
@@ -419,123 +550,7 @@ export class RunView {
     this.updateFollow();
   }
 
-  // ---- search ---------------------------------------------------------------
-
-  async runSearch(more = false) {
-    const q = this.searchInput.value.trim();
-    if (!q) {
-      this.closeSearch();
-      return;
-    }
-    if (!more) {
-      this.searchController?.abort();
-      this.search = { q, matches: [], next: 0, hasMore: false, loading: true };
-      this.console.setHighlight(new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "gi"));
-    }
-    this.search.loading = true;
-    this.renderResults();
-    const controller = new AbortController();
-    this.searchController = controller;
-    try {
-      const page = await searchEvents(
-        this.path,
-        {
-          q,
-          stream: this.streamSelect.value || null,
-          level: this.levelSelect.value || null,
-          afterSequence: this.search.next,
-          limit: SEARCH_PAGE,
-        },
-        { signal: controller.signal },
-      );
-      this.search.matches.push(...page.matches);
-      this.search.next = page.next_after_sequence;
-      this.search.hasMore = page.has_more;
-      this.search.error = null;
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      this.search.error = error.code === "log_expired" ? "The log has expired." : errorMessage(error);
-    }
-    this.search.loading = false;
-    this.renderResults();
-    if (!more && this.search.matches.length) this.jumpToSeq(this.search.matches[0].sequence);
-  }
-
-  closeSearch() {
-    this.searchController?.abort();
-    this.resultsEl.hidden = true;
-    this.console.setHighlight(null);
-  }
-
-  renderResults() {
-    const { q, matches, hasMore, loading, error } = this.search;
-    const items = matches.map((m) =>
-      h(
-        "li",
-        null,
-        h(
-          "button",
-          {
-            type: "button",
-            class: "result",
-            dataset: { seq: m.sequence },
-            onclick: () => {
-              history.replaceState(null, "", `#seq=${m.sequence}`);
-              this.jumpToSeq(m.sequence);
-            },
-            onkeydown: (event) => this.resultKeys(event),
-          },
-          h("span", { class: "result-seq" }, m.sequence),
-          h("span", { class: `result-text${m.payload?.stream === "stderr" ? " s-stderr" : ""}` }, describeEvent(m)),
-        ),
-      ),
-    );
-    const count = `${formatNumber(matches.length)}${hasMore ? "+" : ""} match${matches.length === 1 ? "" : "es"} for “${q}”`;
-    replaceChildren(
-      this.resultsEl,
-      h(
-        "div",
-        { class: "results-head" },
-        h("span", { role: "status", "data-testid": "search-count" }, loading && !matches.length ? "Searching…" : count),
-        h("button", { type: "button", class: "btn btn-small", onclick: () => this.closeSearch(), "aria-label": "Close search results" }, "✕"),
-      ),
-      error ? notice("error", "Search failed", error) : null,
-      h("ol", { class: "results-list" }, items),
-      hasMore
-        ? h("button", { type: "button", class: "btn btn-small", disabled: loading, onclick: () => this.runSearch(true) }, loading ? "Searching…" : "More matches")
-        : null,
-    );
-    this.resultsEl.hidden = false;
-  }
-
-  resultKeys(event) {
-    if (event.key !== "ArrowDown" && event.key !== "ArrowUp" && event.key !== "Escape") return;
-    event.preventDefault();
-    if (event.key === "Escape") {
-      this.closeSearch();
-      this.searchInput.focus();
-      return;
-    }
-    const li = event.target.closest("li");
-    const next = event.key === "ArrowDown" ? li?.nextElementSibling : li?.previousElementSibling;
-    next?.querySelector("button")?.focus();
-  }
-
   // ---- actions and states ---------------------------------------------------
-
-  async cancel() {
-    this.cancelBtn.disabled = true;
-    try {
-      const { run } = await cancelRun(this.path);
-      this.state = withRun(this.state, run);
-      toast("Cancel requested.");
-    } catch (error) {
-      toast(error.status === 409 ? "The run has already ended." : errorMessage(error), "error");
-    } finally {
-      this.cancelBtn.disabled = false;
-      this.renderPanels();
-    }
-  }
 
   async download() {
     this.downloadBtn.disabled = true;
@@ -567,22 +582,14 @@ export class RunView {
     this.closeStream();
     this.fullSource?.stop();
     this.filteredSource?.stop();
-    for (const el of [this.searchInput, this.streamSelect, this.levelSelect, this.followBtn, this.downloadBtn]) el.disabled = true;
+    for (const el of [this.search.input, this.streamSelect, this.levelSelect, this.followBtn, this.downloadBtn]) el.disabled = true;
+    this.rawLink.hidden = true;
+    this.textLink.hidden = true;
     this.console?.destroy();
     this.console = null;
     this.jumpBtn.hidden = true;
     this.statusLine.textContent = "";
-    const completed = this.state.completedAt ? ` It ended ${formatDateTime(this.state.completedAt)}.` : "";
-    replaceChildren(
-      this.consoleHost,
-      h(
-        "div",
-        { class: "expired", role: "status", "data-testid": "log-expired" },
-        h("div", { class: "expired-icon", "aria-hidden": "true" }, "⌛"),
-        h("h2", null, "Log expired"),
-        h("p", null, `This run's event log was removed by retention.${completed} The run and its summary remain available above.`),
-      ),
-    );
+    replaceChildren(this.consoleHost, renderExpired(this.state));
     this.renderPanels();
   }
 
@@ -592,27 +599,34 @@ export class RunView {
       status: this.state.status,
       lastSequence: this.state.lastSequence,
       duplicates: this.state.duplicates,
-      sseOpens: this.sseOpens,
-      streamOpen: Boolean(this.es),
+      sseOpens: this.stream?.opens ?? 0,
+      streamOpen: Boolean(this.stream?.isOpen),
       following: this.console?.following ?? false,
       count: this.console?.count ?? 0,
+      total: this.fullSource?.count ?? 0,
       visible: this.console?.visibleSequences() ?? [],
+      highlighted: this.console?.highlightSeq ?? null,
       loadedEvents: this.fullSource?.loadedEvents() ?? 0,
       pageRequests: this.fullSource?.requests ?? 0,
       expired: this.expired,
+      sections: this.index.sections.map((s) => ({ kind: s.kind, name: s.name, header: s.headerSeq, end: s.endSeq, collapsed: this.folded?.isCollapsed(s) ?? false })),
+      errors: [...this.index.errors],
+      outlineLoaded: Boolean(this.outlineLoaded),
     };
   }
 
   destroy() {
     this.destroyed = true;
-    this.closeStream();
+    this.stream?.stop();
     clearInterval(this.ticker);
+    clearInterval(this.rowPoller);
+    clearTimeout(this.outlineTimer);
     cancelAnimationFrame(this.frame);
     window.removeEventListener("hashchange", this.onHashChange);
     document.removeEventListener("keydown", this.onKeyDown);
     this.fullSource?.stop();
     this.filteredSource?.stop();
-    this.searchController?.abort();
+    this.search?.destroy();
     this.console?.destroy();
   }
 }
