@@ -35,7 +35,7 @@ from runevents.exceptions import (
 )
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
-from runevents.search import search_console
+from runevents.search import SearchRequest, WorkspaceSearch, search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
 from runevents.summary import RunSummaryBuilder, run_fields
@@ -409,6 +409,10 @@ class RunManager(ProducerIngest, RunUpkeep):
             after_sequence=after_sequence,
             limit=limit,
         )
+
+    def search_runs(self, request: SearchRequest) -> AsyncIterator[bytes]:
+        """Search across a workspace's runs: NDJSON hit lines, then the done line (search/)."""
+        return WorkspaceSearch(self.repo, self.log, request).lines()
 
 
 async def _expired_if_missing(run: Run, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

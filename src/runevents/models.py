@@ -143,6 +143,19 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RunHead:
+    """What a search across runs reads of a run row (``RunRepository.list_run_heads``)."""
+
+    id: str
+    workspace_id: str
+    configuration_id: str
+    created_at: datetime
+    status: RunStatus
+    log_state: LogState
+    event_count: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunQuery:
     """Filters and page position of the runs list (newest first)."""
 

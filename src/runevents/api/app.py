@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runevents.api import errors, events, lookup, runs, session
+from runevents.api import errors, events, lookup, runs, search, session
 from runevents.api.deps import ApiState
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_session_secret, load_tokens
@@ -146,6 +146,7 @@ def create_app(
     api.include_router(events.router)
     api.include_router(session.router)
     api.include_router(lookup.router)
+    api.include_router(search.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

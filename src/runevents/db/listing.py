@@ -8,6 +8,7 @@ the page is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,12 +27,16 @@ MAX_LIMIT = 500
 NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
 
 
-def list_statement(query: RunQuery) -> sa.Select[Any]:
+def list_statement(
+    query: RunQuery, columns: Sequence[sa.ColumnElement[Any]] | None = None
+) -> sa.Select[Any]:
     """The SELECT of one runs-list page: ``query.limit + 1`` rows, newest first.
 
     The extra row tells whether a next page exists. InvalidInput for a bad
-    limit, id, timestamp or cursor.
+    limit, id, timestamp or cursor. ``columns``: only these (default: all),
+    which must include ``created_at`` and ``id``.
     """
+    selected = list(columns) if columns is not None else list(runs.c)
     check_name(query.workspace_id, "workspace_id")
     if not isinstance(query.limit, int) or not 1 <= query.limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
@@ -57,13 +62,13 @@ def list_statement(query: RunQuery) -> sa.Select[Any]:
     if len(statuses) <= 1 or len(statuses) == len(RunStatus):
         if len(statuses) == 1:
             where.append(runs.c.status == statuses[0])
-        return runs.select().where(*where).order_by(*NEWEST_FIRST).limit(fetch)
+        return sa.select(*selected).where(*where).order_by(*NEWEST_FIRST).limit(fetch)
     # Several statuses: one ordered index range per status, each cut at `fetch`,
     # then merged. With `status IN (...)` the database would have to either sort
     # every matching run or walk the whole workspace filtering on status.
     branches = [
         sa.select(
-            runs.select()
+            sa.select(*selected)
             .where(*where, runs.c.status == status)
             .order_by(*NEWEST_FIRST)
             .limit(fetch)

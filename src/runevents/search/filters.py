@@ -1,0 +1,128 @@
+"""The search index as the engine reads it: loading and caching n-gram filters.
+
+Filters are immutable once stored (a rebuild by ``reindex`` writes the same
+filters for the same log), so a parsed index is cached in memory by run,
+least recently used dropped first, up to :data:`CACHE_BYTES`. A cached index
+is checked against the log's frame index (event count and SHA-256) when a
+frame it points at is read, so an index of another compaction is never
+trusted. A missing or damaged index is remembered for :data:`MISSING_TTL`
+seconds (then looked for again: ``reindex`` may have rebuilt it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from runevents.eventlog import EventLog, RunRef
+from runevents.eventlog.locate import read_object
+from runevents.eventlog.ngrams import NgramIndex
+from runevents.exceptions import StorageError
+
+#: bytes of parsed filters kept in memory
+CACHE_BYTES = 64 * 1024 * 1024
+#: seconds a missing or damaged index is not looked for again
+MISSING_TTL = 30.0
+#: concurrent reads of remote indexes
+REMOTE_READS = 16
+
+
+class FilterCache:
+    """Parsed search indexes by run id (thread-safe; bounded in bytes)."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, NgramIndex | float] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> NgramIndex | bool | None:
+        """The index; None if known missing; False if unknown (to be loaded)."""
+        with self._lock:
+            entry = self._entries.get(run_id)
+            if entry is None:
+                return False
+            if isinstance(entry, float):
+                if time.monotonic() - entry > MISSING_TTL:
+                    del self._entries[run_id]
+                    return False
+                return None
+            self._entries.move_to_end(run_id)
+            return entry
+
+    def put(self, run_id: str, index: NgramIndex | None) -> None:
+        """Remember ``index`` (None: missing or damaged)."""
+        with self._lock:
+            self._drop(run_id)
+            self._entries[run_id] = index if index is not None else time.monotonic()
+            if index is not None:
+                self._bytes += index.size
+            while self._bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def forget(self, run_id: str) -> None:
+        """Drop what is known of ``run_id`` (its index did not match its log)."""
+        with self._lock:
+            self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        old = self._entries.pop(run_id, None)
+        if isinstance(old, NgramIndex):
+            self._bytes -= old.size
+
+
+CACHE = FilterCache()
+
+
+def _read_local(paths: Sequence[Path]) -> list[NgramIndex | None]:
+    out: list[NgramIndex | None] = []
+    for path in paths:
+        try:
+            out.append(NgramIndex.from_bytes(path.read_bytes()))
+        except OSError:
+            out.append(None)
+    return out
+
+
+async def load_filters(
+    log: EventLog, refs: Sequence[RunRef], cache: FilterCache = CACHE
+) -> list[NgramIndex | None]:
+    """The search index of each run (None: missing or damaged), from the cache or the store.
+
+    Local files are read in one worker thread for the whole batch; remote
+    objects concurrently, a few at a time.
+    """
+    found: list[NgramIndex | None] = [None] * len(refs)
+    todo: list[int] = []
+    for i, ref in enumerate(refs):
+        cached = cache.get(ref.run_id)
+        if cached is False:
+            todo.append(i)
+        else:
+            found[i] = cached if isinstance(cached, NgramIndex) else None
+    if not todo:
+        return found
+    keys = [log.keys(refs[i]).ngram_index for i in todo]
+    local = [log.store.local_path(key) for key in keys]
+    if all(path is not None for path in local):
+        loaded = await asyncio.to_thread(_read_local, [p for p in local if p is not None])
+    else:
+        limit = asyncio.Semaphore(REMOTE_READS)
+
+        async def one(key: str) -> NgramIndex | None:
+            async with limit:
+                try:
+                    data = await read_object(log.store, key)
+                except StorageError:
+                    return None
+            return NgramIndex.from_bytes(data) if data else None
+
+        loaded = list(await asyncio.gather(*(one(key) for key in keys)))
+    for i, index in zip(todo, loaded, strict=True):
+        cache.put(refs[i].run_id, index)
+        found[i] = index
+    return found
