@@ -198,6 +198,29 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
+    async def search(
+        self, workspace_id: str, params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One search request (contract section 12): each hit, then the done record."""
+        try:
+            async with self._http.stream(
+                "GET",
+                f"/api/v1/workspaces/{workspace_id}/search",
+                params=params,
+                timeout=httpx.Timeout(30.0, read=None),  # a long search sends nothing meanwhile
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._raise_for(response)
+                pending = b""
+                async for chunk in response.aiter_bytes():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line:
+                            yield orjson.loads(line)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
     async def follow(self, run: dict[str, Any], after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Events over SSE until run.completed, reconnecting after a dropped connection.
 
