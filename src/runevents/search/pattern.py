@@ -71,7 +71,10 @@ class Pattern:
             try:
                 compiled = re2.compile(self.query, options)
             except re2.error as exc:
-                raise InvalidPattern(f"invalid regular expression: {exc}") from None
+                reason = exc.args[0] if exc.args else exc
+                if isinstance(reason, bytes):
+                    reason = reason.decode("utf-8", "replace")
+                raise InvalidPattern(f"invalid regular expression: {reason}") from None
         object.__setattr__(self, "_re", compiled)
 
     def spans(self, message: str) -> list[tuple[int, int]]:
