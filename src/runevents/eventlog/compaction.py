@@ -150,7 +150,8 @@ async def _compact_plain(log: EventLog, keys: Keys, plain: PlainLog) -> CompactI
             tail = b""
             async for block in plain.source.blocks(0, plain.end):
                 await frames.feed(block)
-                tail = block
+                # the last line may have begun in an earlier block: keep it whole
+                tail = block if b"\n" in block[:-1] else tail + block
             if plain.end and not ends_with_completed(tail):
                 raise Conflict("the log has not ended (no run.completed): it cannot be compacted")
             index = await frames.finish()
