@@ -168,6 +168,8 @@ class NgramIndex:
     event_count: int
     digest: bytes
     frames: tuple[FrameFilter, ...]
+    #: plain bytes of all frames
+    raw_bytes: int = 0
 
     @property
     def size(self) -> int:
@@ -200,7 +202,7 @@ class NgramIndex:
             at += length
         if at != len(body):
             return None
-        return cls(events, digest, tuple(frames))
+        return cls(events, digest, tuple(frames), sum(f.raw_size for f in frames))
 
 
 class Probe:

@@ -23,6 +23,7 @@ sequence of the last hit: the next request resumes just after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -181,8 +182,15 @@ class WorkspaceSearch:
         yield self.stats.done(None) + b"\n"
 
     async def _hits(self) -> AsyncIterator[tuple[RunHead, int, bytes]]:
+        stats = self.stats
         async for batch in self._batches():
             for plan in await self._plan(batch):
+                if plan.index is not None and not plan.frames:
+                    # nothing can match: the log itself is never opened (the index is
+                    # checked against the log whenever a frame is read)
+                    stats.runs_scanned += 1
+                    stats.bytes_skipped += _bytes_after(plan.index, plan.after)
+                    continue
                 try:
                     async for sequence, line in self._search_run(plan):
                         yield plan.head, sequence, line
@@ -200,22 +208,38 @@ class WorkspaceSearch:
             if head is not None:
                 self._resume[run_id] = sequence
                 yield [head]
-        while True:
-            heads, cursor = await self.repo.list_run_heads(
-                RunQuery(
-                    workspace_id=request.workspace_id,
-                    statuses=request.statuses,
-                    configuration_id=request.configuration_id,
-                    created_after=request.created_after,
-                    created_before=request.created_before,
-                    limit=BATCH,
-                    cursor=cursor,
+
+        def page(after: str | None) -> asyncio.Future[tuple[list[RunHead], str | None]]:
+            return asyncio.ensure_future(
+                self.repo.list_run_heads(
+                    RunQuery(
+                        workspace_id=request.workspace_id,
+                        statuses=request.statuses,
+                        configuration_id=request.configuration_id,
+                        created_after=request.created_after,
+                        created_before=request.created_before,
+                        limit=BATCH,
+                        cursor=after,
+                    )
                 )
             )
-            if heads:
-                yield heads
-            if cursor is None:
-                return
+
+        # the next page is read while this one is searched
+        pending = page(cursor)
+        try:
+            while True:
+                heads, cursor = await pending
+                if cursor is not None:
+                    pending = page(cursor)
+                if heads:
+                    yield heads
+                if cursor is None:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
     async def _plan(self, heads: Sequence[RunHead]) -> list[_Plan]:
         """A plan per run with a log; compacted runs' filters probed in one worker thread."""
@@ -246,11 +270,6 @@ class WorkspaceSearch:
         head = plan.head
         ref = _ref(head)
         if head.log_state is LogState.COMPRESSED:
-            if plan.index is not None and not plan.frames:
-                # nothing can match: the log itself is never opened (the index is
-                # checked against the log whenever a frame is read)
-                self.stats.bytes_skipped += _bytes_after(plan.index, plan.after)
-                return
             compressed = await open_compressed(self.log.store, self.log.keys(ref))
             if compressed is not None:
                 try:
@@ -337,6 +356,8 @@ def _frame_last(first_sequences: Sequence[int], event_count: int, i: int) -> int
 
 
 def _bytes_after(index: NgramIndex, after: int) -> int:
+    if after == 0:
+        return index.raw_bytes
     firsts = [f.first_sequence for f in index.frames]
     return sum(
         f.raw_size

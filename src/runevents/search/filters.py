@@ -54,6 +54,27 @@ class FilterCache:
             self._entries.move_to_end(run_id)
             return entry
 
+    def get_many(self, run_ids: Sequence[str]) -> list[NgramIndex | bool | None]:
+        """:meth:`get` of each (one lock for the batch)."""
+        now = time.monotonic()
+        out: list[NgramIndex | bool | None] = []
+        with self._lock:
+            entries = self._entries
+            for run_id in run_ids:
+                entry = entries.get(run_id)
+                if entry is None:
+                    out.append(False)
+                elif isinstance(entry, float):
+                    if now - entry > MISSING_TTL:
+                        del entries[run_id]
+                        out.append(False)
+                    else:
+                        out.append(None)
+                else:
+                    entries.move_to_end(run_id)
+                    out.append(entry)
+        return out
+
     def put(self, run_id: str, index: NgramIndex | None) -> None:
         """Remember ``index`` (None: missing or damaged)."""
         with self._lock:
@@ -96,16 +117,11 @@ async def load_filters(
     Local files are read in one worker thread for the whole batch; remote
     objects concurrently, a few at a time.
     """
-    found: list[NgramIndex | None] = [None] * len(refs)
-    todo: list[int] = []
-    for i, ref in enumerate(refs):
-        cached = cache.get(ref.run_id)
-        if cached is False:
-            todo.append(i)
-        else:
-            found[i] = cached if isinstance(cached, NgramIndex) else None
+    found = cache.get_many([ref.run_id for ref in refs])
+    todo = [i for i, entry in enumerate(found) if entry is False]
+    out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
     if not todo:
-        return found
+        return out
     keys = [log.keys(refs[i]).ngram_index for i in todo]
     local = [log.store.local_path(key) for key in keys]
     if all(path is not None for path in local):
@@ -124,5 +140,5 @@ async def load_filters(
         loaded = list(await asyncio.gather(*(one(key) for key in keys)))
     for i, index in zip(todo, loaded, strict=True):
         cache.put(refs[i].run_id, index)
-        found[i] = index
-    return found
+        out[i] = index
+    return out
