@@ -7,6 +7,7 @@ dozens of frames and the index has something to skip.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from runevents.app import App
 from runevents.eventlog.ngrams import NgramIndex
 from runevents.maintenance import reindex, retention
 from runevents.search.filters import CACHE
+from runevents.settings import Settings
 from runevents.upkeep import run_ref
 from tests.integration.search.conftest import console, filler, make_run, search
 
@@ -225,3 +227,47 @@ async def test_search_never_stalls_the_event_loop(app: App) -> None:
     await task
     assert len(hits) == 1000 and hits2 == []
     assert worst < 0.05, f"the event loop stalled {worst * 1000:.0f} ms"
+
+
+async def test_several_statuses_and_a_time_window(app: App) -> None:
+    from datetime import timedelta
+
+    from runevents.models import RunStatus, utcnow
+
+    ok = await make_run(app, [console("hit ok")])
+    bad = await make_run(app, [console("hit bad")], status="failed")
+    await make_run(app, [console("hit cancelled")], status="cancelled")
+    both = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+    hits, _ = await search(app, "hit", statuses=both)
+    assert [h["run_id"] for h in hits] == [bad.id, ok.id]
+    hits, _ = await search(app, "hit", statuses=both, created_after=utcnow() + timedelta(hours=1))
+    assert hits == []
+    hits, _ = await search(app, "hit", created_before=bad.created_at)
+    assert [h["run_id"] for h in hits] == [ok.id]
+
+
+async def test_search_on_a_remote_store_uses_the_stored_index(
+    tmp_path: Path, database_url: str
+) -> None:
+    # memory:// behaves as a remote store: logs are spooled, then uploaded and read by key
+    settings = Settings(
+        data_dir=tmp_path / "remote",
+        database_url=database_url,
+        storage_url="memory://search-test",
+        worker_concurrency=0,
+        maintenance_interval_seconds=0,
+        flush_interval_ms=5,
+    )
+    remote = await App.open(settings, worker=False)
+    try:
+        remote.manager.log.frame_bytes = 4096
+        rare, _ = await _corpus(remote)
+        assert remote.manager.log.store.local_path("x") is None
+        hits, done = await search(remote, "zqxj-7731")
+        assert sorted(h["run_id"] for h in hits) == sorted(r.id for r in rare)
+        assert done["bytes_skipped"] > 10 * done["bytes_scanned"] > 0
+        live = await make_run(remote, [console("zqxj-7731 live")], end=False)
+        hits, _ = await search(remote, "zqxj-7731")
+        assert hits[0]["run_id"] == live.id and len(hits) == 3
+    finally:
+        await remote.close()
