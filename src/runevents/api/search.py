@@ -48,7 +48,16 @@ class NDJSONResponse(StreamingResponse):
             "then one `SearchDone` line",
             "content": {NDJSON: schemas.SEARCH_EXAMPLE},
         },
-        **errors(401, 403, 422, 503),
+        # documented as JSON explicitly: a "model" would take the route's NDJSON type
+        **{
+            status: {
+                "description": answer["description"],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
+            for status, answer in errors(401, 403, 422, 503).items()
+        },
     },
     tags=["search"],
 )
