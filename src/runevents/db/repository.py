@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.db.engine import WRITE_OPTION, Database, describe_error
-from runevents.db.listing import NEWEST_FIRST, Explain, list_statement
+from runevents.db.listing import MAX_HEADS, NEWEST_FIRST, Explain, list_statement
 from runevents.db.rows import (
     RUN_FIELDS,
     check_aware,
@@ -199,7 +199,7 @@ class RunRepository:
     async def list_run_heads(self, query: RunQuery) -> tuple[list[RunHead], str | None]:
         """:meth:`list_runs` reading only what a search needs of each run (no summary).
 
-        Same order, filters and cursor; the rows are tuples, not ``Run`` objects.
+        Same order, filters and cursor; pages of up to 5000 light rows.
         """
         created: sa.ColumnElement[Any] = runs.c.created_at
         if self._db.dialect == "sqlite":
@@ -214,17 +214,20 @@ class RunRepository:
             runs.c.log_state,
             runs.c.event_count,
         ]
-        stmt = list_statement(query, columns)
+        stmt = list_statement(query, columns, max_limit=MAX_HEADS)
         async with self._tx() as conn:
             rows = (await conn.execute(stmt)).all()
+        # enum lookups by value without the Enum call machinery: thousands of rows
+        statuses = RunStatus._value2member_map_
+        states = LogState._value2member_map_
         page = [
             RunHead(
                 id=row[0],
                 workspace_id=query.workspace_id,
                 configuration_id=row[1],
                 created_at=_utc_datetime(row[2]),
-                status=RunStatus(row[3]),
-                log_state=LogState(row[4]),
+                status=statuses[row[3]],  # type: ignore[arg-type]
+                log_state=states[row[4]],  # type: ignore[arg-type]
                 event_count=row[5],
             )
             for row in rows[: query.limit]

@@ -50,8 +50,10 @@ _log = logging.getLogger(__name__)
 #: hits per answer: default and maximum (contract section 12)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-#: runs per batch (one runs-list page)
-BATCH = 500
+#: runs per batch (one page of light rows; the next is read while one is searched):
+#: a small first page for the first hits, then large ones for throughput
+FIRST_BATCH = 200
+BATCH = 2000
 #: plain chunks smaller than this are matched on the loop (a thread hop costs more)
 INLINE_BYTES = 16 * 1024
 
@@ -182,15 +184,8 @@ class WorkspaceSearch:
         yield self.stats.done(None) + b"\n"
 
     async def _hits(self) -> AsyncIterator[tuple[RunHead, int, bytes]]:
-        stats = self.stats
         async for batch in self._batches():
             for plan in await self._plan(batch):
-                if plan.index is not None and not plan.frames:
-                    # nothing can match: the log itself is never opened (the index is
-                    # checked against the log whenever a frame is read)
-                    stats.runs_scanned += 1
-                    stats.bytes_skipped += _bytes_after(plan.index, plan.after)
-                    continue
                 try:
                     async for sequence, line in self._search_run(plan):
                         yield plan.head, sequence, line
@@ -209,7 +204,9 @@ class WorkspaceSearch:
                 self._resume[run_id] = sequence
                 yield [head]
 
-        def page(after: str | None) -> asyncio.Future[tuple[list[RunHead], str | None]]:
+        def page(
+            after: str | None, size: int = BATCH
+        ) -> asyncio.Future[tuple[list[RunHead], str | None]]:
             return asyncio.ensure_future(
                 self.repo.list_run_heads(
                     RunQuery(
@@ -218,14 +215,14 @@ class WorkspaceSearch:
                         configuration_id=request.configuration_id,
                         created_after=request.created_after,
                         created_before=request.created_before,
-                        limit=BATCH,
+                        limit=size,
                         cursor=after,
                     )
                 )
             )
 
         # the next page is read while this one is searched
-        pending = page(cursor)
+        pending = page(cursor, FIRST_BATCH)
         try:
             while True:
                 heads, cursor = await pending
@@ -242,13 +239,17 @@ class WorkspaceSearch:
                     await pending
 
     async def _plan(self, heads: Sequence[RunHead]) -> list[_Plan]:
-        """A plan per run with a log; compacted runs' filters probed in one worker thread."""
-        heads = [h for h in heads if h.log_state is not LogState.EXPIRED]
+        """The runs of a batch to read, in order, and with which frames.
+
+        The filters of the compacted runs are loaded and probed (in one worker
+        thread); a run whose every frame they rule out is counted here and never
+        opened (the index is checked against the log whenever a frame is read).
+        """
+        resume = self._resume
         compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
         indexes: dict[str, NgramIndex] = {}
         if compacted and self.probe.usable:
-            refs = [_ref(h) for h in compacted]
-            loaded = await load_filters(self.log, refs, self.cache)
+            loaded = await load_filters(self.log, compacted, self.cache)
             # an index that does not count the row's events belongs to another log
             indexes = {
                 h.id: i
@@ -258,12 +259,23 @@ class WorkspaceSearch:
         candidates: dict[str, frozenset[int]] = {}
         if indexes:
             candidates = await asyncio.to_thread(_probe_all, self.probe, indexes)
-        return [
-            _Plan(
-                h, self._resume.get(h.id, 0), indexes.get(h.id), candidates.get(h.id, frozenset())
-            )
-            for h in heads
-        ]
+        stats = self.stats
+        plans = []
+        for head in heads:
+            if head.log_state is LogState.EXPIRED:
+                continue
+            after = resume.get(head.id, 0)
+            index = indexes.get(head.id)
+            if index is None:
+                plans.append(_Plan(head, after))
+                continue
+            frames = candidates[head.id]
+            if frames:
+                plans.append(_Plan(head, after, index, frames))
+            else:
+                stats.runs_scanned += 1
+                stats.bytes_skipped += _bytes_after(index, after)
+        return plans
 
     async def _search_run(self, plan: _Plan) -> AsyncIterator[tuple[int, bytes]]:
         self.stats.runs_scanned += 1

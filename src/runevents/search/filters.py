@@ -16,12 +16,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
-from runevents.eventlog import EventLog, RunRef
+from runevents.eventlog import EventLog
 from runevents.eventlog.locate import read_object
 from runevents.eventlog.ngrams import NgramIndex
 from runevents.exceptions import StorageError
+from runevents.logstore import paths
+from runevents.logstore.base import LogStore
+from runevents.models import RunHead
 
 #: bytes of parsed filters kept in memory
 CACHE_BYTES = 64 * 1024 * 1024
@@ -99,37 +101,39 @@ class FilterCache:
 CACHE = FilterCache()
 
 
-def _read_local(paths: Sequence[Path]) -> list[NgramIndex | None]:
+def _read_local(store: LogStore, runs: Sequence[RunHead]) -> list[NgramIndex | None]:
+    # keys and paths are built here too: thousands of them cost more than the reads
     out: list[NgramIndex | None] = []
-    for path in paths:
+    for run in runs:
+        path = store.local_path(paths.ngram_index_key(run.workspace_id, run.id))
         try:
-            out.append(NgramIndex.from_bytes(path.read_bytes()))
+            out.append(NgramIndex.from_bytes(path.read_bytes()) if path else None)
         except OSError:
             out.append(None)
     return out
 
 
 async def load_filters(
-    log: EventLog, refs: Sequence[RunRef], cache: FilterCache = CACHE
+    log: EventLog, runs: Sequence[RunHead], cache: FilterCache = CACHE
 ) -> list[NgramIndex | None]:
     """The search index of each run (None: missing or damaged), from the cache or the store.
 
     Local files are read in one worker thread for the whole batch; remote
     objects concurrently, a few at a time.
     """
-    found = cache.get_many([ref.run_id for ref in refs])
+    found = cache.get_many([run.id for run in runs])
     todo = [i for i, entry in enumerate(found) if entry is False]
     out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
     if not todo:
         return out
-    keys = [log.keys(refs[i]).ngram_index for i in todo]
-    local = [log.store.local_path(key) for key in keys]
-    if all(path is not None for path in local):
-        loaded = await asyncio.to_thread(_read_local, [p for p in local if p is not None])
+    missing = [runs[i] for i in todo]
+    if log.store.local_path(paths.LOG_NAME) is not None:
+        loaded = await asyncio.to_thread(_read_local, log.store, missing)
     else:
         limit = asyncio.Semaphore(REMOTE_READS)
 
-        async def one(key: str) -> NgramIndex | None:
+        async def one(run: RunHead) -> NgramIndex | None:
+            key = paths.ngram_index_key(run.workspace_id, run.id)
             async with limit:
                 try:
                     data = await read_object(log.store, key)
@@ -137,8 +141,8 @@ async def load_filters(
                     return None
             return NgramIndex.from_bytes(data) if data else None
 
-        loaded = list(await asyncio.gather(*(one(key) for key in keys)))
+        loaded = list(await asyncio.gather(*(one(run) for run in missing)))
     for i, index in zip(todo, loaded, strict=True):
-        cache.put(refs[i].run_id, index)
+        cache.put(runs[i].id, index)
         out[i] = index
     return out
