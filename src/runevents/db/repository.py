@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -225,7 +225,7 @@ class RunRepository:
                 id=row[0],
                 workspace_id=query.workspace_id,
                 configuration_id=row[1],
-                created_at=_utc_datetime(row[2]),
+                created=row[2],
                 status=statuses[row[3]],  # type: ignore[arg-type]
                 log_state=states[row[4]],  # type: ignore[arg-type]
                 event_count=row[5],
@@ -253,7 +253,7 @@ class RunRepository:
             id=row[0],
             workspace_id=workspace_id,
             configuration_id=row[1],
-            created_at=row[2],
+            created=row[2],
             status=RunStatus(row[3]),
             log_state=LogState(row[4]),
             event_count=row[5],
@@ -580,10 +580,3 @@ class RunRepository:
         async with self._tx() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         return [from_row(row) for row in rows]
-
-
-def _utc_datetime(value: datetime | str) -> datetime:
-    """A ``created_at`` read as stored (SQLite: naive UTC text) as an aware UTC datetime."""
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    return value.astimezone(UTC)
