@@ -33,6 +33,7 @@ Sizes can be changed with ``RUNEVENTS_BENCH_SEARCH_RUNS`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import shutil
@@ -202,6 +203,10 @@ class Sampler:
         self.peak = self.base
         self.stall = 0.0
         self.callback_cpu = 0.0
+        self.callback = ""
+        #: longest garbage collection pause (any thread)
+        self.gc_pause = 0.0
+        self._gc_started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._original = asyncio.events.Handle._run
@@ -224,9 +229,13 @@ class Sampler:
         def timed_run(handle: asyncio.Handle) -> None:
             started = time.thread_time()
             original(handle)
-            sampler.callback_cpu = max(sampler.callback_cpu, time.thread_time() - started)
+            used = time.thread_time() - started
+            if used > sampler.callback_cpu:
+                sampler.callback_cpu = used
+                sampler.callback = repr(handle)[:160]
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+        gc.callbacks.append(self._gc)
         self._thread.start()
         return asyncio.create_task(self.ticker())
 
@@ -235,6 +244,13 @@ class Sampler:
         await task
         self._thread.join()
         asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+        gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause = max(self.gc_pause, time.perf_counter() - self._gc_started)
 
 
 async def search(
@@ -455,8 +471,9 @@ async def measure(quick: bool) -> list[Row]:
                 "longest event loop callback during the searches (CPU)",
                 sampler.callback_cpu * 1000,
                 "ms",
-                note="thread CPU time of one loop callback: what search holds the loop for; "
-                "goal < 50 ms",
+                note="thread CPU time of one loop callback: what search holds the loop for "
+                f"(longest garbage collection meanwhile {sampler.gc_pause * 1000:.0f} ms; "
+                f"the callback: {sampler.callback}); goal < 50 ms",
             )
         )
         rows.append(
