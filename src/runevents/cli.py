@@ -326,6 +326,6 @@ def token_new(
 def main() -> None:
     """Console-script entry point."""
     # importing registers their commands on `app`
-    from runevents import cli_client, cli_maintenance  # noqa: F401
+    from runevents import cli_client, cli_maintenance, cli_search  # noqa: F401
 
     app()

@@ -405,6 +405,9 @@ async def reindex(manager: RunManager, *, progress: Progress | None = None) -> R
         tally.found(1)
         try:
             run = await manager.reindex_log(ref.workspace_id, ref.run_id)
+            if run.log_state is LogState.COMPRESSED:
+                # the search index is rebuilt from the frames too (issue 16)
+                await manager.log.index_for_search(run_ref(run))
         except RuneventsError as exc:
             report.errors.append(f"{ref.run_id}: {exc.message}")
             tally.done(None)

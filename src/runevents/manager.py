@@ -43,7 +43,7 @@ from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
 from runevents.ownership import Ownership
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
 from runevents.run_masks import RunMasks
-from runevents.search import search_console
+from runevents.search import SearchRequest, WorkspaceSearch, search_console
 from runevents.session import RunSession
 from runevents.settings import Settings
 from runevents.upkeep import RunUpkeep
@@ -391,6 +391,10 @@ class RunManager(ProducerIngest, RunUpkeep):
             after_sequence=after_sequence,
             limit=limit,
         )
+
+    def search_runs(self, request: SearchRequest) -> AsyncIterator[bytes]:
+        """Search across a workspace's runs: NDJSON hit lines, then the done line (search/)."""
+        return WorkspaceSearch(self.repo, self.log, request).lines()
 
 
 #: reverse of models.TRANSITIONS for the live moves a session may make

@@ -143,6 +143,29 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RunHead:
+    """What a search across runs reads of a run row (``RunRepository.list_run_heads``)."""
+
+    id: str
+    workspace_id: str
+    configuration_id: str
+    #: ``created_at`` as the database gave it: an aware datetime, or SQLite's naive
+    #: UTC text, parsed only when asked for (a search lists thousands of rows and
+    #: needs the time of one or two)
+    created: datetime | str
+    status: RunStatus
+    log_state: LogState
+    event_count: int
+
+    @property
+    def created_at(self) -> datetime:
+        """The row's ``created_at``, aware UTC."""
+        if isinstance(self.created, str):
+            return datetime.fromisoformat(self.created).replace(tzinfo=UTC)
+        return self.created.astimezone(UTC)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunQuery:
     """Filters and page position of the runs list (newest first)."""
 

@@ -100,7 +100,11 @@ async def test_compact_older_than_0s_compresses_every_ended_run(settings: Settin
             row = await app.manager.repo.get_run(run.id)
             assert row.log_state is LogState.COMPRESSED, name
             assert await log_bytes(app, row) == data.content[name]
-            assert files_of(app, row) == ["events.ndjson.zst", "events.ndjson.zst.idx"]
+            assert files_of(app, row) == [
+                "events.ndjson.zst",
+                "events.ndjson.zst.idx",
+                "events.ndjson.zst.ngrams",
+            ]
         assert (await app.manager.repo.get_run(running.id)).log_state is LogState.LIVE
 
 

@@ -231,7 +231,11 @@ async def test_kill_during_compaction_leaves_a_readable_log_and_the_next_pass_fi
             names = log_files(app, row)
             leftovers += [name for name in names if name.startswith(TEMP_PREFIX)]
             names = [name for name in names if not name.startswith(TEMP_PREFIX)]
-            assert names == ["events.ndjson.zst", "events.ndjson.zst.idx"]
+            assert names == [
+                "events.ndjson.zst",
+                "events.ndjson.zst.idx",
+                "events.ndjson.zst.ngrams",
+            ]
         assert CompactionJournal(m.log).pending() == []
     finally:
         await app.close()

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from runevents.api import durable, errors, events, lookup, openapi, ops, outline, runs, session
+from runevents.api import durable, errors, events, lookup, openapi, ops, outline, runs, search, session
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.guard import OpenModeGuard
@@ -191,6 +191,7 @@ def create_app(
     api.include_router(ops.router)
     api.include_router(durable.router)
     api.include_router(outline.router)
+    api.include_router(search.router)
     _mount_web(api)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes

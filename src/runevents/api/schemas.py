@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from runevents.api.ingest import MAX_DEPTH, NDJSON, json_depth
 
@@ -341,3 +341,44 @@ def ndjson_content(
     if example is not None:
         media["example"] = example
     return {NDJSON: media}
+
+
+class SearchHit(BaseModel):
+    """``GET /workspaces/{ws}/search``: one line per hit (contract section 12)."""
+
+    run_id: str
+    configuration_id: str
+    sequence: int
+    created_at: str
+    message: str
+    match: list[tuple[int, int]] = Field(
+        description="[start, end) of each match, in Unicode code points of `message`"
+    )
+
+
+class SearchDone(BaseModel):
+    """The last line of a search answer."""
+
+    done: Literal[True]
+    hits: int = Field(description="hits in this answer")
+    runs_scanned: int = Field(description="runs looked at (by their index or by reading)")
+    bytes_scanned: int = Field(description="plain log bytes read and matched")
+    bytes_skipped: int = Field(description="plain log bytes the search index ruled out unread")
+    elapsed_ms: float
+    cursor: str | None = Field(
+        description="set when `limit` was reached: repeat the request with it to continue"
+    )
+
+
+class SearchLine(RootModel[SearchHit | SearchDone]):
+    """One line of the NDJSON search answer: a hit, or the final done record."""
+
+
+#: example of the search answer (NDJSON: hits, then the done record)
+SEARCH_EXAMPLE = {
+    "schema": {"$ref": "#/components/schemas/SearchLine"},
+    "example": '{"run_id":"run_01J...","configuration_id":"etl","sequence":17,'
+    '"created_at":"2026-11-24T06:00:00.123456Z","message":"ConnectionResetError: peer",'
+    '"match":[[0,20]]}\n{"done":true,"hits":1,"runs_scanned":40,"bytes_scanned":1048576,'
+    '"bytes_skipped":52428800,"elapsed_ms":12.5,"cursor":null}\n',
+}

@@ -322,6 +322,29 @@ class AsyncClient:
                     on_retry(failures, str(exc) or exc.__class__.__name__)
             await asyncio.sleep(self.reconnect_delay)
 
+    async def search(
+        self, workspace_id: str, params: Mapping[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One search request (contract section 12): each hit, then the ``done`` record."""
+        try:
+            async with self._http.stream(
+                "GET",
+                f"/api/v1/workspaces/{workspace_id}/search",
+                params=dict(params),
+                timeout=httpx.Timeout(30.0, read=None),  # a long search sends nothing meanwhile
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._error(response)
+                pending = b""
+                async for chunk in response.aiter_bytes():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line:
+                            yield orjson.loads(line)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
     async def append(
         self,
         run: RunRef,

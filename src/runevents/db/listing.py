@@ -8,6 +8,7 @@ the page is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,18 +24,27 @@ from runevents.models import RunQuery, RunStatus
 
 #: runs-list page size bounds (contract section 4)
 MAX_LIMIT = 500
+#: page size bound of the light rows a search lists (``RunRepository.list_run_heads``)
+MAX_HEADS = 5000
 NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
 
 
-def list_statement(query: RunQuery) -> sa.Select[Any]:
+def list_statement(
+    query: RunQuery,
+    columns: Sequence[sa.ColumnElement[Any]] | None = None,
+    max_limit: int = MAX_LIMIT,
+) -> sa.Select[Any]:
     """The SELECT of one runs-list page: ``query.limit + 1`` rows, newest first.
 
     The extra row tells whether a next page exists. InvalidInput for a bad
-    limit, id, timestamp or cursor.
+    limit, id, timestamp or cursor. ``columns``: only these (default: all),
+    which must include ``created_at`` and ``id``; light rows may come in
+    larger pages (``max_limit``).
     """
+    selected = list(columns) if columns is not None else list(runs.c)
     check_name(query.workspace_id, "workspace_id")
-    if not isinstance(query.limit, int) or not 1 <= query.limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    if not isinstance(query.limit, int) or not 1 <= query.limit <= max_limit:
+        raise InvalidInput(f"limit must be between 1 and {max_limit}")
     where: list[sa.ColumnElement[bool]] = [runs.c.workspace_id == query.workspace_id]
     if query.configuration_id is not None:
         check_name(query.configuration_id, "configuration_id")
@@ -57,13 +67,13 @@ def list_statement(query: RunQuery) -> sa.Select[Any]:
     if len(statuses) <= 1 or len(statuses) == len(RunStatus):
         if len(statuses) == 1:
             where.append(runs.c.status == statuses[0])
-        return runs.select().where(*where).order_by(*NEWEST_FIRST).limit(fetch)
+        return sa.select(*selected).where(*where).order_by(*NEWEST_FIRST).limit(fetch)
     # Several statuses: one ordered index range per status, each cut at `fetch`,
     # then merged. With `status IN (...)` the database would have to either sort
     # every matching run or walk the whole workspace filtering on status.
     branches = [
         sa.select(
-            runs.select()
+            sa.select(*selected)
             .where(*where, runs.c.status == status)
             .order_by(*NEWEST_FIRST)
             .limit(fetch)

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.db.engine import WRITE_OPTION, Database, describe_error
-from runevents.db.listing import NEWEST_FIRST, Explain, list_statement
+from runevents.db.listing import MAX_HEADS, NEWEST_FIRST, Explain, list_statement
 from runevents.db.rows import (
     RUN_FIELDS,
     check_aware,
@@ -57,6 +57,7 @@ from runevents.models import (
     TRANSITIONS,
     LogState,
     Run,
+    RunHead,
     RunQuery,
     RunStatus,
     utcnow,
@@ -238,6 +239,69 @@ class RunRepository:
         page = [from_row(row) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def list_run_heads(self, query: RunQuery) -> tuple[list[RunHead], str | None]:
+        """:meth:`list_runs` reading only what a search needs of each run (no summary).
+
+        Same order, filters and cursor; pages of up to 5000 light rows.
+        """
+        created: sa.ColumnElement[Any] = runs.c.created_at
+        if self._db.dialect == "sqlite":
+            # the text as stored, parsed below: the DateTime type's own parsing cost
+            # more than everything else of a row (a search lists thousands)
+            created = sa.type_coerce(runs.c.created_at, sa.String).label("created_at")
+        columns = [
+            runs.c.id,
+            runs.c.configuration_id,
+            created,
+            runs.c.status,
+            runs.c.log_state,
+            runs.c.event_count,
+        ]
+        stmt = list_statement(query, columns, max_limit=MAX_HEADS)
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        # enum lookups by value without the Enum call machinery: thousands of rows
+        statuses = RunStatus._value2member_map_
+        states = LogState._value2member_map_
+        page = [
+            RunHead(
+                id=row[0],
+                workspace_id=query.workspace_id,
+                configuration_id=row[1],
+                created=row[2],
+                status=statuses[row[3]],  # type: ignore[arg-type]
+                log_state=states[row[4]],  # type: ignore[arg-type]
+                event_count=row[5],
+            )
+            for row in rows[: query.limit]
+        ]
+        more = len(rows) > query.limit
+        return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def get_run_head(self, workspace_id: str, run_id: str) -> RunHead | None:
+        """The light row of one run of ``workspace_id`` (None if there is none)."""
+        stmt = sa.select(
+            runs.c.id,
+            runs.c.configuration_id,
+            runs.c.created_at,
+            runs.c.status,
+            runs.c.log_state,
+            runs.c.event_count,
+        ).where(runs.c.id == run_id, runs.c.workspace_id == workspace_id)
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return RunHead(
+            id=row[0],
+            workspace_id=workspace_id,
+            configuration_id=row[1],
+            created=row[2],
+            status=RunStatus(row[3]),
+            log_state=LogState(row[4]),
+            event_count=row[5],
+        )
 
     async def explain_list_runs(self, query: RunQuery, *, analyze: bool = True) -> list[str]:
         """The database's plan for :meth:`list_runs` with ``query``, one line per item.

@@ -119,6 +119,8 @@ class EventLog:
         self.file_ops = file_ops
         #: test seam for crash tests of compaction (called with each step's name)
         self.step_hook: StepHook | None = None
+        #: build the search index (n-gram filters per frame) when compacting
+        self.search_index = True
         self._writers: dict[str, RunWriter] = {}
         self._tails: dict[str, Tail] = {}
         self._keys: dict[RunRef, Keys] = {}
@@ -478,6 +480,10 @@ class EventLog:
     async def delete(self, ref: RunRef) -> None:
         """Remove every object of the run's log, in every form (retention). Idempotent."""
         await compaction.delete(self, ref)
+
+    async def index_for_search(self, ref: RunRef) -> bool:
+        """(Re)build the search index of a compressed log (reindex); False if not compressed."""
+        return await compaction.index_for_search(self, ref)
 
     def scan(self) -> AsyncIterator[RunRef]:
         """Every run log in storage and spool; configuration_id comes from the first line."""

@@ -9,7 +9,9 @@ log, and readers prefer the plain form while it exists):
 3. ``verified``: every frame is decompressed again and checked against the
    event count and SHA-256 of the plain log;
 4. ``index_stored``: the frame index is stored (renamed into place / uploaded);
-5. ``stored``: the frames are stored -- from here the compressed form exists.
+5. ``stored``: the frames are stored -- from here the compressed form exists;
+6. the search index (n-gram filters per frame, built from the same frames as
+   they were compressed) is stored, best effort: a log without it is scanned.
 
 The caller (the manager) then points the run row at it, and only then calls
 :func:`drop_plain`, which deletes the plain log (``plain_deleted``) and then
@@ -20,13 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runevents.eventlog.compressed import FrameIndex, FrameWriter, fsync_path, verify
+from runevents.eventlog.compressed import (
+    FrameIndex,
+    FrameWriter,
+    decompress_frame,
+    fsync_path,
+    verify,
+)
 from runevents.eventlog.files import WriterLock
 from runevents.eventlog.locate import (
     CompressedLog,
@@ -45,6 +54,9 @@ from runevents.logstore.local import TEMP_PREFIX, fsync_dir
 
 if TYPE_CHECKING:
     from runevents.eventlog import EventLog
+    from runevents.eventlog.ngrams import IndexBuilder
+
+_log = logging.getLogger(__name__)
 
 
 def _step(log: EventLog, name: str) -> None:
@@ -85,6 +97,8 @@ async def compact(log: EventLog, ref: RunRef) -> CompactInfo:
         existing = await open_compressed(log.store, keys)
         if existing is not None:
             existing.close()
+            if log.search_index and not await _has_object(log, keys.ngram_index):
+                await index_for_search(log, ref)  # compacted before the index existed, or lost
             return await _existing_info(log, keys, existing)
         plain = await open_any(log.store, keys)
         if not isinstance(plain, PlainLog):
@@ -126,11 +140,18 @@ async def _compact_plain(log: EventLog, keys: Keys, plain: PlainLog) -> CompactI
     try:
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            frames = FrameWriter(fd, frame_bytes=log.frame_bytes, level=log.compression_level)
+            ngrams = _ngram_builder() if log.search_index else None
+            frames = FrameWriter(
+                fd,
+                frame_bytes=log.frame_bytes,
+                level=log.compression_level,
+                frame_hook=ngrams.add_frame if ngrams is not None else None,
+            )
             tail = b""
             async for block in plain.source.blocks(0, plain.end):
                 await frames.feed(block)
-                tail = block
+                # the last line may have begun in an earlier block: keep it whole
+                tail = block if b"\n" in block[:-1] else tail + block
             if plain.end and not ends_with_completed(tail):
                 raise Conflict("the log has not ended (no run.completed): it cannot be compacted")
             index = await frames.finish()
@@ -168,6 +189,8 @@ async def _compact_plain(log: EventLog, keys: Keys, plain: PlainLog) -> CompactI
         if local_target is None:
             with contextlib.suppress(OSError):
                 work_dir.rmdir()
+    if ngrams is not None:
+        await _store_ngram_index(log, keys, ngrams.to_bytes(index.event_count, index.digest))
     return CompactInfo(
         events_path=events_path,
         event_count=index.event_count,
@@ -205,7 +228,14 @@ async def delete(log: EventLog, ref: RunRef) -> None:
                 path.unlink()
         prefix = paths.run_prefix(ref.workspace_id, ref.run_id)
         stored = [info.key async for info in log.store.list(prefix)]
-        for key in (keys.log, keys.index, keys.compressed, keys.compressed_index, *stored):
+        for key in (
+            keys.log,
+            keys.index,
+            keys.compressed,
+            keys.compressed_index,
+            keys.ngram_index,
+            *stored,
+        ):
             await log.store.delete(key)
         if keys.spooled:
             for path in await asyncio.to_thread(list, keys.live.parent.glob("events.ndjson*")):
@@ -213,6 +243,57 @@ async def delete(log: EventLog, ref: RunRef) -> None:
                     path.unlink()
             with contextlib.suppress(OSError):
                 _work_dir(log, keys).rmdir()
+
+
+# ---------------------------------------------------------------------------
+# the search index (eventlog/ngrams.py)
+
+
+def _ngram_builder() -> IndexBuilder:
+    # imported here: numpy is only needed where logs are compacted or searched
+    from runevents.eventlog.ngrams import IndexBuilder
+
+    return IndexBuilder()
+
+
+async def _has_object(log: EventLog, key: str) -> bool:
+    try:
+        await log.store.stat(key)
+    except LogNotFound:
+        return False
+    return True
+
+
+async def _store_ngram_index(log: EventLog, keys: Keys, data: bytes) -> None:
+    """Store the search index; a failure is logged, never fatal (searches then scan)."""
+    try:
+        await log.store.write(keys.ngram_index, data)
+    except (OSError, StorageError) as exc:
+        _log.warning("search index of %s not stored (searches scan it): %s", keys.log, exc)
+    else:
+        _step(log, "ngram_index_stored")
+
+
+async def index_for_search(log: EventLog, ref: RunRef) -> bool:
+    """(Re)build the search index of a compressed log from its frames (reindex).
+
+    False if the run has no compressed log. One frame in memory at a time;
+    decompressing and indexing run in a worker thread.
+    """
+    keys = log.keys(ref)
+    compressed = await open_compressed(log.store, keys)
+    if compressed is None:
+        return False
+    try:
+        builder = _ngram_builder()
+        frames = compressed.index
+        for i in range(frames.frames):
+            raw = await decompress_frame(compressed.source, frames, i)
+            await asyncio.to_thread(builder.add_frame, frames.first_sequences[i], raw)
+    finally:
+        compressed.close()
+    await _store_ngram_index(log, keys, builder.to_bytes(frames.event_count, frames.digest))
+    return True
 
 
 def _work_dir(log: EventLog, keys: Keys) -> Path:
@@ -272,4 +353,4 @@ def _spooled_logs(root: Path) -> list[Path]:
     return sorted(root.glob(f"*/runs/*/logs/{paths.LOG_NAME}"))
 
 
-__all__ = ["FrameIndex", "compact", "delete", "drop_plain", "scan"]
+__all__ = ["FrameIndex", "compact", "delete", "drop_plain", "index_for_search", "scan"]

@@ -38,6 +38,8 @@ LEVEL = 3
 
 #: test seam: called with a step name during compaction; raising there simulates a crash
 StepHook = Callable[[str], None]
+#: called with (first sequence, plain bytes) of each frame, in the compressing thread
+FrameHook = Callable[[int, bytes], None]
 
 
 @dataclass(slots=True)
@@ -163,8 +165,16 @@ async def read_compressed(
 class FrameWriter:
     """Cuts a plain log into frames, compresses them into ``fd``, hashes and counts the input."""
 
-    def __init__(self, fd: int, *, frame_bytes: int = FRAME_BYTES, level: int = LEVEL) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        frame_bytes: int = FRAME_BYTES,
+        level: int = LEVEL,
+        frame_hook: FrameHook | None = None,
+    ) -> None:
         self.fd = fd
+        self.frame_hook = frame_hook
         self.frame_bytes = frame_bytes
         self.index = FrameIndex()
         self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
@@ -197,9 +207,15 @@ class FrameWriter:
         self.index.digest = self._hash.digest()
         return self.index
 
+    def _compress(self, raw: bytes, first_sequence: int) -> bytes:
+        if self.frame_hook is not None:
+            self.frame_hook(first_sequence, raw)
+        data: bytes = self._compressor.compress(raw)
+        return data
+
     async def _emit(self, raw: bytes) -> None:
-        # zstd releases the GIL: compress off the event loop
-        data = await asyncio.to_thread(self._compressor.compress, raw)
+        # zstd releases the GIL: compress (and index, if asked) off the event loop
+        data = await asyncio.to_thread(self._compress, raw, self._next_sequence)
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]

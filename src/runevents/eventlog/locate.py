@@ -47,6 +47,8 @@ class Keys:
     index: str
     compressed: str
     compressed_index: str
+    #: search index of the compressed log (never needed for a correct read)
+    ngram_index: str
     #: the file a writer appends to (local store or spool)
     live: Path
     live_index: Path
@@ -67,6 +69,7 @@ def keys_for(store: LogStore, spool_dir: Path, ref: RunRef) -> Keys:
         index=index_key,
         compressed=paths.compressed_key(ws, run),
         compressed_index=paths.compressed_index_key(ws, run),
+        ngram_index=paths.ngram_index_key(ws, run),
         live=live,
         live_index=live.with_name(paths.INDEX_NAME),
         lock=live.with_name(paths.LOG_NAME + LOCK_SUFFIX),

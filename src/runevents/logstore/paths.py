@@ -16,6 +16,8 @@ COMPRESSED_NAME = "events.ndjson.zst"
 INDEX_NAME = "events.ndjson.idx"
 #: sequence -> frame index of the compressed log
 COMPRESSED_INDEX_NAME = "events.ndjson.zst.idx"
+#: search index of the compressed log: an n-gram Bloom filter per frame (eventlog ngrams)
+NGRAM_INDEX_NAME = "events.ndjson.zst.ngrams"
 
 
 def run_prefix(workspace_id: str, run_id: str) -> str:
@@ -42,6 +44,11 @@ def compressed_key(workspace_id: str, run_id: str) -> str:
 def compressed_index_key(workspace_id: str, run_id: str) -> str:
     """Key of the compacted log's frame index."""
     return run_prefix(workspace_id, run_id) + COMPRESSED_INDEX_NAME
+
+
+def ngram_index_key(workspace_id: str, run_id: str) -> str:
+    """Key of the compacted log's search index (n-gram filters per frame)."""
+    return run_prefix(workspace_id, run_id) + NGRAM_INDEX_NAME
 
 
 def parse_log_key(key: str) -> tuple[str, str, str] | None:

@@ -55,7 +55,11 @@ async def test_compacts_only_ended_runs_older_than_the_age_counted_from_complete
     assert report.bytes_before == old.events_bytes and report.bytes_after == after.events_bytes
     # the counters and the summary are the run's, not the storage form's
     assert after.event_count == old.event_count and after.summary == old.summary
-    assert files_of(app, old) == ["events.ndjson.zst", "events.ndjson.zst.idx"]
+    assert files_of(app, old) == [
+        "events.ndjson.zst",
+        "events.ndjson.zst.idx",
+        "events.ndjson.zst.ngrams",
+    ]
     for untouched in (young, late):
         row = await m.get_run("acme", "ext", untouched.id)
         assert row.log_state is LogState.PLAIN and "events.ndjson" in files_of(app, row)
@@ -205,7 +209,11 @@ async def test_interrupted_compaction_in_the_journal_is_finished_by_the_next_pas
     report = await compact(m, HOUR)
 
     assert report.recovered == [run.id] and report.runs == 0 and not report.errors
-    assert files_of(app, run) == ["events.ndjson.zst", "events.ndjson.zst.idx"]
+    assert files_of(app, run) == [
+        "events.ndjson.zst",
+        "events.ndjson.zst.idx",
+        "events.ndjson.zst.ngrams",
+    ]
     assert CompactionJournal(m.log).pending() == []
     assert await log_bytes(app, await m.repo.get_run(run.id)) == content
 

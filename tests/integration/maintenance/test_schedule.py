@@ -33,7 +33,11 @@ async def test_server_compacts_on_its_schedule_and_leaves_live_runs(settings: Se
         run = await finished_run(app)
         content = await log_bytes(app, run)
         await wait_for_state(app, run, LogState.COMPRESSED)
-        assert files_of(app, run) == ["events.ndjson.zst", "events.ndjson.zst.idx"]
+        assert files_of(app, run) == [
+            "events.ndjson.zst",
+            "events.ndjson.zst.idx",
+            "events.ndjson.zst.ngrams",
+        ]
         assert await log_bytes(app, await app.manager.repo.get_run(run.id)) == content
         # several more passes go by: the live run is never touched
         await asyncio.sleep(0.3)

@@ -257,3 +257,38 @@ export function outlinePage(path, afterSequence, { signal } = {}) {
 export function textUrl(path, { download = false } = {}) {
   return `${path}/text${download ? "?download=true" : ""}`;
 }
+
+// ---- search across runs (contract section 12) -------------------------------
+
+/**
+ * Search a workspace's runs. `onHit(hit)` is called for each hit as it arrives
+ * (the answer is NDJSON, streamed); resolves with the final `done` record.
+ */
+export async function searchRuns(workspaceId, query, onHit, { signal } = {}) {
+  const response = await request("GET", `${BASE}/workspaces/${enc(workspaceId)}/search`, {
+    query,
+    signal,
+    accept: "application/x-ndjson",
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  let done = null;
+  for (;;) {
+    const { value, done: finished } = await reader.read();
+    if (value) pending += decoder.decode(value, { stream: true });
+    // NDJSON lines end at "\n" only (a message may hold U+2028 and friends, escaped or not)
+    let cut;
+    while ((cut = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, cut);
+      pending = pending.slice(cut + 1);
+      if (!line) continue;
+      const record = JSON.parse(line);
+      if (record.done === true) done = record;
+      else onHit(record);
+    }
+    if (finished) break;
+  }
+  if (!done) throw new ApiError(0, "incomplete", "The search answer ended early; try again.");
+  return done;
+}

@@ -3,9 +3,10 @@
 
 import { getSession, listConfigurations, listWorkspaces, onUnauthorized, signIn, signOut } from "./api.js";
 import { h, replaceChildren } from "./dom.js";
-import { Router, workspaceUrl } from "./router.js";
+import { Router, searchUrl, workspaceUrl } from "./router.js";
 import { RunView } from "./run-view.js";
 import { RunsListView } from "./runs-list.js";
+import { SearchView } from "./search-view.js";
 import { errorMessage, notice } from "./widgets.js";
 
 const WRITE_ROLES = ["write", "admin"];
@@ -93,6 +94,7 @@ class App {
       this.bar,
       h("a", { class: "brand", href: "/" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "▚"), "runevents"),
       this.session && this.workspaces.length ? h("label", { class: "ws" }, h("span", { class: "sr-only" }, "Workspace"), select) : null,
+      this.session && current ? h("a", { class: "nav-link", href: searchUrl(current), "data-testid": "search-link" }, "Search") : null,
       h("div", { class: "spacer" }),
       who,
     );
@@ -107,7 +109,7 @@ class App {
   async show(route) {
     const { name, params } = route;
     this.currentWorkspace = params.workspaceId ?? null;
-    if (name === "home" || name === "runs") {
+    if (name === "home" || name === "runs" || name === "search") {
       this.mount(null);
       await this.directory; // the list needs the configurations; home needs the workspaces
       if (this.router.current !== `${location.pathname}${location.search}`) return; // navigated meanwhile
@@ -156,6 +158,8 @@ class App {
     this.renderBar(ws);
     if (name === "runs") {
       this.mount(new RunsListView(this.main, { workspaceId: ws, configurations: this.configurations, canWrite: this.canWrite(ws), router: this.router }));
+    } else if (name === "search") {
+      this.mount(new SearchView(this.main, { workspaceId: ws, configurations: this.configurations, router: this.router }));
     } else if (name === "run") {
       this.mount(new RunView(this.main, { workspaceId: ws, runId: params.runId, canWrite: this.canWrite(ws), router: this.router }));
     }

@@ -2,13 +2,17 @@
 //   /                                   -> the first workspace
 //   /workspaces/{ws}                    -> runs list
 //   /workspaces/{ws}/runs/{run_id}      -> run view (#seq=N points at a line)
+//   /workspaces/{ws}/search             -> search across the workspace's runs
 
-/** The route of a pathname: `{name, params}`; name is "home", "runs", "run" or "notFound". */
+/** The route of a pathname: `{name, params}`; name is "home", "runs", "run", "search" or "notFound". */
 export function parseRoute(pathname) {
   const parts = pathname.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts.length === 0) return { name: "home", params: {} };
   if (parts[0] === "workspaces" && parts.length === 2) {
     return { name: "runs", params: { workspaceId: parts[1] } };
+  }
+  if (parts[0] === "workspaces" && parts.length === 3 && parts[2] === "search") {
+    return { name: "search", params: { workspaceId: parts[1] } };
   }
   if (parts[0] === "workspaces" && parts.length === 4 && parts[2] === "runs") {
     return { name: "run", params: { workspaceId: parts[1], runId: parts[3] } };
@@ -18,6 +22,10 @@ export function parseRoute(pathname) {
 
 export function workspaceUrl(workspaceId, query = "") {
   return `/workspaces/${encodeURIComponent(workspaceId)}${query}`;
+}
+
+export function searchUrl(workspaceId, query = "") {
+  return `/workspaces/${encodeURIComponent(workspaceId)}/search${query}`;
 }
 
 export function runUrl(workspaceId, runId, seq = null) {

@@ -246,6 +246,9 @@ export class RunView {
     });
     this.toggles.apply();
     this.console.setEmptyText(isActive(run.status) ? "Waiting for output…" : "No events.");
+    // `?hl=TEXT` (a hit of the workspace search): mark that text in the rows
+    const hl = new URLSearchParams(location.search).get("hl");
+    if (hl) this.console.setHighlight(new RegExp(hl.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "g"));
     document.title = `${run.configuration_id} · ${run.id} · runevents`;
   }
 

@@ -1,0 +1,500 @@
+"""Search across runs (issue 16): the n-gram index against ripgrep on the same logs.
+
+The corpus: ``RUNS`` ended runs of console lines (about 1 MB of NDJSON each,
+``TOTAL_BYTES`` in all; ``--quick``: 60 runs, ~12 MB), written as sealed plain
+logs with their rows, then compacted by ``RunManager.compact_run`` as the
+server does (zstd frames + frame index + the search index). A hard link of
+every plain log is kept in a separate directory before compaction: that is
+what ``rg`` searches, uncompressed, with a warm page cache. Messages are drawn
+from a pool made by the suite's console-line generator (``common.py``), so
+each frame has a realistic mix of text and numbers; three runs get one line
+with a rare term.
+
+Rows:
+
+- rare term (in 3 runs), all hits: the search engine (``WorkspaceSearch``, as
+  the route runs it) with the filters not cached (index files read from the
+  page cache, as a new process does) and cached (a server's steady state), vs
+  ``rg -i -F`` over the plain NDJSON (warm page cache, output captured, best
+  of 3). Goal: <= 0.1x rg.
+- the same search with the index ignored (every frame decompressed and scanned).
+- common term: first page of 100 hits. Goal: < 0.5 s.
+- index size as a share of the compressed logs (goal < 10 %), and the extra
+  compaction time (the index builder's own time inside compaction, measured
+  by wrapping it) over the whole compaction.
+- memory: RSS growth of the process during all the searches (goal < 100 MB);
+  the event loop meanwhile (goal < 50 ms): the longest CPU time of one loop
+  callback, and the longest lateness of a 5 ms ticker (wall clock).
+
+Sizes can be changed with ``RUNEVENTS_BENCH_SEARCH_RUNS`` and
+``RUNEVENTS_BENCH_SEARCH_MB`` (total plain MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from common import Row, iter_console_events, main, ratio, row, skipped_row
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from runevents.app import App  # noqa: E402
+from runevents.eventlog import ngrams  # noqa: E402
+from runevents.ids import new_run_id  # noqa: E402
+from runevents.models import LogState, Run, RunStatus, utcnow  # noqa: E402
+from runevents.search import Pattern, SearchRequest, WorkspaceSearch  # noqa: E402
+from runevents.search.filters import FilterCache  # noqa: E402
+from runevents.settings import Settings  # noqa: E402
+from runevents.upkeep import run_ref  # noqa: E402
+
+SECTION = "search"
+WS = "bench"
+RARE = "XQZWK-4412 ConnectionResetError while rebalancing"
+RARE_QUERY = "xqzwk-4412"
+COMMON_QUERY = "batch"
+MB = 1e6
+
+
+def _say(message: str) -> None:
+    print(f"[bench_search] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# the corpus
+
+_LINE = (
+    '{"type":"console.line","event_id":"evt_%s","created_at":"%s","sequence":%d,'
+    '"source":"worker","workspace_id":"' + WS + '","configuration_id":"%s","run_id":"%s",'
+    '"build_id":null,"payload":{"scope":"run","stream":"%s","level":"%s","message":%s}}\n'
+)
+_EDGE = (
+    '{"type":"%s","event_id":"evt_%s","created_at":"%s","sequence":%d,"source":"worker",'
+    '"workspace_id":"' + WS + '","configuration_id":"%s","run_id":"%s","build_id":null,'
+    '"payload":%s}\n'
+)
+
+
+def _pool(n: int) -> list[tuple[str, str, str]]:
+    """(stream, level, message as JSON) of ``n`` generated console lines."""
+    out = []
+    for event in iter_console_events(n, size=420, seed=16):
+        p = event["payload"]
+        out.append((p["stream"], p["level"], orjson.dumps(p["message"]).decode()))
+    return out
+
+
+def _log(
+    run_id: str, cfg: str, nbytes: int, pool: list[tuple[str, str, str]], rng: random.Random,
+    rare: bool,
+) -> tuple[bytes, int]:  # fmt: skip
+    """One run's NDJSON (run.queued, console lines, run.completed) of about ``nbytes``.
+
+    Envelopes as the server writes them: unique event ids, increasing timestamps.
+    """
+    prefix = run_id[4:14]
+    clock = rng.randrange(3600 * 10) * 1_000_000  # microseconds after 06:00
+
+    def stamp() -> str:
+        s, us = divmod(clock, 1_000_000)
+        return f"2026-11-24T{6 + s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}.{us:06d}Z"
+
+    def event_id() -> str:
+        return f"{prefix}{rng.getrandbits(64):016X}"
+
+    parts = [_EDGE % ("run.queued", event_id(), stamp(), 1, cfg, run_id, '{"status":"queued"}')]
+    size = len(parts[0])
+    seq = 1
+    rare_at = rng.randrange(2, max(3, nbytes // 500)) if rare else -1
+    randrange = rng.randrange
+    while size < nbytes:
+        seq += 1
+        clock += 50 + randrange(3000)
+        stream, level, message = pool[randrange(len(pool))]
+        if seq == rare_at:
+            stream, level, message = "stderr", "error", orjson.dumps(RARE).decode()
+        line = _LINE % (event_id(), stamp(), seq, cfg, run_id, stream, level, message)
+        parts.append(line)
+        size += len(line)
+    seq += 1
+    completed = '{"status":"succeeded"}'
+    parts.append(_EDGE % ("run.completed", event_id(), stamp(), seq, cfg, run_id, completed))
+    return "".join(parts).encode(), seq
+
+
+async def build_corpus(
+    app: App, runs: int, total: int, plain_dir: Path
+) -> tuple[list[Run], int, float]:
+    """Write ``runs`` sealed plain logs and their rows; hard-link each into ``plain_dir``."""
+    m = app.manager
+    pool = _pool(60_000 if total > 100 * MB else 20_000)
+    rng = random.Random(16)
+    rare_runs = {runs // 10, runs // 2, runs - 1 - runs // 10}
+    created = utcnow() - timedelta(days=1)
+    out: list[Run] = []
+    plain = 0
+    started = time.perf_counter()
+    for i in range(runs):
+        run_id = new_run_id()
+        cfg = ("etl", "load", "report")[i % 3]
+        nbytes = int(total / runs * (0.3 + 1.4 * rng.random()))
+        data, count = _log(run_id, cfg, nbytes, pool, rng, i in rare_runs)
+        created += timedelta(seconds=10)
+        run = Run(
+            id=run_id,
+            workspace_id=WS,
+            configuration_id=cfg,
+            status=RunStatus.SUCCEEDED,
+            external=True,
+            created_at=created,
+            started_at=created,
+            completed_at=created + timedelta(seconds=5),
+            updated_at=created,
+            event_count=count,
+            events_bytes=len(data),
+            log_state=LogState.PLAIN,
+        )
+        path = m.log.keys(run_ref(run)).live
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.link(path, plain_dir / f"{run_id}.ndjson")
+        run = run.evolve(events_path=str(path))
+        await m.repo.insert_run(run)
+        out.append(run)
+        plain += len(data)
+        if i % 500 == 499:
+            _say(f"{i + 1} runs, {plain / MB:.0f} MB written")
+    return out, plain, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------
+# measuring
+
+
+class Sampler:
+    """Peak RSS (sampled every 5 ms) and how long the event loop was held.
+
+    Two figures for the loop: the longest wall-clock lateness of a 5 ms ticker
+    (it includes waiting for the CPU on a busy shared machine and for the GIL),
+    and the longest CPU time one loop callback used (``time.thread_time`` around
+    every ``Handle._run``): what the code itself holds the loop for.
+    """
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.base = self.process.memory_info().rss
+        self.peak = self.base
+        self.stall = 0.0
+        self.callback_cpu = 0.0
+        self.callback = ""
+        #: longest garbage collection pause (any thread)
+        self.gc_pause = 0.0
+        self._gc_started = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._original = asyncio.events.Handle._run
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    async def ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            self.stall = max(self.stall, loop.time() - before - 0.005)
+
+    def start(self) -> asyncio.Task[None]:
+        original = self._original
+        sampler = self
+
+        def timed_run(handle: asyncio.Handle) -> None:
+            started = time.thread_time()
+            original(handle)
+            used = time.thread_time() - started
+            if used > sampler.callback_cpu:
+                sampler.callback_cpu = used
+                sampler.callback = repr(handle)[:160]
+
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+        gc.callbacks.append(self._gc)
+        self._thread.start()
+        return asyncio.create_task(self.ticker())
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        self._stop.set()
+        await task
+        self._thread.join()
+        asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+        gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause = max(self.gc_pause, time.perf_counter() - self._gc_started)
+
+
+async def search(
+    app: App, q: str, *, limit: int, cache: FilterCache
+) -> tuple[float, float, dict[str, Any]]:
+    """(seconds to the first hit, seconds to the done record, the done record)."""
+    request = SearchRequest(workspace_id=WS, pattern=Pattern(q, regex=False), limit=limit)
+    started = time.perf_counter()
+    first = None
+    done: dict[str, Any] = {}
+    async for line in WorkspaceSearch(
+        app.manager.repo, app.manager.log, request, cache=cache
+    ).lines():
+        record = orjson.loads(line)
+        if record.get("done"):
+            done = record
+        elif first is None:
+            first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return first if first is not None else total, total, done
+
+
+def rg_seconds(rg: str, directory: Path, term: str) -> tuple[float, int]:
+    """Best of 3 of ``rg -i -F term`` (page cache warmed first); and its hit count."""
+    argv = [rg, "--no-ignore", "-i", "-F", term, str(directory)]
+    # output captured (not /dev/null: rg would stop at the first match there)
+    subprocess.run(argv, capture_output=True, check=False)
+    best, hits = float("inf"), 0
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, check=False)
+        best = min(best, time.perf_counter() - started)
+        hits = done.stdout.count(b"\n")
+    return best, hits
+
+
+async def best_of(
+    n: int, fn: Callable[[], Awaitable[tuple[float, float, dict[str, Any]]]]
+) -> tuple[float, float, dict[str, Any]]:
+    results = [await fn() for _ in range(n)]
+    return min(results, key=lambda r: r[1])
+
+
+# ---------------------------------------------------------------------------
+
+
+async def measure(quick: bool) -> list[Row]:
+    runs = int(os.environ.get("RUNEVENTS_BENCH_SEARCH_RUNS", 60 if quick else 5000))
+    total = float(os.environ.get("RUNEVENTS_BENCH_SEARCH_MB", 12 if quick else 5100)) * MB
+    rg = shutil.which("rg")
+    tmp = Path(tempfile.mkdtemp(prefix="runevents-bench-search-"))
+    plain_dir = tmp / "plain"
+    plain_dir.mkdir()
+    settings = Settings(data_dir=tmp / "data", worker_concurrency=0, maintenance_interval_seconds=0)
+    app = await App.open(settings, worker=False)
+    rows: list[Row] = []
+    try:
+        corpus, plain_bytes, write_s = await build_corpus(app, runs, int(total), plain_dir)
+        _say(f"corpus: {runs} runs, {plain_bytes / MB:.0f} MB in {write_s:.0f} s; compacting")
+
+        # compaction, with the index builder's own time measured inside it
+        index_time = 0.0
+        original = ngrams.IndexBuilder.add_frame
+
+        def timed_add(self: ngrams.IndexBuilder, first: int, raw: bytes) -> None:
+            nonlocal index_time
+            started = time.perf_counter()
+            original(self, first, raw)
+            index_time += time.perf_counter() - started
+
+        ngrams.IndexBuilder.add_frame = timed_add  # type: ignore[method-assign]
+        started = time.perf_counter()
+        compressed = 0
+        try:
+            for i, run in enumerate(corpus):
+                result = await app.manager.compact_run(run)
+                assert result is not None, run.id
+                compressed += result[1]
+                if i % 500 == 499:
+                    _say(f"{i + 1} runs compacted")
+        finally:
+            ngrams.IndexBuilder.add_frame = original  # type: ignore[method-assign]
+        compact_s = time.perf_counter() - started
+        index_bytes = 0
+        for run in corpus:
+            path = app.manager.log.store.local_path(app.manager.log.keys(run_ref(run)).ngram_index)
+            assert path is not None
+            index_bytes += path.stat().st_size
+        size_note = (
+            f"{runs} runs, {plain_bytes / MB:.0f} MB NDJSON, {compressed / MB:.0f} MB compressed"
+        )
+        rows.append(
+            row(
+                SECTION,
+                "index size / compressed logs",
+                100 * index_bytes / compressed,
+                "%",
+                note=f"{index_bytes / MB:.1f} MB of n-gram filters; {size_note}; goal < 10 %",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "extra compaction time for the index",
+                100 * index_time / (compact_s - index_time),
+                "%",
+                note=f"index builder {index_time:.1f} s inside {compact_s:.1f} s of compact_run "
+                f"({plain_bytes / MB / compact_s:.0f} MB/s)",
+            )
+        )
+
+        # process warm-up (statement compilation, imports): not part of any figure
+        await search(app, "warm-up", limit=1, cache=FilterCache(max_bytes=0))
+        # timed without the sampler (its thread and ticker would slow the searches)
+        cold_first, cold, cold_done = await search(app, RARE_QUERY, limit=1000, cache=FilterCache())
+        warm_cache = FilterCache()
+        await search(app, RARE_QUERY, limit=1000, cache=warm_cache)
+        _, warm, warm_done = await best_of(
+            3, lambda: search(app, RARE_QUERY, limit=1000, cache=warm_cache)
+        )
+        common_first, common, common_done = await best_of(
+            3, lambda: search(app, COMMON_QUERY, limit=100, cache=warm_cache)
+        )
+        scan_cache = FilterCache(max_bytes=0)  # nothing cached: every run without an index
+        for run in corpus:  # the index ignored: the same search scans every frame
+            scan_cache.put(run.id, None)
+        _, scan, scan_done = await search(app, RARE_QUERY, limit=1000, cache=scan_cache)
+        # the same searches again, for memory and the event loop only
+        sampler = Sampler()
+        ticker = sampler.start()
+        await search(app, RARE_QUERY, limit=1000, cache=FilterCache())
+        await search(app, RARE_QUERY, limit=1000, cache=warm_cache)
+        await search(app, COMMON_QUERY, limit=100, cache=warm_cache)
+        await search(app, RARE_QUERY, limit=1000, cache=scan_cache)
+        await sampler.stop(ticker)
+        assert cold_done["hits"] == warm_done["hits"] == scan_done["hits"] == 3, (
+            cold_done,
+            scan_done,
+        )
+        assert common_done["hits"] == 100
+
+        if rg is None:
+            rows.append(
+                skipped_row(SECTION, "rg -i -F, rare term", "rg not on PATH (apt install ripgrep)")
+            )
+            rg_s = float("nan")
+        else:
+            rg_s, rg_hits = rg_seconds(rg, plain_dir, RARE_QUERY)
+            assert rg_hits == 3, rg_hits
+            rows.append(
+                row(
+                    SECTION,
+                    "rg -i -F, rare term, plain NDJSON (warm cache)",
+                    rg_s * 1000,
+                    "ms",
+                    note=f"{plain_bytes / MB:.0f} MB in {runs} files, best of 3",
+                )
+            )
+        skipped = cold_done["bytes_skipped"] / max(
+            1, cold_done["bytes_skipped"] + cold_done["bytes_scanned"]
+        )
+        rows.append(
+            row(
+                SECTION,
+                "rare term (3 runs), all hits, filters not cached",
+                cold * 1000,
+                "ms",
+                vs="rg",
+                ratio=ratio(cold, rg_s),
+                note=f"{cold_done['runs_scanned']} runs, "
+                f"{100 * skipped:.2f} % of bytes skipped unread; "
+                f"first hit {cold_first * 1000:.0f} ms; goal <= 0.1x rg",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "rare term (3 runs), all hits, filters cached",
+                warm * 1000,
+                "ms",
+                vs="rg",
+                ratio=ratio(warm, rg_s),
+                note="best of 3",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "rare term, index ignored (every frame scanned)",
+                scan * 1000,
+                "ms",
+                vs="rg",
+                ratio=ratio(scan, rg_s),
+                note=f"{scan_done['bytes_scanned'] / MB:.0f} MB decompressed and matched",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                f"common term ({COMMON_QUERY!r}): first 100 hits",
+                common * 1000,
+                "ms",
+                note=f"first hit {common_first * 1000:.1f} ms; best of 3; goal < 500 ms",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "RSS growth during the searches",
+                (sampler.peak - sampler.base) / 2**20,
+                "MiB",
+                note="peak over all searches above; goal < 100 MiB",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "longest event loop callback during the searches (CPU)",
+                sampler.callback_cpu * 1000,
+                "ms",
+                note="thread CPU time of one loop callback: what search holds the loop for "
+                f"(longest garbage collection meanwhile {sampler.gc_pause * 1000:.0f} ms; "
+                f"the callback: {sampler.callback}); goal < 50 ms",
+            )
+        )
+        rows.append(
+            row(
+                SECTION,
+                "longest event loop stall during the searches (wall)",
+                sampler.stall * 1000,
+                "ms",
+                note="lateness of a 5 ms ticker: includes waiting for a CPU (load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and for the GIL",
+            )
+        )
+    finally:
+        await app.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def collect(quick: bool) -> list[Row]:
+    return asyncio.run(measure(quick))
+
+
+if __name__ == "__main__":
+    main(collect)

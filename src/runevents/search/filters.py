@@ -1,0 +1,148 @@
+"""The search index as the engine reads it: loading and caching n-gram filters.
+
+Filters are immutable once stored (a rebuild by ``reindex`` writes the same
+filters for the same log), so a parsed index is cached in memory by run,
+least recently used dropped first, up to :data:`CACHE_BYTES`. A cached index
+is checked against the log's frame index (event count and SHA-256) when a
+frame it points at is read, so an index of another compaction is never
+trusted. A missing or damaged index is remembered for :data:`MISSING_TTL`
+seconds (then looked for again: ``reindex`` may have rebuilt it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from runevents.eventlog import EventLog
+from runevents.eventlog.locate import read_object
+from runevents.eventlog.ngrams import NgramIndex
+from runevents.exceptions import StorageError
+from runevents.logstore import paths
+from runevents.logstore.base import LogStore
+from runevents.models import RunHead
+
+#: bytes of parsed filters kept in memory
+CACHE_BYTES = 64 * 1024 * 1024
+#: seconds a missing or damaged index is not looked for again
+MISSING_TTL = 30.0
+#: concurrent reads of remote indexes
+REMOTE_READS = 16
+
+
+class FilterCache:
+    """Parsed search indexes by run id (thread-safe; bounded in bytes)."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, NgramIndex | float] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> NgramIndex | bool | None:
+        """The index; None if known missing; False if unknown (to be loaded)."""
+        with self._lock:
+            entry = self._entries.get(run_id)
+            if entry is None:
+                return False
+            if isinstance(entry, float):
+                if time.monotonic() - entry > MISSING_TTL:
+                    del self._entries[run_id]
+                    return False
+                return None
+            self._entries.move_to_end(run_id)
+            return entry
+
+    def get_many(self, run_ids: Sequence[str]) -> list[NgramIndex | bool | None]:
+        """:meth:`get` of each (one lock for the batch)."""
+        now = time.monotonic()
+        out: list[NgramIndex | bool | None] = []
+        with self._lock:
+            entries = self._entries
+            for run_id in run_ids:
+                entry = entries.get(run_id)
+                if entry is None:
+                    out.append(False)
+                elif isinstance(entry, float):
+                    if now - entry > MISSING_TTL:
+                        del entries[run_id]
+                        out.append(False)
+                    else:
+                        out.append(None)
+                else:
+                    entries.move_to_end(run_id)
+                    out.append(entry)
+        return out
+
+    def put(self, run_id: str, index: NgramIndex | None) -> None:
+        """Remember ``index`` (None: missing or damaged)."""
+        with self._lock:
+            self._drop(run_id)
+            self._entries[run_id] = index if index is not None else time.monotonic()
+            if index is not None:
+                self._bytes += index.size
+            while self._bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def forget(self, run_id: str) -> None:
+        """Drop what is known of ``run_id`` (its index did not match its log)."""
+        with self._lock:
+            self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        old = self._entries.pop(run_id, None)
+        if isinstance(old, NgramIndex):
+            self._bytes -= old.size
+
+
+CACHE = FilterCache()
+
+
+def _read_local(store: LogStore, runs: Sequence[RunHead]) -> list[NgramIndex | None]:
+    # keys and paths are built here too: thousands of them cost more than the reads
+    out: list[NgramIndex | None] = []
+    for run in runs:
+        path = store.local_path(paths.ngram_index_key(run.workspace_id, run.id))
+        try:
+            out.append(NgramIndex.from_bytes(path.read_bytes()) if path else None)
+        except OSError:
+            out.append(None)
+    return out
+
+
+async def load_filters(
+    log: EventLog, runs: Sequence[RunHead], cache: FilterCache = CACHE
+) -> list[NgramIndex | None]:
+    """The search index of each run (None: missing or damaged), from the cache or the store.
+
+    Local files are read in one worker thread for the whole batch; remote
+    objects concurrently, a few at a time.
+    """
+    found = cache.get_many([run.id for run in runs])
+    todo = [i for i, entry in enumerate(found) if entry is False]
+    out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
+    if not todo:
+        return out
+    missing = [runs[i] for i in todo]
+    if log.store.local_path(paths.LOG_NAME) is not None:
+        loaded = await asyncio.to_thread(_read_local, log.store, missing)
+    else:
+        limit = asyncio.Semaphore(REMOTE_READS)
+
+        async def one(run: RunHead) -> NgramIndex | None:
+            key = paths.ngram_index_key(run.workspace_id, run.id)
+            async with limit:
+                try:
+                    data = await read_object(log.store, key)
+                except StorageError:
+                    return None
+            return NgramIndex.from_bytes(data) if data else None
+
+        loaded = list(await asyncio.gather(*(one(run) for run in missing)))
+    for i, index in zip(todo, loaded, strict=True):
+        cache.put(runs[i].id, index)
+        out[i] = index
+    return out

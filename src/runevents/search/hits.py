@@ -1,0 +1,147 @@
+"""Matching one chunk of NDJSON lines: the hits of contract section 12.
+
+Pure and synchronous on purpose: callers run :func:`find_hits` in a worker
+thread (``asyncio.to_thread``), so decoding a megabyte of JSON never holds
+the event loop. Byte-level prefilters skip lines (or the whole chunk) that
+cannot match before anything is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from runevents.search.pattern import Pattern
+
+CONSOLE_TYPE = b'"console.line"'
+
+
+class _Payload(msgspec.Struct):
+    message: Any = None
+    stream: Any = None
+    level: Any = None
+
+
+class _Line(msgspec.Struct):
+    type: str
+    sequence: int
+    created_at: str
+    payload: _Payload
+
+
+class _Hit(msgspec.Struct):
+    run_id: str
+    configuration_id: str
+    sequence: int
+    created_at: str
+    message: str
+    match: list[tuple[int, int]]
+
+
+_decode = msgspec.json.Decoder(_Line).decode
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a hit must be besides matching: its stream and level (None: any)."""
+
+    stream: str | None = None
+    level: str | None = None
+
+
+def _printable(literal: str) -> bytes | None:
+    """``literal`` as the bytes it is stored as, when JSON writes it unescaped."""
+    if literal.isascii() and literal.isprintable() and '"' not in literal and "\\" not in literal:
+        return literal.encode()
+    return None
+
+
+@dataclass(frozen=True)
+class Prefilter:
+    """Byte tests a line must pass to be decoded (only ever skips non-matches)."""
+
+    #: alternatives of lowercase byte literals; None: no byte test
+    alternatives: tuple[tuple[bytes, ...], ...] | None
+
+    @classmethod
+    def of(cls, pattern: Pattern) -> Prefilter:
+        """The prefilter of ``pattern`` (from its requirement, literals JSON keeps as is)."""
+        requirement = pattern.requirement()
+        if not requirement:
+            return cls(None)
+        alternatives = []
+        for alternative in requirement:
+            kept = tuple(b for b in (_printable(lit) for lit in alternative) if b is not None)
+            if not kept:
+                return cls(None)  # this alternative cannot be tested on bytes
+            alternatives.append(kept)
+        return cls(tuple(alternatives))
+
+    def may_match(self, lowered: bytes) -> bool:
+        """False only if no alternative's literals all occur in ``lowered`` (ASCII-lowered)."""
+        if self.alternatives is None:
+            return True
+        return any(all(lit in lowered for lit in alt) for alt in self.alternatives)
+
+
+def find_hits(
+    data: bytes,
+    first_sequence: int,
+    pattern: Pattern,
+    prefilter: Prefilter,
+    filters: Filters,
+    *,
+    run_id: str,
+    configuration_id: str,
+    after_sequence: int = 0,
+    limit: int | None = None,
+) -> list[tuple[int, bytes]]:
+    """Hits in ``data`` (whole lines, the first being ``first_sequence``) as encoded lines.
+
+    Returns ``(sequence, NDJSON line without newline)`` for at most ``limit``
+    hits with a sequence above ``after_sequence``, in order.
+    """
+    if CONSOLE_TYPE not in data:
+        return []
+    ascii_chunk = data.isascii()
+    # ASCII-lowering only changes ASCII letters: exact for an ASCII chunk
+    if ascii_chunk and not prefilter.may_match(data.lower()):
+        return []
+    hits: list[tuple[int, bytes]] = []
+    sequence = first_sequence - 1
+    start = 0
+    end = len(data)
+    while start < end:
+        newline = data.find(b"\n", start)
+        if newline < 0:
+            newline = end
+        line = data[start:newline]
+        start = newline + 1
+        sequence += 1
+        if sequence <= after_sequence or CONSOLE_TYPE not in line:
+            continue
+        if (ascii_chunk or line.isascii()) and not prefilter.may_match(line.lower()):
+            continue
+        try:
+            event = _decode(line)
+        except msgspec.DecodeError:
+            continue  # not an event of the expected shape: no console line to match
+        payload = event.payload
+        message = payload.message
+        if event.type != "console.line" or not isinstance(message, str):
+            continue
+        if filters.stream is not None and payload.stream != filters.stream:
+            continue
+        if filters.level is not None and payload.level != filters.level:
+            continue
+        spans = pattern.spans(message)
+        if not spans:
+            continue
+        hit = _Hit(run_id, configuration_id, event.sequence, event.created_at, message, spans)
+        hits.append((event.sequence, _encode(hit)))
+        if limit is not None and len(hits) >= limit:
+            break
+    return hits

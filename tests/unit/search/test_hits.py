@@ -1,0 +1,72 @@
+"""Matching one chunk of lines (runevents.search.hits)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from runevents.events import Event, encode_event
+from runevents.search.hits import Filters, Prefilter, find_hits
+from runevents.search.pattern import Pattern
+
+
+def line(seq: int, message: object, type_: str = "console.line", **payload: object) -> bytes:
+    return encode_event(
+        Event(
+            type=type_,
+            event_id=f"evt_{seq}",
+            created_at="2026-11-24T06:00:00.000000Z",
+            sequence=seq,
+            source="worker",
+            workspace_id="acme",
+            configuration_id="etl",
+            run_id="run_X",
+            build_id=None,
+            payload={"stream": "stdout", "level": "info", "message": message, **payload},
+        )
+    )
+
+
+def hits(data: bytes, q: str, regex: bool = False, **kw: object) -> list[dict[str, object]]:
+    pattern = Pattern(q, regex=regex)
+    filters = Filters(stream=kw.pop("stream", None), level=kw.pop("level", None))  # type: ignore[arg-type]
+    found = find_hits(
+        data,
+        1,
+        pattern,
+        Prefilter.of(pattern),
+        filters,
+        run_id="run_X",
+        configuration_id="etl",
+        **kw,  # type: ignore[arg-type]
+    )
+    return [msgspec.json.decode(b) for _, b in found]
+
+
+def test_only_console_lines_with_string_messages_match() -> None:
+    data = (
+        line(1, "needle", "run.error")
+        + line(2, 42)
+        + line(3, "the needle")
+        + line(4, "nothing")
+        + line(5, "NEEDLE", stream="stderr", level="error")
+    )
+    assert [h["sequence"] for h in hits(data, "needle")] == [3, 5]
+    assert [h["sequence"] for h in hits(data, "needle", stream="stderr")] == [5]
+    assert [h["sequence"] for h in hits(data, "needle", level="info")] == [3]
+    assert [h["sequence"] for h in hits(data, "needle", after_sequence=3)] == [5]
+    assert [h["sequence"] for h in hits(data, "needle", limit=1)] == [3]
+
+
+def test_the_byte_prefilter_never_hides_a_casefolded_match() -> None:
+    # the Kelvin sign casefolds to ASCII "k": a byte test on "kelvin" would miss it
+    data = line(1, "\u212aelvin scale") + line(2, "plain ascii")
+    assert [h["sequence"] for h in hits(data, "kelvin")] == [1]
+    # escaped characters in the stored JSON are matched after decoding
+    data = line(1, 'say "hi"\tthere \\ now')
+    assert hits(data, '"hi"\tthere \\')[0]["match"] == [[4, 16]]
+
+
+def test_a_regex_with_a_required_literal_matches_like_without_the_prefilter() -> None:
+    data = b"".join(line(i + 1, m) for i, m in enumerate(["Timeout after 30 s", "timeout", "x"]))
+    assert [h["sequence"] for h in hits(data, r"Timeout after \d+", regex=True)] == [1]
+    assert [h["sequence"] for h in hits(data, r"(?i)timeout", regex=True)] == [1, 2]
