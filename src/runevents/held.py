@@ -348,6 +348,7 @@ class HeldRuns:
                 atomic=atomic,
                 checkpoint=checkpoint,
                 before_recovery=own,
+                mark_cuts=True,
             )
         except WriterBusy as exc:
             raise WriterMoving(f"{exc.message}; retry shortly") from exc

@@ -185,7 +185,7 @@ async def count_matches(
     chunks: AsyncIterator[Chunk], *, q: str | None, stream: str | None, level: str | None
 ) -> tuple[int, int]:
     """(console lines matching like the search route, last sequence scanned)."""
-    from runevents.search import _byte_needle
+    from runevents.search.console import _byte_needle
 
     needle = q.casefold() if q else None
     needle_bytes = _byte_needle(needle)

@@ -27,7 +27,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from runevents.api import durable, errors, events, lookup, openapi, ops, outline, runs, search, session
+from runevents.api import (
+    durable,
+    errors,
+    events,
+    lookup,
+    openapi,
+    ops,
+    outline,
+    runs,
+    search,
+    session,
+)
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.guard import OpenModeGuard

@@ -149,13 +149,14 @@ class EventLog:
         atomic: bool = False,
         checkpoint: tuple[int, int] | None = None,
         before_recovery: Callable[[], Awaitable[None]] | None = None,
+        mark_cuts: bool = False,
     ) -> RunWriter:
         """The run's single writer. WriterBusy if this or another process holds it.
 
         Recovers the log first (contract 2.2: everything after ``checkpoint``,
         a ``(sequence, offset)`` known durable, is checked; what is cut is in
-        ``writer.recovered``; the cut is marked by a ``log.recovered`` line written
-        in the same step). ``before_recovery`` is awaited once the file lock is
+        ``writer.recovered``; with ``mark_cuts`` -- the manager always asks -- the
+        cut is marked by a ``log.recovered`` line written in the same step). ``before_recovery`` is awaited once the file lock is
         held and before the log is touched: the manager takes the writer lease
         there, so recovery only ever runs for the owner. ``atomic`` picks the
         failure policy (see ``writer``). For a log that already ended
@@ -176,7 +177,7 @@ class EventLog:
         try:
             if before_recovery is not None:
                 await before_recovery()
-            writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint)
+            writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint, mark_cuts)
         except BaseException:
             lock.release()
             raise
@@ -191,6 +192,7 @@ class EventLog:
         source: str,
         atomic: bool,
         checkpoint: tuple[int, int] | None,
+        mark_cuts: bool = False,
     ) -> RunWriter:
         common: dict[str, Any] = {
             "source": source,
@@ -230,7 +232,7 @@ class EventLog:
         try:
             recovered, (index, index_fd) = await _off_loop_if_large(
                 fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes, checkpoint,
-                _marker(ref),
+                _marker(ref) if mark_cuts else None,
             )  # fmt: skip
         except BaseException:
             os.close(fd)
@@ -551,7 +553,7 @@ def _recover(
     run_id: str,
     every_bytes: int,
     checkpoint: tuple[int, int] | None,
-    marker: MarkerLine,
+    marker: MarkerLine | None,
 ) -> tuple[Recovered, tuple[SparseIndex, int | None]]:
     recovered = recover_log(fd, keys.live, run_id, checkpoint, marker)
     return recovered, recover_index(fd, keys.live_index, recovered.end, every_bytes)

@@ -110,8 +110,9 @@ async def test_when_the_cut_fails_too_the_writer_stops_and_recovery_cuts(
     faulty_log: EventLog, ops: FaultyOps, ref: RunRef
 ) -> None:
     """A torn write that cannot be cut back leaves bytes nobody acknowledged: the writer
-    refuses to go on (only a reopen, whose recovery cuts them, may)."""
-    writer = await faulty_log.open_writer(ref)
+    refuses to go on until they are cut (on retry, or when it closes): a reopen's
+    recovery would keep them, they are whole units. (An atomic writer: a producer's.)"""
+    writer = await faulty_log.open_writer(ref, atomic=True)
     await writer.append(drafts(5))
     ops.error, ops.partial, ops.fail_truncate = errno.ENOSPC, 100, True
     await writer.append(drafts(5))
