@@ -115,7 +115,8 @@ async def test_when_the_cut_fails_too_the_writer_stops_and_recovery_cuts(
     writer = await faulty_log.open_writer(ref, atomic=True)
     await writer.append(drafts(5))
     ops.error, ops.partial, ops.fail_truncate = errno.ENOSPC, 100, True
-    await writer.append(drafts(5))
+    with pytest.raises(StorageError):  # atomic: refused (503), rolled back
+        await writer.append(drafts(5))
     ops.error, ops.fail_truncate = None, False
     assert writer.broken is not None
     with pytest.raises(StorageError):
