@@ -181,6 +181,12 @@ SSE_FOLLOWERS = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+LONGPOLL_WAITERS = Gauge(
+    "runevents_longpoll_waiters",
+    "Long-poll reads waiting for events (GET .../events?wait=S, Durable Streams long-poll)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 SSE_SEND_TIMEOUTS = Counter(
     "runevents_sse_send_timeouts_total",
     "SSE clients dropped because they took no data for sse_send_timeout_seconds",
@@ -324,6 +330,12 @@ def sse_follower(delta: int) -> None:
     """An SSE stream opened (+1) or closed (-1)."""
     if _enabled:
         SSE_FOLLOWERS.inc(delta)
+
+
+def longpoll_waiter(delta: int) -> None:
+    """A long-poll read started waiting (+1) or answered (-1)."""
+    if _enabled:
+        LONGPOLL_WAITERS.inc(delta)
 
 
 def sse_send_timeout() -> None:

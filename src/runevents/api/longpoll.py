@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from runevents import metrics
 from runevents.api.pages import Page, first_chunks, page_of
 from runevents.manager import RunManager
 from runevents.models import Run
@@ -42,11 +43,14 @@ async def wait_page(
     """The page of what arrives after ``position`` within ``wait`` seconds."""
     chunks = manager.follow_events(run, position)
     timed_out = False
+    metrics.longpoll_waiter(+1)
     try:
         async with asyncio.timeout(wait):
             got = await first_chunks(chunks)
     except TimeoutError:
         got, timed_out = [], True
+    finally:
+        metrics.longpoll_waiter(-1)
     page = page_of(got, position, limit)
     if got:
         return Waited(page, got[-1].last_sequence, got[-1].ends_run and not page.has_more)

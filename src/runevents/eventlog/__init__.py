@@ -156,8 +156,9 @@ class EventLog:
         Recovers the log first (contract 2.2: everything after ``checkpoint``,
         a ``(sequence, offset)`` known durable, is checked; what is cut is in
         ``writer.recovered``; with ``mark_cuts`` -- the manager always asks -- the
-        cut is marked by a ``log.recovered`` line written in the same step). ``before_recovery`` is awaited once the file lock is
-        held and before the log is touched: the manager takes the writer lease
+        cut is marked by a ``log.recovered`` line written in the same step).
+        ``before_recovery`` is awaited once the file lock is held and before the
+        log is touched: the manager takes the writer lease
         there, so recovery only ever runs for the owner. ``atomic`` picks the
         failure policy (see ``writer``). For a log that already ended
         (run.completed, or sealed/compacted away from the live file) the writer

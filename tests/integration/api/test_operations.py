@@ -294,3 +294,21 @@ async def test_oversized_ingest_is_counted_as_413_with_a_request_id(
     after = parse((await client.get("/metrics")).text)
     name = "runevents_ingest_batches_total"
     assert value(after, name, outcome="413") - value(before, name, outcome="413") == 1
+
+
+async def test_long_poll_waiters_are_counted_while_they_wait(ops_app: App) -> None:
+    async with (
+        serve(create_app(ops_app.settings, app=ops_app)) as live,
+        httpx.AsyncClient(base_url=live.url, timeout=30) as http,
+    ):
+        run = await create_external(http)
+        waiting = asyncio.create_task(http.get(run_path(run) + "/events?after_sequence=1&wait=5"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if value(await scrape(http), "runevents_longpoll_waiters") == 1:
+                break
+        assert value(await scrape(http), "runevents_longpoll_waiters") == 1
+        assert (await ingest(http, run, console("wake"))).status_code == 200
+        answer = await waiting
+        assert answer.status_code == 200 and answer.json()["events"]
+        assert value(await scrape(http), "runevents_longpoll_waiters") == 0
