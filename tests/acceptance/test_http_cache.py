@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.ui_support import browser, page  # noqa: F401
-from tests.fixtures.thread_server import ThreadServer
+pytest.register_assert_rewrite("tests.acceptance.ui_support")
+
+from tests.acceptance.ui_support import browser, page  # noqa: E402, F401
+from tests.fixtures.thread_server import ThreadServer  # noqa: E402
 
 FETCH_TWICE = """async ([url, accept]) => {
     const headers = accept ? {Accept: accept} : {};

@@ -276,6 +276,8 @@ ANY_SSE_EVENT: dict[str, Any] = {
 #: ``format`` of list cursors: a value the server issued as ``next_cursor``
 #: (a checksum guards it, which no pattern can state; generators need a strategy)
 CURSOR_FORMAT = "runevents-cursor"
+#: ``format`` of search cursors (a runs-list cursor, ``.``, a sequence)
+SEARCH_CURSOR_FORMAT = "runevents-search-cursor"
 #: the SSE event name of every stored event (contract section 5)
 SSE_EVENT = "ade.event"
 #: models that hand-written content (streams, shared errors) refers to; ``api/openapi.py``

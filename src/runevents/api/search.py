@@ -43,10 +43,12 @@ class NDJSONResponse(StreamingResponse):
     response_class=NDJSONResponse,
     responses={
         200: {
-            "model": schemas.SearchLine,
             "description": "NDJSON: one `SearchHit` per line, newest runs first, "
             "then one `SearchDone` line",
-            "content": {NDJSON: schemas.SEARCH_EXAMPLE},
+            # described per line (itemSchema), as the ingest body is
+            "content": schemas.ndjson_content(
+                schemas.SearchLine, min_lines=1, example=str(schemas.SEARCH_EXAMPLE["example"])
+            ),
         },
         # documented as JSON explicitly: a "model" would take the route's NDJSON type
         **{
@@ -85,6 +87,8 @@ async def search_runs(
         str | None,
         Query(
             pattern=r"^[A-Za-z0-9_-]{1,512}\.[0-9]{1,19}$",
+            # a value the server issued (a checksum guards it, which no pattern states)
+            json_schema_extra={"format": schemas.SEARCH_CURSOR_FORMAT},
             description="the previous answer's `cursor`",
         ),
     ] = None,

@@ -28,7 +28,7 @@ from typing import Any
 import schemathesis
 from hypothesis import strategies as st
 
-from runevents.api.schemas import CURSOR_FORMAT
+from runevents.api.schemas import CURSOR_FORMAT, SEARCH_CURSOR_FORMAT
 from runevents.db.rows import encode_cursor
 
 NDJSON = "application/x-ndjson"
@@ -52,6 +52,14 @@ _instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
 schemathesis.openapi.format(CURSOR_FORMAT, st.builds(encode_cursor, _instants, _run_ids))
+schemathesis.openapi.format(
+    SEARCH_CURSOR_FORMAT,
+    st.builds(
+        lambda cursor, sequence: f"{cursor}.{sequence}",
+        st.builds(encode_cursor, _instants, _run_ids),
+        st.integers(0, 10**9),
+    ),
+)
 
 #: the longest long-poll wait sent (seconds)
 MAX_WAIT = 1.0
