@@ -21,10 +21,12 @@ Usable from the command line as well::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+import re2
 import schemathesis
 from hypothesis import strategies as st
 
@@ -69,27 +71,20 @@ MAX_WAIT = 1.0
 _KEYS = iter(range(1, 1 << 62))
 
 
-@schemathesis.hook
-def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: Any) -> None:
-    """Shorten a valid long-poll ``wait`` to :data:`MAX_WAIT` seconds (the run stays bounded),
-    and make each ``Idempotency-Key`` name one batch: a key names one batch (contract 6),
-    so the same generated key with another generated body is rightly 422
-    ``idempotency_key_reused`` -- state, not a schema disagreement."""
-    headers = kwargs.get("headers")
-    if isinstance(headers, MutableMapping):
-        for name in list(headers):
-            value = headers[name]
-            # only valid keys (1..200 characters): an invalid one must stay invalid
-            if (
-                name.lower() == "idempotency-key"
-                and isinstance(value, str)
-                and 0 < len(value) <= 200
-            ):
-                headers[name] = f"{value[:180]}-{next(_KEYS)}"
-    params = kwargs.get("params")
-    if not isinstance(params, MutableMapping) or "wait" not in params:
+def _unique_keys(headers: Any) -> None:
+    if not isinstance(headers, MutableMapping):
         return
-    value = params["wait"]
+    for name in list(headers):
+        value = headers[name]
+        # only valid keys (1..200 characters): an invalid one must stay invalid
+        if name.lower() == "idempotency-key" and isinstance(value, str) and 0 < len(value) <= 200:
+            headers[name] = f"{value[:180]}-{next(_KEYS)}"
+
+
+def _short_wait(query: Any) -> None:
+    if not isinstance(query, MutableMapping) or "wait" not in query:
+        return
+    value = query["wait"]
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -99,4 +94,33 @@ def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: 
     except ValueError:
         return
     if MAX_WAIT < seconds <= 60:
-        params["wait"] = 1
+        query["wait"] = 1
+
+
+def _valid_regex(query: Any) -> None:
+    """``regex=true`` with a ``q`` RE2 refuses is rightly 422 ``invalid_regex``: no schema
+    can say which strings are valid expressions, so a generated one is made valid."""
+    if not isinstance(query, MutableMapping) or query.get("regex") not in (True, "true"):
+        return
+    q = query.get("q")
+    if not isinstance(q, str):
+        return
+    try:
+        re2.compile(q)
+    except re2.error:
+        query["q"] = re.escape(q)
+
+
+@schemathesis.hook
+def before_call(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: Any) -> None:
+    """Shorten a valid long-poll ``wait`` to :data:`MAX_WAIT` seconds (the run stays bounded),
+    and make each ``Idempotency-Key`` name one batch: a key names one batch (contract 6),
+    so the same generated key with another generated body is rightly 422
+    ``idempotency_key_reused`` -- state, not a schema disagreement. The case itself is
+    edited (schemathesis sends ``case.query`` and ``case.headers``), and any transport
+    arguments too."""
+    _unique_keys(case.headers)
+    _unique_keys(kwargs.get("headers"))
+    _short_wait(case.query)
+    _short_wait(kwargs.get("params"))
+    _valid_regex(case.query)
