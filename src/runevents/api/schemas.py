@@ -384,3 +384,6 @@ SEARCH_EXAMPLE = {
     '"match":[[0,20]]}\n{"done":true,"hits":1,"runs_scanned":40,"bytes_scanned":1048576,'
     '"bytes_skipped":52428800,"elapsed_ms":12.5,"cursor":null}\n',
 }
+
+# the search answer is described per line (ndjson_content refers to SearchLine by $ref)
+DOCUMENT_MODELS = (*DOCUMENT_MODELS, SearchLine, SearchHit, SearchDone)
