@@ -114,6 +114,7 @@ def _serve(port: int, data_dir: Path, database_url: str | None) -> None:
         plain_sse,
         methods=["GET"],
     )
+    data_dir.mkdir(parents=True, exist_ok=True)  # the app creates it only when it starts
     asgi.mount("/bench-static", StaticFiles(directory=data_dir))
     uvicorn.run(asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -358,7 +359,7 @@ async def _follow(
     transport, follower = await loop.create_connection(
         lambda: _Follower(sent, latencies), "127.0.0.1", port
     )
-    transport.write(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+    transport.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return follower
 
 

@@ -224,7 +224,7 @@ async def _long_poll(url: str, pid: int, sizes: Sizes) -> list[Row]:
         position = 1
         for round_no in range(sizes.rounds):
             path = f"{run_path}/events?after_sequence={position}&wait=60"
-            request = f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode()
+            request = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode()
             waiters = []
             for _ in range(sizes.waiters):
                 transport, waiter = await loop.create_connection(_Waiter, "127.0.0.1", port)
@@ -270,7 +270,8 @@ async def _sse_parked(url: str, pid: int, sizes: Sizes) -> list[Row]:
         run_path = await _create_run(http)
         rss_before = await _rss(pid)
         request = (
-            f"GET {run_path}/events?stream=true&after_sequence=1 HTTP/1.0\r\nHost: bench\r\n\r\n"
+            f"GET {run_path}/events?stream=true&after_sequence=1 HTTP/1.0\r\n"
+            "Host: 127.0.0.1\r\n\r\n"
         ).encode()
         transports = []
         for _ in range(sizes.waiters):

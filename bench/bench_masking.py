@@ -80,7 +80,8 @@ class LogSink:
 
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         self.lines += len(drafts)
-        await self.writer.commit(self.writer.prepare(drafts))
+        self.writer.commit(self.writer.prepare(drafts))
+        await self.writer.flush_if_due()
 
     async def set_status(self, status: RunStatus) -> None:
         return None
