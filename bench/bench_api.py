@@ -30,11 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import math
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +52,7 @@ from common import (
     ratio,
     row,
     scratch_pg_database,
+    server_process,
     skipped_row,
 )
 
@@ -119,40 +116,12 @@ def _serve(port: int, data_dir: Path, database_url: str | None) -> None:
     uvicorn.run(asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(data_dir: Path, database_url: str = "") -> Iterator[tuple[str, int]]:
     """A runevents server on a free port (SQLite in ``data_dir`` unless ``database_url``)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), str(data_dir), database_url],
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the runevents server did not start")
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    argv = [sys.executable, __file__, "--serve", "{port}", str(data_dir), database_url]
+    with server_process(lambda port: [a.replace("{port}", str(port)) for a in argv]) as server:
+        yield server
 
 
 # ---------------------------------------------------------------------------- (a) ingest

@@ -21,9 +21,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +32,7 @@ from typing import Any
 import httpx
 import orjson
 
-from common import Row, failed_row, iter_console_events, main, ratio, row
+from common import Row, failed_row, iter_console_events, main, ratio, row, server_process
 
 CACHE, LONGPOLL, PRODUCER = "Clients: caching", "Clients: long-poll", "Clients: producer"
 WS, CFG = "bench", "clients"
@@ -60,46 +57,18 @@ def _progress(message: str) -> None:
     print(f"[bench_clients] {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(data_dir: Path) -> Iterator[tuple[str, int]]:
     """``python -m runevents serve`` on a free port; (url, pid)."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNEVENTS_")}
     env["RUNEVENTS_WORKER_CONCURRENCY"] = "0"
     env["RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS"] = "0"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runevents", "serve", "--port", str(port),
-         "--data-dir", str(data_dir)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the runevents server did not start")
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with server_process(
+        lambda port: [sys.executable, "-m", "runevents", "serve", "--port", str(port),
+                      "--data-dir", str(data_dir)],
+        env=env, quiet=True,
+    ) as server:  # fmt: skip
+        yield server
 
 
 async def _create_run(http: httpx.AsyncClient, cfg: str = CFG) -> str:

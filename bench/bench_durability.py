@@ -33,9 +33,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
 
 from common import (
@@ -57,6 +53,7 @@ from common import (
     ratio,
     row,
     scratch_pg_database,
+    server_process,
     skipped_row,
 )
 
@@ -134,39 +131,12 @@ def _serve(port: int, data_dir: Path, fsync: str) -> None:
     uvicorn.run(asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(data_dir: Path, fsync: str) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), str(data_dir), fsync],
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the runevents server did not start")
-            time.sleep(0.1)
+    with server_process(
+        lambda port: [sys.executable, __file__, "--serve", str(port), str(data_dir), fsync]
+    ) as (url, _):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # ---------------------------------------------------------------------------- producers and COPY

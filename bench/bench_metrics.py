@@ -21,10 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import httpx
 import orjson
 
-from common import Row, failed_row, iter_console_events, main, row
+from common import Row, failed_row, iter_console_events, main, row, server_process
 
 SECTION = "Operations"
 BATCH = 1_000
@@ -50,48 +46,24 @@ def _progress(message: str) -> None:
     print(f"[bench_metrics] {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _server(data_dir: Path, *, metrics: bool) -> Iterator[str]:
     """``runevents serve`` on a free port, metrics on or off; yields its URL."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNEVENTS_")}
     env.update(
         RUNEVENTS_METRICS_ENABLED="true" if metrics else "false",
         RUNEVENTS_METRICS_REFRESH_SECONDS="0",
         RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS="0",
     )
-    argv = [
-        sys.executable, "-m", "runevents", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "--data-dir", str(data_dir), "--workers", "0",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the runevents server did not start")
-            time.sleep(0.1)
+    with server_process(
+        lambda port: [
+            sys.executable, "-m", "runevents", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--data-dir", str(data_dir), "--workers", "0",
+            "--log-level", "warning",
+        ],
+        env=env, quiet=True, start_timeout=90,
+    ) as (url, _):  # fmt: skip
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def _create_run(session: aiohttp.ClientSession, url: str) -> str:

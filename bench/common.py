@@ -26,6 +26,9 @@ import os
 import platform
 import random
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -634,3 +637,55 @@ def main(collect: Callable[[bool], list[Row]]) -> None:
     machine["command"] = " ".join(["python", *sys.argv])
     machine["duration_s"] = time.perf_counter() - start
     print(render_markdown(rows, machine))
+
+
+# ---------------------------------------------------------------------------- a server process
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: Callable[[int], list[str]],
+    *,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+    start_timeout: float = 60.0,
+) -> Iterator[tuple[str, int]]:
+    """A runevents server started by ``argv(port)`` on a free port, in its own process
+    group; yields ``(url, pid)`` once ``/api/v1/health`` answers; stopped afterwards
+    (SIGTERM, then SIGKILL after 15 s)."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        argv(port),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL if quiet else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the runevents server did not start")
+            time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
