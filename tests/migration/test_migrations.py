@@ -68,6 +68,8 @@ async def test_upgrade_on_an_empty_database_reaches_head_and_matches_the_models(
                 "ingest_keys",
                 "server_keys",
                 "run_masks",
+                "live_chunks",
+                "replicas",
                 "alembic_version",
             }
             indexes = await conn.run_sync(_indexes)
@@ -127,7 +129,15 @@ async def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
     finally:
         await database.close()
     assert down == {"alembic_version"}
-    assert up == {"runs", "ingest_keys", "server_keys", "run_masks", "alembic_version"}
+    assert up == {
+        "runs",
+        "ingest_keys",
+        "server_keys",
+        "run_masks",
+        "live_chunks",
+        "replicas",
+        "alembic_version",
+    }
 
 
 def test_every_revision_has_a_downgrade_and_one_head() -> None:

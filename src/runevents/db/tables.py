@@ -180,3 +180,33 @@ run_masks = sa.Table(
     sa.Column("sealed", sa.Text(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+# The shared live tier (contract 10, several machines only): the committed bytes
+# of live runs, one row per durable write of the run's writer, fenced by the
+# writer epoch; deleted once the sealed log is verified in object storage.
+live_chunks = sa.Table(
+    "live_chunks",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.String(64),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("first_sequence", sa.BigInteger(), nullable=False),
+    sa.Column("last_sequence", sa.BigInteger(), nullable=False),
+    #: byte offset of ``data`` in the run's log (the log is the chunks in this order)
+    sa.Column("start_offset", sa.BigInteger(), primary_key=True),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+)
+
+# Where other replicas reach a process (owner id -> URL): a batch for a run
+# whose writer another live replica holds is forwarded there.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("owner", sa.String(128), primary_key=True),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("seen_at", UTCDateTime(), nullable=False),
+)
