@@ -19,6 +19,7 @@ from runevents.db.engine import Database, open_database
 from runevents.db.repository import RunRepository
 from runevents.db.stats import run_counts
 from runevents.eventlog import EventLog
+from runevents.livetier import LiveTier
 from runevents.logstore import open_log_store
 from runevents.manager import RunManager
 from runevents.metered import MeteredFileOps, MeteredLogStore
@@ -77,6 +78,9 @@ class App:
         configs = load_configurations(settings)
         metrics.set_enabled(settings.metrics_enabled)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.live_tier_enabled:
+            # a data dir is this process's cache on several machines (livetier.py)
+            LiveTier.reset_cache(settings.data_dir / "spool")
         database = await open_database(settings.resolved_database_url)
         bridge = None
         try:

@@ -42,6 +42,7 @@ from runevents.summary import RunSummaryBuilder, run_fields
 
 if TYPE_CHECKING:
     from runevents.db.repository import RunRepository
+    from runevents.livetier import LiveTier
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ class HeldRun:
         self._progress_at = 0.0
         writer.fence = lease.ensure
         writer.on_durable = fold.add
+        if registry.tier is not None:
+            writer.ship = registry.tier.shipper(run.id, registry.ownership.owner, lease)
 
     @property
     def ref(self) -> RunRef:
@@ -266,8 +269,15 @@ class HeldRun:
         checkpoint = (self.writer.durable_sequence, self.writer.visible_offset)
         lock = await self.writer.close(keep_lock=True)
         self.registry.forget(self)
+        tier = self.registry.tier
         try:
+            uploaded = None
+            if tier is not None and self.writer.path.exists():
+                uploaded = await tier.checksum_file(self.writer.path)
             info = await self.registry.log.seal(self.ref, lock, checkpoint)
+            if tier is not None:
+                # verified in storage, then the chunks go: the tier holds live runs only
+                await tier.sealed(self.ref, uploaded)
         finally:
             self.fold.cancel()
         self.run = await self.registry.repo.update_run(
@@ -300,10 +310,18 @@ class HeldRun:
 class HeldRuns:
     """The registry of held runs, and the one way to take a run's log."""
 
-    def __init__(self, event_log: EventLog, repo: RunRepository, ownership: Ownership) -> None:
+    def __init__(
+        self,
+        event_log: EventLog,
+        repo: RunRepository,
+        ownership: Ownership,
+        tier: LiveTier | None = None,
+    ) -> None:
         self.log = event_log
         self.repo = repo
         self.ownership = ownership
+        #: several machines: the shared live tier every write is committed to
+        self.tier = tier
         #: serializes every operation on one run in this process
         self.lock = KeyedLocks()
         self._held: dict[str, HeldRun] = {}
@@ -339,6 +357,9 @@ class HeldRuns:
         async def own() -> None:
             # under the file lock, before recovery touches the log: only the owner cuts
             leases.append(await self.ownership.acquire(run.id))
+            if self.tier is not None:
+                # the epoch is ours now: nobody adds a chunk; copy every one of them here
+                await self.tier.pull(run_ref(run))
 
         try:
             # the local guard first: a live writer here, even a stopped one, keeps it
@@ -386,13 +407,20 @@ class HeldRuns:
         Returns the HeldRun when ``keep`` (an external run's producer comes here next).
         """
         writer = await self.log.open_writer(run_ref(run), source="server", atomic=True)
+        owner = self.ownership.owner if keep else None
         try:
-            await writer.append([queued])
-            await self.repo.insert_run(
-                run.evolve(event_count=1, events_bytes=writer.visible_offset),
-                writer_owner=self.ownership.owner if keep else None,
-                writer_lease_seconds=self.ownership.lease_seconds,
-            )
+            if self.tier is not None:
+                # the row and the first chunk in one transaction: nothing lives on this disk only
+                writer.ship = self.tier.creator(run, owner, self.ownership.lease_seconds)
+                await writer.append([queued])
+                writer.ship = None
+            else:
+                await writer.append([queued])
+                await self.repo.insert_run(
+                    run.evolve(event_count=1, events_bytes=writer.visible_offset),
+                    writer_owner=owner,
+                    writer_lease_seconds=self.ownership.lease_seconds,
+                )
         except BaseException:
             await writer.close()
             raise

@@ -26,6 +26,7 @@ from typing import Any
 
 from runevents import ids, metrics
 from runevents.configs import ConfigRegistry, Configuration
+from runevents.db.chunks import ChunkRepository
 from runevents.db.repository import RunRepository
 from runevents.eventlog import Chunk, EventLog
 from runevents.events import EventDraft
@@ -39,6 +40,7 @@ from runevents.exceptions import (
     WriterMoving,
 )
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
+from runevents.livetier import LiveTier
 from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
 from runevents.ownership import Ownership
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
@@ -71,8 +73,13 @@ class RunManager(ProducerIngest, RunUpkeep):
         self.ownership = Ownership(
             repo, owner=owner_id, lease_seconds=settings.writer_lease_seconds
         )
+        #: several machines: the shared live tier (None on one machine)
+        self.tier: LiveTier | None = None
+        if settings.live_tier_enabled:
+            self.tier = LiveTier(ChunkRepository(repo), log)
+            self.tier.attach()
         #: the runs this process holds, and the per-run lock of every operation
-        self.held = HeldRuns(log, repo, self.ownership)
+        self.held = HeldRuns(log, repo, self.ownership, self.tier)
         # cancel signals of runs executed by this process's worker (immediate local cancel)
         self._cancel_signals: dict[str, asyncio.Event] = {}
         #: called after a run is queued, so an embedded worker claims it at once

@@ -71,6 +71,9 @@ async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
             if kind is not None:
                 found[kind] += 1
         await asyncio.sleep(0)
+    if manager.tier is not None:
+        found["sealed_chunks"] += await manager.tier.repair()
+        found += Counter()  # drop a zero count
     if found:
         log.warning("repair pass: %s", dict(found))
         for kind, count in found.items():
@@ -90,7 +93,11 @@ async def _repair_one(manager: RunManager, run: Run) -> str | None:
         current = await manager.repo.get_run(run.id)
         if current.status.ended or (not current.external and current.lease_owner is not None):
             return None
-        if not manager.log.keys(run_ref(current)).live.exists():
+        tier = manager.tier
+        if tier is not None:
+            if not await tier.ends_run(current.id):
+                return None  # several machines: committed chunks are whole, never damaged
+        elif not manager.log.keys(run_ref(current)).live.exists():
             return None  # a row whose live log is on another machine (or not written yet)
         held = await manager.held.take(current, source="server", atomic=True)
         if held.writer.ended:

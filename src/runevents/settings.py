@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     #: at start-up)
     repair_interval_seconds: float = Field(default=30.0, ge=0)
 
+    # -- several machines (contract 10) -------------------------------------------
+    #: the shared live tier: every durable write of a live run is committed to the
+    #: database (``live_chunks``), so any replica serves it and none holds the only copy.
+    #: auto: on when the database is Postgres and the storage remote (s3://), the
+    #: several-machines layout; on/off force it (on several machines, never turn it off)
+    live_tier: Literal["auto", "on", "off"] = "auto"
+
     # -- the tail path --------------------------------------------------------
     #: SSE keepalive comment interval while idle (seconds)
     keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -167,6 +174,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'runevents.db').resolve()}"
+
+    @property
+    def live_tier_enabled(self) -> bool:
+        """Whether this process commits live writes to the shared live tier."""
+        if self.live_tier != "auto":
+            return self.live_tier == "on"
+        database = self.resolved_database_url.split(":", 1)[0]
+        storage = self.resolved_storage_url.split(":", 1)[0]
+        return database.startswith("postgres") and storage not in ("file", "memory")
 
     @property
     def resolved_storage_url(self) -> str:

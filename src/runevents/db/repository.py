@@ -87,6 +87,18 @@ def _values(states: Collection[LogState]) -> list[str]:
     return sorted(LogState(s).value for s in states)
 
 
+def insert_statement(run: Run, writer_owner: str | None, writer_lease_seconds: float) -> sa.Insert:
+    """The INSERT of a new run's row (with ``writer_owner``: holding its writer lease, epoch 1)."""
+    values = to_row(run)
+    if writer_owner is not None:
+        values.update(
+            writer_owner=writer_owner,
+            writer_epoch=1,
+            writer_expires_at=utcnow() + timedelta(seconds=writer_lease_seconds),
+        )
+    return runs.insert().values(**values)
+
+
 class RunRepository:
     """The ``runs`` and ``ingest_keys`` tables, one short transaction per call."""
 
@@ -129,16 +141,9 @@ class RunRepository:
 
         Conflict if a run with that id exists.
         """
-        values = to_row(run)
-        if writer_owner is not None:
-            values.update(
-                writer_owner=writer_owner,
-                writer_epoch=1,
-                writer_expires_at=utcnow() + timedelta(seconds=writer_lease_seconds),
-            )
         try:
             async with self._tx(write=True) as conn:
-                await conn.execute(runs.insert().values(**values))
+                await conn.execute(insert_statement(run, writer_owner, writer_lease_seconds))
         except Conflict as exc:
             raise Conflict(f"run {run.id} already exists") from exc
 

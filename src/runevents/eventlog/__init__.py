@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -121,6 +122,9 @@ class EventLog:
         self.step_hook: StepHook | None = None
         #: build the search index (n-gram filters per frame) when compacting
         self.search_index = True
+        #: several machines (``livetier.LiveTier.pull``): brings a run's committed bytes
+        #: from the shared live tier into the local file before it is read here
+        self.mirror: Callable[[RunRef], Awaitable[None]] | None = None
         self._writers: dict[str, RunWriter] = {}
         self._tails: dict[str, Tail] = {}
         self._keys: dict[RunRef, Keys] = {}
@@ -290,6 +294,8 @@ class EventLog:
     async def open_log(self, ref: RunRef) -> PlainLog | CompressedLog:
         """The log in the form readers use now (LogNotFound); the caller closes it."""
         keys = self.keys(ref)
+        if self.mirror is not None and keys.log not in self._writers:
+            await self.mirror(ref)
         log = await open_any(self.store, keys)
         writer = self._writers.get(keys.log)
         if isinstance(log, PlainLog) and log.fd is not None and writer is not None:
@@ -438,6 +444,7 @@ class EventLog:
                 max_chunks=TAIL_CHUNKS,
                 notifier=self.notifier,
                 poll_interval=self.poll_interval,
+                pull=functools.partial(self.mirror, ref) if self.mirror is not None else None,
             )
             self._tails[keys.log] = tail
             tail.start()

@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from runevents import metrics
 from runevents.eventlog.reader import Cursor, FileSource, iter_lines
 from runevents.eventlog.types import Chunk, ends_with_completed
+from runevents.exceptions import StorageError
 from runevents.notify import Notifier
+
+log = logging.getLogger(__name__)
 
 #: one refill reads at most this much per chunk
 REFILL_BLOCK = 1024 * 1024
@@ -52,8 +56,12 @@ class Tail:
         max_chunks: int,
         notifier: Notifier | None,
         poll_interval: float,
+        pull: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.run_id = run_id
+        #: several machines: brings committed bytes from the shared live tier into the
+        #: local file before each refill (the writer is on another machine)
+        self.pull = pull
         self.fd = fd
         self.source = FileSource(fd, name)
         self.visible_end = visible_end
@@ -191,6 +199,12 @@ class Tail:
     async def _watch(self) -> None:
         while True:
             signal = self.notifier.signal(self.run_id) if self.notifier is not None else None
+            if self.pull is not None:
+                try:
+                    await self.pull()
+                except StorageError:
+                    # the shared tier is away: followers wait, the next wake-up retries
+                    log.warning("run %s: pulling the live tier failed", self.run_id, exc_info=True)
             self.refill()
             if self.ended:
                 return
@@ -200,7 +214,7 @@ class Tail:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await signal.wait()
-            if not signal.is_set() and self.refill():
+            if not signal.is_set() and self.pull is None and self.refill():
                 metrics.poll_fallback()  # metrics hook: the poll timer, not a notify, found data
 
 

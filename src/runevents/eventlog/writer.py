@@ -88,6 +88,9 @@ RETRY_MIN, RETRY_MAX = 0.05, 2.0
 VisibleHook = Callable[["RunWriter", int, bytes, int, int], None]
 #: awaited before every write: raises WriterFenced when this process no longer owns the run
 Fence = Callable[[], Awaitable[None]]
+#: awaited with (start offset, bytes, first sequence, last sequence) of each write before it
+#: counts as durable; raises WriterFenced (lost the run) or StorageError (not stored)
+Ship = Callable[[int, bytes, int, int], Awaitable[None]]
 
 
 def _refuse(draft: EventDraft, line: int, is_last: bool) -> None:
@@ -176,6 +179,9 @@ class RunWriter:
         self.on_durable: Callable[[list[Event]], None] | None = None
         #: proves ownership before every write (None: unfenced, tests and tools)
         self.fence: Fence | None = None
+        #: several machines: commits each durable write to the shared live tier, fenced by
+        #: the writer epoch; that commit, not a local fsync, makes it durable (livetier.py)
+        self.ship: Ship | None = None
         #: the writer can no longer be trusted (fenced, or the file could not be cut back)
         self.broken: str | None = None
         #: the durable end a failed write could not be cut back to (see retry_cut)
@@ -461,17 +467,31 @@ class RunWriter:
         start = self._durable
         last = self.last_sequence
         ended = self.ended
+        ship = self.ship
         try:
             self._write_all(buf, n, start)
             self.bytes_written = max(self.bytes_written, start + n)
-            if self._fsync:
+            if ship is None and self._fsync:
                 await asyncio.to_thread(self._ops.fsync, self._fd)
         except OSError as exc:
             self._on_failure(exc, start)
             return exc
+        data = bytes(buf[:n])
+        if ship is not None:
+            # the local file is a cache; the shared tier's commit is the durable step
+            try:
+                await ship(start, data, self._durable_sequence + 1, last)
+            except WriterFenced as exc:
+                self._on_failure(OSError(5, str(exc)), start)
+                self._break(str(exc))
+                raise
+            except Exception as exc:  # the database is away, or refused the chunk
+                reason = exc.message if isinstance(exc, StorageError) else repr(exc)
+                error = OSError(5, f"the shared live tier did not store the write: {reason}")
+                self._on_failure(error, start)
+                return error
         # durable: advance, publish, and keep what was committed during the fsync
         # (``n`` and ``last`` were taken together, at a unit boundary)
-        data = bytes(buf[:n])
         del buf[:n]
         end = start + n
         first = self._durable_sequence + 1
