@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 HASH_BLOCK = 1024 * 1024
 
 Ship = Callable[[int, bytes, int, int], Awaitable[None]]
+
+#: the run this task is pulling (its own read of the stored log must not pull again)
+_PULLING: contextvars.ContextVar[str | None] = contextvars.ContextVar("pulling", default=None)
 
 
 class LiveTier:
@@ -128,12 +132,16 @@ class LiveTier:
         log). With no chunks at all, the run is sealed (or never was live here):
         a local copy is completed from the stored log and dropped.
         """
-        if self.log.writer_open(ref):
-            return
+        if self.log.writer_open(ref) or _PULLING.get() == ref.run_id:
+            return  # (the second: a read of the stored log from inside this pull)
         async with self._lock(ref.run_id):
             if self.log.writer_open(ref):
                 return
-            await self._pull_locked(ref)
+            token = _PULLING.set(ref.run_id)
+            try:
+                await self._pull_locked(ref)
+            finally:
+                _PULLING.reset(token)
 
     async def _pull_locked(self, ref: RunRef) -> None:
         path = self.log.keys(ref).live

@@ -45,6 +45,7 @@ from runevents.exceptions import (
     LogNotFound,
     RunEnded,
     StorageError,
+    WriterFenced,
 )
 from runevents.held import HeldRun, HeldRuns, run_ref
 from runevents.models import Run, RunStatus, utcnow
@@ -136,6 +137,11 @@ class ProducerIngest:
                 or held.run.configuration_id != configuration_id
             ):
                 held = None  # (another path; get_run below answers 404)
+            if held is not None and held.lease.lost:
+                # another process took the run over: let go now, and take it again (or
+                # hear that it is held elsewhere) rather than answer from a stale writer
+                await held.release()
+                held = None
             # Only held runs are cached: nobody else can append to or finish them,
             # so the cached row is current and the hot path needs no SELECT per batch.
             run = (
@@ -214,10 +220,21 @@ class ProducerIngest:
                 return answer
             ticket = held.writer.commit(events)
         # Outside the lock: batches committed meanwhile share this fsync (group commit).
-        await held.writer.sync(ticket)
+        try:
+            await held.writer.sync(ticket)
+        except WriterFenced:
+            await self._let_go_lost(held)
+            raise
         held.last_batch = asyncio.get_running_loop().time()
         await self._after_batch(held)
         return answer
+
+    async def _let_go_lost(self, held: HeldRun) -> None:
+        """Another process took ``held`` over: drop the stale writer, so reads here go to
+        the run's log (the shared tier) and the next batch finds the new owner."""
+        async with self.held.lock(held.run.id):
+            if self.held.get(held.run.id) is held:
+                await held.release()
 
     async def _after_batch(self, held: HeldRun) -> None:
         """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel.

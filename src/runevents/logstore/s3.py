@@ -32,6 +32,7 @@ is how the contract says S3 is configured.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -112,9 +113,9 @@ class S3LogStore:
         """Open ``bucket`` (keys go under ``prefix``). No request is made here.
 
         Arguments left as None fall back to obstore's ``AWS_*`` environment
-        variables. ``allow_http`` defaults to True exactly when ``endpoint_url``
-        is an ``http://`` URL (a loopback SeaweedFS/MinIO); a plain-HTTP
-        endpoint from the environment needs ``AWS_ALLOW_HTTP=true``.
+        variables. ``allow_http`` defaults to True exactly when the endpoint
+        (``endpoint_url``, else ``AWS_ENDPOINT_URL``) is an ``http://`` URL (a
+        loopback SeaweedFS/MinIO).
         """
         if not bucket or "/" in bucket:
             raise InvalidInput(f"invalid S3 bucket name {bucket!r}")
@@ -146,7 +147,10 @@ class S3LogStore:
                 config[name] = value
         options: dict[str, Any] = dict(client_options or {})
         if allow_http is None:
-            allow_http = bool(endpoint_url and endpoint_url.startswith("http://"))
+            # contract 10: an http:// endpoint (argument or AWS_ENDPOINT_URL) works with no
+            # further setting; AWS_ALLOW_HTTP still says so explicitly either way
+            endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+            allow_http = endpoint.startswith("http://")
         if allow_http:
             options.setdefault("allow_http", True)
         retry = dict(retry_config) if retry_config is not None else dict(DEFAULT_RETRY)

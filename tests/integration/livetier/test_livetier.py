@@ -1,0 +1,273 @@
+"""The shared live tier (contract 10) with two replicas in one test process.
+
+Each replica is a real :class:`App` with its own data dir; they share one
+Postgres database and one SeaweedFS bucket, as two machines would. The
+defects named in issue 14 each have a test named after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from runevents.app import App
+from runevents.db.tables import runs
+from runevents.eventlog import RunRef
+from runevents.events import EventDraft
+from runevents.exceptions import StorageError
+from runevents.models import Run, RunStatus
+from runevents.settings import Settings
+from tests.fixtures.app import write_configs
+from tests.fixtures.s3 import SeaweedFS
+
+pytestmark = pytest.mark.s3
+
+
+def console(message: str) -> EventDraft:
+    return EventDraft(
+        type="console.line",
+        payload={"scope": "run", "stream": "stdout", "level": "info", "message": message},
+    )
+
+
+def completed(status: str = "succeeded") -> EventDraft:
+    return EventDraft(type="run.completed", payload={"status": status})
+
+
+@pytest.fixture
+def cluster_env(monkeypatch: pytest.MonkeyPatch, seaweedfs: SeaweedFS) -> SeaweedFS:
+    """The S3 endpoint in the environment, as a deployment gives it (no allow-http flag)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", seaweedfs.region)
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    return seaweedfs
+
+
+def replica_settings(tmp_path: Path, name: str, database: str, storage: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / name,
+        config_file=write_configs(tmp_path),
+        database_url=database,
+        storage_url=storage,
+        worker_concurrency=0,
+        maintenance_interval_seconds=0,
+        repair_interval_seconds=0,
+        lease_seconds=2.0,
+        writer_lease_seconds=2.0,
+        flush_interval_ms=5,
+        poll_interval_ms=100,
+    )
+
+
+@pytest.fixture
+async def pair(
+    tmp_path: Path, pg_database_url: str, cluster_env: SeaweedFS
+) -> AsyncIterator[tuple[App, App]]:
+    """Two replicas (separate data dirs) on one database and one bucket prefix."""
+    storage = cluster_env.url(f"livetier/{uuid.uuid4().hex}")
+    a = await App.open(replica_settings(tmp_path, "a", pg_database_url, storage), worker=False)
+    b = await App.open(replica_settings(tmp_path, "b", pg_database_url, storage), worker=False)
+    try:
+        assert a.manager.tier is not None and b.manager.tier is not None
+        yield a, b
+    finally:
+        await b.close()
+        await a.close()
+
+
+def ref(run: Run) -> RunRef:
+    return RunRef(run.workspace_id, run.configuration_id, run.id)
+
+
+async def log_bytes(app: App, run: Run) -> bytes:
+    return b"".join([chunk.data async for chunk in app.manager.log.read(ref(run))])
+
+
+def sequences(data: bytes) -> list[int]:
+    import json
+
+    return [json.loads(line)["sequence"] for line in data.splitlines()]
+
+
+async def release(app: App, run: Run) -> None:
+    async with app.manager.held.lock(run.id):
+        held = app.manager.held.get(run.id)
+        assert held is not None
+        await held.release()
+
+
+async def expire_writer_lease(app: App, run: Run) -> None:
+    """What a dead owner leaves: a lease nobody renews (its expiry in the past)."""
+    async with app.database.engine.begin() as conn:
+        await conn.execute(
+            runs.update()
+            .where(runs.c.id == run.id)
+            .values(writer_expires_at=sa.func.now() - sa.text("interval '1 minute'"))
+        )
+
+
+async def test_a_batch_to_a_replica_that_does_not_hold_the_run_continues_its_log(
+    pair: tuple[App, App],
+) -> None:
+    """Issue 14: it started a fresh log at sequence 1 (a fork with the same numbers)."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    await a.manager.ingest("acme", "ext", run.id, [console("1"), console("2")])
+    await release(a, run)
+    answer = await b.manager.ingest("acme", "ext", run.id, [console("3")])
+    assert answer == {"first_sequence": 4, "last_sequence": 4}
+    data_b = await log_bytes(b, run)
+    assert sequences(data_b) == [1, 2, 3, 4]
+    assert await log_bytes(a, run) == data_b  # byte-identical on every replica
+
+
+async def test_live_run_is_read_on_a_replica_without_its_spool(pair: tuple[App, App]) -> None:
+    """Issue 14: a live run's reads answered 404 on every other host."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    await a.manager.ingest("acme", "ext", run.id, [console(f"line {i}") for i in range(50)])
+    assert a.manager.held.get(run.id) is not None  # A still owns it
+    assert await log_bytes(b, run) == await log_bytes(a, run)
+    assert sequences(await log_bytes(b, run)) == list(range(1, 52))
+
+
+async def test_follower_on_another_replica_gets_events_and_the_end(
+    pair: tuple[App, App],
+) -> None:
+    """Issue 14: SSE on another host closed at once; followers hung on an ended run."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    got: list[int] = []
+
+    async def follow() -> None:
+        async for chunk in b.manager.log.follow(ref(run)):
+            got.extend(sequences(chunk.data))
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await a.manager.ingest("acme", "ext", run.id, [console("live")])
+    while 2 not in got:
+        assert loop.time() - started < 1.0, "the follower on B did not get the event in 1 s"
+        await asyncio.sleep(0.01)
+    await a.manager.ingest("acme", "ext", run.id, [console("last"), completed()])
+    await asyncio.wait_for(follower, 10)
+    assert got == [1, 2, 3, 4]
+
+
+async def test_ended_run_is_served_from_storage_and_leaves_nothing_in_the_tier(
+    pair: tuple[App, App], tmp_path: Path, pg_database_url: str, cluster_env: SeaweedFS
+) -> None:
+    """Issue 14: the creator kept serving a stale spool; chunk rows exist only for live runs."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    await a.manager.ingest("acme", "ext", run.id, [console("x")])
+    before_end = await log_bytes(b, run)  # B now has a local copy of the live run
+    await a.manager.ingest("acme", "ext", run.id, [console("y"), completed()])
+    tier = a.manager.tier
+    assert tier is not None
+    assert (await tier.size()).bytes == 0
+    full = await log_bytes(a, run)
+    assert full.startswith(before_end) and len(full) > len(before_end)
+    assert await log_bytes(b, run) == full  # not B's stale copy
+    # a replica started with an empty data dir serves it too
+    storage = a.settings.resolved_storage_url
+    c = await App.open(replica_settings(tmp_path, "c", pg_database_url, storage), worker=False)
+    try:
+        assert await log_bytes(c, run) == full
+        row = await c.manager.get_run("acme", "ext", run.id)
+        assert row.status is RunStatus.SUCCEEDED and row.event_count == 4
+    finally:
+        await c.close()
+
+
+async def test_owner_that_lost_its_lease_can_never_write_again(pair: tuple[App, App]) -> None:
+    """Issue 14: two replicas handed out the same sequence numbers."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    await a.manager.ingest("acme", "ext", run.id, [console("a1")])
+    await expire_writer_lease(a, run)  # A paused past its lease (SIGSTOP, a long stall)
+    await b.manager.ingest("acme", "ext", run.id, [console("b1")])
+    a_lease = a.manager.ownership.held(run.id)
+    if a_lease is not None:
+        a_lease.trusted_until = 0  # A's next write must ask the database
+    with pytest.raises(StorageError):
+        await a.manager.ingest("acme", "ext", run.id, [console("a2 (fenced)")])
+    data = await log_bytes(b, run)
+    assert sequences(data) == [1, 2, 3]
+    assert b"a2 (fenced)" not in data
+    assert await log_bytes(a, run) == data
+
+
+async def test_takeover_after_the_owner_died_keeps_every_acknowledged_event(
+    pair: tuple[App, App],
+) -> None:
+    """Issue 14: a dead worker's whole log was lost with its disk."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await a.manager.ingest("acme", "ext", run.id, [console(f"a{i}")])
+    # A's disk is gone: its data dir removed; its lease expires
+    import shutil
+
+    shutil.rmtree(a.settings.data_dir / "spool", ignore_errors=True)
+    await expire_writer_lease(a, run)
+    await b.manager.ingest("acme", "ext", run.id, [console("b"), completed()])
+    data = await log_bytes(b, run)
+    assert sequences(data) == list(range(1, 9))
+    assert all(f"a{i}".encode() in data for i in range(5))
+
+
+async def test_executed_run_created_on_one_host_keeps_run_queued_when_claimed_elsewhere(
+    pair: tuple[App, App],
+) -> None:
+    """Issue 14: run.queued stayed in the creator's spool."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "hello", external=False)
+    held = None
+    async with b.manager.held.lock(run.id):
+        held = await b.manager.held.take(run, source="worker", atomic=False)
+        events, ticket = held.commit([console("from the worker")])
+        await held.writer.sync(ticket)
+        await held.release()
+    data = await log_bytes(a, run)
+    assert sequences(data) == [1, 2]
+    assert b'"run.queued"' in data.splitlines()[0]
+
+
+async def test_chunks_of_a_sealed_run_left_by_a_crash_are_dropped_by_repair(
+    pair: tuple[App, App],
+) -> None:
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    tier = a.manager.tier
+    assert tier is not None
+    kept: list[Any] = []
+    original = tier.sealed
+
+    async def crash_before_drop(r: RunRef, uploaded: Any) -> None:
+        kept.append(r)
+        raise StorageError("simulated crash after the upload")
+
+    tier.sealed = crash_before_drop  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        await a.manager.ingest("acme", "ext", run.id, [console("x"), completed()])
+    tier.sealed = original  # type: ignore[method-assign]
+    assert kept and (await tier.size()).chunks > 0
+    from runevents.repair import repair_pass
+
+    await expire_writer_lease(a, run)  # A died there: its lease runs out
+    await repair_pass(b.manager)
+    assert (await tier.size()).chunks == 0
+    row = await b.manager.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED
+    assert sequences(await log_bytes(b, run)) == [1, 2, 3]
