@@ -236,7 +236,7 @@ async def test_executed_run_created_on_one_host_keeps_run_queued_when_claimed_el
     held = None
     async with b.manager.held.lock(run.id):
         held = await b.manager.held.take(run, source="worker", atomic=False)
-        events, ticket = held.commit([console("from the worker")])
+        _events, ticket = held.commit([console("from the worker")])
         await held.writer.sync(ticket)
         await held.release()
     data = await log_bytes(a, run)
@@ -258,7 +258,7 @@ async def test_chunks_of_a_sealed_run_left_by_a_crash_are_dropped_by_repair(
         kept.append(r)
         raise StorageError("simulated crash after the upload")
 
-    tier.sealed = crash_before_drop  # type: ignore[method-assign]
+    tier.sealed = crash_before_drop  # type: ignore[method-assign,assignment]
     with pytest.raises(StorageError):
         await a.manager.ingest("acme", "ext", run.id, [console("x"), completed()])
     tier.sealed = original  # type: ignore[method-assign]
