@@ -178,9 +178,11 @@ class Settings(BaseSettings):
     @property
     def live_tier_enabled(self) -> bool:
         """Whether this process commits live writes to the shared live tier."""
-        if self.live_tier != "auto":
-            return self.live_tier == "on"
         database = self.resolved_database_url.split(":", 1)[0]
+        if self.live_tier != "auto":
+            if self.live_tier == "on" and not database.startswith("postgres"):
+                raise ValueError("live_tier=on needs a postgresql:// database (contract 10)")
+            return self.live_tier == "on"
         storage = self.resolved_storage_url.split(":", 1)[0]
         return database.startswith("postgres") and storage not in ("file", "memory")
 

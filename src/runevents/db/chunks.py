@@ -7,13 +7,20 @@ row still names the writer ``(owner, epoch)`` that wrote it, in the same
 statement, so a process that lost the run can never add a byte (the epoch is
 bumped by ``RunRepository.acquire_writer``, which needs the row lock the
 append holds ``FOR SHARE``).
+
+Chunks are stored as one zstd frame each (level 1: about 1 ms per 400 KB
+batch, a fifth of the bytes): Postgres writes a large ``bytea`` through
+TOAST in 2 KB pieces, so the bytes written are what a commit costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+import zstandard
+from sqlalchemy.dialects import postgresql
 
 from runevents.db.repository import RunRepository
 from runevents.db.tables import live_chunks, runs
@@ -21,6 +28,25 @@ from runevents.exceptions import Conflict, WriterFenced
 
 #: one read returns chunks up to about this many bytes (the last one may pass it)
 READ_BYTES = 8 * 1024 * 1024
+#: zstd level of stored chunks (fast: it is on the acknowledgement's path)
+LEVEL = 1
+#: chunks bigger than this are (de)compressed off the event loop
+INLINE_BYTES = 512 * 1024
+
+_COMPRESS = zstandard.ZstdCompressor(level=LEVEL)
+_DECOMPRESS = zstandard.ZstdDecompressor()
+
+
+async def pack(data: bytes) -> bytes:
+    """One chunk's bytes as stored (a zstd frame with its size)."""
+    if len(data) > INLINE_BYTES:
+        return await asyncio.to_thread(_COMPRESS.compress, data)
+    return _COMPRESS.compress(data)
+
+
+def unpack(stored: bytes) -> bytes:
+    """The log bytes of one stored chunk."""
+    return _DECOMPRESS.decompress(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +70,10 @@ class TierSize:
 
     runs: int
     chunks: int
+    #: log bytes the chunks hold
     bytes: int
+    #: bytes stored (compressed)
+    stored_bytes: int
 
 
 class ChunkRepository:
@@ -70,36 +99,45 @@ class ChunkRepository:
         unknown (the connection broke after COMMIT) finds its own row and
         succeeds; a different chunk at the same offset is a fence too.
         """
+        stored = await pack(data)
+        # One statement, one round trip: the insert happens only if the row still names
+        # this writer, whose lock (FOR SHARE) holds off a takeover until it commits.
         holder = (
-            sa.select(runs.c.id)
+            sa.select(
+                sa.literal(run_id),
+                sa.literal(first_sequence),
+                sa.literal(last_sequence),
+                sa.literal(start_offset),
+                sa.literal(epoch),
+                sa.literal(len(data)),
+                sa.literal(stored, sa.LargeBinary()),
+            )
+            .select_from(runs)
             .where(runs.c.id == run_id, runs.c.writer_epoch == epoch, runs.c.writer_owner == owner)
             .with_for_update(read=True)
         )
-        async with self._repo._tx(write=True) as conn:
-            if await conn.scalar(holder) is None:
-                raise WriterFenced(f"run {run_id}: another process took its writer (epoch {epoch})")
-            existing = await conn.execute(
-                sa.select(live_chunks.c.epoch, sa.func.length(live_chunks.c.data)).where(
-                    live_chunks.c.run_id == run_id, live_chunks.c.start_offset == start_offset
+        columns = ["run_id", "first_sequence", "last_sequence", "start_offset", "epoch", "size"]
+        insert = (
+            postgresql.insert(live_chunks)
+            .from_select([*columns, "data"], holder)
+            .on_conflict_do_nothing(index_elements=["run_id", "start_offset"])
+            .returning(live_chunks.c.size)
+        )
+        async with self._repo._tx() as conn:  # autocommit: the statement is the transaction
+            if await conn.scalar(insert) is not None:
+                return
+            row = (
+                await conn.execute(
+                    sa.select(live_chunks.c.epoch, live_chunks.c.size).where(
+                        live_chunks.c.run_id == run_id, live_chunks.c.start_offset == start_offset
+                    )
                 )
-            )
-            row = existing.first()
-            if row is not None:
-                if int(row[0]) == epoch and int(row[1]) == len(data):
-                    return  # our own chunk, committed by an attempt whose answer was lost
-                raise WriterFenced(
-                    f"run {run_id}: offset {start_offset} was written by another writer"
-                )
-            await conn.execute(
-                live_chunks.insert().values(
-                    run_id=run_id,
-                    first_sequence=first_sequence,
-                    last_sequence=last_sequence,
-                    start_offset=start_offset,
-                    epoch=epoch,
-                    data=data,
-                )
-            )
+            ).first()
+        if row is not None and int(row[0]) == epoch and int(row[1]) == len(data):
+            return  # our own chunk, committed by an attempt whose answer was lost
+        if row is not None:
+            raise WriterFenced(f"run {run_id}: offset {start_offset} was written by another writer")
+        raise WriterFenced(f"run {run_id}: another process took its writer (epoch {epoch})")
 
     async def insert_run_with_chunk(
         self, insert_run: sa.Insert, run_id: str, epoch: int, data: bytes
@@ -108,6 +146,7 @@ class ChunkRepository:
 
         Conflict if the run exists.
         """
+        stored = await pack(data)
         async with self._repo._tx(write=True) as conn:
             await conn.execute(insert_run)
             await conn.execute(
@@ -117,7 +156,8 @@ class ChunkRepository:
                     last_sequence=data.count(b"\n"),
                     start_offset=0,
                     epoch=epoch,
-                    data=data,
+                    size=len(data),
+                    data=stored,
                 )
             )
 
@@ -129,7 +169,7 @@ class ChunkRepository:
         The size filter is in SQL (a running sum), so a big run's chunks are not
         all fetched to read the next few.
         """
-        size = sa.func.length(live_chunks.c.data)
+        size = live_chunks.c.size
         running = (sa.func.sum(size).over(order_by=live_chunks.c.start_offset) - size).label(
             "before"
         )
@@ -158,13 +198,21 @@ class ChunkRepository:
         )
         async with self._repo._tx() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bytes(r[4])) for r in rows]
+        stored = sum(len(r[4]) for r in rows)
+
+        def unpack_all() -> list[StoredChunk]:
+            return [
+                StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), unpack(bytes(r[4])))
+                for r in rows
+            ]
+
+        return await asyncio.to_thread(unpack_all) if stored > INLINE_BYTES else unpack_all()
 
     async def end(self, run_id: str) -> tuple[int, int] | None:
         """``(end offset, last sequence)`` of the run's committed chunks; None if it has none."""
         stmt = (
             sa.select(
-                live_chunks.c.start_offset + sa.func.length(live_chunks.c.data),
+                live_chunks.c.start_offset + live_chunks.c.size,
                 live_chunks.c.last_sequence,
             )
             .where(live_chunks.c.run_id == run_id)
@@ -220,11 +268,12 @@ class ChunkRepository:
         stmt = sa.select(
             sa.func.count(sa.distinct(live_chunks.c.run_id)),
             sa.func.count(),
+            sa.func.coalesce(sa.func.sum(live_chunks.c.size), 0),
             sa.func.coalesce(sa.func.sum(sa.func.length(live_chunks.c.data)), 0),
         )
         async with self._repo._tx() as conn:
             row = (await conn.execute(stmt)).one()
-        return TierSize(int(row[0]), int(row[1]), int(row[2]))
+        return TierSize(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
 __all__ = ["ChunkRepository", "Conflict", "StoredChunk", "TierSize"]

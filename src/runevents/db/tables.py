@@ -198,6 +198,8 @@ live_chunks = sa.Table(
     #: byte offset of ``data`` in the run's log (the log is the chunks in this order)
     sa.Column("start_offset", sa.BigInteger(), primary_key=True),
     sa.Column("epoch", sa.BigInteger(), nullable=False),
+    #: bytes of the log this chunk holds (``data`` is them as one zstd frame)
+    sa.Column("size", sa.BigInteger(), nullable=False),
     sa.Column("data", sa.LargeBinary(), nullable=False),
 )
 

@@ -106,6 +106,8 @@ async def release(app: App, run: Run) -> None:
 
 async def expire_writer_lease(app: App, run: Run) -> None:
     """What a dead owner leaves: a lease nobody renews (its expiry in the past)."""
+    if app._leases is not None:
+        app._leases.cancel()  # its renewals stop, as a paused or dead process's do
     async with app.database.engine.begin() as conn:
         await conn.execute(
             runs.update()
