@@ -273,3 +273,40 @@ async def test_chunks_of_a_sealed_run_left_by_a_crash_are_dropped_by_repair(
     row = await b.manager.get_run("acme", "ext", run.id)
     assert row.status is RunStatus.SUCCEEDED
     assert sequences(await log_bytes(b, run)) == [1, 2, 3]
+
+
+async def test_dead_workers_run_ends_worker_lost_elsewhere_with_every_committed_line(
+    pair: tuple[App, App],
+) -> None:
+    """Issue 14: the reaper on a host without the spool uploaded a one-event log."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "hello", external=False)
+    async with b.manager.held.lock(run.id):
+        held = await b.manager.held.take(run, source="worker", atomic=False)
+        _events, ticket = held.commit([console(f"worker line {i}") for i in range(20)])
+        await held.writer.sync(ticket)
+    # B (the worker's machine) dies: no more renewals, its disk gone
+    import shutil
+
+    shutil.rmtree(b.settings.data_dir / "spool", ignore_errors=True)
+    await expire_writer_lease(b, run)
+    async with a.database.engine.begin() as conn:
+        await conn.execute(
+            runs.update()
+            .where(runs.c.id == run.id)
+            .values(
+                status="running",
+                lease_owner="worker-b",
+                lease_expires_at=sa.func.now() - sa.text("interval '1 second'"),
+            )
+        )
+    reaped = await a.manager.reap_expired_leases()
+    assert [r.id for r in reaped] == [run.id]
+    done = await a.manager.get_run("acme", "hello", run.id)
+    assert done.status is RunStatus.FAILED
+    assert done.failure is not None and done.failure["code"] == "worker_lost"
+    data = await log_bytes(a, run)
+    assert sequences(data) == list(range(1, 23))  # queued, 20 lines, run.completed
+    assert b'"worker_lost"' in data.splitlines()[-1]
+    tier = a.manager.tier
+    assert tier is not None and (await tier.size()).chunks == 0
