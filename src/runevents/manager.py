@@ -27,6 +27,7 @@ from typing import Any
 from runevents import ids, metrics
 from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.repository import RunRepository
+from runevents.db.runlocks import RunLocks
 from runevents.eventlog import Chunk, EventLog
 from runevents.events import EventDraft
 from runevents.exceptions import (
@@ -79,6 +80,8 @@ class RunManager(ProducerIngest, RunUpkeep):
         self.on_queued: Callable[[], None] | None = None
         # secret masking of producers' batches (contract 11; hooked in producer.ingest)
         self.masks = RunMasks(repo, configs)
+        #: per-run maintenance locks shared by every process of the deployment
+        self.run_locks = RunLocks(repo.database)
 
     async def close(self) -> None:
         """Let go of every run this process holds (server shutdown); nothing is lost:
