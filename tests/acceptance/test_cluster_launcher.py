@@ -16,6 +16,7 @@ Without Postgres or SeaweedFS these tests skip with the reason
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -205,3 +206,60 @@ def test_command_line_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_two_hosts_compact_at_once_each_run_once(cluster: Cluster, tmp_path: Path) -> None:
+    """`runevents compact` on two "hosts" (own data dirs, the cluster's database and bucket)
+    at the same moment: every plain ended run is compacted by exactly one of them."""
+    url = cluster.urls[0]
+    runs = [create_demo_run(url, speed=5, fail=False) for _ in range(3)]
+    for run in runs:
+        poll(f"run {run['id']} to end", lambda r=run: status_of(url, r) in ENDED, timeout=180)
+
+    def plain_ended() -> set[str]:
+        r = httpx.get(f"{url}/api/v1/workspaces/demo/runs", params={"limit": 200}, timeout=30)
+        return {
+            item["id"]
+            for item in r.json()["items"]
+            if item["status"] in ENDED and item["log_state"] == "plain"
+        }
+
+    candidates = plain_ended()
+    assert {run["id"] for run in runs} <= candidates
+    hosts = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runevents",
+                "compact",
+                "--older-than",
+                "0s",
+                "--json",
+                "--data-dir",
+                str(tmp_path / f"host-{i}"),
+            ],
+            env=cluster.common_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 2)
+    ]
+    outputs = [host.communicate(timeout=300) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    reports = [json.loads(out) for out, _ in outputs]
+    assert [r["errors"] for r in reports] == [[], []]
+    done = [set(r["run_ids"]) for r in reports]
+    assert not done[0] & done[1], "a run was compacted by both hosts"
+    # runs that ended meanwhile (another test's) may be compacted too, never twice
+    assert candidates <= done[0] | done[1]
+    assert not plain_ended() & candidates
+    for run in runs:  # and they read through any replica
+        r = httpx.get(
+            f"{cluster.urls[2]}/api/v1/workspaces/demo/configurations/extract/runs/{run['id']}/events",
+            headers={"Accept": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["events"][-1]["type"] == "run.completed"
