@@ -27,11 +27,13 @@ from runevents import maintenance
 from runevents.app import App
 from runevents.db import open_database
 from runevents.db.runlocks import RunLocks, maintenance_key
+from runevents.events import EventDraft
 from runevents.exceptions import LogExpired, LogNotFound
 from runevents.models import LogState, Run
 from runevents.settings import Settings
+from runevents.upkeep import run_ref
 from tests.fixtures.s3 import SeaweedFS
-from tests.integration.maintenance.conftest import finished_run, log_bytes
+from tests.integration.maintenance.conftest import backdate, console, finished_run, log_bytes
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
@@ -240,3 +242,45 @@ async def test_sqlite_keeps_the_single_host_behaviour(tmp_path: Path) -> None:
             assert got and again  # no database lock: the engine's file locks guard one host
     finally:
         await database.close()
+
+
+async def _big_run(app: App, megabytes: int) -> Run:
+    """An ended external run whose plain log is about ``megabytes`` MiB (several S3 windows)."""
+    m = app.manager
+    run = await m.create_run("acme", "big", external=True)
+    line = "x" * 1000
+    batch = [console(f"{i} {line}") for i in range(1000)]
+    for _ in range(megabytes):
+        await m.ingest("acme", "big", run.id, batch)
+    await m.ingest(
+        "acme", "big", run.id, [EventDraft(type="run.completed", payload={"status": "succeeded"})]
+    )
+    return await backdate(app, await m.repo.get_run(run.id), 2 * HOUR)
+
+
+async def test_a_read_that_meets_compaction_on_another_host_goes_on(
+    two_machines: tuple[App, App],
+) -> None:
+    """Host B reads a plain log (more than one 8 MiB S3 window) while host A compacts it
+    and drops the plain form: the read goes on from the compressed form, whole and
+    byte-identical -- not 410 ("removed by retention") halfway."""
+    a, b = two_machines
+    run = await _big_run(a, 28)
+    expected = await log_bytes(b, run)
+    assert len(expected) > 3 * 8 * 1024 * 1024  # more than the read-ahead of two windows
+    row = await b.manager.repo.get_run(run.id)
+    whole = b.manager.read_events(row)
+    limited = b.manager.read_events(row, after_sequence=10, limit=25_000)
+    got = [bytearray((await anext(whole)).data), bytearray((await anext(limited)).data)]
+    # host A compacts the run and drops the plain form between two of B's windows
+    assert await a.manager.compact_run(run) is not None
+    assert (await a.manager.repo.get_run(run.id)).log_state is LogState.COMPRESSED
+    keys = b.manager.log.keys(run_ref(run))
+    with pytest.raises(LogNotFound):
+        await b.manager.log.store.stat(keys.log)  # the plain form B was reading is gone
+    for buffer, chunks in zip(got, (whole, limited), strict=True):
+        async for chunk in chunks:
+            buffer += chunk.data
+    lines = expected.splitlines(keepends=True)
+    assert bytes(got[0]) == expected
+    assert bytes(got[1]) == b"".join(lines[10 : 10 + 25_000])
