@@ -80,7 +80,9 @@ def batch(tag: str, n: int = 20) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def send(members: list[Member], run_id: str, body: bytes, key: str, start: int = 0) -> dict[str, Any]:
+def send(
+    members: list[Member], run_id: str, body: bytes, key: str, start: int = 0
+) -> dict[str, Any]:
     """POST one batch, trying the replicas from ``start`` on; retries 503 and dropped
     connections (same key) for at most ACCEPT_WITHIN seconds, as a producer would."""
     deadline = time.monotonic() + ACCEPT_WITHIN
@@ -132,16 +134,16 @@ def messages(data: bytes) -> list[str]:
 
 
 def complete(members: list[Member], run_id: str, key: str) -> None:
-    body = (json.dumps({"type": "run.completed", "payload": {"status": "succeeded"}}) + "\n").encode()
+    body = (
+        json.dumps({"type": "run.completed", "payload": {"status": "succeeded"}}) + "\n"
+    ).encode()
     send(members, run_id, body, key)
 
 
 def test_any_replica_accepts_any_batch_round_robin_one_gap_free_log(cluster: Cluster) -> None:
     replicas = cluster.replicas
     run_id = create_external(replicas[0])
-    answers = [
-        send(replicas, run_id, batch(f"b{i}"), f"k{i}", start=i % 3) for i in range(30)
-    ]
+    answers = [send(replicas, run_id, batch(f"b{i}"), f"k{i}", start=i % 3) for i in range(30)]
     complete(replicas, run_id, "k-end")
     firsts = [a["first_sequence"] for a in answers]
     assert firsts == sorted(firsts) and len(set(firsts)) == 30
