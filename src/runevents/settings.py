@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = "127.0.0.1"
     #: a browser session (cookie) expires this long after sign-in (seconds)
     session_ttl_seconds: float = Field(default=7 * 86400.0, gt=0)
+    #: where the other replicas of a deployment reach this ``serve`` process (an ingest
+    #: batch for a run whose writer is here is forwarded to it): ``http://host:port``.
+    #: None: derived from ``host``/``port``, a wildcard bind advertising this machine's
+    #: own address (``runevents.replicas.default_advertise_url``)
+    advertise_url: str | None = None
     #: an SSE client that does not take a chunk within this long is dropped (seconds)
     sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
 

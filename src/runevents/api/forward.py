@@ -1,0 +1,241 @@
+"""Forwarding a producer's batch to the replica that owns the run's writer (contract 10).
+
+Any replica accepts any run's batches, but a run has one writer: the process
+holding its writer lease keeps the writer state and the summary fold. A batch
+that reaches another replica while the owner is alive is relayed to the owner
+here, and the owner's answer is returned as it is; only a dead or idle owner's
+run is taken over (its lease expired or given up: ``Ownership.acquire``).
+
+The ingest route calls :meth:`Forwarder.forward` when the manager raised
+:class:`~runevents.exceptions.WriterMoving`. The decision (:func:`decide`):
+
+* a request that was itself forwarded (``X-Runevents-Forwarded-By``) is never
+  forwarded again: it answers 503 + ``Retry-After: 1``. Two replicas that each
+  think the other owns the run (a lease moving) cannot bounce a batch forever;
+* no live lease holder, a holder that is this process, or one that is not a
+  registered replica seen within ``replicas.stale_after`` (a worker; a
+  process killed without a goodbye): 503 + ``Retry-After: 1``. The lease of a
+  dead owner expires within ``writer_lease_seconds``; a retry then takes the run;
+* otherwise the request goes to the owner's advertised URL: same method, path,
+  query and body bytes; the headers the owner needs to judge it
+  (``Content-Type``, ``Authorization``, ``Cookie``, ``Idempotency-Key``,
+  ``X-Request-ID``, ``User-Agent``, ``Accept``) plus
+  ``X-Runevents-Forwarded-By: <this process's owner id>``. ``Host`` is the
+  owner's (its open-mode guard answers 421 to a foreign one). An owner that
+  cannot be reached (refused, timed out) gives 503 + ``Retry-After: 1``.
+
+Authorization: the owner authenticates the request again, with its own tokens
+file, so every replica of a deployment must be given the same tokens file (the
+tokens are not in the database). A cookie-signed request passed this
+replica's ``Origin`` check; its ``Origin`` is rewritten to the owner's, since
+the owner compares it with its own ``Host`` (the session key is in the
+database, shared: the owner accepts the cookie itself).
+
+One ``httpx.AsyncClient`` per process (a pooled, kept-alive connection per
+peer); it ignores ``HTTP_PROXY`` and friends (replica-to-replica traffic stays
+inside the deployment). A batch the owner appended but whose answer was lost
+on the way back (a timeout past the body) gets 503 here: as with any lost
+answer, the producer's retry with the same ``Idempotency-Key`` appends
+nothing twice (the client library always sends one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response
+
+from runevents import metrics
+from runevents.db.replicas import Replica, ReplicaRepository
+from runevents.exceptions import WriterMoving
+from runevents.models import utcnow
+
+log = logging.getLogger(__name__)
+
+#: set on a forwarded request: the owner id of the replica that forwarded it
+FORWARDED_BY = "X-Runevents-Forwarded-By"
+#: request headers the owner needs to judge the batch as if it came directly
+PASSED_REQUEST_HEADERS = (
+    "content-type",
+    "authorization",
+    "cookie",
+    "idempotency-key",
+    "x-request-id",
+    "user-agent",
+    "accept",
+)
+#: owner answer headers not copied: hop-by-hop, recomputed here, or set by our own middleware
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        "x-request-id",
+    }
+)
+#: seconds a whole forwarded request may take (the owner's group commit included)
+TIMEOUT_SECONDS = 10.0
+#: seconds to connect to the owner (a dead machine should not hold the batch long)
+CONNECT_SECONDS = 2.0
+
+
+class Outcome(enum.StrEnum):
+    """What became of a batch that met another process's writer (the metric's label)."""
+
+    #: relayed; the owner answered (its status, whatever it is, went back)
+    ANSWERED = "answered"
+    #: the owner did not answer (refused, timed out): 503
+    UNREACHABLE = "unreachable"
+    #: no live holder, the holder is this process, or not a registered live replica: 503
+    NO_OWNER = "no_owner"
+    #: the batch was already forwarded to us: never forwarded again, 503
+    NOT_AGAIN = "not_again"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """Forward to ``url``, or (``url`` None) answer 503 for ``outcome``'s reason."""
+
+    outcome: Outcome
+    url: str | None = None
+    owner: str | None = None
+
+
+def decide(
+    *,
+    forwarded_by: str | None,
+    me: str,
+    owner: str | None,
+    replica: Replica | None,
+    stale_after: float,
+    now: datetime | None = None,
+) -> Decision:
+    """Where a batch that met another writer goes (pure: the module doc's rules)."""
+    if forwarded_by is not None:
+        return Decision(Outcome.NOT_AGAIN, owner=owner)
+    if owner is None or owner == me:
+        return Decision(Outcome.NO_OWNER, owner=owner)
+    if replica is None or replica.owner != owner or not replica.fresh(stale_after, now):
+        return Decision(Outcome.NO_OWNER, owner=owner)
+    return Decision(Outcome.ANSWERED, url=replica.url.rstrip("/"), owner=owner)
+
+
+def request_headers(headers: Mapping[str, str], *, me: str, owner_url: str) -> dict[str, str]:
+    """The headers of the forwarded request (module doc)."""
+    out = {name: headers[name] for name in PASSED_REQUEST_HEADERS if name in headers}
+    if "origin" in headers:
+        # this replica checked Origin against its own Host; the owner checks it
+        # against the Host it is reached at
+        parts = urlsplit(owner_url)
+        out["origin"] = f"{parts.scheme}://{parts.netloc}"
+    out[FORWARDED_BY.lower()] = me
+    return out
+
+
+def response_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+    """The owner's answer headers worth passing on (repeated ones kept)."""
+    return [(k, v) for k, v in headers.multi_items() if k.lower() not in DROPPED_RESPONSE_HEADERS]
+
+
+class Forwarder:
+    """Relays batches to the owner of a run's writer; one per serving process."""
+
+    def __init__(
+        self,
+        replicas: ReplicaRepository,
+        me: str,
+        *,
+        stale_after: float,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self.me = me
+        self.stale_after = stale_after
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_SECONDS),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def where(self, run_id: str, moving: WriterMoving, forwarded_by: str | None) -> Decision:
+        """The decision for a batch of ``run_id`` that met ``moving``."""
+        if forwarded_by is not None:
+            return decide(
+                forwarded_by=forwarded_by, me=self.me, owner=moving.owner, replica=None,
+                stale_after=self.stale_after,
+            )  # fmt: skip
+        if moving.owner is not None:
+            owner: str | None = moving.owner
+            replica = await self.replicas.lookup(moving.owner)
+        else:
+            # a local guard said no (another writer's file lock on a shared data dir):
+            # the database still names the lease holder, if any
+            owner, replica = await self.replicas.writer_replica(run_id)
+        return decide(
+            forwarded_by=None, me=self.me, owner=owner, replica=replica,
+            stale_after=self.stale_after, now=utcnow(),
+        )  # fmt: skip
+
+    async def forward(
+        self, request: Request, body: bytes, run_id: str, moving: WriterMoving
+    ) -> Response:
+        """The owner's answer to this batch; raises WriterMoving (503 + Retry-After) if none."""
+        decision = await self.where(run_id, moving, request.headers.get(FORWARDED_BY))
+        if decision.url is None:
+            metrics.ingest_forwarded(decision.outcome.value)
+            raise _unavailable(run_id, decision)
+        url = decision.url + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        headers = request_headers(request.headers, me=self.me, owner_url=decision.url)
+        try:
+            answer = await self.client.request(request.method, url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            metrics.ingest_forwarded(Outcome.UNREACHABLE.value)
+            log.warning(
+                "run %s: the writer's replica %s at %s did not answer (%s: %s)",
+                run_id, decision.owner, decision.url, type(exc).__name__, exc,
+            )  # fmt: skip
+            raise WriterMoving(
+                f"the replica holding the writer of run {run_id} does not answer; retry shortly",
+                owner=decision.owner,
+            ) from exc
+        metrics.ingest_forwarded(Outcome.ANSWERED.value)
+        response = Response(content=answer.content, status_code=answer.status_code)
+        # raw headers: a repeated one (Set-Cookie, Vary) stays repeated
+        response.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in response_headers(answer.headers)
+        ] + [(b"content-length", str(len(answer.content)).encode("ascii"))]
+        return response
+
+
+def _unavailable(run_id: str, decision: Decision) -> WriterMoving:
+    if decision.outcome is Outcome.NOT_AGAIN:
+        message = (
+            f"this replica does not hold the writer of run {run_id} (the batch was "
+            "forwarded here, and is not forwarded again); retry shortly"
+        )
+    else:
+        message = f"the writer of run {run_id} is moving between processes; retry shortly"
+    return WriterMoving(message, owner=decision.owner)
