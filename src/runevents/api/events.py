@@ -311,6 +311,11 @@ async def ingest_events(
     body = await ingest.read_body(
         request.stream(), request.headers.get("content-length"), settings.max_batch_bytes
     )
+    if state.forwarder is not None and manager.held.get(run_id) is None:
+        # batches of this run were just relayed to its owner: straight there again
+        relayed = await state.forwarder.relay_known(request, body, run_id)
+        if relayed is not None:
+            return relayed
     drafts = ingest.parse_batch(
         body,
         workspace_id=workspace_id,

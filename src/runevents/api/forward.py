@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -93,6 +94,10 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 TIMEOUT_SECONDS = 10.0
 #: seconds to connect to the owner (a dead machine should not hold the batch long)
 CONNECT_SECONDS = 2.0
+#: seconds a run's owner, once relayed to, is trusted without asking the database
+HINT_SECONDS = 2.0
+#: runs whose owner is remembered at most (the oldest hints go first)
+MAX_HINTS = 10_000
 
 
 class Outcome(enum.StrEnum):
@@ -113,8 +118,12 @@ class Decision:
     """Forward to ``url``, or (``url`` None) answer 503 for ``outcome``'s reason."""
 
     outcome: Outcome
-    url: str | None = None
+    replica: Replica | None = None
     owner: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return None if self.replica is None else self.replica.url.rstrip("/")
 
 
 def decide(
@@ -133,7 +142,7 @@ def decide(
         return Decision(Outcome.NO_OWNER, owner=owner)
     if replica is None or replica.owner != owner or not replica.fresh(stale_after, now):
         return Decision(Outcome.NO_OWNER, owner=owner)
-    return Decision(Outcome.ANSWERED, url=replica.url.rstrip("/"), owner=owner)
+    return Decision(Outcome.ANSWERED, replica=replica, owner=owner)
 
 
 def request_headers(headers: Mapping[str, str], *, me: str, owner_url: str) -> dict[str, str]:
@@ -162,11 +171,16 @@ class Forwarder:
         me: str,
         *,
         stale_after: float,
+        hint_seconds: float = HINT_SECONDS,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.replicas = replicas
         self.me = me
         self.stale_after = stale_after
+        #: how long a relayed run's owner is trusted without asking the database
+        self.hint_seconds = hint_seconds
+        #: run id -> (its owner's replica, monotonic time the hint expires), oldest first
+        self._owners: dict[str, tuple[Replica, float]] = {}
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_SECONDS),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -196,31 +210,79 @@ class Forwarder:
             stale_after=self.stale_after, now=utcnow(),
         )  # fmt: skip
 
+    # ------------------------------------------------------------------ the known owners
+    def known(self, run_id: str) -> Replica | None:
+        """The replica a batch of ``run_id`` was last relayed to, while the hint is young."""
+        hint = self._owners.get(run_id)
+        if hint is None:
+            return None
+        replica, until = hint
+        if time.monotonic() >= until:
+            del self._owners[run_id]
+            return None
+        return replica
+
+    def _remember(self, run_id: str, replica: Replica) -> None:
+        self._owners.pop(run_id, None)
+        self._owners[run_id] = (replica, time.monotonic() + self.hint_seconds)
+        while len(self._owners) > MAX_HINTS:
+            del self._owners[next(iter(self._owners))]  # the oldest
+
+    def forget(self, run_id: str) -> None:
+        self._owners.pop(run_id, None)
+
+    async def relay_known(self, request: Request, body: bytes, run_id: str) -> Response | None:
+        """The fast path: a run whose batches were just relayed goes to the same owner
+        again before this replica parses the body or asks the database (None: no hint).
+
+        The owner judges every batch anyway; a hint gone stale costs one 503 (the
+        owner refuses a forwarded batch it cannot take) and the hint is dropped.
+        """
+        if FORWARDED_BY.lower() in request.headers:
+            return None
+        replica = self.known(run_id)
+        if replica is None:
+            return None
+        return await self._relay(request, body, run_id, replica)
+
+    # ------------------------------------------------------------------ the slow path
     async def forward(
         self, request: Request, body: bytes, run_id: str, moving: WriterMoving
     ) -> Response:
         """The owner's answer to this batch; raises WriterMoving (503 + Retry-After) if none."""
+        self.forget(run_id)
         decision = await self.where(run_id, moving, request.headers.get(FORWARDED_BY))
-        if decision.url is None:
+        if decision.replica is None:
             metrics.ingest_forwarded(decision.outcome.value)
             raise _unavailable(run_id, decision)
-        url = decision.url + request.url.path
+        return await self._relay(request, body, run_id, decision.replica)
+
+    async def _relay(
+        self, request: Request, body: bytes, run_id: str, replica: Replica
+    ) -> Response:
+        base = replica.url.rstrip("/")
+        url = base + request.url.path
         if request.url.query:
             url += "?" + request.url.query
-        headers = request_headers(request.headers, me=self.me, owner_url=decision.url)
+        headers = request_headers(request.headers, me=self.me, owner_url=base)
         try:
             answer = await self.client.request(request.method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
+            self.forget(run_id)
             metrics.ingest_forwarded(Outcome.UNREACHABLE.value)
             log.warning(
                 "run %s: the writer's replica %s at %s did not answer (%s: %s)",
-                run_id, decision.owner, decision.url, type(exc).__name__, exc,
+                run_id, replica.owner, base, type(exc).__name__, exc,
             )  # fmt: skip
             raise WriterMoving(
                 f"the replica holding the writer of run {run_id} does not answer; retry shortly",
-                owner=decision.owner,
+                owner=replica.owner,
             ) from exc
         metrics.ingest_forwarded(Outcome.ANSWERED.value)
+        if answer.status_code == 503:
+            self.forget(run_id)  # the owner is moving on: the next batch asks the database
+        else:
+            self._remember(run_id, replica)
         response = Response(content=answer.content, status_code=answer.status_code)
         # raw headers: a repeated one (Set-Cookie, Vary) stays repeated
         response.raw_headers = [
