@@ -2,11 +2,16 @@
 
 Two real ``runevents serve`` processes (A and B) on one scratch Postgres
 database, separate data dirs, one shared ``file://`` store, ``fsync=flush``
-(durable, the default). An external run is created on A, which then holds its
-writer; 1,000-event batches are posted alternately to A (direct) and to B
-(relayed to A by ``api/forward.py``), one at a time, and each round trip is
-timed from the client. The figure is the median (and p90) of each, and the
-difference: the latency a forwarded batch adds.
+(durable, the default). External runs are created on A, which then holds
+their writers; 1,000-event batches are posted one at a time and each round
+trip is timed from the client:
+
+* a run's next batch: alternately to A (direct) and to B, which knows the
+  owner from the batch before and relays at once (``Forwarder.relay_known``);
+* a run's first batch: to A, or to B with nothing known -- B parses the batch,
+  meets A's writer (file lock or lease), reads the registry, then relays.
+
+Medians and p90 of each, and the difference: the latency a forwarded batch adds.
 """
 
 from __future__ import annotations
@@ -73,7 +78,25 @@ def _median_p90(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))]
 
 
+def _post(http: httpx.Client, url: str, body: bytes) -> float:
+    """One batch; its client round trip in ms."""
+    started = time.perf_counter()
+    answer = http.post(url, content=body, headers=NDJSON)
+    elapsed = time.perf_counter() - started
+    if answer.status_code != 200:
+        raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
+    return elapsed * 1000
+
+
+def _new_run(http: httpx.Client, a: str) -> str:
+    """An external run created on A (which then holds its writer); its events URL path."""
+    r = http.post(f"{a}/api/v1/workspaces/{WS}/configurations/{CFG}/runs", json={"external": True})
+    r.raise_for_status()
+    return f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs/{r.json()['run']['id']}/events"
+
+
 def measure(dsn: str, rounds: int) -> list[Row]:
+    times: dict[str, list[float]] = {"direct": [], "forwarded": [], "first": [], "first_fwd": []}
     with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
         root = Path(tmp)
         (root / "store").mkdir()
@@ -82,46 +105,45 @@ def measure(dsn: str, rounds: int) -> list[Row]:
             _replica(root / "b", dsn, root / "store") as b,
             httpx.Client(timeout=60) as http,
         ):
-            r = http.post(
-                f"{a}/api/v1/workspaces/{WS}/configurations/{CFG}/runs", json={"external": True}
-            )
-            r.raise_for_status()
-            run = r.json()["run"]["id"]
-            path = f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs/{run}/events"
             bodies = [batch_body(seed) for seed in range(8)]
-            times: dict[str, list[float]] = {"direct": [], "forwarded": []}
+            # a run's batches, alternately to A (direct) and B (relayed: B knows the owner
+            # from the batch before, the fast path)
+            path = _new_run(http, a)
             for n in range(rounds + 5):  # the first 5 of each warm up connections and caches
-                for name, base in (("direct", a), ("forwarded", b)):
-                    started = time.perf_counter()
-                    answer = http.post(base + path, content=bodies[n % len(bodies)], headers=NDJSON)
-                    elapsed = time.perf_counter() - started
-                    if answer.status_code != 200:
-                        raise RuntimeError(
-                            f"{name} batch: {answer.status_code} {answer.text[:200]}"
-                        )
-                    if n >= 5:
-                        times[name].append(elapsed * 1000)
+                body = bodies[n % len(bodies)]
+                direct, forwarded = _post(http, a + path, body), _post(http, b + path, body)
+                if n >= 5:
+                    times["direct"].append(direct)
+                    times["forwarded"].append(forwarded)
+            # the first batch of a fresh run: B has no hint and goes the whole way (it
+            # parses, meets A's lease, reads the registry, relays)
+            for n in range(rounds + 5):
+                body = bodies[n % len(bodies)]
+                direct = _post(http, a + _new_run(http, a), body)
+                forwarded = _post(http, b + _new_run(http, a), body)
+                if n >= 5:
+                    times["first"].append(direct)
+                    times["first_fwd"].append(forwarded)
             metrics = http.get(f"{b}/metrics").text
     if 'runevents_ingest_forwarded_total{outcome="answered"}' not in metrics:
         raise RuntimeError("B did not forward its batches")
-    direct, direct_p90 = _median_p90(times["direct"])
-    forwarded, forwarded_p90 = _median_p90(times["forwarded"])
     note = f"{BATCH:,}-event batches, median of {rounds}, one at a time, client round trip"
-    relayed = "forwarded batch (to B, relayed to A)"
-    return [
-        row(SECTION, "direct batch (to the owner), p50", direct, "ms", note=note),
-        row(SECTION, "direct batch, p90", direct_p90, "ms"),
-        row(SECTION, f"{relayed}, p50", forwarded, "ms", "direct", ratio(forwarded, direct)),
-        row(
-            SECTION,
-            f"{relayed}, p90",
-            forwarded_p90,
-            "ms",
-            "direct",
-            ratio(forwarded_p90, direct_p90),
-        ),
-        row(SECTION, "added by forwarding, p50", forwarded - direct, "ms"),
-    ]
+    rows: list[Row] = []
+    for direct_key, relayed_key, what in (
+        ("direct", "forwarded", "a run's next batch"),
+        ("first", "first_fwd", "a run's first batch (no hint: the full refusal)"),
+    ):
+        direct, direct_p90 = _median_p90(times[direct_key])
+        relayed, relayed_p90 = _median_p90(times[relayed_key])
+        p50_ratio, p90_ratio = ratio(relayed, direct), ratio(relayed_p90, direct_p90)
+        rows += [
+            row(SECTION, f"{what}: direct to the owner, p50", direct, "ms", note=note),
+            row(SECTION, f"{what}: relayed by B, p50", relayed, "ms", "direct", p50_ratio),
+            row(SECTION, f"{what}: direct, p90", direct_p90, "ms"),
+            row(SECTION, f"{what}: relayed, p90", relayed_p90, "ms", "direct", p90_ratio),
+            row(SECTION, f"{what}: added by forwarding, p50", relayed - direct, "ms"),
+        ]
+    return rows
 
 
 def collect(quick: bool) -> list[Row]:
