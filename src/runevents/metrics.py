@@ -140,7 +140,8 @@ INGEST_SECONDS = Histogram(
 INGEST_FORWARDED = Counter(
     "runevents_ingest_forwarded_total",
     "Ingest batches that met another process's writer, by what became of them: answered "
-    "(relayed to the owner, its answer returned), unreachable, no_owner, not_again (503)",
+    "(relayed to the owner, its answer returned), unreachable, no_owner, not_again (503). "
+    "A relayed batch is also in runevents_ingest_batches_total of both replicas",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -56,6 +56,7 @@ from fastapi.responses import Response
 from runevents import metrics
 from runevents.db.replicas import Replica, ReplicaRepository
 from runevents.exceptions import WriterMoving
+from runevents.logs import REQUEST_ID
 from runevents.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,10 @@ def decide(
 def request_headers(headers: Mapping[str, str], *, me: str, owner_url: str) -> dict[str, str]:
     """The headers of the forwarded request (module doc)."""
     out = {name: headers[name] for name in PASSED_REQUEST_HEADERS if name in headers}
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        # the id this replica logs the request under (the client's, or one it made up)
+        out["x-request-id"] = request_id
     if "origin" in headers:
         # this replica checked Origin against its own Host; the owner checks it
         # against the Host it is reached at

@@ -8,13 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from runevents.db import Database, RunRepository
+from runevents.app import App
+from runevents.db import Database, RunRepository, open_database
 from runevents.db.replicas import PURGE_AFTER, ReplicaRepository
 from runevents.db.tables import replicas, runs
 from runevents.exceptions import WriterMoving
 from runevents.models import Run, utcnow
 from runevents.ownership import Ownership
 from runevents.replicas import Presence
+from runevents.settings import Settings
 
 
 @pytest.fixture
@@ -143,3 +145,24 @@ async def test_presence_announces_refreshes_and_removes_itself(
     finally:
         await presence.close()
     assert await registry.lookup("owner-p") is None
+
+
+async def test_a_serving_app_announces_itself_until_it_closes_and_a_worker_never_does(
+    api_settings: Settings,
+) -> None:
+    worker = await App.open(api_settings, worker=False)  # ``runevents worker``: no HTTP
+    serving = await App.open(api_settings, worker=False, advertise="http://127.0.0.1:8765")
+    registry = ReplicaRepository(serving.database)
+    try:
+        rows = await registry.all()
+        assert [(r.owner, r.url) for r in rows] == [
+            (serving.manager.ownership.owner, "http://127.0.0.1:8765")
+        ]
+    finally:
+        await serving.close()
+        await worker.close()
+    database = await open_database(api_settings.resolved_database_url)
+    try:
+        assert await ReplicaRepository(database).all() == []
+    finally:
+        await database.close()

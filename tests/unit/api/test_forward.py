@@ -21,6 +21,7 @@ from runevents.api.forward import (
 )
 from runevents.db.replicas import Replica, ReplicaRepository
 from runevents.exceptions import WriterMoving
+from runevents.logs import REQUEST_ID
 from runevents.models import utcnow
 
 ME = "host-b:2:bbbb"
@@ -276,3 +277,12 @@ async def test_a_hint_expires() -> None:
     fwd, _ = forwarder(Owner(), hint_seconds=0.0)
     await fwd.forward(request(), b"{}\n", RUN, WriterMoving(owner=OWNER))
     assert fwd.known(RUN) is None
+
+
+def test_the_owner_logs_the_request_under_our_request_id() -> None:
+    token = REQUEST_ID.set("generated-here")
+    try:
+        out = request_headers(httpx.Headers({}), me=ME, owner_url="http://10.0.0.1:8000")
+    finally:
+        REQUEST_ID.reset(token)
+    assert out["x-request-id"] == "generated-here"
