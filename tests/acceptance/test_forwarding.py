@@ -6,6 +6,10 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
   every batch exactly once, B's batches relayed (B's forwarding metric);
 - the same with a shared data dir: B's own file-lock guard says no first, the
   database names the owner, and B forwards all the same;
+- batches sent to A and B at once (4 producers): one gap-free log, each batch
+  once and whole;
+- an idle writer let go by A is taken by B with the next batch, and A then
+  relays to B;
 - a request that was itself forwarded, reaching a non-owner, answers 503 +
   ``Retry-After: 1`` and is never forwarded again (no loop);
 - ``kill -9`` of the owner: B answers 503 with ``Retry-After`` <= 2 until the
@@ -15,11 +19,13 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.acceptance.conftest import Processes, Server, poll, run_path
@@ -56,9 +62,10 @@ def start(
     *,
     shared_data: bool = False,
     s3: SeaweedFS | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Server, Server]:
     """Replicas A and B on one database; a shared ``file://`` store, or ``s3`` (SeaweedFS)."""
-    env = dict(ENV)
+    env = {**ENV, **(extra_env or {})}
     if s3 is None:
         store = (tmp / "store").resolve()
         store.mkdir()
@@ -114,6 +121,18 @@ def registered(database_url: str) -> dict[str, str]:
             await conn.close()
 
     return run_in_thread(rows)
+
+
+def writer_owner(database_url: str, run: dict[str, Any]) -> str | None:
+    async def owner() -> str | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found = await conn.fetchval("SELECT writer_owner FROM runs WHERE id = $1", run["id"])
+            return None if found is None else str(found)
+        finally:
+            await conn.close()
+
+    return run_in_thread(owner)
 
 
 def round_robin(a: Server, b: Server, run: dict[str, Any], batches: int) -> None:
@@ -199,6 +218,64 @@ def test_a_forwarded_batch_reaching_a_non_owner_is_refused_not_forwarded_again(
     r = b.http.post(path, content=body(0), headers=NDJSON)
     assert r.status_code == 200, r.text
     check_batches(events_of(a, run), 1)
+
+
+def test_batches_sent_to_both_replicas_at_once_form_one_log(
+    processes: Processes, tmp_path: Path, pg_database_url: str
+) -> None:
+    a, b = start(processes, tmp_path, pg_database_url)
+    run = create_external(a)
+    path = run_path(run) + "/events"
+    statuses: list[int] = []
+
+    def producer(server: Server, batches: range) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for n in batches:
+                r = http.post(path, content=body(n), headers={**NDJSON, "Idempotency-Key": f"k{n}"})
+                statuses.append(r.status_code)
+
+    threads = [
+        threading.Thread(target=producer, args=(server, range(first, 40, 4)))
+        for first, server in enumerate((a, b, a, b))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert statuses == [200] * 40
+    events = events_of(a, run)
+    assert [e["sequence"] for e in events] == list(range(1, 802))
+    # every batch once, its 20 lines together and in order (batches in any order)
+    lines = [e["payload"]["message"] for e in events[1:]]
+    starts = lines[::20]
+    assert sorted(starts) == sorted(f"b{n} l0" for n in range(40))
+    for first in range(0, 800, 20):
+        n = lines[first].split()[0]
+        assert lines[first : first + 20] == [f"{n} l{i}" for i in range(20)]
+    assert forwarded(b, "answered") == 20
+
+
+def test_an_idle_writer_moves_to_the_replica_of_the_next_batch_and_the_other_follows(
+    processes: Processes, tmp_path: Path, pg_database_url: str
+) -> None:
+    a, b = start(
+        processes,
+        tmp_path,
+        pg_database_url,
+        extra_env={"RUNEVENTS_EXTERNAL_WRITER_RELEASE_SECONDS": "1"},
+    )
+    run = create_external(a)
+    path = run_path(run) + "/events"
+    assert a.http.post(path, content=body(0), headers=NDJSON).status_code == 200
+    # A lets the idle writer go (after 1 s without a batch, checked every 0.5 s)
+    poll("A to let the idle writer go", lambda: writer_owner(pg_database_url, run) is None)
+    r = b.http.post(path, content=body(1), headers=NDJSON)
+    assert r.status_code == 200, r.text
+    assert forwarded(b, "answered") == 0  # B took the run: nobody held it
+    r = a.http.post(path, content=body(2), headers=NDJSON)
+    assert r.status_code == 200, r.text
+    assert forwarded(a, "answered") == 1  # A now relays to B
+    check_batches(events_of(b, run), 3)
 
 
 def _kill_owner_then_take_over(a: Server, b: Server) -> None:
