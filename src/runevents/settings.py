@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,6 +180,19 @@ class Settings(BaseSettings):
                 parse_duration(value)
             except InvalidInput as exc:
                 raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("advertise_url", mode="before")
+    @classmethod
+    def _check_advertise_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/") or None
+        if isinstance(value, str):
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+            if parts.path or parts.query:
+                raise ValueError(f"{value!r}: give only scheme, host and port (no path)")
         return value
 
     @property

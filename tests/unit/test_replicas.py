@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from pydantic import ValidationError
 
 from runevents import replicas
 from runevents.replicas import default_advertise_url, refresh_interval, stale_after
+from runevents.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,25 @@ def test_refresh_and_staleness_follow_the_writer_lease() -> None:
     assert refresh_interval(0.5) == 1.0
     # a live lease holder renews every quarter lease, so 3 refreshes missed means gone
     assert stale_after(8.0) == 12.0
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://10.0.0.5:8000", "http://10.0.0.5:8000"),
+        ("https://replica-1.internal:8443/", "https://replica-1.internal:8443"),
+        ("  ", None),
+    ],
+)
+def test_an_advertise_url_setting_is_kept_without_its_trailing_slash(
+    given: str, kept: str | None
+) -> None:
+    assert Settings(advertise_url=given).advertise_url == kept
+
+
+@pytest.mark.parametrize(
+    "bad", ["10.0.0.5:8000", "ftp://10.0.0.5", "http://", "http://10.0.0.5:8000/api"]
+)
+def test_an_advertise_url_that_peers_could_not_use_is_refused(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(advertise_url=bad)

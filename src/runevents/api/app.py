@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
@@ -42,12 +44,14 @@ from runevents.api import (
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.forward import Forwarder
-from runevents.api.guard import OpenModeGuard
+from runevents.api.guard import OpenModeGuard, is_loopback_host
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_tokens
 from runevents.db.replicas import ReplicaRepository
 from runevents.replicas import default_advertise_url, stale_after
 from runevents.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: the static web UI (written by the UI module; served only if present)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -191,6 +195,13 @@ def create_app(
             return
         # this process serves HTTP: it announces where other replicas reach it
         advertise = settings.advertise_url or default_advertise_url(settings.host, settings.port)
+        if tokens.open and not is_loopback_host(urlsplit(advertise).netloc):
+            # the open-mode guard would answer the relayed batches 421
+            log.warning(
+                "advertising %s, but without tokens this server answers only to a loopback "
+                "Host: replicas cannot forward batches here (give every replica --tokens)",
+                advertise,
+            )
         opened = await App.open(settings, advertise=advertise)
         state.app = opened
         # Everything built so far lives as long as the process: move it out of
