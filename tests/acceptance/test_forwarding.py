@@ -13,7 +13,9 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
 - a request that was itself forwarded, reaching a non-owner, answers 503 +
   ``Retry-After: 1`` and is never forwarded again (no loop);
 - ``kill -9`` of the owner: B answers 503 with ``Retry-After`` <= 2 until the
-  lease expires, then takes the run over and the log keeps everything.
+  lease expires, then takes the run over and the log keeps everything (a
+  shared ``file://`` store, and ``s3://`` with separate data dirs, where the
+  live log is in the shared live tier).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def test_round_robin_through_two_replicas_forms_one_log(
     assert forwarded(b, "answered") == 10
     assert forwarded(a, "answered") == 0
     check_batches(events_of(a, run), 20)
+    assert events_of(b, run) == events_of(a, run)  # the live log, from either replica
 
     # the end, sent to B, is relayed too; the sealed log is then read from either replica
     done = b"".join(
@@ -312,12 +315,8 @@ def test_kill9_of_the_owner_503_until_its_lease_expires_then_taken_over(
     _kill_owner_then_take_over(*start(processes, tmp_path, pg_database_url))
 
 
-@pytest.mark.xfail(
-    reason="s3:// and separate data dirs: the live log is spooled on the dead owner's disk "
-    "until the shared live tier (issue 14, the lead's part) commits it to Postgres",
-    strict=False,
-)
 def test_kill9_of_the_owner_on_s3_then_taken_over_with_the_whole_log(
     processes: Processes, tmp_path: Path, pg_database_url: str, seaweedfs: SeaweedFS
 ) -> None:
+    """s3:// and separate data dirs: the live log is in the shared live tier (Postgres)."""
     _kill_owner_then_take_over(*start(processes, tmp_path, pg_database_url, s3=seaweedfs))
