@@ -7,9 +7,9 @@ their writers; 1,000-event batches are posted one at a time and each round
 trip is timed from the client:
 
 * a run's next batch: alternately to A (direct) and to B, which knows the
-  owner from the batch before and relays at once (``Forwarder.relay_known``);
-* a run's first batch: to A, or to B with nothing known -- B parses the batch,
-  meets A's writer (file lock or lease), reads the registry, then relays.
+  owner from the batch before and relays at once (``Forwarder.relay_early``);
+* a run's first batch: to A, or to B with nothing known -- B reads the run's
+  writer and its URL from the database (one query), then relays.
 
 Medians and p90 of each, and the difference: the latency a forwarded batch adds.
 """
@@ -115,8 +115,8 @@ def measure(dsn: str, rounds: int) -> list[Row]:
                 if n >= 5:
                     times["direct"].append(direct)
                     times["forwarded"].append(forwarded)
-            # the first batch of a fresh run: B has no hint and goes the whole way (it
-            # parses, meets A's lease, reads the registry, relays)
+            # the first batch of a fresh run: B has no hint and reads the run's writer
+            # and its URL from the database first
             for n in range(rounds + 5):
                 body = bodies[n % len(bodies)]
                 direct = _post(http, a + _new_run(http, a), body)
@@ -131,7 +131,7 @@ def measure(dsn: str, rounds: int) -> list[Row]:
     rows: list[Row] = []
     for direct_key, relayed_key, what in (
         ("direct", "forwarded", "a run's next batch"),
-        ("first", "first_fwd", "a run's first batch (no hint: the full refusal)"),
+        ("first", "first_fwd", "a run's first batch (no hint: one database read)"),
     ):
         direct, direct_p90 = _median_p90(times[direct_key])
         relayed, relayed_p90 = _median_p90(times[relayed_key])

@@ -4,8 +4,7 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
 - round-robin ingest through replicas A and B (separate data dirs, one shared
   ``file://`` store): every batch answered 200 at once, the log gap-free with
   every batch exactly once, B's batches relayed (B's forwarding metric);
-- the same with a shared data dir: B's own file-lock guard says no first, the
-  database names the owner, and B forwards all the same;
+- the same with a shared data dir (the writer's file lock is shared too);
 - batches sent to A and B at once (4 producers): one gap-free log, each batch
   once and whole;
 - an idle writer let go by A is taken by B with the next batch, and A then
@@ -190,7 +189,7 @@ def test_round_robin_through_two_replicas_forms_one_log(
     assert sorted(registered(pg_database_url).values()) == [a.url]
 
 
-def test_round_robin_with_a_shared_data_dir_forwards_past_the_file_lock(
+def test_round_robin_with_a_shared_data_dir(
     processes: Processes, tmp_path: Path, pg_database_url: str
 ) -> None:
     a, b = start(processes, tmp_path, pg_database_url, shared_data=True)

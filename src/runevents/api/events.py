@@ -312,8 +312,8 @@ async def ingest_events(
         request.stream(), request.headers.get("content-length"), settings.max_batch_bytes
     )
     if state.forwarder is not None and manager.held.get(run_id) is None:
-        # batches of this run were just relayed to its owner: straight there again
-        relayed = await state.forwarder.relay_known(request, body, run_id)
+        # another replica holds the run's writer: the batch is its to judge (forward.py)
+        relayed = await state.forwarder.relay_early(request, body, run_id)
         if relayed is not None:
             return relayed
     drafts = ingest.parse_batch(

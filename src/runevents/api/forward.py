@@ -6,8 +6,14 @@ that reaches another replica while the owner is alive is relayed to the owner
 here, and the owner's answer is returned as it is; only a dead or idle owner's
 run is taken over (its lease expired or given up: ``Ownership.acquire``).
 
-The ingest route calls :meth:`Forwarder.forward` when the manager raised
-:class:`~runevents.exceptions.WriterMoving`. The decision (:func:`decide`):
+The ingest route asks :meth:`Forwarder.relay_early` first, for a run this
+process does not hold: if another live replica holds its writer (the hint of
+the last relay, else one database read), the batch goes there before this
+replica parses it. Otherwise it appends the batch itself; if taking the run
+then meets another writer after all (a race, or a holder that is not a
+registered replica), the manager raises
+:class:`~runevents.exceptions.WriterMoving` and :meth:`Forwarder.forward`
+decides again. The decision (:func:`decide`):
 
 * a request that was itself forwarded (``X-Runevents-Forwarded-By``) is never
   forwarded again: it answers 503 + ``Retry-After: 1``. Two replicas that each
@@ -236,18 +242,28 @@ class Forwarder:
     def forget(self, run_id: str) -> None:
         self._owners.pop(run_id, None)
 
-    async def relay_known(self, request: Request, body: bytes, run_id: str) -> Response | None:
-        """The fast path: a run whose batches were just relayed goes to the same owner
-        again before this replica parses the body or asks the database (None: no hint).
+    async def relay_early(self, request: Request, body: bytes, run_id: str) -> Response | None:
+        """The usual path, for a run this process does not hold: relay the batch before
+        parsing it if another live replica holds the writer (None: it does not; the
+        caller appends the batch itself, taking the run).
 
-        The owner judges every batch anyway; a hint gone stale costs one 503 (the
-        owner refuses a forwarded batch it cannot take) and the hint is dropped.
+        The owner comes from the hint of the last relay, else from one read of the
+        run's row joined with the registry. The owner judges every batch anyway
+        (it parses, authenticates and may refuse): a hint gone stale costs one
+        503 (the owner refuses a forwarded batch it cannot take) and is dropped.
         """
         if FORWARDED_BY.lower() in request.headers:
-            return None
+            return None  # a relayed batch is this process's to take or refuse
         replica = self.known(run_id)
         if replica is None:
-            return None
+            owner, found = await self.replicas.writer_replica(run_id)
+            decision = decide(
+                forwarded_by=None, me=self.me, owner=owner, replica=found,
+                stale_after=self.stale_after,
+            )  # fmt: skip
+            if decision.replica is None:
+                return None
+            replica = decision.replica
         return await self._relay(request, body, run_id, replica)
 
     # ------------------------------------------------------------------ the slow path

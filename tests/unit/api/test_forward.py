@@ -235,8 +235,9 @@ async def test_a_forwarded_batch_meeting_a_non_owner_is_refused_without_a_reques
     assert owner.seen == []
     assert registry.reads == 0
     assert counted(Outcome.NOT_AGAIN) == before + 1
-    # and the fast path never applies to a forwarded request
-    assert await fwd.relay_known(request({FORWARDED_BY: "host-c:3:c"}), b"{}\n", RUN) is None
+    # and a forwarded request is never relayed early either
+    assert await fwd.relay_early(request({FORWARDED_BY: "host-c:3:c"}), b"{}\n", RUN) is None
+    assert owner.seen == []
 
 
 async def test_a_file_lock_refusal_asks_the_database_for_the_holder() -> None:
@@ -256,21 +257,46 @@ async def test_no_registered_owner_is_503_without_a_request() -> None:
     assert owner.seen == []
 
 
-async def test_a_relayed_run_goes_straight_to_its_owner_until_the_owner_says_503() -> None:
+async def test_a_batch_for_a_run_held_elsewhere_is_relayed_before_parsing() -> None:
     owner = Owner()
     fwd, registry = forwarder(owner)
-    assert await fwd.relay_known(request(), b"{}\n", RUN) is None  # nothing known yet
-    await fwd.forward(request(), b"{}\n", RUN, WriterMoving(owner=OWNER))
-    reads = registry.reads
-    answer = await fwd.relay_known(request(), b"{}\n", RUN)
+    answer = await fwd.relay_early(request(), b"{}\n", RUN)
     assert answer is not None and answer.status_code == 200
-    assert registry.reads == reads  # no database read on the fast path
+    assert registry.reads == 1  # the run's writer and its URL, one read
+    # the next batch goes to the owner it was relayed to, without a read
+    answer = await fwd.relay_early(request(), b"{}\n", RUN)
+    assert answer is not None and answer.status_code == 200
+    assert registry.reads == 1
+    assert len(owner.seen) == 2
+
+
+async def test_the_owner_saying_503_drops_the_hint() -> None:
+    owner = Owner()
+    fwd, registry = forwarder(owner)
+    await fwd.relay_early(request(), b"{}\n", RUN)
     owner.status = 503  # the owner lost the run meanwhile
-    answer = await fwd.relay_known(request(), b"{}\n", RUN)
+    answer = await fwd.relay_early(request(), b"{}\n", RUN)
     assert answer is not None and answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
     assert fwd.known(RUN) is None
-    assert await fwd.relay_known(request(), b"{}\n", RUN) is None
+    owner.status = 200
+    await fwd.relay_early(request(), b"{}\n", RUN)
+    assert registry.reads == 2  # asked the database again
+
+
+@pytest.mark.parametrize(
+    "found",
+    [pytest.param(None, id="nobody holds the run"), pytest.param(replica(age=60), id="stale")],
+)
+async def test_without_a_live_owner_elsewhere_the_batch_is_ours_to_append(
+    found: Replica | None,
+) -> None:
+    owner = Owner()
+    registry = FakeRegistry(found)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(owner))
+    fwd = Forwarder(cast(ReplicaRepository, registry), ME, stale_after=12, client=client)
+    assert await fwd.relay_early(request(), b"{}\n", RUN) is None
+    assert owner.seen == []
 
 
 async def test_a_hint_expires() -> None:
