@@ -9,6 +9,8 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
   once and whole;
 - an idle writer let go by A is taken by B with the next batch, and A then
   relays to B;
+- with tokens: the owner authenticates a relayed batch with its own tokens file
+  (a token only B knows gets the owner's 401: give every replica the same file);
 - a request that was itself forwarded, reaching a non-owner, answers 503 +
   ``Retry-After: 1`` and is never forwarded again (no loop);
 - ``kill -9`` of the owner: B answers 503 with ``Retry-After`` <= 2 until the
@@ -19,6 +21,7 @@ the owner (``api/forward.py``); real ``runevents serve`` processes on one Postgr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -278,6 +281,51 @@ def test_an_idle_writer_moves_to_the_replica_of_the_next_batch_and_the_other_fol
     assert r.status_code == 200, r.text
     assert forwarded(a, "answered") == 1  # A now relays to B
     check_batches(events_of(b, run), 3)
+
+
+def _tokens_file(path: Path, tokens: dict[str, tuple[str, str]]) -> Path:
+    """A tokens file: token -> (name, role), every one on workspace acme."""
+    entries = [
+        f'[[token]]\nname = "{name}"\nhash = "sha256:{hashlib.sha256(token.encode()).hexdigest()}"'
+        f'\nrole = "{role}"\nworkspaces = ["acme"]\n'
+        for token, (name, role) in tokens.items()
+    ]
+    path.write_text("\n".join(entries))
+    return path
+
+
+def test_the_owner_authenticates_a_relayed_batch_with_its_own_tokens(
+    processes: Processes, tmp_path: Path, pg_database_url: str
+) -> None:
+    """Every replica needs the same tokens file: the owner checks the token again."""
+    writer, reader, only_b = "rev_writer_token_1", "rev_reader_token_1", "rev_only_on_b_token"
+    admin = "rev_admin_token_1"
+    shared = {writer: ("producer", "write"), reader: ("viewer", "read"), admin: ("ops", "admin")}
+    store = (tmp_path / "store").resolve()
+    store.mkdir()
+    common = ["--database-url", pg_database_url, "--storage-url", store.as_uri(), "--workers", "0"]
+    a = processes.serve(
+        *common, "--tokens", str(_tokens_file(tmp_path / "a.toml", shared)),
+        name="a", data_dir=tmp_path / "a", env=ENV, token=writer,
+    )  # fmt: skip
+    b_tokens = _tokens_file(tmp_path / "b.toml", {**shared, only_b: ("stray", "write")})
+    b = processes.serve(
+        *common, "--tokens", str(b_tokens), name="b", data_dir=tmp_path / "b", env=ENV,
+        token=writer,
+    )  # fmt: skip
+    run = create_external(a)
+    path = run_path(run) + "/events"
+    r = b.http.post(path, content=body(0), headers=NDJSON)
+    assert r.status_code == 200, r.text  # relayed with its Authorization
+    # a read token is refused by B itself, before any relay
+    r = b.http.post(path, content=body(1), headers={**NDJSON, "Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403, r.text
+    # a token only B knows passes B and is refused by the owner
+    r = b.http.post(path, content=body(1), headers={**NDJSON, "Authorization": f"Bearer {only_b}"})
+    assert r.status_code == 401, r.text
+    metrics_text = b.http.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    assert value(parse(metrics_text), FORWARDED, outcome="answered") == 2
+    check_batches(events_of(a, run), 1)
 
 
 def _kill_owner_then_take_over(a: Server, b: Server) -> None:
