@@ -301,44 +301,39 @@ async def measure(quick: bool) -> list[Row]:
     runs = int(os.environ.get("RUNEVENTS_BENCH_SEARCH_RUNS", 60 if quick else 5000))
     total = float(os.environ.get("RUNEVENTS_BENCH_SEARCH_MB", 12 if quick else 5100)) * MB
     rg = shutil.which("rg")
-    tmp = Path(tempfile.mkdtemp(prefix="runevents-bench-search-"))
+    keep = os.environ.get("RUNEVENTS_BENCH_SEARCH_CORPUS")
+    if keep:  # a corpus kept between runs (building 5 GB takes minutes)
+        tmp = Path(keep) / f"{runs}-runs-{total / MB:.0f}-mb"
+        tmp.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="runevents-bench-search-"))
     plain_dir = tmp / "plain"
-    plain_dir.mkdir()
+    marker = tmp / "corpus.json"
     settings = Settings(data_dir=tmp / "data", worker_concurrency=0, maintenance_interval_seconds=0)
-    app = await App.open(settings, worker=False)
     rows: list[Row] = []
+    if not marker.exists():
+        shutil.rmtree(plain_dir, ignore_errors=True)
+        shutil.rmtree(tmp / "data", ignore_errors=True)
+        plain_dir.mkdir()
+    app = await App.open(settings, worker=False)
+    # as the server does once started (api/app.py lifespan): what exists now lives
+    # as long as the process, and the collector never walks it again
+    gc.freeze()
     try:
-        corpus, plain_bytes, write_s = await build_corpus(app, runs, int(total), plain_dir)
-        _say(f"corpus: {runs} runs, {plain_bytes / MB:.0f} MB in {write_s:.0f} s; compacting")
-
-        # compaction, with the index builder's own time measured inside it
-        index_time = 0.0
-        original = ngrams.IndexBuilder.add_frame
-
-        def timed_add(self: ngrams.IndexBuilder, first: int, raw: bytes) -> None:
-            nonlocal index_time
-            started = time.perf_counter()
-            original(self, first, raw)
-            index_time += time.perf_counter() - started
-
-        ngrams.IndexBuilder.add_frame = timed_add  # type: ignore[method-assign]
-        started = time.perf_counter()
-        compressed = 0
-        try:
-            for i, run in enumerate(corpus):
-                result = await app.manager.compact_run(run)
-                assert result is not None, run.id
-                compressed += result[1]
-                if i % 500 == 499:
-                    _say(f"{i + 1} runs compacted")
-        finally:
-            ngrams.IndexBuilder.add_frame = original  # type: ignore[method-assign]
-        compact_s = time.perf_counter() - started
-        index_bytes = 0
-        for run in corpus:
-            path = app.manager.log.store.local_path(app.manager.log.keys(run_ref(run)).ngram_index)
-            assert path is not None
-            index_bytes += path.stat().st_size
+        if marker.exists():
+            built = orjson.loads(marker.read_bytes())
+            _say(f"corpus reused from {tmp} (built {built['built_at']})")
+            built_note = f"; measured when the corpus was built ({built['built_at']})"
+        else:
+            built = await _build(app, runs, int(total), plain_dir)
+            if keep:
+                marker.write_bytes(orjson.dumps(built))
+            built_note = ""
+        run_ids = [run_id for run_id, _ in built["runs"]]
+        plain_bytes, compressed = built["plain_bytes"], built["compressed"]
+        index_bytes, index_time, compact_s = (
+            built["index_bytes"], built["index_time"], built["compact_s"]
+        )  # fmt: skip
         size_note = (
             f"{runs} runs, {plain_bytes / MB:.0f} MB NDJSON, {compressed / MB:.0f} MB compressed"
         )
@@ -348,7 +343,8 @@ async def measure(quick: bool) -> list[Row]:
                 "index size / compressed logs",
                 100 * index_bytes / compressed,
                 "%",
-                note=f"{index_bytes / MB:.1f} MB of n-gram filters; {size_note}; goal < 10 %",
+                note=f"{index_bytes / MB:.1f} MB of n-gram filters; {size_note}; goal < 10 %"
+                + built_note,
             )
         )
         rows.append(
@@ -358,7 +354,7 @@ async def measure(quick: bool) -> list[Row]:
                 100 * index_time / (compact_s - index_time),
                 "%",
                 note=f"index builder {index_time:.1f} s inside {compact_s:.1f} s of compact_run "
-                f"({plain_bytes / MB / compact_s:.0f} MB/s)",
+                f"({plain_bytes / MB / compact_s:.0f} MB/s)" + built_note,
             )
         )
 
@@ -375,8 +371,8 @@ async def measure(quick: bool) -> list[Row]:
             3, lambda: search(app, COMMON_QUERY, limit=100, cache=warm_cache)
         )
         scan_cache = FilterCache(max_bytes=0)  # nothing cached: every run without an index
-        for run in corpus:  # the index ignored: the same search scans every frame
-            scan_cache.put(run.id, None)
+        for run_id in run_ids:  # the index ignored: the same search scans every frame
+            scan_cache.put(run_id, None)
         _, scan, scan_done = await search(app, RARE_QUERY, limit=1000, cache=scan_cache)
         # the same searches again, for memory and the event loop only
         sampler = Sampler()
@@ -488,8 +484,53 @@ async def measure(quick: bool) -> list[Row]:
         )
     finally:
         await app.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     return rows
+
+
+async def _build(app: App, runs: int, total: int, plain_dir: Path) -> dict[str, Any]:
+    """Write and compact the corpus; what the rows need of it (kept as ``corpus.json``)."""
+    corpus, plain_bytes, write_s = await build_corpus(app, runs, total, plain_dir)
+    _say(f"corpus: {runs} runs, {plain_bytes / MB:.0f} MB in {write_s:.0f} s; compacting")
+
+    # compaction, with the index builder's own time measured inside it
+    index_time = 0.0
+    original = ngrams.IndexBuilder.add_frame
+
+    def timed_add(self: ngrams.IndexBuilder, first: int, raw: bytes) -> None:
+        nonlocal index_time
+        started = time.perf_counter()
+        original(self, first, raw)
+        index_time += time.perf_counter() - started
+
+    ngrams.IndexBuilder.add_frame = timed_add  # type: ignore[method-assign]
+    started = time.perf_counter()
+    compressed = 0
+    try:
+        for i, run in enumerate(corpus):
+            result = await app.manager.compact_run(run)
+            assert result is not None, run.id
+            compressed += result[1]
+            if i % 500 == 499:
+                _say(f"{i + 1} runs compacted")
+    finally:
+        ngrams.IndexBuilder.add_frame = original  # type: ignore[method-assign]
+    compact_s = time.perf_counter() - started
+    index_bytes = 0
+    for run in corpus:
+        path = app.manager.log.store.local_path(app.manager.log.keys(run_ref(run)).ngram_index)
+        assert path is not None
+        index_bytes += path.stat().st_size
+    return {
+        "built_at": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": [[run.id, run.configuration_id] for run in corpus],
+        "plain_bytes": plain_bytes,
+        "compressed": compressed,
+        "index_bytes": index_bytes,
+        "index_time": index_time,
+        "compact_s": compact_s,
+    }
 
 
 def collect(quick: bool) -> list[Row]:

@@ -41,7 +41,8 @@ from runevents.eventlog.locate import CompressedLog, open_compressed
 from runevents.eventlog.ngrams import NgramIndex, Probe
 from runevents.exceptions import InvalidInput, LogNotFound, StorageError
 from runevents.models import LogState, RunHead, RunQuery, RunStatus
-from runevents.search.filters import CACHE, FilterCache, load_filters
+from runevents.logstore import paths
+from runevents.search.filters import CACHE, FilterCache, load_filters, read_local
 from runevents.search.hits import Filters, Prefilter, find_hits
 from runevents.search.pattern import Pattern
 
@@ -146,8 +147,8 @@ class _Plan:
     after: int
     #: the run's search index (None: scan the run)
     index: NgramIndex | None = None
-    #: frames the index cannot rule out
-    frames: frozenset[int] = frozenset()
+    #: frames the index cannot rule out, in order
+    frames: tuple[int, ...] = ()
 
 
 class WorkspaceSearch:
@@ -170,6 +171,8 @@ class WorkspaceSearch:
         self.stats = Stats()
         self._remaining = request.limit
         self._resume: dict[str, int] = {}
+        #: filters come from a remote store (fetched on the loop, then parsed off it)
+        self._remote = log.store.local_path(paths.LOG_NAME) is None
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The answer: hit lines, then the done record (each with its newline)."""
@@ -241,41 +244,64 @@ class WorkspaceSearch:
     async def _plan(self, heads: Sequence[RunHead]) -> list[_Plan]:
         """The runs of a batch to read, in order, and with which frames.
 
-        The filters of the compacted runs are loaded and probed (in one worker
-        thread); a run whose every frame they rule out is counted here and never
-        opened (the index is checked against the log whenever a frame is read).
+        The filters of the compacted runs are loaded and probed in one worker
+        thread per batch (a local store's files are read there too; a remote
+        store's objects are fetched first, on the loop, a few at a time): a run
+        whose every frame they rule out is counted there and never opened, and
+        costs the event loop nothing. The index is checked against the log
+        whenever a frame is read.
+        """
+        loaded = None
+        if self.probe.usable and self._remote:
+            compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
+            if compacted:
+                found = await load_filters(self.log, compacted, self.cache)
+                loaded = dict(zip((h.id for h in compacted), found, strict=True))
+        plans, runs, skipped = await asyncio.to_thread(self._plan_batch, heads, loaded)
+        self.stats.runs_scanned += runs
+        self.stats.bytes_skipped += skipped
+        return plans
+
+    def _plan_batch(
+        self, heads: Sequence[RunHead], loaded: dict[str, NgramIndex | None] | None
+    ) -> tuple[list[_Plan], int, int]:
+        """``(plans, runs ruled out, their plain bytes)`` (in a worker thread).
+
+        One pass, no per-run allocation for a run the filters rule out: this
+        is the per-run cost of a search (thousands of runs per request).
         """
         resume = self._resume
-        compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
-        indexes: dict[str, NgramIndex] = {}
-        if compacted and self.probe.usable:
-            loaded = await load_filters(self.log, compacted, self.cache)
-            # an index that does not count the row's events belongs to another log
-            indexes = {
-                h.id: i
-                for h, i in zip(compacted, loaded, strict=True)
-                if i is not None and i.event_count == h.event_count
-            }
-        candidates: dict[str, frozenset[int]] = {}
-        if indexes:
-            candidates = await asyncio.to_thread(_probe_all, self.probe, indexes)
-        stats = self.stats
-        plans = []
+        probe = self.probe
+        plans: list[_Plan] = []
+        runs = skipped = 0
+        if not probe.usable:
+            plans = [
+                _Plan(h, resume.get(h.id, 0)) for h in heads if h.log_state is not LogState.EXPIRED
+            ]
+            return plans, runs, skipped
+        if loaded is None:
+            compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
+            found = read_local(self.log.store, compacted, self.cache) if compacted else []
+            loaded = dict(zip([h.id for h in compacted], found, strict=True))
+        candidates = probe.candidates
+        get = loaded.get
+        compressed, expired = LogState.COMPRESSED, LogState.EXPIRED
         for head in heads:
-            if head.log_state is LogState.EXPIRED:
+            state = head.log_state
+            index = get(head.id) if state is compressed else None
+            # an index that does not count the row's events belongs to another log
+            if index is None or index.event_count != head.event_count:
+                if state is not expired:
+                    plans.append(_Plan(head, resume.get(head.id, 0)))
                 continue
-            after = resume.get(head.id, 0)
-            index = indexes.get(head.id)
-            if index is None:
-                plans.append(_Plan(head, after))
-                continue
-            frames = candidates[head.id]
+            frames = candidates(index)
+            after = resume.get(head.id, 0) if resume else 0
             if frames:
                 plans.append(_Plan(head, after, index, frames))
             else:
-                stats.runs_scanned += 1
-                stats.bytes_skipped += _bytes_after(index, after)
-        return plans
+                runs += 1
+                skipped += _bytes_after(index, after)
+        return plans, runs, skipped
 
     async def _search_run(self, plan: _Plan) -> AsyncIterator[tuple[int, bytes]]:
         self.stats.runs_scanned += 1
@@ -285,7 +311,7 @@ class WorkspaceSearch:
             compressed = await open_compressed(self.log.store, self.log.keys(ref))
             if compressed is not None:
                 try:
-                    frames: frozenset[int] | None = plan.frames if plan.index is not None else None
+                    frames: tuple[int, ...] | None = plan.frames if plan.index is not None else None
                     if plan.index is not None and not _belongs(plan.index, compressed.index):
                         self.cache.forget(head.id)  # another compaction's index: scan all
                         frames = None
@@ -302,7 +328,7 @@ class WorkspaceSearch:
         head: RunHead,
         compressed: CompressedLog,
         after: int,
-        candidates: frozenset[int] | None,
+        candidates: tuple[int, ...] | None,
     ) -> AsyncIterator[tuple[int, bytes]]:
         frames = compressed.index
         for i in range(frames.frames):
@@ -386,10 +412,3 @@ def _belongs(index: NgramIndex, frames: FrameIndex) -> bool:
         and [f.first_sequence for f in index.frames] == list(frames.first_sequences)
     )
 
-
-def _probe_all(probe: Probe, indexes: dict[str, NgramIndex]) -> dict[str, frozenset[int]]:
-    """Candidate frames of every run (in a worker thread: thousands of filters)."""
-    return {
-        run_id: frozenset(i for i, frame in enumerate(index.frames) if probe.may_match(frame))
-        for run_id, index in indexes.items()
-    }

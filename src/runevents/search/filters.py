@@ -12,6 +12,7 @@ seconds (then looked for again: ``reindex`` may have rebuilt it).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -101,16 +102,57 @@ class FilterCache:
 CACHE = FilterCache()
 
 
-def _read_local(store: LogStore, runs: Sequence[RunHead]) -> list[NgramIndex | None]:
-    # keys and paths are built here too: thousands of them cost more than the reads
-    out: list[NgramIndex | None] = []
-    for run in runs:
-        path = store.local_path(paths.ngram_index_key(run.workspace_id, run.id))
+def read_local(
+    store: LogStore, runs: Sequence[RunHead], cache: FilterCache = CACHE
+) -> list[NgramIndex | None]:
+    """:func:`load_filters` for a local store, synchronously (call it in a worker thread).
+
+    The cache first; then the files of the others, read and parsed here and cached.
+    """
+    found = cache.get_many([run.id for run in runs])
+    out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
+    todo = [i for i, entry in enumerate(found) if entry is False]
+    if not todo:
+        return out
+    # Paths by string concatenation: pathlib and the store's key checks cost more
+    # than the reads for thousands of files (the ids are the database's own).
+    root = _local_root(store)
+    for i in todo:
+        run = runs[i]
+        path = root + paths.ngram_index_key(run.workspace_id, run.id)
         try:
-            out.append(NgramIndex.from_bytes(path.read_bytes()) if path else None)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
-            out.append(None)
+            index = None
+        else:
+            try:
+                index = NgramIndex.from_bytes(_read_fd(fd))
+            except OSError:
+                index = None
+            finally:
+                os.close(fd)
+        cache.put(run.id, index)
+        out[i] = index
     return out
+
+
+def _local_root(store: LogStore) -> str:
+    """The directory of a local store's keys, ending with a slash."""
+    probe = store.local_path(paths.LOG_NAME)
+    assert probe is not None
+    return str(probe)[: -len(paths.LOG_NAME)]
+
+
+def _read_fd(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts = []
+    while size > 0:
+        part = os.read(fd, size)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 async def load_filters(
@@ -118,31 +160,35 @@ async def load_filters(
 ) -> list[NgramIndex | None]:
     """The search index of each run (None: missing or damaged), from the cache or the store.
 
-    Local files are read in one worker thread for the whole batch; remote
-    objects concurrently, a few at a time.
+    Local files are read and parsed in one worker thread for the whole batch;
+    remote objects are fetched concurrently, a few at a time, then parsed in
+    one worker thread.
     """
+    if log.store.local_path(paths.LOG_NAME) is not None:
+        return await asyncio.to_thread(read_local, log.store, runs, cache)
     found = cache.get_many([run.id for run in runs])
     todo = [i for i, entry in enumerate(found) if entry is False]
     out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
     if not todo:
         return out
     missing = [runs[i] for i in todo]
-    if log.store.local_path(paths.LOG_NAME) is not None:
-        loaded = await asyncio.to_thread(_read_local, log.store, missing)
-    else:
-        limit = asyncio.Semaphore(REMOTE_READS)
+    limit = asyncio.Semaphore(REMOTE_READS)
 
-        async def one(run: RunHead) -> NgramIndex | None:
-            key = paths.ngram_index_key(run.workspace_id, run.id)
-            async with limit:
-                try:
-                    data = await read_object(log.store, key)
-                except StorageError:
-                    return None
-            return NgramIndex.from_bytes(data) if data else None
+    async def one(run: RunHead) -> bytes | None:
+        key = paths.ngram_index_key(run.workspace_id, run.id)
+        async with limit:
+            try:
+                return await read_object(log.store, key)
+            except StorageError:
+                return None
 
-        loaded = list(await asyncio.gather(*(one(run) for run in missing)))
-    for i, index in zip(todo, loaded, strict=True):
-        cache.put(runs[i].id, index)
-        out[i] = index
+    blobs = await asyncio.gather(*(one(run) for run in missing))
+
+    def parse() -> None:  # thousands of CRCs and parses: off the event loop
+        for i, data in zip(todo, blobs, strict=True):
+            index = NgramIndex.from_bytes(data) if data else None
+            cache.put(runs[i].id, index)
+            out[i] = index
+
+    await asyncio.to_thread(parse)
     return out
