@@ -206,6 +206,9 @@ class Sampler:
         self.callback = ""
         #: longest garbage collection pause (any thread)
         self.gc_pause = 0.0
+        #: what is running (set by the caller), and the longest stall in each
+        self.phase = ""
+        self.stalls: dict[str, float] = {}
         self._gc_started = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -220,7 +223,9 @@ class Sampler:
         while not self._stop.is_set():
             before = loop.time()
             await asyncio.sleep(0.005)
-            self.stall = max(self.stall, loop.time() - before - 0.005)
+            late = loop.time() - before - 0.005
+            self.stall = max(self.stall, late)
+            self.stalls[self.phase] = max(self.stalls.get(self.phase, 0.0), late)
 
     def start(self) -> asyncio.Task[None]:
         original = self._original
@@ -377,10 +382,13 @@ async def measure(quick: bool) -> list[Row]:
         # the same searches again, for memory and the event loop only
         sampler = Sampler()
         ticker = sampler.start()
-        await search(app, RARE_QUERY, limit=1000, cache=FilterCache())
-        await search(app, RARE_QUERY, limit=1000, cache=warm_cache)
-        await search(app, COMMON_QUERY, limit=100, cache=warm_cache)
-        await search(app, RARE_QUERY, limit=1000, cache=scan_cache)
+        for sampler.phase, q, limit, cache in (
+            ("rare, not cached", RARE_QUERY, 1000, FilterCache()),
+            ("rare, cached", RARE_QUERY, 1000, warm_cache),
+            ("common", COMMON_QUERY, 100, warm_cache),
+            ("index ignored", RARE_QUERY, 1000, scan_cache),
+        ):
+            await search(app, q, limit=limit, cache=cache)
         await sampler.stop(ticker)
         assert cold_done["hits"] == warm_done["hits"] == scan_done["hits"] == 3, (
             cold_done,
@@ -479,7 +487,8 @@ async def measure(quick: bool) -> list[Row]:
                 sampler.stall * 1000,
                 "ms",
                 note="lateness of a 5 ms ticker: includes waiting for a CPU (load average "
-                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and for the GIL",
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and for the GIL; by search: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sampler.stalls.items()),
             )
         )
     finally:
