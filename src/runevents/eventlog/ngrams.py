@@ -31,7 +31,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -151,8 +150,13 @@ class IndexBuilder:
         return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameFilter:
+# Structs without garbage-collector tracking (``gc=False``): a server caches
+# thousands of parsed indexes (search/filters.py), and tracked objects would make
+# every full collection walk them all while the event loop waits. They hold only
+# numbers, bytes and tuples of these: no reference cycle is possible.
+
+
+class FrameFilter(msgspec.Struct, frozen=True, gc=False):
     """One frame's filter."""
 
     first_sequence: int
@@ -161,8 +165,7 @@ class FrameFilter:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class NgramIndex:
+class NgramIndex(msgspec.Struct, frozen=True, gc=False):
     """A parsed sidecar."""
 
     event_count: int
