@@ -61,24 +61,27 @@ class FilterCache:
             return entry
 
     def get_many(self, run_ids: Sequence[str]) -> list[NgramIndex | bool | None]:
-        """:meth:`get` of each (one lock for the batch)."""
+        """:meth:`get` of each (one lock for the batch; thousands per search)."""
         now = time.monotonic()
         out: list[NgramIndex | bool | None] = []
+        append = out.append
         with self._lock:
             entries = self._entries
+            get = entries.get
+            touch = entries.move_to_end
             for run_id in run_ids:
-                entry = entries.get(run_id)
+                entry = get(run_id)
                 if entry is None:
-                    out.append(False)
-                elif isinstance(entry, float):
+                    append(False)
+                elif type(entry) is float:
                     if now - entry > MISSING_TTL:
                         del entries[run_id]
-                        out.append(False)
+                        append(False)
                     else:
-                        out.append(None)
+                        append(None)
                 else:
-                    entries.move_to_end(run_id)
-                    out.append(entry)
+                    touch(run_id)
+                    append(entry)
         return out
 
     def put(self, run_id: str, index: NgramIndex | None) -> None:
