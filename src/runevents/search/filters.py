@@ -167,7 +167,7 @@ async def load_filters(
     """
     if log.store.local_path(paths.LOG_NAME) is not None:
         return await asyncio.to_thread(read_local, log.store, runs, cache)
-    found = cache.get_many([run.id for run in runs])
+    found = await asyncio.to_thread(cache.get_many, [run.id for run in runs])
     todo = [i for i, entry in enumerate(found) if entry is False]
     out: list[NgramIndex | None] = [e if isinstance(e, NgramIndex) else None for e in found]
     if not todo:
