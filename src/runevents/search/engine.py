@@ -40,8 +40,8 @@ from runevents.eventlog.compressed import FrameIndex, read_all
 from runevents.eventlog.locate import CompressedLog, open_compressed
 from runevents.eventlog.ngrams import NgramIndex, Probe
 from runevents.exceptions import InvalidInput, LogNotFound, StorageError
-from runevents.models import LogState, RunHead, RunQuery, RunStatus
 from runevents.logstore import paths
+from runevents.models import LogState, RunHead, RunQuery, RunStatus
 from runevents.search.filters import CACHE, FilterCache, load_filters, read_local
 from runevents.search.hits import Filters, Prefilter, find_hits
 from runevents.search.pattern import Pattern
@@ -413,4 +413,3 @@ def _belongs(index: NgramIndex, frames: FrameIndex) -> bool:
         and index.digest == frames.digest
         and [f.first_sequence for f in index.frames] == list(frames.first_sequences)
     )
-

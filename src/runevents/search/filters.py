@@ -36,7 +36,6 @@ REMOTE_READS = 16
 READ_SIZE = 256 * 1024
 
 
-
 class FilterCache:
     """Parsed search indexes by run id (thread-safe; bounded in bytes)."""
 
@@ -73,15 +72,14 @@ class FilterCache:
                 entry = get(run_id)
                 if entry is None:
                     append(False)
-                elif type(entry) is float:
-                    if now - entry > MISSING_TTL:
-                        del entries[run_id]
-                        append(False)
-                    else:
-                        append(None)
-                else:
+                elif isinstance(entry, NgramIndex):
                     touch(run_id)
                     append(entry)
+                elif now - entry > MISSING_TTL:
+                    del entries[run_id]
+                    append(False)
+                else:
+                    append(None)
         return out
 
     def put(self, run_id: str, index: NgramIndex | None) -> None:

@@ -72,6 +72,22 @@ def test_a_regex_with_a_required_literal_matches_like_without_the_prefilter() ->
     assert [h["sequence"] for h in hits(data, r"(?i)timeout", regex=True)] == [1, 2]
 
 
+def _hits_with(
+    prefilter: Prefilter, data: bytes, first: int, pattern: Pattern, after: int, limit: int | None
+) -> list[tuple[int, bytes]]:
+    return find_hits(
+        data,
+        first,
+        pattern,
+        prefilter,
+        Filters(),
+        run_id="r",
+        configuration_id="c",
+        after_sequence=after,
+        limit=limit,
+    )
+
+
 def test_candidate_lines_found_in_the_whole_chunk_equal_a_line_by_line_match() -> None:
     # An ASCII chunk is searched for the query's literal as a whole (RE2) and
     # only the lines it lands on are decoded: the answer must be exactly the
@@ -94,9 +110,7 @@ def test_candidate_lines_found_in_the_whole_chunk_equal_a_line_by_line_match() -
         for q, regex in queries:
             pattern = Pattern(q, regex=regex)
             for after, limit in ((0, None), (first + 5, None), (0, 2)):
-                args = (data, first, pattern)
-                kw = dict(run_id="r", configuration_id="c", after_sequence=after, limit=limit)
-                fast = find_hits(*args, Prefilter.of(pattern), Filters(), **kw)  # type: ignore[arg-type]
-                slow = find_hits(*args, Prefilter(None), Filters(), **kw)  # type: ignore[arg-type]
+                fast = _hits_with(Prefilter.of(pattern), data, first, pattern, after, limit)
+                slow = _hits_with(Prefilter(None), data, first, pattern, after, limit)
                 assert fast == slow, (trial, q, after, limit)
                 assert Prefilter.of(pattern).finder is not None or q == "e"
