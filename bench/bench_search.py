@@ -37,6 +37,7 @@ import gc
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ from typing import Any
 import orjson
 import psutil
 
-from common import Row, iter_console_events, main, ratio, row, skipped_row
+from common import Row, iter_console_events, main, ratio, row, server_process, skipped_row
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
@@ -524,6 +525,7 @@ async def measure(quick: bool) -> list[Row]:
                 + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sampler.stalls.items()),
             )
         )
+        rows.extend(served(tmp / "data"))
     finally:
         await app.close()
         if not keep:
@@ -573,6 +575,106 @@ async def _build(app: App, runs: int, total: int, plain_dir: Path) -> dict[str, 
         "index_time": index_time,
         "compact_s": compact_s,
     }
+
+
+# ---------------------------------------------------------------------------
+# the same searches through a server process, probed from outside
+
+
+#: a regex with no literal of 3+ characters: the index cannot help, every frame is read
+NO_LITERAL = r"XQ.W.-4"
+
+
+def served(data_dir: Path) -> list[Row]:
+    """Searches through ``runevents serve`` on the corpus, its loop probed from outside.
+
+    A client thread asks ``GET /api/v1/health`` every 10 ms meanwhile: its
+    latency is what any other request (a follower, an ingest batch) waits for
+    the server's event loop, plus the HTTP round trip (measured idle first).
+    The server's RSS is sampled too.
+    """
+    import httpx
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    argv = [
+        sys.executable, "-m", "runevents", "serve", "--host", "127.0.0.1", "--data-dir",
+        str(data_dir), "--workers", "0", "--log-level", "warning", "--port",
+    ]  # fmt: skip
+    with server_process(lambda port: [*argv, str(port)], env=env, quiet=True) as (url, pid):
+        server = psutil.Process(pid)
+        client = httpx.Client(base_url=url, timeout=300)
+
+        def one(q: str, limit: int, regex: bool = False) -> dict[str, Any]:
+            params: dict[str, Any] = {"q": q, "limit": limit}
+            if regex:
+                params["regex"] = "true"
+            with client.stream("GET", f"/api/v1/workspaces/{WS}/search", params=params) as r:
+                r.raise_for_status()
+                lines = [line for line in r.iter_lines() if line]
+            done: dict[str, Any] = orjson.loads(lines[-1])
+            return done
+
+        phase = ["idle"]
+        latencies: dict[str, list[float]] = {}
+        stop = threading.Event()
+        peak = [server.memory_info().rss]
+
+        def probe() -> None:
+            with httpx.Client(base_url=url, timeout=30) as health:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    health.get("/api/v1/health").raise_for_status()
+                    latencies.setdefault(phase[0], []).append(time.perf_counter() - started)
+                    peak[0] = max(peak[0], server.memory_info().rss)
+                    stop.wait(0.01)
+
+        # imports, statement caches; no filter loaded (no literal of 3+ characters: the
+        # index is not used), and found in the newest run (one frame read)
+        one(COMMON_QUERY[:2] + "." + COMMON_QUERY[3:], 1, regex=True)
+        base = server.memory_info().rss
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        try:
+            phase[0] = "rare, filters not cached"
+            cold = one(RARE_QUERY, 1000)
+            phase[0] = "rare, cached"
+            for _ in range(3):
+                one(RARE_QUERY, 1000)
+            phase[0] = "common"
+            for _ in range(3):
+                one(COMMON_QUERY, 100)
+            phase[0] = "no literal (every frame read)"
+            scan = one(NO_LITERAL, 1000, regex=True)
+        finally:
+            stop.set()
+            thread.join()
+            client.close()
+    assert cold["hits"] == scan["hits"] == 3, (cold, scan)
+    idle = latencies.pop("idle")
+    during = [x for values in latencies.values() for x in values]
+    worst = {k: max(v) for k, v in latencies.items() if v}
+    return [
+        row(
+            SECTION,
+            "served: longest /health wait during searches",
+            max(during) * 1000,
+            "ms",
+            note=f"a client asking GET /api/v1/health every 10 ms while the server searches "
+            f"({len(during)} asks; idle: median {statistics.median(idle) * 1000:.1f} ms, "
+            f"max {max(idle) * 1000:.1f} ms; during: median "
+            f"{statistics.median(during) * 1000:.1f} ms; longest by search: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in worst.items())
+            + "); goal < 50 ms",
+        ),
+        row(
+            SECTION,
+            "served: server RSS growth during searches",
+            (peak[0] - base) / 2**20,
+            "MiB",
+            note="sampled every 10 ms from outside; goal < 100 MiB",
+        ),
+    ]
 
 
 def collect(quick: bool) -> list[Row]:
