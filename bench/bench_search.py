@@ -619,12 +619,25 @@ def served(data_dir: Path) -> list[Row]:
         stop = threading.Event()
         peak = [server.memory_info().rss]
 
+        # the server's event loop runs on its main thread
+        server_loop = f"/proc/{pid}/task/{pid}/schedstat"
+        server_loop = server_loop if os.path.exists(server_loop) else None
+        own: dict[str, list[float]] = {}
+
         def probe() -> None:
+            mine = _schedstat_path()
             with httpx.Client(base_url=url, timeout=30) as health:
                 while not stop.is_set():
+                    server_waited, waited = _runqueue_wait(server_loop), _runqueue_wait(mine)
                     started = time.perf_counter()
                     health.get("/api/v1/health").raise_for_status()
-                    latencies.setdefault(phase[0], []).append(time.perf_counter() - started)
+                    latency = time.perf_counter() - started
+                    # the larger of the two waits (they may overlap): an under-correction
+                    cpu_wait = max(
+                        _runqueue_wait(server_loop) - server_waited, _runqueue_wait(mine) - waited
+                    )
+                    latencies.setdefault(phase[0], []).append(latency)
+                    own.setdefault(phase[0], []).append(latency - cpu_wait)
                     peak[0] = max(peak[0], server.memory_info().rss)
                     stop.wait(0.01)
 
@@ -634,7 +647,7 @@ def served(data_dir: Path) -> list[Row]:
         base = server.memory_info().rss
         thread = threading.Thread(target=probe, daemon=True)
         thread.start()
-        time.sleep(1.0)
+        time.sleep(3.0)
         try:
             phase[0] = "rare, filters not cached"
             cold = one(RARE_QUERY, 1000)
@@ -652,9 +665,25 @@ def served(data_dir: Path) -> list[Row]:
             client.close()
     assert cold["hits"] == scan["hits"] == 3, (cold, scan)
     idle = latencies.pop("idle")
+    own_idle = own.pop("idle")
     during = [x for values in latencies.values() for x in values]
+    own_during = [x for values in own.values() for x in values]
     worst = {k: max(v) for k, v in latencies.items() if v}
+    own_worst = {k: max(v) for k, v in own.items() if v}
     return [
+        row(
+            SECTION,
+            "served: longest /health wait during searches, less waits for a CPU",
+            max(own_during) * 1000 if server_loop else float("nan"),
+            "ms",
+            note="each wait minus the time the OS kept the server's loop thread or the "
+            "asking thread (the longer) runnable but off a CPU (/proc schedstat): what the server "
+            "held its loop for, plus the HTTP round trip "
+            f"(idle max {max(own_idle) * 1000:.1f} ms); "
+            "by search: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in own_worst.items())
+            + "; goal < 50 ms",
+        ),
         row(
             SECTION,
             "served: longest /health wait during searches",
@@ -663,7 +692,9 @@ def served(data_dir: Path) -> list[Row]:
             note=f"a client asking GET /api/v1/health every 10 ms while the server searches "
             f"({len(during)} asks; idle: median {statistics.median(idle) * 1000:.1f} ms, "
             f"max {max(idle) * 1000:.1f} ms; during: median "
-            f"{statistics.median(during) * 1000:.1f} ms; longest by search: "
+            f"{statistics.median(during) * 1000:.1f} ms, 99th percentile "
+            f"{_percentile(during, 0.99) * 1000:.1f} ms, 99.9th "
+            f"{_percentile(during, 0.999) * 1000:.1f} ms; longest by search: "
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in worst.items())
             + "); goal < 50 ms",
         ),
@@ -675,6 +706,11 @@ def served(data_dir: Path) -> list[Row]:
             note="sampled every 10 ms from outside; goal < 100 MiB",
         ),
     ]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def collect(quick: bool) -> list[Row]:
