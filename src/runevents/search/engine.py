@@ -3,17 +3,18 @@
 Runs are taken newest first from the runs list (keyset pages of light rows,
 the same filters as ``GET .../runs``), in batches. For each batch:
 
-1. the search index of every compacted run is loaded (cached; one worker
-   thread per batch) and probed in one worker thread: the frames whose n-gram
-   filters rule the query out are skipped without being read;
-2. each run, in order, is then searched: a compacted run frame by frame
-   (only the candidate frames: read, decompressed and matched in a worker
-   thread), any other run (live, plain, or compacted with no usable index)
-   by scanning its log like any reader.
+1. one worker thread looks up the search index of every compacted run in
+   the cache (reading and parsing those not cached; a remote store's objects
+   are fetched first) and probes it: the runs whose every frame the n-gram
+   filters rule out are counted there and never reach the event loop;
+2. each remaining run, in order, is then searched: a compacted run frame by
+   frame (only the candidate frames: read, decompressed and matched in a
+   worker thread), any other run (live, plain, or compacted with no usable
+   index) by scanning its log like any reader.
 
-Every decode and match runs in a worker thread, a chunk or frame at a time:
-the event loop only moves bytes, and memory holds one batch of run rows, the
-cached filters (bounded) and one frame per request.
+Every lookup, probe, decode and match runs in a worker thread, a batch, chunk
+or frame at a time: the event loop only moves bytes, and memory holds one
+batch of run rows, the cached filters (bounded) and one frame per request.
 
 The answer is a stream of NDJSON lines: hits as they are found, then the
 ``done`` record with the counts and a cursor. The cursor names the run and
