@@ -31,7 +31,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -151,8 +150,13 @@ class IndexBuilder:
         return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameFilter:
+# Structs without garbage-collector tracking (``gc=False``): a server caches
+# thousands of parsed indexes (search/filters.py), and tracked objects would make
+# every full collection walk them all while the event loop waits. They hold only
+# numbers, bytes and tuples of these: no reference cycle is possible.
+
+
+class FrameFilter(msgspec.Struct, frozen=True, gc=False):
     """One frame's filter."""
 
     first_sequence: int
@@ -161,8 +165,7 @@ class FrameFilter:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class NgramIndex:
+class NgramIndex(msgspec.Struct, frozen=True, gc=False):
     """A parsed sidecar."""
 
     event_count: int
@@ -170,11 +173,8 @@ class NgramIndex:
     frames: tuple[FrameFilter, ...]
     #: plain bytes of all frames
     raw_bytes: int = 0
-
-    @property
-    def size(self) -> int:
-        """Bytes of filters (for cache accounting)."""
-        return sum(len(f.data) for f in self.frames) + 64 * len(self.frames)
+    #: bytes of filters plus a share per frame (for cache accounting)
+    size: int = 0
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NgramIndex | None:
@@ -182,27 +182,26 @@ class NgramIndex:
         if len(data) < HEADER.size + TRAILER.size:
             return None
         (crc,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-        body = memoryview(data)[: len(data) - TRAILER.size]
-        if zlib.crc32(body) != crc:
+        end = len(data) - TRAILER.size
+        if zlib.crc32(memoryview(data)[:end]) != crc:
             return None
         magic, ngram, hashes, count, events, digest = HEADER.unpack_from(data)
         if magic != MAGIC or ngram != NGRAM or hashes != len(MULTIPLIERS):
             return None
         at = HEADER.size + count * RECORD.size
-        if at > len(body):
+        if at > end:
             return None
         frames = []
-        for i in range(count):
-            first, raw_size, log2, length = RECORD.unpack_from(data, HEADER.size + i * RECORD.size)
-            if at + length > len(body) or (
-                log2 not in (EMPTY, UNINDEXED) and length != 1 << log2 >> 3
-            ):
+        raw_bytes = 0
+        for first, raw_size, log2, length in RECORD.iter_unpack(data[HEADER.size : at]):
+            if at + length > end or (log2 not in (EMPTY, UNINDEXED) and length != 1 << log2 >> 3):
                 return None
-            frames.append(FrameFilter(first, raw_size, log2, bytes(data[at : at + length])))
+            frames.append(FrameFilter(first, raw_size, log2, data[at : at + length]))
             at += length
-        if at != len(body):
+            raw_bytes += raw_size
+        if at != end:
             return None
-        return cls(events, digest, tuple(frames), sum(f.raw_size for f in frames))
+        return cls(events, digest, tuple(frames), raw_bytes, end - HEADER.size + 64 * count)
 
 
 class Probe:
@@ -211,6 +210,10 @@ class Probe:
     ``alternatives`` are lists of casefolded literals that must all occur (any
     one alternative). ``usable`` is False when some alternative has no n-gram
     (too short to test): then every frame may match.
+
+    Thousands of filters are probed per search, so the bit positions are
+    worked out once per filter size (``log2``) rather than once per filter:
+    a filter is then tested with a few byte lookups.
     """
 
     def __init__(self, alternatives: Sequence[Sequence[str]]) -> None:
@@ -221,6 +224,8 @@ class Probe:
                 self.alternatives = []
                 break
             self.alternatives.append([self._hashes(g) for g in dict.fromkeys(grams)])
+        #: log2 -> per alternative, per n-gram: (byte, mask) of each hash
+        self._tables: dict[int, _Table] = {}
 
     @property
     def usable(self) -> bool:
@@ -231,18 +236,50 @@ class Probe:
     def _hashes(gram: int) -> tuple[int, ...]:
         return tuple((gram * m) & _MASK for m in MULTIPLIERS)
 
+    def _table(self, log2: int) -> _Table:
+        table = self._tables.get(log2)
+        if table is None:
+            shift = 64 - log2
+            table = tuple(
+                tuple(
+                    tuple((h >> shift >> 3, 1 << (h >> shift & 7)) for h in hashes)
+                    for hashes in alternative
+                )
+                for alternative in self.alternatives
+            )
+            self._tables[log2] = table  # a race only computes the same table twice
+        return table
+
     def may_match(self, frame: FrameFilter) -> bool:
         """False only if the frame surely holds no match."""
-        if frame.log2 == UNINDEXED or not self.alternatives:
+        return self.filter_may_match(frame.log2, frame.data)
+
+    def filter_may_match(self, log2: int, data: bytes) -> bool:
+        """:meth:`may_match` of a filter of ``2**log2`` bits."""
+        if log2 == UNINDEXED or not self.alternatives:
             return True
-        if frame.log2 == EMPTY:
+        if log2 == EMPTY:
             return False
-        shift = 64 - frame.log2
-        data = frame.data
-        for alternative in self.alternatives:
-            for hashes in alternative:
-                if not all(data[(p := h >> shift) >> 3] >> (p & 7) & 1 for h in hashes):
+        table = self._tables.get(log2) or self._table(log2)
+        for alternative in table:
+            # three hashes per n-gram (MULTIPLIERS), unrolled: this is the hot loop
+            for (b0, m0), (b1, m1), (b2, m2) in alternative:
+                if not (data[b0] & m0 and data[b1] & m1 and data[b2] & m2):
                     break
             else:
                 return True
         return False
+
+    def candidates(self, index: NgramIndex) -> tuple[int, ...]:
+        """The frames of ``index`` that may hold a match, in order."""
+        test = self.filter_may_match
+        frames = index.frames
+        if len(frames) == 1:  # the common case (frames are ~1 MiB): no generator
+            frame = frames[0]
+            return (0,) if test(frame.log2, frame.data) else ()
+        return tuple(i for i, f in enumerate(frames) if test(f.log2, f.data))
+
+
+#: per alternative, per n-gram, per hash: (byte offset, bit mask) in a filter
+_Table = tuple[tuple[tuple[tuple[int, int], ...], ...], ...]
+assert len(MULTIPLIERS) == 3, "Probe.filter_may_match unrolls three hashes"

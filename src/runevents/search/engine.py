@@ -3,17 +3,18 @@
 Runs are taken newest first from the runs list (keyset pages of light rows,
 the same filters as ``GET .../runs``), in batches. For each batch:
 
-1. the search index of every compacted run is loaded (cached; one worker
-   thread per batch) and probed in one worker thread: the frames whose n-gram
-   filters rule the query out are skipped without being read;
-2. each run, in order, is then searched: a compacted run frame by frame
-   (only the candidate frames: read, decompressed and matched in a worker
-   thread), any other run (live, plain, or compacted with no usable index)
-   by scanning its log like any reader.
+1. one worker thread looks up the search index of every compacted run in
+   the cache (reading and parsing those not cached; a remote store's objects
+   are fetched first) and probes it: the runs whose every frame the n-gram
+   filters rule out are counted there and never reach the event loop;
+2. each remaining run, in order, is then searched: a compacted run frame by
+   frame (only the candidate frames: read, decompressed and matched in a
+   worker thread), any other run (live, plain, or compacted with no usable
+   index) by scanning its log like any reader.
 
-Every decode and match runs in a worker thread, a chunk or frame at a time:
-the event loop only moves bytes, and memory holds one batch of run rows, the
-cached filters (bounded) and one frame per request.
+Every lookup, probe, decode and match runs in a worker thread, a batch, chunk
+or frame at a time: the event loop only moves bytes, and memory holds one
+batch of run rows, the cached filters (bounded) and one frame per request.
 
 The answer is a stream of NDJSON lines: hits as they are found, then the
 ``done`` record with the counts and a cursor. The cursor names the run and
@@ -40,8 +41,9 @@ from runevents.eventlog.compressed import FrameIndex, read_all
 from runevents.eventlog.locate import CompressedLog, open_compressed
 from runevents.eventlog.ngrams import NgramIndex, Probe
 from runevents.exceptions import InvalidInput, LogNotFound, StorageError
+from runevents.logstore import paths
 from runevents.models import LogState, RunHead, RunQuery, RunStatus
-from runevents.search.filters import CACHE, FilterCache, load_filters
+from runevents.search.filters import CACHE, FilterCache, load_filters, read_local
 from runevents.search.hits import Filters, Prefilter, find_hits
 from runevents.search.pattern import Pattern
 
@@ -51,9 +53,11 @@ _log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: runs per batch (one page of light rows; the next is read while one is searched):
-#: a small first page for the first hits, then large ones for throughput
-FIRST_BATCH = 200
-BATCH = 2000
+#: a small first page for the first hits, then large ones: each page is a
+#: database round trip and a worker-thread hop, whose fixed CPU cost (measured:
+#: ~4 ms a query) is most of a rare term's search once the filters are cached
+FIRST_BATCH = 500
+BATCH = 4500
 #: plain chunks smaller than this are matched on the loop (a thread hop costs more)
 INLINE_BYTES = 16 * 1024
 
@@ -146,8 +150,8 @@ class _Plan:
     after: int
     #: the run's search index (None: scan the run)
     index: NgramIndex | None = None
-    #: frames the index cannot rule out
-    frames: frozenset[int] = frozenset()
+    #: frames the index cannot rule out, in order
+    frames: tuple[int, ...] = ()
 
 
 class WorkspaceSearch:
@@ -170,6 +174,8 @@ class WorkspaceSearch:
         self.stats = Stats()
         self._remaining = request.limit
         self._resume: dict[str, int] = {}
+        #: filters come from a remote store (fetched on the loop, then parsed off it)
+        self._remote = log.store.local_path(paths.LOG_NAME) is None
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The answer: hit lines, then the done record (each with its newline)."""
@@ -241,41 +247,64 @@ class WorkspaceSearch:
     async def _plan(self, heads: Sequence[RunHead]) -> list[_Plan]:
         """The runs of a batch to read, in order, and with which frames.
 
-        The filters of the compacted runs are loaded and probed (in one worker
-        thread); a run whose every frame they rule out is counted here and never
-        opened (the index is checked against the log whenever a frame is read).
+        The filters of the compacted runs are loaded and probed in one worker
+        thread per batch (a local store's files are read there too; a remote
+        store's objects are fetched first, on the loop, a few at a time): a run
+        whose every frame they rule out is counted there and never opened, and
+        costs the event loop nothing. The index is checked against the log
+        whenever a frame is read.
+        """
+        loaded = None
+        if self.probe.usable and self._remote:
+            compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
+            if compacted:
+                found = await load_filters(self.log, compacted, self.cache)
+                loaded = dict(zip((h.id for h in compacted), found, strict=True))
+        plans, runs, skipped = await asyncio.to_thread(self._plan_batch, heads, loaded)
+        self.stats.runs_scanned += runs
+        self.stats.bytes_skipped += skipped
+        return plans
+
+    def _plan_batch(
+        self, heads: Sequence[RunHead], loaded: dict[str, NgramIndex | None] | None
+    ) -> tuple[list[_Plan], int, int]:
+        """``(plans, runs ruled out, their plain bytes)`` (in a worker thread).
+
+        One pass, no per-run allocation for a run the filters rule out: this
+        is the per-run cost of a search (thousands of runs per request).
         """
         resume = self._resume
-        compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
-        indexes: dict[str, NgramIndex] = {}
-        if compacted and self.probe.usable:
-            loaded = await load_filters(self.log, compacted, self.cache)
-            # an index that does not count the row's events belongs to another log
-            indexes = {
-                h.id: i
-                for h, i in zip(compacted, loaded, strict=True)
-                if i is not None and i.event_count == h.event_count
-            }
-        candidates: dict[str, frozenset[int]] = {}
-        if indexes:
-            candidates = await asyncio.to_thread(_probe_all, self.probe, indexes)
-        stats = self.stats
-        plans = []
+        probe = self.probe
+        plans: list[_Plan] = []
+        runs = skipped = 0
+        if not probe.usable:
+            plans = [
+                _Plan(h, resume.get(h.id, 0)) for h in heads if h.log_state is not LogState.EXPIRED
+            ]
+            return plans, runs, skipped
+        if loaded is None:
+            compacted = [h for h in heads if h.log_state is LogState.COMPRESSED]
+            found = read_local(self.log.store, compacted, self.cache) if compacted else []
+            loaded = dict(zip([h.id for h in compacted], found, strict=True))
+        candidates = probe.candidates
+        get = loaded.get
+        compressed, expired = LogState.COMPRESSED, LogState.EXPIRED
         for head in heads:
-            if head.log_state is LogState.EXPIRED:
+            state = head.log_state
+            index = get(head.id) if state is compressed else None
+            # an index that does not count the row's events belongs to another log
+            if index is None or index.event_count != head.event_count:
+                if state is not expired:
+                    plans.append(_Plan(head, resume.get(head.id, 0)))
                 continue
-            after = resume.get(head.id, 0)
-            index = indexes.get(head.id)
-            if index is None:
-                plans.append(_Plan(head, after))
-                continue
-            frames = candidates[head.id]
+            frames = candidates(index)
+            after = resume.get(head.id, 0) if resume else 0
             if frames:
                 plans.append(_Plan(head, after, index, frames))
             else:
-                stats.runs_scanned += 1
-                stats.bytes_skipped += _bytes_after(index, after)
-        return plans
+                runs += 1
+                skipped += _bytes_after(index, after)
+        return plans, runs, skipped
 
     async def _search_run(self, plan: _Plan) -> AsyncIterator[tuple[int, bytes]]:
         self.stats.runs_scanned += 1
@@ -285,7 +314,7 @@ class WorkspaceSearch:
             compressed = await open_compressed(self.log.store, self.log.keys(ref))
             if compressed is not None:
                 try:
-                    frames: frozenset[int] | None = plan.frames if plan.index is not None else None
+                    frames: tuple[int, ...] | None = plan.frames if plan.index is not None else None
                     if plan.index is not None and not _belongs(plan.index, compressed.index):
                         self.cache.forget(head.id)  # another compaction's index: scan all
                         frames = None
@@ -302,7 +331,7 @@ class WorkspaceSearch:
         head: RunHead,
         compressed: CompressedLog,
         after: int,
-        candidates: frozenset[int] | None,
+        candidates: tuple[int, ...] | None,
     ) -> AsyncIterator[tuple[int, bytes]]:
         frames = compressed.index
         for i in range(frames.frames):
@@ -385,11 +414,3 @@ def _belongs(index: NgramIndex, frames: FrameIndex) -> bool:
         and index.digest == frames.digest
         and [f.first_sequence for f in index.frames] == list(frames.first_sequences)
     )
-
-
-def _probe_all(probe: Probe, indexes: dict[str, NgramIndex]) -> dict[str, frozenset[int]]:
-    """Candidate frames of every run (in a worker thread: thousands of filters)."""
-    return {
-        run_id: frozenset(i for i, frame in enumerate(index.frames) if probe.may_match(frame))
-        for run_id, index in indexes.items()
-    }

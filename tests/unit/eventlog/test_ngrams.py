@@ -74,3 +74,22 @@ def test_a_damaged_or_foreign_sidecar_is_refused() -> None:
     assert NgramIndex.from_bytes(data[:-1]) is None
     assert NgramIndex.from_bytes(b"") is None
     assert NgramIndex.from_bytes(b"RVEZIDX1" + data[8:]) is None
+
+
+def test_candidates_are_the_frames_may_match_keeps_for_every_filter_size() -> None:
+    # the probe's bit positions are worked out once per filter size: frames of
+    # different sizes (few or many distinct n-grams) in one index must each be
+    # tested with their own table
+    frames = [
+        frame(*(f"w{f}-{i} token{i * f}" for i in range(n))) for f, n in enumerate((1, 5, 80, 600))
+    ]
+    index = build(*frames)
+    assert len({f.log2 for f in index.frames}) >= 3
+    for query in ("w2-7 token14", "token", "w3-599", "zzzz-none", "w0-0"):
+        probe = Probe([[query]])
+        expected = tuple(i for i, f in enumerate(index.frames) if probe.may_match(f))
+        assert probe.candidates(index) == expected, query
+    assert Probe([["w3-599"]]).candidates(index) == (3,)
+    one = build(frames[2])
+    assert Probe([["w2-7"]]).candidates(one) == (0,)
+    assert Probe([["zzzz-none"]]).candidates(one) == ()
