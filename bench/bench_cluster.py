@@ -363,8 +363,9 @@ async def _live_tail(a: Replica, b: Replica, seconds: float) -> list[Row]:
                                    f"{len(lat)} of {expected} events delivered"))  # fmt: skip
     p50_b, p99_b = _pct(on_b, 0.5) * 1000, _pct(on_b, 0.99) * 1000
     p50_a, p99_a = _pct(on_a, 0.5) * 1000, _pct(on_a, 0.99) * 1000
+    post50, post99 = _pct(posts, 0.5) * 1000, _pct(posts, 0.99) * 1000
     load = (f"{achieved:.0f} batches/s of {TAIL_BATCH} events for {seconds:.0f} s through A; "
-            f"POST p50 {_pct(posts, 0.5) * 1000:.1f} ms, p99 {_pct(posts, 0.99) * 1000:.1f} ms")  # fmt: skip
+            f"POST p50 {post50:.1f} ms, p99 {post99:.1f} ms")  # fmt: skip
     rows += [
         row(SECTION, "live tail, follower on another replica: p99 append-to-delivery", p99_b, "ms",
             "target 100 ms", ratio(p99_b, 100.0),
@@ -385,13 +386,13 @@ async def _live_tail(a: Replica, b: Replica, seconds: float) -> list[Row]:
 async def _pg_snapshot(conn: Any, db: str) -> dict[str, Any]:
     # the insert position moves at once (pg_stat_wal's counters reach the view only when a
     # backend reports, seconds later)
-    lsn = await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+    lsn = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
     commits = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", db)
     pids = [r["pid"] for r in await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", db
     )]  # fmt: skip
     return {
-        "wal_bytes": int(lsn),
+        "lsn": lsn,
         "commits": int(commits),
         "machine": _machine_busy(),
         "cpu": {pid: _cpu_seconds(pid) for pid in pids},
@@ -417,7 +418,8 @@ class Round:
     events: int
     wall: float
     cpu: dict[str, float] = field(default_factory=dict)
-    wal_bytes: int = 0
+    wal_bytes: int = 0  # WAL records touching the bench database's relations
+    wal_all: int = 0  # all WAL written meanwhile (every database of the server)
     machine_busy: float = 0.0  # fraction of all the machine's cores busy (anyone's work)
 
     @property
@@ -465,8 +467,8 @@ async def _ingest_round(
         for s in sessions:
             await s.close()
     events = sum(len(b) for b in bodies) * BATCH
-    return Round(layout, events, wall, cpu, after_pg["wal_bytes"] - before_pg["wal_bytes"],
-                 _busy(before_pg, after_pg))  # fmt: skip
+    return Round(layout, events, wall, cpu, *await _wal(pg, db, before_pg, after_pg),
+                 machine_busy=_busy(before_pg, after_pg))  # fmt: skip
 
 
 _TABLE = (
@@ -510,6 +512,7 @@ async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> R
         wall = time.perf_counter() - start
         client = time.process_time() - client0
         after_pg = await _pg_snapshot(pg, db)
+        wal = await _wal(pg, db, before_pg, after_pg)
         for conn, table in zip(conns, tables, strict=True):
             await conn.execute(f"DROP TABLE {table}")
     finally:
@@ -517,7 +520,26 @@ async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> R
             await conn.close()
     return Round("copy", producers * per, wall,
                  {"postgres": _pg_cpu(before_pg, after_pg), "client": client},
-                 after_pg["wal_bytes"] - before_pg["wal_bytes"], _busy(before_pg, after_pg))  # fmt: skip
+                 *wal, machine_busy=_busy(before_pg, after_pg))  # fmt: skip
+
+
+async def _wal(
+    conn: Any, db: str, before: dict[str, Any], after: dict[str, Any]
+) -> tuple[int, int]:
+    """(WAL bytes of records on the bench database's relations, all WAL bytes) between two
+    snapshots. The server is shared: pg_walinspect picks our records out of the stream
+    (commit records carry no relation and are left out: some 40 bytes per transaction)."""
+    everything = await conn.fetchval(
+        "SELECT $2::text::pg_lsn - $1::text::pg_lsn", before["lsn"], after["lsn"]
+    )
+    oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", db)
+    ours = await conn.fetchval(
+        "SELECT coalesce(sum(record_length), 0)"
+        " FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
+        " WHERE block_ref LIKE $3",
+        before["lsn"], after["lsn"], f"%rel %/{oid}/%",
+    )  # fmt: skip
+    return int(ours), int(everything)
 
 
 def _busy(before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -533,7 +555,8 @@ def _cpu_note(r: Round) -> str:
     cores = os.cpu_count() or 1
     return (f"CPU s per 1M events: {', '.join(parts)}; these use {ours:.2f} cores, the "
             f"machine's {cores} cores were {r.machine_busy:.0%} busy (anyone's work); "
-            f"WAL {r.wal_bytes / r.events:,.0f} B/event, {r.wal_bytes / r.wall / 1e6:.1f} MB/s")  # fmt: skip
+            f"WAL {r.wal_bytes / r.events:,.0f} B/event, {r.wal_bytes / r.wall / 1e6:.1f} MB/s "
+            f"(server-wide {r.wal_all / r.wall / 1e6:.1f} MB/s)")  # fmt: skip
 
 
 async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> list[Row]:
@@ -544,6 +567,7 @@ async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> l
         layouts.append("round-robin")
     bodies = [_batch_bodies(sizes.per_producer, seed=100 + i) for i in range(sizes.producers)]
     pg = await asyncpg.connect(dsn)
+    await pg.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
     best: dict[str, Round] = {}
     try:
         for n in range(sizes.rounds):
@@ -577,7 +601,7 @@ async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> l
                         f"run's owner; {_cpu_note(rr)}"))  # fmt: skip
     else:
         rows.append(skipped_row(SECTION, "durable ingest through 3 replicas, round-robin batches",
-                                "no forwarding in this code (issue 14, branch i14-forward)"))  # fmt: skip
+                                "no forwarding in this code (issue 14: i14-forward)"))  # fmt: skip
     c = best["copy"]
     rows.append(row(SECTION, "Postgres COPY, synchronous_commit=on, same events", copy,
                     "events/s", note=f"{sizes.producers} sessions, 1,000-row transactions, "
