@@ -151,11 +151,15 @@ class Replica:
     def stop(self) -> None:
         for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
             if self.proc.poll() is not None:
-                return
+                break
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
+        # the logs go with the temporary directory: show a server's errors before that
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if "Traceback" in text or "ERROR" in text:
+            _progress(f"replica {self.name} logged errors:\n{text[-6000:]}")
 
 
 def _spawn(name: str, data_dir: Path, env: dict[str, str], logs: Path) -> Replica:
@@ -411,16 +415,10 @@ async def _live_tail(a: Replica, b: Replica, local: Replica, seconds: float) -> 
 
 
 async def _pg_snapshot(conn: Any, db: str) -> dict[str, Any]:
-    # the insert position moves at once (pg_stat_wal's counters reach the view only when a
-    # backend reports, seconds later)
-    lsn = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
-    commits = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", db)
     pids = [r["pid"] for r in await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", db
     )]  # fmt: skip
     return {
-        "lsn": lsn,
-        "commits": int(commits),
         "machine": _machine_busy(),
         "cpu": {pid: _cpu_seconds(pid) for pid in pids},
     }
@@ -445,7 +443,7 @@ class Round:
     events: int
     wall: float
     cpu: dict[str, float] = field(default_factory=dict)
-    wal_bytes: int = 0  # WAL records touching the bench database's relations
+    wal_bytes: int | None = 0  # WAL records touching the bench database's relations
     wal_all: int = 0  # all WAL written meanwhile (every database of the server)
     machine_busy: float = 0.0  # fraction of all the machine's cores busy (anyone's work)
 
@@ -459,6 +457,7 @@ async def _ingest_round(
     replicas: list[Replica],
     bodies: list[list[bytes]],
     pg: Any,
+    dsn: str,
     db: str,
 ) -> Round:
     """One round of ``len(bodies)`` producers; ``layout``: one | sticky | round-robin."""
@@ -479,9 +478,10 @@ async def _ingest_round(
         before_pg = await _pg_snapshot(pg, db)
         before = {rep.name: _cpu_seconds(rep.pid) for rep in replicas}
         client0 = time.process_time()
-        start = time.perf_counter()
-        await asyncio.gather(*(produce(i) for i in range(len(bodies))))
-        wall = time.perf_counter() - start
+        async with WalMeter(dsn, db) as wal:
+            start = time.perf_counter()
+            await asyncio.gather(*(produce(i) for i in range(len(bodies))))
+            wall = time.perf_counter() - start
         client = time.process_time() - client0
         cpu = {rep.name: _cpu_seconds(rep.pid) - before[rep.name] for rep in replicas}
         after_pg = await _pg_snapshot(pg, db)
@@ -494,8 +494,7 @@ async def _ingest_round(
         for s in sessions:
             await s.close()
     events = sum(len(b) for b in bodies) * BATCH
-    return Round(layout, events, wall, cpu, *await _wal(pg, db, before_pg, after_pg),
-                 machine_busy=_busy(before_pg, after_pg))  # fmt: skip
+    return Round(layout, events, wall, cpu, wal.ours, wal.all, _busy(before_pg, after_pg))
 
 
 _TABLE = (
@@ -534,12 +533,12 @@ async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> R
 
         before_pg = await _pg_snapshot(pg, db)
         client0 = time.process_time()
-        start = time.perf_counter()
-        await asyncio.gather(*(copy(i) for i in range(producers)))
-        wall = time.perf_counter() - start
+        async with WalMeter(dsn, db) as wal:
+            start = time.perf_counter()
+            await asyncio.gather(*(copy(i) for i in range(producers)))
+            wall = time.perf_counter() - start
         client = time.process_time() - client0
         after_pg = await _pg_snapshot(pg, db)
-        wal = await _wal(pg, db, before_pg, after_pg)
         for conn, table in zip(conns, tables, strict=True):
             await conn.execute(f"DROP TABLE {table}")
     finally:
@@ -547,26 +546,72 @@ async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> R
             await conn.close()
     return Round("copy", producers * per, wall,
                  {"postgres": _pg_cpu(before_pg, after_pg), "client": client},
-                 *wal, machine_busy=_busy(before_pg, after_pg))  # fmt: skip
+                 wal.ours, wal.all, _busy(before_pg, after_pg))  # fmt: skip
 
 
-async def _wal(
-    conn: Any, db: str, before: dict[str, Any], after: dict[str, Any]
-) -> tuple[int, int]:
-    """(WAL bytes of records on the bench database's relations, all WAL bytes) between two
-    snapshots. The server is shared: pg_walinspect picks our records out of the stream
-    (commit records carry no relation and are left out: some 40 bytes per transaction)."""
-    everything = await conn.fetchval(
-        "SELECT $2::text::pg_lsn - $1::text::pg_lsn", before["lsn"], after["lsn"]
-    )
-    oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", db)
-    ours = await conn.fetchval(
-        "SELECT coalesce(sum(record_length), 0)"
-        " FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
-        " WHERE block_ref LIKE $3",
-        before["lsn"], after["lsn"], f"%rel %/{oid}/%",
-    )  # fmt: skip
-    return int(ours), int(everything)
+class WalMeter:
+    """WAL bytes of the bench database's relations, and all WAL bytes, over a block.
+
+    The Postgres server is shared, so ``pg_walinspect`` picks our records out of the
+    stream (commit records carry no relation and are left out: some 40 bytes a
+    transaction). It reads the WAL every second as it is written: a range read only at
+    the end may already be recycled by a checkpoint.
+    """
+
+    def __init__(self, dsn: str, db: str) -> None:
+        self.dsn, self.db = dsn, db
+        self.ours: int | None = 0  # None: part of the range could not be read
+        self.all = 0
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> WalMeter:
+        import asyncpg
+
+        self._conn = await asyncpg.connect(self.dsn)
+        oid = await self._conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", self.db)
+        self._pattern = f"%rel %/{oid}/%"
+        self._start = self._last = await self._lsn()
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def _lsn(self) -> str:
+        return str(await self._conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+
+    async def _step(self) -> None:
+        now = await self._lsn()
+        if now == self._last:
+            return
+        if self.ours is not None:
+            try:
+                got = await self._conn.fetchval(
+                    "SELECT coalesce(sum(record_length), 0)"
+                    " FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
+                    " WHERE block_ref LIKE $3",
+                    self._last, now, self._pattern,
+                )  # fmt: skip
+                self.ours += int(got)
+            except Exception as exc:  # recycled meanwhile: say unknown, never a wrong sum
+                _progress(f"WAL of the bench database unknown: {exc}")
+                self.ours = None
+        self._last = now
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            await self._step()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        try:
+            await self._task
+            self.all = int(
+                await self._conn.fetchval(
+                    "SELECT $2::text::pg_lsn - $1::text::pg_lsn", self._start, self._last
+                )
+            )
+        finally:
+            await self._conn.close()
 
 
 def _busy(before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -584,12 +629,15 @@ def _cpu_note(r: Round) -> str:
     # process (one event loop: about one core) alone
     total = sum(r.cpu.values()) / r.events
     busiest, most = max(r.cpu.items(), key=lambda kv: kv[1])
+    wal = "unknown"
+    if r.wal_bytes is not None:
+        wal = f"{r.wal_bytes / r.events:,.0f} B/event, {r.wal_bytes / r.wall / 1e6:.1f} MB/s"
     return (f"CPU s per 1M events: {', '.join(parts)}; these use {ours:.2f} cores, the "
             f"machine's {cores} cores were {r.machine_busy:.0%} busy (anyone's work); "
             f"CPU-bound ceilings: {cores / total:,.0f} events/s on {cores} idle cores, "
             f"{r.events / most:,.0f} events/s for {busiest} on one core; "
-            f"WAL {r.wal_bytes / r.events:,.0f} B/event, {r.wal_bytes / r.wall / 1e6:.1f} MB/s "
-            f"(server-wide {r.wal_all / r.wall / 1e6:.1f} MB/s)")  # fmt: skip
+            f"WAL of the bench database {wal}; "
+            f"server-wide {r.wal_all / r.wall / 1e6:.1f} MB/s")  # fmt: skip
 
 
 async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> list[Row]:
@@ -609,7 +657,7 @@ async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> l
                 if layout == "copy":
                     r = await _copy_round(dsn, pg, db, sizes.producers, sizes.per_producer)
                 else:
-                    r = await _ingest_round(layout, replicas, bodies, pg, db)
+                    r = await _ingest_round(layout, replicas, bodies, pg, dsn, db)
                 _progress(f"  {r.rate:,.0f} events/s; {_cpu_note(r)}")
                 if layout not in best or r.rate > best[layout].rate:
                     best[layout] = r
