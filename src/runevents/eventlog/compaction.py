@@ -93,6 +93,9 @@ async def compact(log: EventLog, ref: RunRef) -> CompactInfo:
     keys = log.keys(ref)
     if log.writer_open(ref):
         raise WriterBusy(f"the writer of run {ref.run_id} is open: only ended logs are compacted")
+    if log.mirror is not None:
+        # several machines: a local copy of the live log is dropped once the run is sealed
+        await log.mirror(ref)
     with _run_lock(keys, ref):
         existing = await open_compressed(log.store, keys)
         if existing is not None:

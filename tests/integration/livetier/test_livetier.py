@@ -310,3 +310,19 @@ async def test_dead_workers_run_ends_worker_lost_elsewhere_with_every_committed_
     assert b'"worker_lost"' in data.splitlines()[-1]
     tier = a.manager.tier
     assert tier is not None and (await tier.size()).chunks == 0
+
+
+async def test_a_replica_that_copied_a_live_run_compacts_it_once_sealed(
+    pair: tuple[App, App],
+) -> None:
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    await a.manager.ingest("acme", "ext", run.id, [console("x")])
+    await log_bytes(b, run)  # B keeps a local copy of the live log
+    await a.manager.ingest("acme", "ext", run.id, [console("y"), completed()])
+    full = await log_bytes(a, run)
+    row = await b.manager.get_run("acme", "ext", run.id)
+    assert await b.manager.compact_run(row) is not None
+    assert (await b.manager.get_run("acme", "ext", run.id)).log_state.value == "compressed"
+    assert await log_bytes(b, run) == full
+    assert await log_bytes(a, run) == full

@@ -75,11 +75,15 @@ async def test_cancel_sent_to_another_replica_ends_an_idle_external_run(
         await holder.manager.ingest("acme", "ext", run.id, [console("late")])
 
 
-@pytest.mark.parametrize("lease_seconds", [60.0])  # the watch waits 10 s: ingest sees it first
+@pytest.mark.parametrize("lease_seconds", [60.0])
 async def test_cancel_sent_to_another_replica_ends_a_busy_external_run_at_its_next_batch(
     settings: Settings, lease_seconds: float
 ) -> None:
-    settings = settings.model_copy(update={"lease_seconds": lease_seconds})
+    # the held-runs watch runs every min(10 s, release / 4): with a 60 s release it does
+    # not run during the test, so the batch (not the watch) must see the relayed cancel
+    settings = settings.model_copy(
+        update={"lease_seconds": lease_seconds, "external_writer_release_seconds": 60.0}
+    )
     holder = await App.open(settings, worker=False)
     other = await App.open(settings, worker=False)
     try:
