@@ -31,7 +31,9 @@ scratch Postgres database and one SeaweedFS bucket (``s3://``, so
    10,000 quick; several runs at once, spread over the replicas), its peak,
    and after every run ended: zero bytes per ended run once sealed.
 
-Full mode also writes ``bench/results/cluster.md``.
+``python bench/bench_cluster.py [--quick]`` (quick: < 60 s, small sizes, for CI;
+also part of ``bench/run.py``). Full mode also writes ``bench/results/cluster.md``.
+The processes, HTTP helpers and probes live in ``cluster_common.py``.
 """
 
 from __future__ import annotations
@@ -41,14 +43,10 @@ import contextlib
 import hashlib
 import itertools
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +54,30 @@ from typing import Any
 import aiohttp
 import orjson
 
+from cluster_common import (
+    BATCH,
+    COMPLETED,
+    Replica,
+    WalMeter,
+    base_env,
+    batch_bodies,
+    busy,
+    client_session,
+    cluster_env,
+    cpu_seconds,
+    create_run,
+    forwarding_available,
+    pct,
+    pg_cpu,
+    pg_snapshot,
+    post,
+    progress,
+    start_replicas,
+)
 from common import (
     RESULTS_DIR,
     Row,
     failed_row,
-    free_port,
     iter_console_events,
     machine_description,
     main,
@@ -77,11 +94,7 @@ if str(REPO) not in sys.path:  # tests.fixtures.s3 (SeaweedFS) when run as a scr
     sys.path.insert(1, str(REPO))
 
 SECTION = "Several machines"
-BATCH = 1_000
-WS = "bench"
-NDJSON = {"Content-Type": "application/x-ndjson"}
 SSE = {"Accept": "text/event-stream"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -120,178 +133,10 @@ TAIL_RATE = 100  # batches per second
 TAIL_BATCH = 10  # events per batch
 
 
-def _progress(message: str) -> None:
-    print(f"[bench_cluster] {message}", file=sys.stderr, flush=True)
-
-
-def _forwarding_available() -> bool:
-    """Whether this code forwards a batch to the replica holding the run (issue 14)."""
-    from runevents.settings import Settings
-
-    return "advertise_url" in Settings.model_fields
-
-
 # ---------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Replica:
-    """One ``runevents serve`` process in its own process group."""
-
-    name: str
-    url: str
-    data_dir: Path
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(grace)
-        # the logs go with the temporary directory: show a server's errors before that
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        if "Traceback" in text or "ERROR" in text:
-            _progress(f"replica {self.name} logged errors:\n{text[-6000:]}")
-
-
-def _spawn(name: str, data_dir: Path, env: dict[str, str], logs: Path) -> Replica:
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
-    argv = [
-        sys.executable, "-m", "runevents", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(data_dir), "--workers", "0", "--log-level", "warning",
-    ]  # fmt: skip
-    env = dict(env)
-    env["RUNEVENTS_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Replica(name, f"http://127.0.0.1:{port}", data_dir, proc, log_path)
-
-
-def _wait_healthy(replicas: list[Replica], timeout: float = 90.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    for rep in replicas:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(rep.url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if rep.proc.poll() is not None or time.monotonic() > deadline:
-                tail = rep.log_path.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"replica {rep.name} did not start: ...{tail}")
-            time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def _replicas(specs: list[tuple[str, Path, dict[str, str]]], logs: Path) -> Iterator[list[Replica]]:
-    """Start every server of ``specs`` (name, data dir, environment) at once; stop them after."""
-    started: list[Replica] = []
-    try:
-        for name, data_dir, env in specs:
-            started.append(_spawn(name, data_dir, env, logs))
-        _wait_healthy(started)
-        yield started
-    finally:
-        for rep in started:
-            rep.stop()
-
-
-def _base_env() -> dict[str, str]:
-    # the servers get only our settings (nothing from the caller's RUNEVENTS_*)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNEVENTS_", "AWS_"))}
-    env["RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS"] = "0"
-    env["RUNEVENTS_WORKER_CONCURRENCY"] = "0"
-    env["RUNEVENTS_METRICS_ENABLED"] = "true"
-    return env
-
-
-def _cluster_env(dsn: str, s3: Any, prefix: str) -> dict[str, str]:
-    env = _base_env()
-    env["RUNEVENTS_DATABASE_URL"] = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    env["RUNEVENTS_STORAGE_URL"] = s3.url(prefix)
-    env["RUNEVENTS_LIVE_TIER"] = "auto"
-    env["AWS_ENDPOINT_URL"] = s3.endpoint_url
-    env["AWS_ACCESS_KEY_ID"] = s3.access_key_id
-    env["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key
-    env["AWS_REGION"] = s3.region
-    return env
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 # ---------------------------------------------------------------------------- HTTP helpers
-
-
-def _session(url: str) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        url,
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
-        connector=aiohttp.TCPConnector(limit=64),
-    )
-
-
-async def _create_run(session: aiohttp.ClientSession, cfg: str) -> str:
-    async with session.post(
-        f"/api/v1/workspaces/{WS}/configurations/{cfg}/runs", json={"external": True}
-    ) as r:
-        r.raise_for_status()
-        run_id = (await r.json())["run"]["id"]
-    return f"/api/v1/workspaces/{WS}/configurations/{cfg}/runs/{run_id}"
-
-
-async def _post(session: aiohttp.ClientSession, run_path: str, body: bytes) -> None:
-    for attempt in range(20):
-        async with session.post(run_path + "/events", data=body, headers=NDJSON) as r:
-            if r.status == 503 and attempt < 19:  # contract 10: retry after Retry-After
-                await r.read()
-                await asyncio.sleep(min(2.0, float(r.headers.get("Retry-After", "1"))))
-                continue
-            if r.status >= 400:
-                raise RuntimeError(f"POST {run_path}/events: {r.status} {await r.text()}")
-            await r.read()
-            return
-
-
-COMPLETED = b'{"type":"run.completed","payload":{"status":"succeeded"}}\n'
-
-
-def _batch_bodies(n: int, seed: int) -> list[bytes]:
-    dumps = orjson.dumps
-    events = iter_console_events(n, seed=seed)
-    bodies = []
-    while batch := list(itertools.islice(events, BATCH)):
-        bodies.append(
-            b"".join([dumps({"type": e["type"], "payload": e["payload"]}) + b"\n" for e in batch])
-        )
-    return bodies
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # ---------------------------------------------------------------------------- 1. live tail
@@ -300,7 +145,7 @@ def _pct(values: list[float], q: float) -> float:
 async def _follow(url: str, run_path: str, arrivals: list[float], ready: asyncio.Event) -> None:
     """SSE follower: the latency of every timed event (its payload's ``t``)."""
     async with (
-        _session(url) as session,
+        client_session(url) as session,
         session.get(run_path + "/events?stream=true&after_sequence=0", headers=SSE) as r,
     ):
         r.raise_for_status()
@@ -331,10 +176,10 @@ class Tail:
 
 async def _tail(writer: str, followers: list[str], seconds: float) -> Tail:
     """Append through ``writer`` at TAIL_RATE; one SSE follower of the run per URL."""
-    async with _session(writer) as session:
-        run_path = await _create_run(session, "tail")
+    async with client_session(writer) as session:
+        run_path = await create_run(session, "tail")
         warm = orjson.dumps({"type": "bench.tick", "payload": {"warm": True}}) + b"\n"
-        await _post(session, run_path, warm)  # the writer holds the run from here
+        await post(session, run_path, warm)  # the writer holds the run from here
         lat: list[list[float]] = [[] for _ in followers]
         ready = [asyncio.Event() for _ in followers]
         tasks = [
@@ -352,7 +197,7 @@ async def _tail(writer: str, followers: list[str], seconds: float) -> Tail:
                 dumps({"type": "bench.tick", "payload": {"t": t, "i": i, "k": k}}) + b"\n"
                 for k in range(TAIL_BATCH)
             )
-            await _post(session, run_path, body)
+            await post(session, run_path, body)
             posts.append(time.perf_counter() - t)
 
         # open loop: a batch leaves at its time whether or not the one before was answered
@@ -366,13 +211,13 @@ async def _tail(writer: str, followers: list[str], seconds: float) -> Tail:
             sends.append(asyncio.create_task(send(i)))
         rate = max(1, n - 1) / (time.perf_counter() - start)
         await asyncio.gather(*sends)
-        await _post(session, run_path, COMPLETED)
+        await post(session, run_path, COMPLETED)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return Tail(lat, posts, rate, n * TAIL_BATCH)
 
 
 def _ms(values: list[float], q: float) -> float:
-    return _pct(values, q) * 1000
+    return pct(values, q) * 1000
 
 
 async def _live_tail(a: Replica, b: Replica, local: Replica, seconds: float) -> list[Row]:
@@ -414,29 +259,6 @@ async def _live_tail(a: Replica, b: Replica, local: Replica, seconds: float) -> 
 # ---------------------------------------------------------------------------- 2. ingest
 
 
-async def _pg_snapshot(conn: Any, db: str) -> dict[str, Any]:
-    pids = [r["pid"] for r in await conn.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", db
-    )]  # fmt: skip
-    return {
-        "machine": _machine_busy(),
-        "cpu": {pid: _cpu_seconds(pid) for pid in pids},
-    }
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
-
-
-def _pg_cpu(before: dict[str, Any], after: dict[str, Any]) -> float:
-    # a backend that appeared meanwhile started from 0; one gone meanwhile is lost (rare:
-    # the replicas keep their pools)
-    return sum(cpu - before["cpu"].get(pid, 0.0) for pid, cpu in after["cpu"].items())
-
-
 @dataclass
 class Round:
     label: str
@@ -461,10 +283,10 @@ async def _ingest_round(
     db: str,
 ) -> Round:
     """One round of ``len(bodies)`` producers; ``layout``: one | sticky | round-robin."""
-    sessions = [_session(rep.url) for rep in replicas]
+    sessions = [client_session(rep.url) for rep in replicas]
     try:
         home = [0 if layout == "one" else i % len(replicas) for i in range(len(bodies))]
-        paths = [await _create_run(sessions[home[i]], "ingest") for i in range(len(bodies))]
+        paths = [await create_run(sessions[home[i]], "ingest") for i in range(len(bodies))]
 
         def target(i: int, k: int) -> int:
             if layout == "round-robin":
@@ -473,28 +295,28 @@ async def _ingest_round(
 
         async def produce(i: int) -> None:
             for k, body in enumerate(bodies[i]):
-                await _post(sessions[target(i, k)], paths[i], body)
+                await post(sessions[target(i, k)], paths[i], body)
 
-        before_pg = await _pg_snapshot(pg, db)
-        before = {rep.name: _cpu_seconds(rep.pid) for rep in replicas}
+        before_pg = await pg_snapshot(pg, db)
+        before = {rep.name: cpu_seconds(rep.pid) for rep in replicas}
         client0 = time.process_time()
         async with WalMeter(dsn, db) as wal:
             start = time.perf_counter()
             await asyncio.gather(*(produce(i) for i in range(len(bodies))))
             wall = time.perf_counter() - start
         client = time.process_time() - client0
-        cpu = {rep.name: _cpu_seconds(rep.pid) - before[rep.name] for rep in replicas}
-        after_pg = await _pg_snapshot(pg, db)
-        cpu["postgres"] = _pg_cpu(before_pg, after_pg)
+        cpu = {rep.name: cpu_seconds(rep.pid) - before[rep.name] for rep in replicas}
+        after_pg = await pg_snapshot(pg, db)
+        cpu["postgres"] = pg_cpu(before_pg, after_pg)
         cpu["client"] = client
         # end the runs (not timed) so the next round starts with an empty live tier
         for i, path in enumerate(paths):
-            await _post(sessions[home[i]], path, COMPLETED)
+            await post(sessions[home[i]], path, COMPLETED)
     finally:
         for s in sessions:
             await s.close()
     events = sum(len(b) for b in bodies) * BATCH
-    return Round(layout, events, wall, cpu, wal.ours, wal.all, _busy(before_pg, after_pg))
+    return Round(layout, events, wall, cpu, wal.ours, wal.all, busy(before_pg, after_pg))
 
 
 _TABLE = (
@@ -531,93 +353,22 @@ async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> R
                         tables[i], records=records, columns=("run_id", "sequence", "body")
                     )
 
-        before_pg = await _pg_snapshot(pg, db)
+        before_pg = await pg_snapshot(pg, db)
         client0 = time.process_time()
         async with WalMeter(dsn, db) as wal:
             start = time.perf_counter()
             await asyncio.gather(*(copy(i) for i in range(producers)))
             wall = time.perf_counter() - start
         client = time.process_time() - client0
-        after_pg = await _pg_snapshot(pg, db)
+        after_pg = await pg_snapshot(pg, db)
         for conn, table in zip(conns, tables, strict=True):
             await conn.execute(f"DROP TABLE {table}")
     finally:
         for conn in conns:
             await conn.close()
     return Round("copy", producers * per, wall,
-                 {"postgres": _pg_cpu(before_pg, after_pg), "client": client},
-                 wal.ours, wal.all, _busy(before_pg, after_pg))  # fmt: skip
-
-
-class WalMeter:
-    """WAL bytes of the bench database's relations, and all WAL bytes, over a block.
-
-    The Postgres server is shared, so ``pg_walinspect`` picks our records out of the
-    stream (commit records carry no relation and are left out: some 40 bytes a
-    transaction). It reads the WAL every second as it is written: a range read only at
-    the end may already be recycled by a checkpoint.
-    """
-
-    def __init__(self, dsn: str, db: str) -> None:
-        self.dsn, self.db = dsn, db
-        self.ours: int | None = 0  # None: part of the range could not be read
-        self.all = 0
-        self._stop = asyncio.Event()
-
-    async def __aenter__(self) -> WalMeter:
-        import asyncpg
-
-        self._conn = await asyncpg.connect(self.dsn)
-        oid = await self._conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", self.db)
-        self._pattern = f"%rel %/{oid}/%"
-        self._start = self._last = await self._lsn()
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def _lsn(self) -> str:
-        return str(await self._conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
-
-    async def _step(self) -> None:
-        now = await self._lsn()
-        if now == self._last:
-            return
-        if self.ours is not None:
-            try:
-                got = await self._conn.fetchval(
-                    "SELECT coalesce(sum(record_length), 0)"
-                    " FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
-                    " WHERE block_ref LIKE $3",
-                    self._last, now, self._pattern,
-                )  # fmt: skip
-                self.ours += int(got)
-            except Exception as exc:  # recycled meanwhile: say unknown, never a wrong sum
-                _progress(f"WAL of the bench database unknown: {exc}")
-                self.ours = None
-        self._last = now
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
-            await self._step()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        try:
-            await self._task
-            self.all = int(
-                await self._conn.fetchval(
-                    "SELECT $2::text::pg_lsn - $1::text::pg_lsn", self._start, self._last
-                )
-            )
-        finally:
-            await self._conn.close()
-
-
-def _busy(before: dict[str, Any], after: dict[str, Any]) -> float:
-    busy = after["machine"][0] - before["machine"][0]
-    total = after["machine"][1] - before["machine"][1]
-    return busy / total if total else float("nan")
+                 {"postgres": pg_cpu(before_pg, after_pg), "client": client},
+                 wal.ours, wal.all, busy(before_pg, after_pg))  # fmt: skip
 
 
 def _cpu_note(r: Round) -> str:
@@ -644,21 +395,21 @@ async def _ingest(replicas: list[Replica], dsn: str, db: str, sizes: Sizes) -> l
     import asyncpg
 
     layouts = ["one", "sticky"]
-    if _forwarding_available():
+    if forwarding_available():
         layouts.append("round-robin")
-    bodies = [_batch_bodies(sizes.per_producer, seed=100 + i) for i in range(sizes.producers)]
+    bodies = [batch_bodies(sizes.per_producer, seed=100 + i) for i in range(sizes.producers)]
     pg = await asyncpg.connect(dsn)
     await pg.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
     best: dict[str, Round] = {}
     try:
         for n in range(sizes.rounds):
             for layout in [*layouts, "copy"]:
-                _progress(f"ingest round {n + 1}/{sizes.rounds}: {layout}")
+                progress(f"ingest round {n + 1}/{sizes.rounds}: {layout}")
                 if layout == "copy":
                     r = await _copy_round(dsn, pg, db, sizes.producers, sizes.per_producer)
                 else:
                     r = await _ingest_round(layout, replicas, bodies, pg, dsn, db)
-                _progress(f"  {r.rate:,.0f} events/s; {_cpu_note(r)}")
+                progress(f"  {r.rate:,.0f} events/s; {_cpu_note(r)}")
                 if layout not in best or r.rate > best[layout].rate:
                     best[layout] = r
     finally:
@@ -706,7 +457,7 @@ async def _wait_sealed(session: aiohttp.ClientSession, run_path: str, timeout: f
 
 async def _timed_read(url: str, run_path: str) -> tuple[float, float, int, str]:
     """(seconds to first body byte, seconds to the last, bytes, sha256) of one NDJSON read."""
-    async with _session(url) as session:
+    async with client_session(url) as session:
         digest = hashlib.sha256()
         size = 0
         start = time.perf_counter()
@@ -724,11 +475,11 @@ async def _timed_read(url: str, run_path: str) -> tuple[float, float, int, str]:
 
 
 async def _write_run(url: str, cfg: str, bodies: list[bytes]) -> str:
-    async with _session(url) as session:
-        path = await _create_run(session, cfg)
+    async with client_session(url) as session:
+        path = await create_run(session, cfg)
         for body in bodies:
-            await _post(session, path, body)
-        await _post(session, path, COMPLETED)
+            await post(session, path, body)
+        await post(session, path, COMPLETED)
         await _wait_sealed(session, path)
     return path
 
@@ -757,8 +508,8 @@ async def _reads(
     writer: Replica, local: Replica, env: dict[str, str], tmp: Path, logs: Path, sizes: Sizes
 ) -> list[Row]:
     n = sizes.read_events
-    bodies = _batch_bodies(n, seed=7)
-    _progress(f"reads: writing an ended run of {n:,} events through A")
+    bodies = batch_bodies(n, seed=7)
+    progress(f"reads: writing an ended run of {n:,} events through A")
     path = await _write_run(writer.url, "read", bodies)
     run_id = path.rsplit("/", 1)[1]
     local_copy = [str(p.relative_to(writer.data_dir)) for p in _files_of(writer.data_dir, run_id)]
@@ -767,8 +518,8 @@ async def _reads(
     local_reads = [await _timed_read(local.url, local_path) for _ in range(3)]
     base_first = statistics.median(r[0] for r in local_reads) * 1000
     base_full = n / statistics.median(r[1] for r in local_reads)
-    _progress("reads: a replica started now with an empty data dir")
-    with _replicas([("fresh", tmp / "fresh", env)], logs) as (fresh,):
+    progress("reads: a replica started now with an empty data dir")
+    with start_replicas([("fresh", tmp / "fresh", env)], logs) as (fresh,):
         cold = await _timed_read(fresh.url, path)
         warm = [await _timed_read(fresh.url, path) for _ in range(3)]
         fresh_files = len(_files_of(fresh.data_dir, run_id))
@@ -803,7 +554,7 @@ async def _tier(replicas: list[Replica], dsn: str, sizes: Sizes) -> list[Row]:
 
     pg = await asyncpg.connect(dsn)
     sampler_conn = await asyncpg.connect(dsn)
-    bodies = _batch_bodies(sizes.tier_events, seed=11)
+    bodies = batch_bodies(sizes.tier_events, seed=11)
     peak = (0, 0, 0)
     samples = 0
     stop = asyncio.Event()
@@ -826,16 +577,16 @@ async def _tier(replicas: list[Replica], dsn: str, sizes: Sizes) -> list[Row]:
 
     async def producer(j: int) -> None:
         rep = replicas[j % len(replicas)]
-        async with _session(rep.url) as session:
+        async with client_session(rep.url) as session:
             while True:
                 try:
                     queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                path = await _create_run(session, "tier")
+                path = await create_run(session, "tier")
                 for body in bodies:
-                    await _post(session, path, body)
-                await _post(session, path, COMPLETED)
+                    await post(session, path, body)
+                await post(session, path, COMPLETED)
                 run_id = path.rsplit("/", 1)[1]
                 async with pg_lock:
                     left = await pg.fetchval(
@@ -844,7 +595,7 @@ async def _tier(replicas: list[Replica], dsn: str, sizes: Sizes) -> list[Row]:
                 chunks_at_ack.append(int(left))
                 ended.append(run_id)
                 if len(ended) % 10 == 0:
-                    _progress(f"tier: {len(ended)} of {sizes.tier_runs} runs ended")
+                    progress(f"tier: {len(ended)} of {sizes.tier_runs} runs ended")
 
     sampler: asyncio.Task[None] | None = None
     try:
@@ -899,47 +650,32 @@ async def _tier(replicas: list[Replica], dsn: str, sizes: Sizes) -> list[Row]:
 # ---------------------------------------------------------------------------- collect
 
 
-@contextlib.asynccontextmanager
-async def _seaweedfs(root: Path) -> AsyncIterator[Any]:
-    from tests.fixtures.s3 import start_seaweedfs
-
-    # short path: the filer's unix sockets live in it (108-byte limit)
-    weed_dir = Path(tempfile.mkdtemp(prefix="rweed-"))
-    server = start_seaweedfs(weed_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(weed_dir, ignore_errors=True)
-
-
 async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
     reason = await pg_unreachable_reason()
     if reason:
         return [skipped_row(SECTION, "several machines", reason)]
-    from tests.fixtures.s3 import SeaweedUnavailable
+    from tests.fixtures.s3 import SeaweedUnavailable, seaweedfs_running
 
     logs = tmp / "logs"
     logs.mkdir()
     rows: list[Row] = []
-    try:
-        weed = _seaweedfs(tmp)
-        s3 = await weed.__aenter__()
-    except SeaweedUnavailable as exc:
-        return [skipped_row(SECTION, "several machines", str(exc))]
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            s3 = stack.enter_context(seaweedfs_running())
+        except SeaweedUnavailable as exc:
+            return [skipped_row(SECTION, "several machines", str(exc))]
         async with scratch_pg_database("runevents_bench_cluster") as dsn:
             db = dsn.rsplit("/", 1)[1]
-            env = _cluster_env(dsn, s3, f"cluster-{os.getpid()}")
+            env = cluster_env(dsn, s3, f"cluster-{os.getpid()}")
             # A first (it migrates the database), then B and C together, and the
             # one-machine server of the reads (SQLite + file://, idle until then)
             with (
-                _replicas([("A", tmp / "a", env)], logs) as (a,),
-                _replicas(
+                start_replicas([("A", tmp / "a", env)], logs) as (a,),
+                start_replicas(
                     [
                         ("B", tmp / "b", env),
                         ("C", tmp / "c", env),
-                        ("local", tmp / "local", _base_env()),
+                        ("local", tmp / "local", base_env()),
                     ],
                     logs,
                 ) as (b, c, local),
@@ -950,15 +686,13 @@ async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
                     ("reads", lambda: _reads(a, local, env, tmp, logs, sizes)),
                     ("live tier size", lambda: _tier([a, b, c], dsn, sizes)),
                 ):
-                    _progress(name)
+                    progress(name)
                     t0 = time.perf_counter()
                     try:
                         rows += await step()
                     except Exception as exc:
                         rows.append(failed_row(SECTION, name, exc))
-                    _progress(f"{name}: {time.perf_counter() - t0:.1f} s")
-    finally:
-        await weed.__aexit__(None, None, None)
+                    progress(f"{name}: {time.perf_counter() - t0:.1f} s")
     return rows
 
 
