@@ -6,6 +6,9 @@
     python3 dev.py test    # set up .venv, run the whole test suite
     python3 dev.py check   # ruff lint, ruff format --check, mypy --strict
     python3 dev.py bench   # the benchmark suite (add --quick for a smoke run)
+    python3 dev.py cluster # several machines on this one: SeaweedFS S3, a Postgres database,
+                           #   3 replicas and 2 workers, each with its own data dir
+                           #   (needs Postgres on 127.0.0.1:5432; --help for options)
 
 Any `runevents` command passes through to .venv/bin/runevents, so the
 README's commands work right after the quick start without activating .venv:
@@ -106,6 +109,9 @@ def main(args: list[str]) -> int:
     if cmd == "fmt":
         run(str(BIN / "ruff"), "check", "--fix", "src", "tests", "bench", "dev.py")
         return run(str(BIN / "ruff"), "format", "src", "tests", "bench", "dev.py")
+    if cmd == "cluster":
+        # the same launcher the cluster tests use (tests/fixtures/cluster.py)
+        return run(str(PY), "-m", "tests.fixtures.cluster", *rest)
     if cmd == "bench":
         return run(str(PY), str(ROOT / "bench" / "run.py"), *rest)
     if cmd == "setup":

@@ -20,7 +20,7 @@ from runevents.db.repository import RunRepository
 from runevents.db.stats import run_counts
 from runevents.eventlog import EventLog
 from runevents.livetier import LiveTier
-from runevents.logstore import open_log_store
+from runevents.logstore import LogStore, open_log_store
 from runevents.manager import RunManager
 from runevents.metered import MeteredFileOps, MeteredLogStore
 from runevents.notify import LocalNotifier
@@ -41,6 +41,19 @@ def load_configurations(settings: Settings) -> ConfigRegistry:
     if settings.config_file is not None:
         configs.extend(load_config_file(Path(settings.config_file)))
     return ConfigRegistry(configs)
+
+
+def open_store(settings: Settings) -> LogStore:
+    """The log store of ``settings.resolved_storage_url``.
+
+    An ``s3://`` store gets the endpoint of the AWS variables explicitly: the
+    store then allows plain HTTP exactly when that endpoint is ``http://``
+    (obstore alone would refuse it without AWS_ALLOW_HTTP=true).
+    """
+    url = settings.resolved_storage_url
+    if url.lower().startswith("s3://") and settings.s3_endpoint_url:
+        return open_log_store(url, endpoint_url=settings.s3_endpoint_url)
+    return open_log_store(url)
 
 
 class App:
@@ -85,7 +98,7 @@ class App:
         bridge = None
         try:
             # both storage seams measured at the edge (metered.py), not inside the engine
-            store = MeteredLogStore(open_log_store(settings.resolved_storage_url))
+            store = MeteredLogStore(open_store(settings))
             notifier = LocalNotifier()
             dsn = asyncpg_dsn(settings.resolved_database_url)
             if dsn is not None:

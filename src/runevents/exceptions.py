@@ -119,6 +119,12 @@ class WriterBusy(Conflict):
     code = "writer_busy"
 
 
+class MaintenanceBusy(Conflict):
+    """Another process is compacting, expiring or reindexing this run right now."""
+
+    code = "maintenance_busy"
+
+
 class LogExpired(RuneventsError):
     """The events of this run were removed by the retention policy."""
 

@@ -19,6 +19,13 @@ the row points at the compressed form, the plain log is dropped, the entry is
 removed. A pass first finishes whatever an interrupted pass left in the
 journal, so a kill -9 between the row update and the drop never leaves the
 plain log behind for good.
+
+Passes may run on several machines at once (every replica's schedule, a CLI
+anywhere): each per-run step holds the run's maintenance lock
+(``RunManager.maintaining``, a Postgres advisory lock), so one process acts on
+a run at a time; a run another process holds is counted in ``skipped`` and
+left to it, and a step re-reads the row under the lock, so a run another pass
+finished meanwhile is not done (nor counted) twice.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from typing import TypeVar
 
 from runevents import metrics
 from runevents.eventlog import EventLog
-from runevents.exceptions import DatabaseError, RuneventsError, RunNotFound, WriterBusy
+from runevents.exceptions import (
+    DatabaseError,
+    MaintenanceBusy,
+    RuneventsError,
+    RunNotFound,
+    WriterBusy,
+)
 from runevents.manager import RunManager
 from runevents.models import LogState, Run, utcnow
 from runevents.settings import parse_duration
@@ -140,14 +153,16 @@ async def _finish_interrupted(manager: RunManager, report: Report) -> None:
         try:
             if run.log_state is LogState.PLAIN:
                 # killed before the row update: redo the whole step (it finds the
-                # verified compressed form and reuses it)
+                # verified compressed form and reuses it; it takes the lock itself)
                 await manager.compact_run(run)
             elif run.log_state is LogState.COMPRESSED:
-                await manager.log.drop_plain(run_ref(run))
+                async with manager.maintaining(run_id):
+                    await manager.log.drop_plain(run_ref(run))
             elif run.log_state is LogState.EXPIRED:
                 # retention won the race: make sure nothing of the body is left
-                await manager.log.delete(run_ref(run))
-        except WriterBusy:
+                async with manager.maintaining(run_id):
+                    await manager.log.delete(run_ref(run))
+        except (WriterBusy, MaintenanceBusy):
             report.skipped += 1
             continue
         except RuneventsError as exc:
@@ -271,12 +286,13 @@ async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
 async def _attempt(run: Run, report: Report, step: Callable[[], Awaitable[T]]) -> T | None:
     """One per-run step with the pass's error accounting; None if it did not happen.
 
-    A run whose log another pass (the server's schedule, a CLI) holds right now
-    is skipped, not failed; a transient database error is retried first.
+    A run whose log another pass (the server's schedule, a CLI, on any machine)
+    holds right now is skipped, not failed; a transient database error is
+    retried first.
     """
     try:
         return await _retrying(step)
-    except WriterBusy:
+    except (WriterBusy, MaintenanceBusy):
         report.skipped += 1
     except RuneventsError as exc:
         report.errors.append(f"{run.id}: {exc.message}")
@@ -398,16 +414,22 @@ async def _expire_one(manager: RunManager, run: Run, report: Report) -> None:
 
 
 async def reindex(manager: RunManager, *, progress: Progress | None = None) -> Report:
-    """Rebuild every run row and summary from the logs in storage (streamed: one log at a time)."""
+    """Rebuild every run row and summary from the logs in storage (streamed: one log at a time).
+
+    A run another process is compacting or expiring right now is skipped (its
+    row is being brought up to date by that process).
+    """
     report = Report(action="reindex", dry_run=False)
     tally = _Tally(progress)
     async for ref in manager.log.scan():
         tally.found(1)
         try:
-            run = await manager.reindex_log(ref.workspace_id, ref.run_id)
-            if run.log_state is LogState.COMPRESSED:
-                # the search index is rebuilt from the frames too (issue 16)
-                await manager.log.index_for_search(run_ref(run))
+            # the search index of a compressed log is rebuilt from its frames too (issue 16)
+            run = await manager.reindex_run(ref.workspace_id, ref.run_id)
+        except MaintenanceBusy:
+            report.skipped += 1
+            tally.done(None)
+            continue
         except RuneventsError as exc:
             report.errors.append(f"{ref.run_id}: {exc.message}")
             tally.done(None)

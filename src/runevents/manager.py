@@ -28,6 +28,7 @@ from runevents import ids, metrics
 from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.chunks import ChunkRepository
 from runevents.db.repository import RunRepository
+from runevents.db.runlocks import RunLocks
 from runevents.eventlog import Chunk, EventLog
 from runevents.events import EventDraft
 from runevents.exceptions import (
@@ -51,6 +52,9 @@ from runevents.settings import Settings
 from runevents.upkeep import RunUpkeep
 
 log = logging.getLogger(__name__)
+
+#: times a read goes on from the compressed form after compaction dropped the one it read
+REFORM_TRIES = 2
 
 
 class RunManager(ProducerIngest, RunUpkeep):
@@ -86,6 +90,8 @@ class RunManager(ProducerIngest, RunUpkeep):
         self.on_queued: Callable[[], None] | None = None
         # secret masking of producers' batches (contract 11; hooked in producer.ingest)
         self.masks = RunMasks(repo, configs)
+        #: per-run maintenance locks shared by every process of the deployment
+        self.run_locks = RunLocks(repo.database)
 
     async def close(self) -> None:
         """Let go of every run this process holds (server shutdown); nothing is lost:
@@ -339,20 +345,29 @@ class RunManager(ProducerIngest, RunUpkeep):
         self, run: Run, after_sequence: int = 0, limit: int | None = None
     ) -> AsyncIterator[Chunk]:
         """What the log holds now after ``after_sequence`` (then the iterator ends)."""
-        return self._expired_if_missing(
-            run, self.log.read(run_ref(run), after_sequence=after_sequence, limit=limit)
-        )
+
+        def reopen(after: int) -> AsyncIterator[Chunk]:
+            left = None if limit is None else limit - (after - after_sequence)
+            return self.log.read(run_ref(run), after_sequence=after, limit=left)
+
+        return self._expired_if_missing(run, after_sequence, reopen)
 
     def follow_events(self, run: Run, after_sequence: int = 0) -> AsyncIterator[Chunk]:
         """Replay after ``after_sequence``, then live, until the chunk holding run.completed."""
         return self._expired_if_missing(
-            run, self.log.follow(run_ref(run), after_sequence=after_sequence)
+            run, after_sequence, lambda after: self.log.follow(run_ref(run), after_sequence=after)
         )
 
     async def _expired_if_missing(
-        self, run: Run, chunks: AsyncIterator[Chunk]
+        self, run: Run, after_sequence: int, reopen: Callable[[int], AsyncIterator[Chunk]]
     ) -> AsyncIterator[Chunk]:
-        """A missing log is 410 only when retention removed it.
+        """A missing log is 410 only when retention removed it; a moved one is read on.
+
+        Compaction -- on any host -- drops the plain form once the row points at
+        the compressed one. A read of an object store cannot keep a deleted object
+        open (a local file can), so a read that loses its form mid-way while the
+        row says ``compressed`` goes on from the compressed form after the last
+        whole event it yielded: the same bytes, no gap (``REFORM_TRIES`` times).
 
         Retention deletes the body before it marks the row, so a row that still
         says plain or compressed with no body was expired (410). A row that says
@@ -360,20 +375,31 @@ class RunManager(ProducerIngest, RunUpkeep):
         it; the repair loop finishes it): 503, retry -- never "removed by
         retention".
         """
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except LogNotFound as exc:
-            current = await self.repo.get_run(run.id)
-            if current.log_state is LogState.LIVE:
-                raise StorageError(
-                    f"the log of run {run.id} is being sealed or moved; retry shortly"
-                ) from exc
-            if current.status.ended:
-                raise LogExpired(
-                    f"the events of run {run.id} were removed by the retention policy"
-                ) from exc
-            raise
+        position = after_sequence
+        chunks = reopen(position)
+        for attempt in range(REFORM_TRIES + 1):
+            try:
+                async for chunk in chunks:
+                    position = chunk.last_sequence
+                    yield chunk
+                return
+            except (LogNotFound, StorageError) as exc:
+                current = await self.repo.get_run(run.id)
+                if current.log_state is LogState.COMPRESSED and attempt < REFORM_TRIES:
+                    chunks = reopen(position)  # the form being read was compacted away
+                    continue
+                missing = isinstance(exc, LogNotFound)
+                if missing and current.log_state is LogState.LIVE:
+                    raise StorageError(
+                        f"the log of run {run.id} is being sealed or moved; retry shortly"
+                    ) from exc
+                # retention deleted it while it was read ("no index" halfway through
+                # deleting a compressed log is a StorageError)
+                if current.log_state is LogState.EXPIRED or (missing and current.status.ended):
+                    raise LogExpired(
+                        f"the events of run {run.id} were removed by the retention policy"
+                    ) from exc
+                raise
 
     async def search_events(
         self,

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runevents.exceptions import InvalidInput
@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: file:///path or s3://bucket/prefix; default file://{data_dir}
     storage_url: str | None = None
+    #: the S3 endpoint of an ``s3://`` storage URL, from the usual AWS variables (not
+    #: RUNEVENTS_*). Read here, not only by obstore, so that an ``http://`` endpoint (a
+    #: SeaweedFS or MinIO on a private network) works with no AWS_ALLOW_HTTP (contract 10)
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
+    )
 
     # -- HTTP ---------------------------------------------------------------
     host: str = "127.0.0.1"

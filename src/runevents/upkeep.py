@@ -6,8 +6,11 @@ row and its log back in line after time or failure: finishing runs whose
 worker died, finishing completions a crash cut short, compacting and
 expiring logs, and rebuilding rows from logs (``reindex``). Every step that
 writes or seals a log takes it through ``self.held`` (file lock, then writer
-lease). The policies that choose *which* runs live in ``maintenance.py`` and
-``repair.py``.
+lease). The maintenance steps (compact, expire, reindex) first take the run's
+maintenance lock (``db/runlocks.py``: a Postgres advisory lock, so one process
+of the whole deployment at a time) and raise MaintenanceBusy when another
+process has it; the policy counts that run as skipped. The policies that
+choose *which* runs live in ``maintenance.py`` and ``repair.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,22 @@ import msgspec
 from runevents import metrics
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
-from runevents.exceptions import LogNotFound, RunNotFound, StorageError, WriterMoving
+from runevents.exceptions import (
+    LogNotFound,
+    MaintenanceBusy,
+    RunNotFound,
+    StorageError,
+    WriterMoving,
+)
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
 from runevents.models import LogState, Run, RunStatus, utcnow
 from runevents.summary import RunSummaryBuilder, run_fields
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from runevents.db.repository import RunRepository
+    from runevents.db.runlocks import RunLocks
     from runevents.settings import Settings
 
 __all__ = ["IDEMPOTENCY_KEEP", "LIVE_STATUSES", "RunUpkeep", "parse_timestamp", "run_ref"]
@@ -63,6 +75,7 @@ class RunUpkeep:
     repo: RunRepository
     log: EventLog
     held: HeldRuns
+    run_locks: RunLocks
 
     if TYPE_CHECKING:
         # provided by RunManager
@@ -148,6 +161,15 @@ class RunUpkeep:
             return await held.seal()
 
     # ------------------------------------------------------------------ maintenance (per run)
+    @contextlib.asynccontextmanager
+    async def maintaining(self, run_id: str) -> AsyncIterator[None]:
+        """Hold ``run_id``'s maintenance lock (every process of the deployment);
+        MaintenanceBusy at once if another process holds it. Not reentrant."""
+        async with self.run_locks.hold(run_id) as got:
+            if not got:
+                raise MaintenanceBusy(f"another process is maintaining run {run_id}")
+            yield
+
     async def compact_run(self, run: Run) -> tuple[int, int] | None:
         """Compress an ended run's plain log; returns (bytes before, bytes after) or None.
 
@@ -158,10 +180,16 @@ class RunUpkeep:
         while it exists) and a row that matches a form in storage; the next
         pass finishes from the journal what was left half done. None when the
         run is live or its log is no longer plain (another pass got there first).
+        MaintenanceBusy when another process is maintaining the run.
         """
+        async with self.maintaining(run.id):
+            return await self._compact_run(run)
+
+    async def _compact_run(self, run: Run) -> tuple[int, int] | None:
         from runevents.maintenance import CompactionJournal  # the policy owns the journal
 
-        # the caller's row may be a page old: act on the current one
+        # the caller's row may be a page old (and another process may have acted
+        # since): act on the current one, read under the maintenance lock
         run = await self.repo.get_run(run.id)
         if not run.status.ended or run.log_state is not LogState.PLAIN:
             return None
@@ -198,8 +226,18 @@ class RunUpkeep:
         qualifies) deletes nothing more and marks it. The other order could leave
         an ``expired`` row whose body no pass would ever look at again.
         Returns the bytes freed, or None if the run is live or already expired.
-        An ended run never becomes live again, so ``run`` may be a page old.
+        MaintenanceBusy when another process is maintaining the run.
         """
+        async with self.maintaining(run.id):
+            # the row as it is now, under the lock: a pass on another machine may
+            # have expired or compacted it since ``run`` was read (counted once)
+            try:
+                current = await self.repo.get_run(run.id)
+            except RunNotFound:
+                return None
+            return await self._expire_run(current)
+
+    async def _expire_run(self, run: Run) -> int | None:
         if not run.status.ended or run.log_state is LogState.EXPIRED:
             return None
         await self.log.delete(run_ref(run))
@@ -213,6 +251,15 @@ class RunUpkeep:
         last batch has had ``IDEMPOTENCY_KEEP`` to get its first answer (contract 6)."""
         if run.completed_at is not None and utcnow() - run.completed_at >= IDEMPOTENCY_KEEP:
             await self.repo.delete_idempotency(run.id)
+
+    async def reindex_run(self, workspace_id: str, run_id: str) -> Run:
+        """``reindex_log``, then the search index of a compressed log (issue 16), under
+        the run's maintenance lock (MaintenanceBusy if another process holds it)."""
+        async with self.maintaining(run_id):
+            run = await self.reindex_log(workspace_id, run_id)
+            if run.log_state is LogState.COMPRESSED:
+                await self.log.index_for_search(run_ref(run))
+            return run
 
     async def reindex_log(self, workspace_id: str, run_id: str) -> Run:
         """Rebuild one run row (status, summary, derived fields) from its log alone.

@@ -63,7 +63,8 @@ def create_external(member: Member) -> str:
     with client(member) as c:
         r = c.post(f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs", json={"external": True})
         assert r.status_code == 201, r.text
-        return str(r.json()["id"])
+        body = r.json()
+        return str(body["run"]["id"] if "run" in body else body["id"])
 
 
 def batch(tag: str, n: int = 20) -> bytes:
@@ -80,7 +81,9 @@ def batch(tag: str, n: int = 20) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def send(members: list[Member], run_id: str, body: bytes, key: str, start: int = 0) -> dict[str, Any]:
+def send(
+    members: list[Member], run_id: str, body: bytes, key: str, start: int = 0
+) -> dict[str, Any]:
     """POST one batch, trying the replicas from ``start`` on; retries 503 and dropped
     connections (same key) for at most ACCEPT_WITHIN seconds, as a producer would."""
     deadline = time.monotonic() + ACCEPT_WITHIN
@@ -112,9 +115,9 @@ def send(members: list[Member], run_id: str, body: bytes, key: str, start: int =
     raise AssertionError(f"batch {key} not accepted within {ACCEPT_WITHIN} s: {last}")
 
 
-def ndjson(member: Member, run_id: str) -> bytes:
+def ndjson(member: Member, run_id: str, cfg: str = CFG, ws: str = WS) -> bytes:
     with client(member) as c:
-        r = c.get(run_path(run_id) + "/events", headers={"Accept": "application/x-ndjson"})
+        r = c.get(run_path(run_id, cfg, ws) + "/events", headers={"Accept": "application/x-ndjson"})
         assert r.status_code == 200, r.text
         return r.content
 
@@ -124,24 +127,21 @@ def sequences(data: bytes) -> list[int]:
 
 
 def messages(data: bytes) -> list[str]:
-    return [
-        json.loads(line)["payload"].get("message", "")
-        for line in data.splitlines()
-        if b'"console.line"' in line
-    ]
+    events = [json.loads(line) for line in data.splitlines()]
+    return [e["payload"]["message"] for e in events if e["type"] == "console.line"]
 
 
 def complete(members: list[Member], run_id: str, key: str) -> None:
-    body = (json.dumps({"type": "run.completed", "payload": {"status": "succeeded"}}) + "\n").encode()
+    body = (
+        json.dumps({"type": "run.completed", "payload": {"status": "succeeded"}}) + "\n"
+    ).encode()
     send(members, run_id, body, key)
 
 
 def test_any_replica_accepts_any_batch_round_robin_one_gap_free_log(cluster: Cluster) -> None:
     replicas = cluster.replicas
     run_id = create_external(replicas[0])
-    answers = [
-        send(replicas, run_id, batch(f"b{i}"), f"k{i}", start=i % 3) for i in range(30)
-    ]
+    answers = [send(replicas, run_id, batch(f"b{i}"), f"k{i}", start=i % 3) for i in range(30)]
     complete(replicas, run_id, "k-end")
     firsts = [a["first_sequence"] for a in answers]
     assert firsts == sorted(firsts) and len(set(firsts)) == 30
@@ -159,19 +159,23 @@ def test_a_follower_on_one_replica_gets_what_another_appended_within_a_second(
     run_id = create_external(a)
     send([a], run_id, batch("warm", 1), "w")
     delays: list[float] = []
-    with httpx.Client(base_url=b.url, timeout=20.0, headers={"Host": "127.0.0.1"}) as c:
-        with c.stream(
-            "GET", run_path(run_id) + "/events", params={"stream": "true", "after_sequence": 2},
+    with (
+        httpx.Client(base_url=b.url, timeout=20.0, headers={"Host": "127.0.0.1"}) as c,
+        c.stream(
+            "GET",
+            run_path(run_id) + "/events",
+            params={"stream": "true", "after_sequence": 2},
             headers={"Accept": "text/event-stream"},
-        ) as stream:  # fmt: skip
-            lines = stream.iter_lines()
-            for i in range(5):
-                sent = time.monotonic()
-                send([a], run_id, batch(f"live{i}", 1), f"l{i}")
-                for line in lines:
-                    if line.startswith("data:") and f"live{i} line 0" in line:
-                        delays.append(time.monotonic() - sent)
-                        break
+        ) as stream,
+    ):
+        lines = stream.iter_lines()
+        for i in range(5):
+            sent = time.monotonic()
+            send([a], run_id, batch(f"live{i}", 1), f"l{i}")
+            for line in lines:
+                if line.startswith("data:") and f"live{i} line 0" in line:
+                    delays.append(time.monotonic() - sent)
+                    break
     assert len(delays) == 5 and max(delays) < 1.0, delays
     complete([a], run_id, "end")
 
@@ -231,7 +235,8 @@ def test_kill9_of_a_worker_ends_its_run_worker_lost_keeping_every_served_event(
             json={"mode": "execute", "options": {"speed": 1, "fail": False}},
         )
         assert r.status_code == 201, r.text
-        run_id = r.json()["id"]
+        body = r.json()
+        run_id = body["run"]["id"] if "run" in body else body["id"]
         path = run_path(run_id, "extract", "demo")
         served: list[int] = []
         deadline = time.monotonic() + 60
@@ -255,7 +260,7 @@ def test_kill9_of_a_worker_ends_its_run_worker_lost_keeping_every_served_event(
         assert row["status"] == "failed", row
         detail = http.get(path).json()
     assert detail["summary"]["failure"]["code"] == "worker_lost"
-    data = ndjson(cluster.replicas[2], run_id)
+    data = ndjson(cluster.replicas[2], run_id, "extract", "demo")
     stored = sequences(data)
     assert stored == list(range(1, len(stored) + 1))
     assert set(served) <= set(stored)

@@ -228,6 +228,24 @@ async def test_aws_environment_configures_the_store(
     assert await read_all(open_store(server, prefix), "env/key") == b"via env"
 
 
+async def test_http_aws_endpoint_url_needs_no_allow_http(
+    server: SeaweedFS, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # contract 10: an http:// AWS_ENDPOINT_URL works with no further setting (obstore
+    # alone refuses plain HTTP without AWS_ALLOW_HTTP: "builder error")
+    from runevents.app import open_store as app_store
+    from runevents.settings import Settings
+
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", server.region)
+    store = app_store(Settings(data_dir=tmp_path, storage_url=server.url(prefix)))
+    await store.write("env/plain-http", b"no AWS_ALLOW_HTTP")
+    assert await read_all(open_store(server, prefix), "env/plain-http") == b"no AWS_ALLOW_HTTP"
+
+
 # -- windowed reads ----------------------------------------------------------------
 
 

@@ -54,3 +54,12 @@ def test_unknown_commands_are_refused(dev: Any, capsys: pytest.CaptureFixture[st
     assert dev.main(["nonsense"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert sys.modules.get("dev_under_test") is None
+
+
+def test_cluster_runs_the_tests_launcher_from_the_checkout(dev: Any) -> None:
+    assert dev.main(["cluster", "--replicas", "2", "--keep"]) == 0
+    assert dev.calls == [
+        ([str(dev.PY), "-m", "tests.fixtures.cluster", "--replicas", "2", "--keep"], dev.ROOT)
+    ]
+    # the module it names exists and has the entry point
+    assert (dev.ROOT / "tests" / "fixtures" / "cluster.py").is_file()

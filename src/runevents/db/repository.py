@@ -106,6 +106,11 @@ class RunRepository:
         self._db = database
         self._engine = database.engine
 
+    @property
+    def database(self) -> Database:
+        """The database this repository works on (maintenance locks share it)."""
+        return self._db
+
     # -- transactions ---------------------------------------------------------------
 
     @asynccontextmanager

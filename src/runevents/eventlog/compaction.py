@@ -341,6 +341,12 @@ async def scan(log: EventLog) -> AsyncIterator[RunRef]:
             first = [chunk async for chunk in log.read(probe, limit=1)]
         except LogNotFound:
             continue  # deleted meanwhile
+        except StorageError:
+            # retention (maybe on another machine) deleted it between the listing and
+            # the read, halfway through its objects ("compressed log has no index")
+            if not await _any_form_left(log, probe):
+                continue
+            raise
         if not first:
             continue
         try:
@@ -348,6 +354,15 @@ async def scan(log: EventLog) -> AsyncIterator[RunRef]:
         except InvalidEvent:
             continue
         yield RunRef(workspace_id, event.configuration_id, run_id)
+
+
+async def _any_form_left(log: EventLog, ref: RunRef) -> bool:
+    """Whether the plain or the compressed log of ``ref`` is still in storage."""
+    keys = log.keys(ref)
+    for key in (keys.log, keys.compressed):
+        if await _has_object(log, key):
+            return True
+    return False
 
 
 def _spooled_logs(root: Path) -> list[Path]:

@@ -12,6 +12,7 @@ from runevents.api.app import create_app
 from runevents.app import App
 from runevents.eventlog.compressed import FrameIndex
 from runevents.events import decode_event
+from runevents.exceptions import MaintenanceBusy
 from runevents.maintenance import CompactionJournal, compact
 from runevents.models import LogState, RunStatus
 from runevents.settings import Settings
@@ -219,14 +220,18 @@ async def test_interrupted_compaction_in_the_journal_is_finished_by_the_next_pas
 
 
 async def test_compaction_racing_retention_leaves_the_row_expired(app: App) -> None:
-    """Retention deletes the body between compaction's write and its row update."""
+    """Retention deletes the body between compaction's write and its row update.
+
+    On Postgres the maintenance lock keeps retention out (next test); this is
+    the step without it (SQLite: one host, the engine's file locks only).
+    """
     m = app.manager
     run = await finished_run(app, age=2 * HOUR)
     compact_log = m.log.compact
 
     async def compact_then_retention_wins(ref):  # type: ignore[no-untyped-def]
         info = await compact_log(ref)
-        await m.expire_run(await m.repo.get_run(run.id))
+        await m._expire_run(await m.repo.get_run(run.id))
         return info
 
     m.log.compact = compact_then_retention_wins  # type: ignore[method-assign]
@@ -237,6 +242,36 @@ async def test_compaction_racing_retention_leaves_the_row_expired(app: App) -> N
     row = await m.repo.get_run(run.id)
     assert row.log_state is LogState.EXPIRED and files_of(app, run) == []
     assert CompactionJournal(m.log).pending() == []
+
+
+async def test_retention_during_compaction_is_refused_on_a_shared_database(app: App) -> None:
+    """Postgres: a retention step that meets a compaction of the same run is refused at once
+    (MaintenanceBusy, the pass skips it), and the compaction completes."""
+    m = app.manager
+    if not m.run_locks.shared:
+        pytest.skip("SQLite is one host: no cross-process maintenance lock")
+    run = await finished_run(app, age=2 * HOUR)
+    compact_log = m.log.compact
+    refused: list[str] = []
+
+    async def compact_while_retention_tries(ref):  # type: ignore[no-untyped-def]
+        info = await compact_log(ref)
+        with pytest.raises(MaintenanceBusy):
+            await m.expire_run(await m.repo.get_run(run.id))
+        refused.append(run.id)
+        return info
+
+    m.log.compact = compact_while_retention_tries  # type: ignore[method-assign]
+    try:
+        assert await m.compact_run(run) is not None
+    finally:
+        del m.log.compact
+    assert refused == [run.id]
+    row = await m.repo.get_run(run.id)
+    assert row.log_state is LogState.COMPRESSED
+    assert await log_bytes(app, row)  # readable
+    # the lock was released: retention now goes through
+    assert await m.expire_run(row) == row.events_bytes
 
 
 async def test_journal_entry_of_a_vanished_run_is_dropped(app: App) -> None:

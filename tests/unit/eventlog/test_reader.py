@@ -255,3 +255,28 @@ async def test_a_reader_without_io_of_its_own_yields_to_the_loop(
     await task
     assert chunks > 10
     assert turns - before >= chunks // 2
+
+
+async def test_scan_skips_a_log_retention_deletes_while_it_is_opened(
+    make_log: MakeLog, ref: RunRef
+) -> None:
+    """Reindex beside retention on another machine: the compressed log is listed and
+    found, then deleted before its index is read; scan skips it instead of failing
+    ("the compressed log ... has no index")."""
+    store = MemoryLogStore()
+    log = make_log(store)
+    await write_run(log, ref, 3)
+    await log.seal(ref)
+    await log.compact(ref)
+    await log.drop_plain(ref)
+    keys = log.keys(ref)
+    real_stat = store.stat
+
+    async def stat_then_deleted(key: str) -> Any:
+        info = await real_stat(key)
+        if key == keys.compressed:
+            await log.delete(ref)  # retention lands right after the look
+        return info
+
+    store.stat = stat_then_deleted  # type: ignore[method-assign]
+    assert await collect(log.scan()) == []
