@@ -16,6 +16,7 @@ from pathlib import Path
 from runevents import metrics
 from runevents.configs import ConfigRegistry, Configuration, load_config_file
 from runevents.db.engine import Database, open_database
+from runevents.db.replicas import ReplicaRepository
 from runevents.db.repository import RunRepository
 from runevents.db.stats import run_counts
 from runevents.eventlog import EventLog
@@ -25,6 +26,7 @@ from runevents.manager import RunManager
 from runevents.metered import MeteredFileOps, MeteredLogStore
 from runevents.notify import LocalNotifier
 from runevents.pgnotify import PostgresBridge, asyncpg_dsn
+from runevents.replicas import Presence
 from runevents.settings import Settings
 from runevents.worker import Worker
 
@@ -77,6 +79,8 @@ class App:
         self._repair: asyncio.Task[None] | None = None
         self._demo: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
+        #: this process in the replica registry (``serve`` only; see ``open``)
+        self.presence: Presence | None = None
         #: database, pool and disk gauges of ``GET /metrics``
         self.state_metrics = metrics.StateCollector(
             count_runs=lambda: run_counts(database),
@@ -86,8 +90,14 @@ class App:
         )
 
     @classmethod
-    async def open(cls, settings: Settings, *, worker: bool = True) -> App:
-        """Open the database (migrating it), the log store and the manager; start the worker."""
+    async def open(
+        cls, settings: Settings, *, worker: bool = True, advertise: str | None = None
+    ) -> App:
+        """Open the database (migrating it), the log store and the manager; start the worker.
+
+        ``advertise``: the URL other replicas reach this process at (``serve`` only): it
+        is announced in the replica registry (``replicas.Presence``) until :meth:`close`.
+        """
         configs = load_configurations(settings)
         metrics.set_enabled(settings.metrics_enabled)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +156,14 @@ class App:
         app = cls(settings=settings, database=database, manager=manager, worker=runner)
         app.bridge = bridge
         app._leases = leases
+        if advertise is not None:
+            app.presence = Presence(
+                ReplicaRepository(database),
+                manager.ownership.owner,
+                advertise,
+                writer_lease_seconds=settings.writer_lease_seconds,
+            )
+            await app.presence.start()
         if settings.repair_interval_seconds > 0:
             app._repair = asyncio.create_task(
                 repair_forever(manager, settings.repair_interval_seconds), name="repair"
@@ -224,6 +242,9 @@ class App:
 
     async def close(self) -> None:
         """Stop the worker and the schedule, release writers, close the database."""
+        if self.presence is not None:
+            # first: peers stop forwarding batches here, and take the runs once let go
+            await self.presence.close()
         for task in (self._demo, self._maintenance, self._watch, self._repair):
             if task is not None:
                 task.cancel()

@@ -123,6 +123,15 @@ def serve(
             "[env: RUNEVENTS_FORWARDED_ALLOW_IPS]",
         ),
     ] = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise-url",
+            help="Where the other replicas of a deployment reach this one (http://host:port); "
+            "default: the bind address, a wildcard bind advertising this machine's address "
+            "[env: RUNEVENTS_ADVERTISE_URL]",
+        ),
+    ] = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -147,6 +156,7 @@ def serve(
             log_level=log_level,
             log_format=log_format,
             forwarded_allow_ips=forwarded_allow_ips,
+            advertise_url=advertise_url,
         )
         # before anything logs (check_bind warns about open mode)
         logs.configure(settings.log_level, settings.log_format)

@@ -174,6 +174,13 @@ class WriterMoving(StorageError):
 
     code = "writer_moving"
 
+    def __init__(self, message: str | None = None, *, owner: str | None = None) -> None:
+        #: the process holding the run's writer lease, when the database named it (the
+        #: ingest route forwards the batch there: ``api/forward.py``); None when only a
+        #: local guard (another writer's file lock on this host) said no
+        self.owner = owner
+        super().__init__(message)
+
 
 class ConfigError(RuneventsError):
     """A configuration or tokens file is invalid."""

@@ -137,6 +137,14 @@ INGEST_SECONDS = Histogram(
     buckets=REQUEST_BUCKETS,
     registry=REGISTRY,
 )
+INGEST_FORWARDED = Counter(
+    "runevents_ingest_forwarded_total",
+    "Ingest batches that met another process's writer, by what became of them: answered "
+    "(relayed to the owner, its answer returned), unreachable, no_owner, not_again (503). "
+    "A relayed batch is also in runevents_ingest_batches_total of both replicas",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 # ---------------------------------------------------------------------------- runs
 RUNS_COMPLETED = Counter(
@@ -290,6 +298,12 @@ def ingest_answered(status: int, seconds: float) -> None:
     if _enabled:
         INGEST_BATCHES.labels(str(status)).inc()
         INGEST_SECONDS.observe(seconds)
+
+
+def ingest_forwarded(outcome: str) -> None:
+    """A batch met another process's writer (``api/forward.py``'s outcomes)."""
+    if _enabled:
+        INGEST_FORWARDED.labels(outcome).inc()
 
 
 def run_finished(run: Run) -> None:

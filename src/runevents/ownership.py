@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from runevents import ids, metrics
 from runevents.db.repository import RunRepository
 from runevents.exceptions import WriterFenced, WriterMoving
+from runevents.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,14 @@ class Ownership:
         started = loop.time()
         epoch = await self.repo.acquire_writer(run_id, self.owner, self.lease_seconds)
         if epoch is None:
+            # name the holder (a second, rare read): the ingest route forwards the batch
+            # to it (api/forward.py). It may have let go meanwhile: then None.
+            holder, _, expires = await self.repo.writer_of(run_id)
+            if expires is None or expires < utcnow() or holder == self.owner:
+                holder = None
             raise WriterMoving(
                 f"another process holds the writer of run {run_id}; retry shortly",
+                owner=holder,
             )
         lease = Lease(run_id, epoch, self, started + self.trust_seconds)
         self._leases[run_id] = lease

@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = "127.0.0.1"
     #: a browser session (cookie) expires this long after sign-in (seconds)
     session_ttl_seconds: float = Field(default=7 * 86400.0, gt=0)
+    #: where the other replicas of a deployment reach this ``serve`` process (an ingest
+    #: batch for a run whose writer is here is forwarded to it): ``http://host:port``.
+    #: None: derived from ``host``/``port``, a wildcard bind advertising this machine's
+    #: own address (``runevents.replicas.default_advertise_url``)
+    advertise_url: str | None = None
     #: an SSE client that does not take a chunk within this long is dropped (seconds)
     sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
 
@@ -174,6 +180,19 @@ class Settings(BaseSettings):
                 parse_duration(value)
             except InvalidInput as exc:
                 raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("advertise_url", mode="before")
+    @classmethod
+    def _check_advertise_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/") or None
+        if isinstance(value, str):
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+            if parts.path or parts.query:
+                raise ValueError(f"{value!r}: give only scheme, host and port (no path)")
         return value
 
     @property

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
@@ -41,10 +43,15 @@ from runevents.api import (
 )
 from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
-from runevents.api.guard import OpenModeGuard
+from runevents.api.forward import Forwarder
+from runevents.api.guard import OpenModeGuard, is_loopback_host
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_tokens
+from runevents.db.replicas import ReplicaRepository
+from runevents.replicas import default_advertise_url, stale_after
 from runevents.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: the static web UI (written by the UI module; served only if present)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -146,6 +153,21 @@ class RuneventsAPI(FastAPI):
         return RequestContext(super().build_middleware_stack())
 
 
+@contextlib.asynccontextmanager
+async def _forwarding(state: ApiState, app: App) -> AsyncIterator[None]:
+    """Batches for runs whose writer another replica holds are relayed there (forward.py)."""
+    state.forwarder = Forwarder(
+        ReplicaRepository(app.database),
+        app.manager.ownership.owner,
+        stale_after=stale_after(app.settings.writer_lease_seconds),
+    )
+    try:
+        yield
+    finally:
+        forwarder, state.forwarder = state.forwarder, None
+        await forwarder.close()
+
+
 def create_app(
     settings: Settings, *, app: App | None = None, tokens: TokenRegistry | None = None
 ) -> FastAPI:
@@ -168,9 +190,19 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if app is not None:
             state.app = app
-            yield
+            async with _forwarding(state, app):
+                yield
             return
-        opened = await App.open(settings)
+        # this process serves HTTP: it announces where other replicas reach it
+        advertise = settings.advertise_url or default_advertise_url(settings.host, settings.port)
+        if tokens.open and not is_loopback_host(urlsplit(advertise).netloc):
+            # the open-mode guard would answer the relayed batches 421
+            log.warning(
+                "advertising %s, but without tokens this server answers only to a loopback "
+                "Host: replicas cannot forward batches here (give every replica --tokens)",
+                advertise,
+            )
+        opened = await App.open(settings, advertise=advertise)
         state.app = opened
         # Everything built so far lives as long as the process: move it out of
         # the collector's sight. Ingest allocates thousands of objects per
@@ -178,7 +210,8 @@ def create_app(
         # (measured: about 12% of the server's CPU per ingested event).
         gc.freeze()
         try:
-            yield
+            async with _forwarding(state, opened):
+                yield
         finally:
             state.app = None
             await opened.close()

@@ -21,6 +21,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator, WithJsonSchema
 
+from runevents.api.forward import Forwarder
 from runevents.app import App
 from runevents.auth import (
     OPEN_PRINCIPAL,
@@ -88,6 +89,8 @@ class ApiState:
     signer: SessionSigner
     #: set by the lifespan once the App is open
     app: App | None = None
+    #: relays batches to the replica owning a run's writer (set by the lifespan)
+    forwarder: Forwarder | None = None
 
     @property
     def manager(self) -> RunManager:

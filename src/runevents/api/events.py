@@ -36,6 +36,7 @@ from runevents.api.runs import RUN
 from runevents.api.schemas import MAX_SEQUENCE, errors
 from runevents.api.sse import close_quietly, resolve_position, sse_response
 from runevents.eventlog import Chunk
+from runevents.exceptions import WriterMoving
 from runevents.logview import LogEnd, log_end
 from runevents.manager import RunManager
 from runevents.models import Run
@@ -301,7 +302,7 @@ async def ingest_events(
             description="a retried batch with the same key appends nothing, same answer",
         ),
     ] = None,
-) -> dict[str, int]:
+) -> dict[str, int] | Response:
     """Append a producer's NDJSON batch atomically (contract section 6)."""
     ingest.check_content_type(request.headers.get("content-type"))
     # the body is checked before the run is looked up: one database round trip
@@ -310,6 +311,11 @@ async def ingest_events(
     body = await ingest.read_body(
         request.stream(), request.headers.get("content-length"), settings.max_batch_bytes
     )
+    if state.forwarder is not None and manager.held.get(run_id) is None:
+        # another replica holds the run's writer: the batch is its to judge (forward.py)
+        relayed = await state.forwarder.relay_early(request, body, run_id)
+        if relayed is not None:
+            return relayed
     drafts = ingest.parse_batch(
         body,
         workspace_id=workspace_id,
@@ -320,12 +326,18 @@ async def ingest_events(
     if settings.fsync == "never" and not settings.live_tier_enabled:
         # the relaxed setting: the answer must not claim more than it gives (contract 6)
         response.headers["Durability"] = "relaxed"
-    return await manager.ingest(
-        workspace_id,
-        configuration_id,
-        run_id,
-        drafts,
-        idempotency_key=idempotency_key,
-        # a key names one batch: the same key with other bytes is refused (422)
-        body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
-    )
+    try:
+        return await manager.ingest(
+            workspace_id,
+            configuration_id,
+            run_id,
+            drafts,
+            idempotency_key=idempotency_key,
+            # a key names one batch: the same key with other bytes is refused (422)
+            body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
+        )
+    except WriterMoving as moving:
+        if state.forwarder is None:
+            raise
+        # another replica holds the run's writer: its answer is ours (api/forward.py)
+        return await state.forwarder.forward(request, body, run_id, moving)
