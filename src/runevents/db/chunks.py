@@ -33,20 +33,22 @@ LEVEL = 1
 #: chunks bigger than this are (de)compressed off the event loop
 INLINE_BYTES = 512 * 1024
 
-_COMPRESS = zstandard.ZstdCompressor(level=LEVEL)
-_DECOMPRESS = zstandard.ZstdDecompressor()
+# A (de)compressor per call: python-zstandard objects must not be used by two threads
+# at once (shared ones, between the loop and to_thread workers, wrote corrupt frames and
+# crashed the process); making one costs ~20 us, a chunk's commit milliseconds.
 
 
 async def pack(data: bytes) -> bytes:
     """One chunk's bytes as stored (a zstd frame with its size)."""
+    compress = zstandard.ZstdCompressor(level=LEVEL).compress
     if len(data) > INLINE_BYTES:
-        return await asyncio.to_thread(_COMPRESS.compress, data)
-    return _COMPRESS.compress(data)
+        return await asyncio.to_thread(compress, data)
+    return compress(data)
 
 
 def unpack(stored: bytes) -> bytes:
     """The log bytes of one stored chunk."""
-    return _DECOMPRESS.decompress(stored)
+    return zstandard.ZstdDecompressor().decompress(stored)
 
 
 @dataclass(frozen=True, slots=True)
