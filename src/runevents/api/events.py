@@ -328,4 +328,5 @@ async def ingest_events(
         idempotency_key=idempotency_key,
         # a key names one batch: the same key with other bytes is refused (422)
         body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
+        body=body,
     )
