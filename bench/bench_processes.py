@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bench_durability import _batches, _body, _eight_copies, _progress
+from bench_durability import _batches, _body, _eight_copies
 from common import (
     Row,
     failed_row,
@@ -53,6 +53,10 @@ SECTION = "Durability, processes"
 WS, CFG = "bench", "durable"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 PRODUCERS = 8
+
+
+def _progress(message: str) -> None:
+    print(f"[bench_processes] {message}", file=sys.stderr, flush=True)
 
 
 def app_from_env() -> Any:
