@@ -81,22 +81,20 @@ def _serve(port: int, workers: int) -> None:
 
     import uvicorn
 
-    sock = None
-    if workers == 0:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", port))
-    uvicorn.run(
-        "bench_processes:app_from_env",
-        factory=True,
-        app_dir=str(Path(__file__).parent),
-        host="127.0.0.1",
-        port=port,
-        fd=None if sock is None else sock.fileno(),
-        workers=max(workers, 1),
-        log_level="warning",
-        access_log=False,
-    )
+    app = "bench_processes:app_from_env"
+    common: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "warning"}
+    if workers > 0:
+        uvicorn.run(app, factory=True, app_dir=str(Path(__file__).parent), workers=workers,
+                    access_log=False, **common)  # fmt: skip
+        return
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    # (not uvicorn's fd=: it wraps the descriptor as AF_UNIX, so uvloop serves the
+    # TCP connections as pipes, without TCP_NODELAY)
+    sys.path.insert(0, str(Path(__file__).parent))
+    config = uvicorn.Config(app, factory=True, access_log=False, **common)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _env(data_dir: Path) -> dict[str, str]:
