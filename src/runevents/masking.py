@@ -108,6 +108,34 @@ def encoded_forms(value: str) -> set[str]:
     return {f for f in forms if f and (f in pieces or len(f) >= MIN_DERIVED_CHARS)}
 
 
+#: the ``masked`` key as JSON spells it without escapes
+MASKED_KEY_JSON: Final = b'"masked"'
+#: ``::add-mask::``, a ``"masked"`` key, and any JSON escape of one of their characters
+#: (``\\u003a``...): a body without any of them cannot hold either once decoded
+_MASK_ESCAPES: Final = sorted(
+    {
+        f"{prefix}{ord(char):04{case}}".encode()
+        for char in set(ADD_MASK + MASKED_KEY)
+        for prefix in ("\\u", "\\U")
+        for case in "xX"
+    }
+)
+_MASK_WORK: Final = BytesAhoCorasick(
+    [ADD_MASK_BYTES, MASKED_KEY_JSON, *_MASK_ESCAPES], matchkind=MatchKind.LeftmostLongest
+)
+
+
+def nothing_to_mask(raw: bytes) -> bool:
+    """True if the JSON ``raw`` cannot hold ``::add-mask::`` in any string nor a ``masked`` key.
+
+    What an empty masker does to a batch is only that: apply the command, drop
+    a producer's own count. One SIMD scan of the body instead of encoding the
+    drafts; an escape of any character of either (``\\u003a``, ``\\u006D``) counts
+    as holding it, so the answer is never a wrong True.
+    """
+    return not _MASK_WORK.find_matches_as_indexes(raw)
+
+
 def add_mask_value(message: str) -> str | None:
     """The VALUE of a ``::add-mask::VALUE`` line (leading blanks allowed), else None."""
     if ADD_MASK not in message:
@@ -249,15 +277,24 @@ class Masker:
 
     # -- drafts -----------------------------------------------------------------
 
-    def mask_drafts(self, drafts: Sequence[EventDraft]) -> list[EventDraft]:
+    def mask_drafts(
+        self, drafts: Sequence[EventDraft], raw: bytes | None = None
+    ) -> list[EventDraft]:
         """``drafts`` masked (payload keys and strings, type, source), ``::add-mask::`` applied.
 
         An ``::add-mask::VALUE`` console line masks VALUE in itself and in every
         later event. Drafts are changed in place (they are not shared); the
         same drafts are returned in a list.
+
+        ``raw``: the JSON the drafts were decoded from (a producer's NDJSON
+        body). With no value to mask yet, a body that cannot hold
+        ``::add-mask::`` or a ``masked`` key (:func:`nothing_to_mask`) leaves
+        every draft as it is, so it is returned without encoding the drafts.
         """
         out = list(drafts)
         if not out:
+            return out
+        if raw is not None and self._text is None and nothing_to_mask(raw):
             return out
         return self._mask_encoded(out)
 

@@ -81,12 +81,16 @@ class RunMasks:
         return masker
 
     async def mask_batch(
-        self, run: Run, drafts: Sequence[EventDraft], *, held: bool
+        self, run: Run, drafts: Sequence[EventDraft], *, held: bool, raw: bytes | None = None
     ) -> list[EventDraft]:
-        """``drafts`` masked; the batch's new ``::add-mask::`` values stored (sealed) first."""
+        """``drafts`` masked; the batch's new ``::add-mask::`` values stored (sealed) first.
+
+        ``raw``: the NDJSON body the drafts were decoded from, if they were: the
+        masker searches it instead of encoding the drafts again (``Masker.mask_drafts``).
+        """
         masker = await self.masker(run, held=held)
         known = len(masker.values)
-        out = masker.mask_drafts(drafts)
+        out = masker.mask_drafts(drafts, raw)
         added = masker.values[known:]
         if added:
             box = await self._secretbox()

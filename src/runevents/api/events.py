@@ -335,6 +335,7 @@ async def ingest_events(
             idempotency_key=idempotency_key,
             # a key names one batch: the same key with other bytes is refused (422)
             body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
+            body=body,
         )
     except WriterMoving as moving:
         if state.forwarder is None:

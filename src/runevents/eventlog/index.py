@@ -47,6 +47,15 @@ def line_sequence(line: bytes | bytearray) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _sequence_at(data: bytes, start: int) -> int | None:
+    """The ``sequence`` of the envelope line starting at ``data[start]`` (None: not one)."""
+    if start >= len(data):
+        return None
+    stop = data.find(b"\n", start)
+    m = _SEQUENCE.search(data, start, len(data) if stop < 0 else stop)
+    return int(m.group(1)) if m else None
+
+
 class SparseIndex:
     """An index in memory: two parallel arrays, binary-searched."""
 
@@ -154,7 +163,15 @@ def batch_records(
     records: list[tuple[int, int]] = []
     idx_seq, idx_off = previous
     end = base + len(data)
-    last = first + data.count(b"\n") - 1
+    # Envelope lines (the writer's) carry their sequence: it is read where a record
+    # falls (find is memchr) instead of counting newlines, a byte-at-a-time C loop
+    # that made two passes over every byte of a batch.
+    last = None
+    if _sequence_at(data, 0) == first:
+        last = _sequence_at(data, data.rfind(b"\n", 0, len(data) - 1) + 1)
+    by_field = last is not None
+    if last is None:
+        last = first + data.count(b"\n") - 1
     # newlines already counted in data[:scan_to]: each record's count resumes
     # where the previous one stopped instead of rescanning from the batch start
     scan_to = scan_lines = 0
@@ -168,11 +185,17 @@ def batch_records(
         elif by_bytes < end:
             nl = data.find(b"\n", by_bytes - base - 1)
             at_bytes = base + nl + 1
-            if nl + 1 < scan_to:
-                scan_to = scan_lines = 0
-            scan_lines += data.count(b"\n", scan_to, nl + 1)
-            scan_to = nl + 1
-            seq_bytes = first + scan_lines
+            found = _sequence_at(data, nl + 1) if by_field else None
+            if found is not None:
+                seq_bytes = found
+            elif by_field and nl + 1 == len(data):
+                seq_bytes = last + 1
+            else:
+                if nl + 1 < scan_to:
+                    scan_to = scan_lines = 0
+                scan_lines += data.count(b"\n", scan_to, nl + 1)
+                scan_to = nl + 1
+                seq_bytes = first + scan_lines
         else:
             at_bytes, seq_bytes = end, last + 1
         if by_events <= last and by_events < seq_bytes:

@@ -17,7 +17,7 @@ from runevents.eventlog.index import (
     line_sequence,
 )
 from runevents.eventlog.locate import read_index_file
-from runevents.events import Event, encode_event
+from runevents.events import Event, encode_batch, encode_event, mark_unit_end
 
 
 def make_line(sequence: int, message: str = "m") -> bytes:
@@ -187,4 +187,57 @@ def test_batch_records_follow_the_per_line_rule(
         position += len(batch)
         sequence += min(cut, len(lines) - i)
         i += cut
+    assert got == expected
+
+
+def _envelopes(first: int, messages: list[str]) -> bytes:
+    events = [
+        Event(
+            type='odd,"sequence":7,type',  # the envelope's own field is the first unescaped one
+            event_id=f"evt_{first + i}",
+            created_at="2026-01-02T03:04:05.000000Z",
+            sequence=first + i,
+            source="producer",
+            workspace_id="acme",
+            configuration_id="etl",
+            run_id="run_x",
+            build_id=None,
+            payload={"message": message, "sequence": 5},
+        )
+        for i, message in enumerate(messages)
+    ]
+    return mark_unit_end(encode_batch(events))
+
+
+@given(
+    sizes=st.lists(st.integers(0, 400), min_size=1, max_size=80),
+    cuts=st.lists(st.integers(1, 20), min_size=1, max_size=20),
+    every_bytes=st.integers(50, 3000),
+    every_events=st.integers(1, 40),
+)
+def test_batch_records_of_envelope_lines_follow_the_per_line_rule(
+    sizes: list[int], cuts: list[int], every_bytes: int, every_events: int
+) -> None:
+    """Read from the lines' own sequence fields, the records are the per-line rule's."""
+    messages = ['x,"sequence":9,' * (size // 15) for size in sizes]
+    batches, i = [], 0
+    for cut in itertools.cycle(cuts):
+        if i >= len(messages):
+            break
+        batches.append((i + 1, _envelopes(i + 1, messages[i : i + cut])))
+        i += cut
+    lines = b"".join(batch for _, batch in batches).splitlines(keepends=True)
+    expected, previous, offset = [], (1, 0), 0
+    for sequence, line in enumerate(lines, start=1):
+        if offset - previous[1] >= every_bytes or sequence - previous[0] >= every_events:
+            previous = (sequence, offset)
+            expected.append(previous)
+        offset += len(line)
+    got: list[tuple[int, int]] = []
+    previous, position = (1, 0), 0
+    for first, batch in batches:
+        records = batch_records(batch, position, first, previous, every_bytes, every_events)
+        got += records
+        previous = records[-1] if records else previous
+        position += len(batch)
     assert got == expected

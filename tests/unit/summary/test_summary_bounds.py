@@ -294,6 +294,46 @@ def test_property_folding_in_any_batches_equals_folding_at_once(
     assert expected == capped_reference(build(items, max_entries=10**9), cap)
 
 
+#: console lines the batch fold counts inline, with the fields it must read exactly as
+#: ``add`` does: odd ``truncated`` / ``masked`` values, names past the 256-character cap
+console_lines = st.lists(
+    st.builds(
+        lambda message, stream, level, extra: console(message, stream=stream, level=level, **extra),
+        st.text(alphabet="ab\u20ac\n", max_size=300),
+        st.sampled_from(["stdout", "stderr", "s" * 300, "s" * 301]),
+        st.sampled_from(["info", "error", "l" * 257]),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "truncated": st.sampled_from([True, False, 1, 1.0, "true", None]),
+                "masked": st.sampled_from([1, 3, 0, -2, True, 2.0, "4", None]),
+                "extra": st.just("x"),
+            },
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(console_lines, events_strategy, st.integers(0, 30), st.integers(1, 4))
+def test_property_console_batch_fold_equals_adding_one_by_one(
+    lines: list[Ev], others: list[Ev], at: int, cap: int
+) -> None:
+    # The batch fold inlines the common console line (a kept name counted by one
+    # lookup, the truncated / masked keys read only when the payload has more than
+    # its four fields): same summary, same snippet as adding one by one.
+    items = [*lines[:at], *others, *lines[at:]]
+    batched = RunSummaryBuilder(max_entries=cap)
+    batched.add_events(events_of(items))
+    one_by_one = RunSummaryBuilder(max_entries=cap)
+    for item in items:
+        one_by_one.add(*item)
+    assert batched.build() == one_by_one.build()
+    assert batched.console_snippet == one_by_one.console_snippet
+
+
 @settings(max_examples=50, deadline=None)
 @given(mixed_events)
 def test_property_rebuild_from_the_stored_log_equals_the_live_fold(items: list[Ev]) -> None:
