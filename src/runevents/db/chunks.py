@@ -241,11 +241,9 @@ class ChunkRepository:
         )
         async with self._repo._tx() as conn:
             r = (await conn.execute(stmt)).first()
-        return (
-            None
-            if r is None
-            else StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), bytes(r[4]))
-        )
+        if r is None:
+            return None
+        return StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), unpack(bytes(r[4])))
 
     async def delete(self, run_id: str) -> int:
         """Delete the run's chunks (its sealed log is verified in object storage)."""

@@ -19,6 +19,8 @@ import asyncio
 import dataclasses
 import functools
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +33,9 @@ from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from runevents.exceptions import ConfigError, DatabaseError
+from runevents.exceptions import ConfigError, Conflict, DatabaseError, InvalidInput
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -287,3 +289,27 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
         await database.close()
         raise
     return database
+
+
+@asynccontextmanager
+async def transaction(database: Database, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction; driver errors become runevents errors.
+
+    Reads are single statements: on Postgres they run in autocommit, which
+    saves the BEGIN and COMMIT round trips (a statement is atomic anyway).
+    Every repository of ``db/`` opens its transactions here.
+    """
+    try:
+        async with database.engine.connect() as conn:
+            if write:
+                conn = await conn.execution_options(**{WRITE_OPTION: True})
+            elif database.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with conn.begin():
+                yield conn
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"conflicting row ({describe_error(exc)})") from exc
+    except sa.exc.DataError as exc:
+        raise InvalidInput(f"value not accepted by the database ({describe_error(exc)})") from exc
+    except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError) as exc:
+        raise DatabaseError(f"the database failed ({describe_error(exc)})") from exc

@@ -16,8 +16,7 @@ transaction per call, driver errors turned into :class:`DatabaseError`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,9 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runevents.db.engine import WRITE_OPTION, Database, describe_error
+from runevents.db.engine import Database, transaction
 from runevents.db.tables import replicas, runs
-from runevents.exceptions import DatabaseError
 from runevents.models import utcnow
 
 #: rows of processes not seen for this long are deleted (they died without a goodbye)
@@ -55,18 +53,8 @@ class ReplicaRepository:
         self._db = database
         self._engine = database.engine
 
-    @asynccontextmanager
-    async def _tx(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.connect() as conn:
-                if write:
-                    conn = await conn.execution_options(**{WRITE_OPTION: True})
-                elif self._db.dialect == "postgresql":
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                async with conn.begin():
-                    yield conn
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError) as exc:
-            raise DatabaseError(f"the database failed ({describe_error(exc)})") from exc
+    def _tx(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        return transaction(self._db, write=write)
 
     async def announce(self, owner: str, url: str, *, purge: bool = False) -> None:
         """Insert or refresh ``owner``'s row (``seen_at`` now); ``purge``: also drop the rows

@@ -20,8 +20,8 @@ Concurrency guarantees the manager and worker rely on:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runevents.db.engine import WRITE_OPTION, Database, describe_error
+from runevents.db.engine import Database, transaction
 from runevents.db.listing import MAX_HEADS, NEWEST_FIRST, Explain, list_statement
 from runevents.db.rows import (
     RUN_FIELDS,
@@ -113,29 +113,9 @@ class RunRepository:
 
     # -- transactions ---------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _tx(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction; driver errors become runevents errors.
-
-        Reads are single statements: on Postgres they run in autocommit, which
-        saves the BEGIN and COMMIT round trips (a statement is atomic anyway).
-        """
-        try:
-            async with self._engine.connect() as conn:
-                if write:
-                    conn = await conn.execution_options(**{WRITE_OPTION: True})
-                elif self._db.dialect == "postgresql":
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                async with conn.begin():
-                    yield conn
-        except sa.exc.IntegrityError as exc:
-            raise Conflict(f"conflicting row ({describe_error(exc)})") from exc
-        except sa.exc.DataError as exc:
-            raise InvalidInput(
-                f"value not accepted by the database ({describe_error(exc)})"
-            ) from exc
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError) as exc:
-            raise DatabaseError(f"the database failed ({describe_error(exc)})") from exc
+    def _tx(self, *, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection in a transaction (``db.engine.transaction``)."""
+        return transaction(self._db, write=write)
 
     # -- single runs -----------------------------------------------------------------
 

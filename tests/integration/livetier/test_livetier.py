@@ -326,3 +326,26 @@ async def test_a_replica_that_copied_a_live_run_compacts_it_once_sealed(
     assert (await b.manager.get_run("acme", "ext", run.id)).log_state.value == "compressed"
     assert await log_bytes(b, run) == full
     assert await log_bytes(a, run) == full
+
+
+async def test_owner_that_died_after_committing_run_completed_is_finished_by_repair(
+    pair: tuple[App, App],
+) -> None:
+    """Repair's row_behind_log on several machines: the newest chunk says run.completed."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "ext", external=True)
+    async with a.manager.held.lock(run.id):
+        held = await a.manager.held.take(run, source="producer", atomic=True)
+        events = held.writer.prepare([console("last words"), completed()])
+        ticket = held.writer.commit(events)
+        await held.writer.sync(ticket)  # durable in the tier; A dies before the row
+    tier = b.manager.tier
+    assert tier is not None and await tier.ends_run(run.id)
+    await expire_writer_lease(a, run)
+    from runevents.repair import repair_pass
+
+    found = await repair_pass(b.manager)
+    assert found["row_behind_log"] == 1
+    row = await b.manager.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.event_count == 3
+    assert (await tier.size()).chunks == 0
