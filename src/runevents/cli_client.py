@@ -13,12 +13,14 @@ gives scripts the API's JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
@@ -41,6 +43,8 @@ T = TypeVar("T")
 
 #: exit code of `runevents run` for a cancelled run (like a shell's SIGINT)
 EXIT_CANCELLED = 130
+#: after Ctrl-C, the command exits within this many seconds whatever it was doing
+FORCE_EXIT_SECONDS = 2.0
 
 
 class Client(AsyncClient):
@@ -97,13 +101,45 @@ def _call(
     work: Callable[[Client], Awaitable[T]],
     interrupted: Callable[[], None] | None = None,
 ) -> T:
+    stopped: list[bool] = []
+
+    def leave() -> NoReturn:
+        # the stream did not let go in time: say what happened and exit at once (nothing
+        # local to clean up; the run itself lives on the server)
+        if interrupted is not None:
+            interrupted()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CANCELLED)
+
     async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_interrupt() -> None:
+            # Ctrl-C cancels the work; a cancel that something swallows (a stream being
+            # closed, a reconnect in flight) must not keep the command running: a second
+            # Ctrl-C, or FORCE_EXIT_SECONDS without an exit, leaves at once
+            if stopped or task is None:
+                leave()
+            stopped.append(True)
+            task.cancel()
+            loop.call_later(FORCE_EXIT_SECONDS, leave)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
         client = _client(server, token)
         async with client:
             return await work(client)
 
     try:
         return asyncio.run(main())
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        if interrupted is not None:
+            interrupted()
+        raise typer.Exit(code=EXIT_CANCELLED) from None
     except ClientError as exc:
         # the message is text, not markup ("[[token]]"), and is never wrapped mid-path
         console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
