@@ -83,7 +83,6 @@ class ChunkRepository:
 
     def __init__(self, repo: RunRepository) -> None:
         self.repo = repo
-        self._repo = repo
 
     async def append(
         self,
@@ -125,7 +124,7 @@ class ChunkRepository:
             .on_conflict_do_nothing(index_elements=["run_id", "start_offset"])
             .returning(live_chunks.c.size)
         )
-        async with self._repo._tx() as conn:  # autocommit: the statement is the transaction
+        async with self.repo._tx() as conn:  # autocommit: the statement is the transaction
             if await conn.scalar(insert) is not None:
                 return
             row = (
@@ -149,7 +148,7 @@ class ChunkRepository:
         Conflict if the run exists.
         """
         stored = await pack(data)
-        async with self._repo._tx(write=True) as conn:
+        async with self.repo._tx(write=True) as conn:
             await conn.execute(insert_run)
             await conn.execute(
                 live_chunks.insert().values(
@@ -198,7 +197,7 @@ class ChunkRepository:
             .where(inner.c.before < max_bytes)
             .order_by(inner.c.start_offset)
         )
-        async with self._repo._tx() as conn:
+        async with self.repo._tx() as conn:
             rows = (await conn.execute(stmt)).all()
         stored = sum(len(r[4]) for r in rows)
 
@@ -221,7 +220,7 @@ class ChunkRepository:
             .order_by(live_chunks.c.start_offset.desc())
             .limit(1)
         )
-        async with self._repo._tx() as conn:
+        async with self.repo._tx() as conn:
             row = (await conn.execute(stmt)).first()
         return None if row is None else (int(row[0]), int(row[1]))
 
@@ -239,7 +238,7 @@ class ChunkRepository:
             .order_by(live_chunks.c.start_offset.desc())
             .limit(1)
         )
-        async with self._repo._tx() as conn:
+        async with self.repo._tx() as conn:
             r = (await conn.execute(stmt)).first()
         if r is None:
             return None
@@ -247,7 +246,7 @@ class ChunkRepository:
 
     async def delete(self, run_id: str) -> int:
         """Delete the run's chunks (its sealed log is verified in object storage)."""
-        async with self._repo._tx(write=True) as conn:
+        async with self.repo._tx(write=True) as conn:
             result = await conn.execute(live_chunks.delete().where(live_chunks.c.run_id == run_id))
         return int(result.rowcount or 0)
 
@@ -260,7 +259,7 @@ class ChunkRepository:
             .group_by(live_chunks.c.run_id)
             .limit(limit)
         )
-        async with self._repo._tx() as conn:
+        async with self.repo._tx() as conn:
             return [str(r[0]) for r in (await conn.execute(stmt)).all()]
 
     async def size(self) -> TierSize:
@@ -271,7 +270,7 @@ class ChunkRepository:
             sa.func.coalesce(sa.func.sum(live_chunks.c.size), 0),
             sa.func.coalesce(sa.func.sum(sa.func.length(live_chunks.c.data)), 0),
         )
-        async with self._repo._tx() as conn:
+        async with self.repo._tx() as conn:
             row = (await conn.execute(stmt)).one()
         return TierSize(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
