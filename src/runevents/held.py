@@ -91,12 +91,20 @@ class SummaryFold:
     taken over mid-way folds its existing log in the background (yielding
     between chunks); events appended meanwhile wait in ``_tail``. Completion
     waits for the fold, so it never re-reads the log on the event loop.
+
+    A durable unit is folded just after the batch's answer is on its way, not
+    before (``call_soon``): the fold (about 0.5 ms per 1,000 console lines)
+    then runs while the producer reads the answer and sends its next batch,
+    instead of adding to every batch's round trip. Whoever reads the builder
+    goes through :meth:`ready`, which folds what is still pending first.
     """
 
     def __init__(self, event_log: EventLog, ref: RunRef, existing: int) -> None:
         self.builder = RunSummaryBuilder()
         self._tail: list[list[Event]] = []
         self._task: asyncio.Task[None] | None = None
+        #: durable units not folded yet (folded by the next loop iteration, or by ready())
+        self._pending: list[list[Event]] = []
         if existing:
             self._task = asyncio.create_task(self._fold_log(event_log, ref, existing))
 
@@ -110,7 +118,14 @@ class SummaryFold:
         if self._task is not None:
             self._tail.append(events)
             return
-        self.builder.add_events(events)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._fold_pending)
+        self._pending.append(events)
+
+    def _fold_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for events in pending:
+            self.builder.add_events(events)
 
     async def ready(self) -> RunSummaryBuilder:
         """The builder, with everything durable so far folded in."""
@@ -120,6 +135,7 @@ class SummaryFold:
             tail, self._tail = self._tail, []
             for events in tail:
                 self.add(events)
+        self._fold_pending()
         return self.builder
 
     async def preview(self, pending: Sequence[Event]) -> RunSummaryBuilder:

@@ -21,22 +21,21 @@ The position is the furthest of ``after_sequence``, ``from_sequence - 1`` and
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from runevents.api import caching, ingest, schemas
+from runevents.api import caching, schemas
 from runevents.api.deps import ConfigurationId, Manager, Reader, RunId, State, WorkspaceId, Writer
+from runevents.api.ingest_route import KEY_MAX, KEY_MIN, IngestRoute, serve_batch
 from runevents.api.longpoll import MAX_WAIT, wait_page
 from runevents.api.pages import json_list, read_page
 from runevents.api.runs import RUN
 from runevents.api.schemas import MAX_SEQUENCE, errors
 from runevents.api.sse import close_quietly, resolve_position, sse_response
 from runevents.eventlog import Chunk
-from runevents.exceptions import WriterMoving
 from runevents.logview import LogEnd, log_end
 from runevents.manager import RunManager
 from runevents.models import Run
@@ -264,8 +263,37 @@ async def search_events(
     return Response(body, media_type="application/json")
 
 
-@router.post(
+async def ingest_events(
+    request: Request,
+    workspace_id: WorkspaceId,
+    configuration_id: ConfigurationId,
+    run_id: RunId,
+    _who: Writer,
+    state: State,
+    manager: Manager,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=KEY_MIN,
+            max_length=KEY_MAX,
+            description="a retried batch with the same key appends nothing, same answer",
+        ),
+    ] = None,
+) -> Response:
+    """Append a producer's NDJSON batch atomically (contract section 6)."""
+    # A plainly valid request never gets here: IngestRoute serves it with the
+    # same serve_batch. This signature is the route's contract (OpenAPI, and the
+    # errors FastAPI answers for every other request).
+    ids = (workspace_id, configuration_id, run_id)
+    return await serve_batch(request, state, manager, ids, idempotency_key)
+
+
+router.add_api_route(
     RUN + "/events",
+    ingest_events,
+    methods=["POST"],
+    route_class_override=IngestRoute,
     response_model=schemas.IngestAnswer,
     responses=errors(401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra={
@@ -284,61 +312,3 @@ async def search_events(
     },
     tags=["events"],
 )
-async def ingest_events(
-    request: Request,
-    response: Response,
-    workspace_id: WorkspaceId,
-    configuration_id: ConfigurationId,
-    run_id: RunId,
-    _who: Writer,
-    state: State,
-    manager: Manager,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=200,
-            description="a retried batch with the same key appends nothing, same answer",
-        ),
-    ] = None,
-) -> dict[str, int] | Response:
-    """Append a producer's NDJSON batch atomically (contract section 6)."""
-    ingest.check_content_type(request.headers.get("content-type"))
-    # the body is checked before the run is looked up: one database round trip
-    # less per batch (the manager reads the row anyway)
-    settings = state.settings
-    body = await ingest.read_body(
-        request.stream(), request.headers.get("content-length"), settings.max_batch_bytes
-    )
-    if state.forwarder is not None and manager.held.get(run_id) is None:
-        # another replica holds the run's writer: the batch is its to judge (forward.py)
-        relayed = await state.forwarder.relay_early(request, body, run_id)
-        if relayed is not None:
-            return relayed
-    drafts = ingest.parse_batch(
-        body,
-        workspace_id=workspace_id,
-        configuration_id=configuration_id,
-        run_id=run_id,
-        max_event_bytes=settings.max_event_bytes,
-    )
-    if settings.fsync == "never" and not settings.live_tier_enabled:
-        # the relaxed setting: the answer must not claim more than it gives (contract 6)
-        response.headers["Durability"] = "relaxed"
-    try:
-        return await manager.ingest(
-            workspace_id,
-            configuration_id,
-            run_id,
-            drafts,
-            idempotency_key=idempotency_key,
-            # a key names one batch: the same key with other bytes is refused (422)
-            body_sha256=hashlib.sha256(body).hexdigest() if idempotency_key is not None else None,
-            body=body,
-        )
-    except WriterMoving as moving:
-        if state.forwarder is None:
-            raise
-        # another replica holds the run's writer: its answer is ours (api/forward.py)
-        return await state.forwarder.forward(request, body, run_id, moving)
