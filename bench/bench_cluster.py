@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import os
 import statistics
 import sys
@@ -55,17 +54,14 @@ import aiohttp
 import orjson
 
 from cluster_common import (
-    BATCH,
     COMPLETED,
     Replica,
     WalMeter,
     base_env,
-    batch_bodies,
     busy,
     client_session,
     cluster_env,
     cpu_seconds,
-    create_run,
     forwarding_available,
     pct,
     pg_cpu,
@@ -75,10 +71,13 @@ from cluster_common import (
     start_replicas,
 )
 from common import (
+    BATCH,
     RESULTS_DIR,
+    CopySessions,
     Row,
+    batch_bodies,
+    create_run,
     failed_row,
-    iter_console_events,
     machine_description,
     main,
     pg_unreachable_reason,
@@ -319,54 +318,16 @@ async def _ingest_round(
     return Round(layout, events, wall, cpu, wal.ours, wal.all, busy(before_pg, after_pg))
 
 
-_TABLE = (
-    "CREATE TABLE {name} (run_id text NOT NULL, sequence bigint NOT NULL,"
-    " body jsonb NOT NULL, PRIMARY KEY (run_id, sequence))"
-)
-
-
 async def _copy_round(dsn: str, pg: Any, db: str, producers: int, per: int) -> Round:
     """``producers`` concurrent COPY sessions (synchronous_commit=on) of the same events."""
-    import asyncpg
-
-    conns = [await asyncpg.connect(dsn) for _ in range(producers)]
-    try:
-        tables = []
-        for i, conn in enumerate(conns):
-            await conn.execute("SET synchronous_commit = on")
-            table = f"copy_{i}_{time.monotonic_ns()}"
-            await conn.execute(_TABLE.format(name=table))
-            tables.append(table)
-        dumps = orjson.dumps
-        batches = []
-        for i in range(producers):
-            events = iter_console_events(per, seed=100 + i)
-            mine = []
-            while batch := list(itertools.islice(events, BATCH)):
-                mine.append([("c", e["sequence"], dumps(e).decode()) for e in batch])
-            batches.append(mine)
-
-        async def copy(i: int) -> None:
-            for records in batches[i]:
-                async with conns[i].transaction():
-                    await conns[i].copy_records_to_table(
-                        tables[i], records=records, columns=("run_id", "sequence", "body")
-                    )
-
+    async with CopySessions(dsn, [100 + i for i in range(producers)], per) as copies:
         before_pg = await pg_snapshot(pg, db)
         client0 = time.process_time()
         async with WalMeter(dsn, db) as wal:
-            start = time.perf_counter()
-            await asyncio.gather(*(copy(i) for i in range(producers)))
-            wall = time.perf_counter() - start
+            wall = await copies.run()
         client = time.process_time() - client0
         after_pg = await pg_snapshot(pg, db)
-        for conn, table in zip(conns, tables, strict=True):
-            await conn.execute(f"DROP TABLE {table}")
-    finally:
-        for conn in conns:
-            await conn.close()
-    return Round("copy", producers * per, wall,
+    return Round("copy", copies.events, wall,
                  {"postgres": pg_cpu(before_pg, after_pg), "client": client},
                  wal.ours, wal.all, busy(before_pg, after_pg))  # fmt: skip
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +34,11 @@ from typing import Any
 
 import aiohttp
 
-from bench_durability import _batches, _body, _eight_copies
 from common import (
+    CopySessions,
     Row,
+    batch_bodies,
+    create_run,
     failed_row,
     free_port,
     main,
@@ -47,6 +47,8 @@ from common import (
     row,
     scratch_pg_database,
     server_process,
+    start_server,
+    stop_servers,
 )
 
 SECTION = "Durability, processes"
@@ -122,19 +124,15 @@ def _reuseport_pair(data_dir: Path) -> Iterator[str]:
     """Two single-process servers on one port (SO_REUSEPORT); the URL once both answer."""
     port = free_port()
     argv = [sys.executable, __file__, "--serve", str(port), "0"]
-    procs = [subprocess.Popen(argv, env=_env(data_dir), start_new_session=True)]
+    procs = [start_server(argv, env=_env(data_dir))]
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_pids(url, 1)  # the first one migrated the index before the second starts
-        procs.append(subprocess.Popen(argv, env=_env(data_dir), start_new_session=True))
+        procs.append(start_server(argv, env=_env(data_dir)))
         _wait_for_pids(url, 2)
         yield url
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(30)
+        stop_servers(procs, grace=30.0)
 
 
 def _wait_for_pids(url: str, n: int) -> None:
@@ -159,12 +157,7 @@ async def _producer(url: str, bodies: list[bytes], start: asyncio.Event) -> tupl
     async with aiohttp.ClientSession(url, connector=connector) as session:
         async with session.get("/bench/pid") as r:
             pid = int((await r.json())["pid"])
-        async with session.post(
-            f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs", json={"external": True}
-        ) as r:
-            r.raise_for_status()
-            run_id = (await r.json())["run"]["id"]
-        path = f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs/{run_id}/events"
+        path = await create_run(session, CFG, WS) + "/events"
         await start.wait()
         for body in bodies:
             while True:
@@ -200,7 +193,8 @@ async def _eight(urls: list[str], bodies: list[list[bytes]], per: int) -> tuple[
 
 async def _collect(per: int, tmp: Path) -> list[Row]:
     reason = await pg_unreachable_reason()
-    bodies = [[_body(b) for b in _batches(per, seed=10 + i)] for i in range(PRODUCERS)]
+    seeds = [10 + i for i in range(PRODUCERS)]
+    bodies = [batch_bodies(per, seed) for seed in seeds]
     data_dir = tmp / "data"
     results: dict[str, tuple[float, str]] = {}
     copies = 0.0
@@ -223,8 +217,11 @@ async def _collect(per: int, tmp: Path) -> list[Row]:
         results["reuseport"] = max(results.get("reuseport", (0.0, "")), (rate, shape))
         if not reason:
             _progress(f"round {attempt + 1}: 8 COPY sessions")
-            async with scratch_pg_database("runevents_bench_processes") as dsn:
-                copies = max(copies, await _eight_copies(dsn, per))
+            async with (
+                scratch_pg_database("runevents_bench_processes") as dsn,
+                CopySessions(dsn, seeds, per) as sessions,
+            ):
+                copies = max(copies, sessions.events / await sessions.run())
     one = results["one"][0]
     vs_copy = "8 COPY sessions, synchronous_commit=on"
     note_copy = f"COPY: {copies:,.0f}/s; " if copies else f"COPY skipped ({reason}); "

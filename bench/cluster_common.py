@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,12 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
-from common import free_port, iter_console_events
+from common import free_port, start_server, stop_servers, wait_server
 
-BATCH = 1_000
-WS = "bench"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 COMPLETED = b'{"type":"run.completed","payload":{"status":"succeeded"}}\n'
@@ -61,13 +56,7 @@ class Replica:
         return self.proc.pid
 
     def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(grace)
+        stop_servers([self.proc])
         # the logs go with the temporary directory: show a server's errors before that
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         if "Traceback" in text or "ERROR" in text:
@@ -85,25 +74,19 @@ def spawn(name: str, data_dir: Path, env: dict[str, str], logs: Path) -> Replica
     env = dict(env)
     env["RUNEVENTS_ADVERTISE_URL"] = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = start_server(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     return Replica(name, f"http://127.0.0.1:{port}", data_dir, proc, log_path)
 
 
 def wait_healthy(replicas: list[Replica], timeout: float = 90.0) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     for rep in replicas:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(rep.url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if rep.proc.poll() is not None or time.monotonic() > deadline:
-                tail = rep.log_path.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"replica {rep.name} did not start: ...{tail}")
-            time.sleep(0.1)
+
+        def failure(rep: Replica = rep) -> str:
+            tail = rep.log_path.read_text(errors="replace")[-1500:]
+            return f"replica {rep.name} did not start: ...{tail}"
+
+        wait_server(rep.url, rep.proc, deadline, failure)
 
 
 @contextlib.contextmanager
@@ -162,15 +145,6 @@ def client_session(url: str) -> aiohttp.ClientSession:
     )
 
 
-async def create_run(session: aiohttp.ClientSession, cfg: str) -> str:
-    async with session.post(
-        f"/api/v1/workspaces/{WS}/configurations/{cfg}/runs", json={"external": True}
-    ) as r:
-        r.raise_for_status()
-        run_id = (await r.json())["run"]["id"]
-    return f"/api/v1/workspaces/{WS}/configurations/{cfg}/runs/{run_id}"
-
-
 async def post(session: aiohttp.ClientSession, run_path: str, body: bytes) -> None:
     for attempt in range(20):
         async with session.post(run_path + "/events", data=body, headers=NDJSON) as r:
@@ -182,17 +156,6 @@ async def post(session: aiohttp.ClientSession, run_path: str, body: bytes) -> No
                 raise RuntimeError(f"POST {run_path}/events: {r.status} {await r.text()}")
             await r.read()
             return
-
-
-def batch_bodies(n: int, seed: int) -> list[bytes]:
-    dumps = orjson.dumps
-    events = iter_console_events(n, seed=seed)
-    bodies = []
-    while batch := list(itertools.islice(events, BATCH)):
-        bodies.append(
-            b"".join([dumps({"type": e["type"], "payload": e["payload"]}) + b"\n" for e in batch])
-        )
-    return bodies
 
 
 def pct(values: list[float], q: float) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -32,12 +33,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+
+if TYPE_CHECKING:
+    import aiohttp
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -258,6 +262,28 @@ def encode_ndjson(events: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(e) + b"\n" for e in events)
 
 
+#: events per ingest batch (and per COPY transaction of the Postgres baseline)
+BATCH = 1_000
+
+
+def event_batches(n: int, seed: int) -> Iterator[list[dict[str, Any]]]:
+    """The ``n`` events of ``seed`` in lists of BATCH."""
+    events = iter_console_events(n, seed=seed)
+    while batch := list(itertools.islice(events, BATCH)):
+        yield batch
+
+
+def producer_body(batch: list[dict[str, Any]]) -> bytes:
+    """The NDJSON ingest body of ``batch``: each event in its producer form (type, payload)."""
+    dumps = orjson.dumps
+    return b"".join([dumps({"type": e["type"], "payload": e["payload"]}) + b"\n" for e in batch])
+
+
+def batch_bodies(n: int, seed: int) -> list[bytes]:
+    """The ingest bodies of the ``n`` events of ``seed``, BATCH events each."""
+    return [producer_body(batch) for batch in event_batches(n, seed)]
+
+
 # ---------------------------------------------------------------------------
 # physical limits
 
@@ -429,6 +455,85 @@ async def scratch_pg_database(prefix: str = "runevents_bench") -> AsyncIterator[
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+#: a COPY session's table: the events as jsonb rows, keyed as the log is
+COPY_TABLE = (
+    "CREATE TABLE {name} (run_id text NOT NULL, sequence bigint NOT NULL,"
+    " body jsonb NOT NULL, PRIMARY KEY (run_id, sequence))"
+)
+
+
+class CopySessions:
+    """The Postgres baseline of the ingest benches: one session per seed, each with a
+    table of its own, COPYing the events producers of those seeds send
+    (``event_batches(per, seed)``), one BATCH-row transaction each, with
+    ``synchronous_commit=on`` (durable, as the ingest it is compared with).
+
+    ``async with CopySessions(dsn, seeds, per) as copies: seconds = await copies.run()``;
+    connecting, creating the tables and encoding the rows happen before ``run`` (untimed,
+    as the producers' bodies are encoded before their clock starts); the tables are
+    dropped after.
+    """
+
+    def __init__(self, dsn: str, seeds: Sequence[int], per: int) -> None:
+        self.dsn = dsn
+        self.seeds = list(seeds)
+        self.events = len(self.seeds) * per
+        self._per = per
+        self._conns: list[Any] = []
+        self._tables: list[str] = []
+        self._records: list[list[list[tuple[str, int, str]]]] = []
+
+    async def __aenter__(self) -> CopySessions:
+        import asyncpg
+
+        try:
+            for i in range(len(self.seeds)):
+                conn = await asyncpg.connect(self.dsn)
+                self._conns.append(conn)
+                await conn.execute("SET synchronous_commit = on")
+                table = f"copy_{i}_{os.getpid()}_{time.monotonic_ns()}"
+                await conn.execute(COPY_TABLE.format(name=table))
+                self._tables.append(table)
+        except BaseException:
+            await self._close()
+            raise
+        dumps = orjson.dumps
+        self._records = [
+            [[("c", e["sequence"], dumps(e).decode()) for e in batch] for batch in batches]
+            for batches in (event_batches(self._per, seed) for seed in self.seeds)
+        ]
+        return self
+
+    async def run(self) -> float:
+        """Wall seconds of every session COPYing all its rows at once."""
+
+        async def copy(conn: Any, table: str, batches: list[list[tuple[str, int, str]]]) -> None:
+            for records in batches:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        table, records=records, columns=("run_id", "sequence", "body")
+                    )
+
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(copy(*args) for args in zip(self._conns, self._tables, self._records, strict=True))
+        )
+        return time.perf_counter() - start
+
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:  # after a failure the scratch database takes them along
+                for conn, table in zip(self._conns, self._tables, strict=True):
+                    await conn.execute(f"DROP TABLE {table}")
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        for conn in self._conns:
+            await conn.close()
+        self._conns = []
 
 
 def _redact(url: str) -> str:
@@ -649,6 +754,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(
+    argv: list[str], *, env: dict[str, str] | None = None, stdout: Any = None, stderr: Any = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a process group of its own: :func:`stop_servers` then ends it with
+    any children (uvicorn's workers), and a Ctrl-C of the bench does not reach it first."""
+    return subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def health_answers(url: str) -> bool:
+    """Whether the runevents server at ``url`` answers ``/api/v1/health`` with 200."""
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url + "/api/v1/health", timeout=1).status_code == 200
+    return False
+
+
+def wait_server(
+    url: str, proc: subprocess.Popen[bytes], deadline: float, failure: Callable[[], str]
+) -> None:
+    """Until the server ``proc`` started answers at ``url``; RuntimeError(``failure()``)
+    once it has exited or ``deadline`` (``time.monotonic()``) has passed."""
+    while not health_answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(failure())
+        time.sleep(0.1)
+
+
+def stop_servers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """SIGTERM to every server's process group at once (they shut down side by side),
+    SIGKILL to those still running ``grace`` seconds later."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextlib.contextmanager
 def server_process(
     argv: Callable[[int], list[str]],
@@ -660,32 +809,23 @@ def server_process(
     """A runevents server started by ``argv(port)`` on a free port, in its own process
     group; yields ``(url, pid)`` once ``/api/v1/health`` answers; stopped afterwards
     (SIGTERM, then SIGKILL after 15 s)."""
-    import httpx
-
     port = free_port()
-    proc = subprocess.Popen(
-        argv(port),
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL if quiet else None,
-    )
+    proc = start_server(argv(port), env=env, stdout=subprocess.DEVNULL if quiet else None)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the runevents server did not start")
-            time.sleep(0.1)
+        wait_server(url, proc, deadline, lambda: "the runevents server did not start")
         yield url, proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_servers([proc])
+
+
+async def create_run(session: aiohttp.ClientSession, cfg: str, ws: str = "bench") -> str:
+    """A new external run of ``ws``/``cfg`` over ``session`` (on the server's URL): the
+    run's API path."""
+    async with session.post(
+        f"/api/v1/workspaces/{ws}/configurations/{cfg}/runs", json={"external": True}
+    ) as r:
+        r.raise_for_status()
+        run_id = (await r.json())["run"]["id"]
+    return f"/api/v1/workspaces/{ws}/configurations/{cfg}/runs/{run_id}"

@@ -49,6 +49,7 @@ from runevents.db.chunks import ChunkRepository, TierSize
 from runevents.db.repository import insert_statement
 from runevents.eventlog import EventLog, RunRef
 from runevents.eventlog.files import last_line
+from runevents.eventlog.locate import CompressedLog
 from runevents.eventlog.types import ends_with_completed
 from runevents.exceptions import LogNotFound, RunNotFound, StorageError, WriterFenced
 from runevents.models import Run
@@ -241,15 +242,15 @@ class LiveTier:
         keys = self.log.keys(ref)
         with contextlib.suppress(LogNotFound):
             return (await self.log.store.stat(keys.log)).size
-        stats = await self.log.stats(ref)
-        if stats.form == "compressed":
+        # no stored plain log: a compressed form's index records the plain bytes it holds
+        try:
             opened = await self.log.open_log(ref)
-            try:
-                raw = getattr(getattr(opened, "index", None), "raw_bytes", None)
-            finally:
-                opened.close()
-            return int(raw) if raw is not None else None
-        return None
+        except LogNotFound:
+            return None
+        try:
+            return opened.index.raw_bytes if isinstance(opened, CompressedLog) else None
+        finally:
+            opened.close()
 
     async def repair(self) -> int:
         """Drop the chunks of runs sealed by a process that died before dropping them."""

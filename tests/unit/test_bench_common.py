@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import signal
+import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -141,3 +144,41 @@ def test_rows_to_json_has_no_nan() -> None:
     assert rows[0]["value"] is None
     assert rows[0]["note"] == "failed: RuntimeError: boom"
     assert not any(isinstance(v, float) and math.isnan(v) for v in rows[0].values())
+
+
+def test_batch_bodies_are_the_drafts_in_batches_of_a_thousand() -> None:
+    bodies = common.batch_bodies(2500, seed=4)
+    assert [body.count(b"\n") for body in bodies] == [1000, 1000, 500]
+    drafts = [orjson.loads(line) for body in bodies for line in body.splitlines()]
+    assert drafts == common.make_drafts(2500, seed=4)
+
+
+def test_wait_server_fails_once_the_server_exited() -> None:
+    proc = common.start_server([sys.executable, "-c", "pass"])
+    url = f"http://127.0.0.1:{common.free_port()}"
+    try:
+        with pytest.raises(RuntimeError, match="did not start"):
+            common.wait_server(url, proc, time.monotonic() + 30, lambda: "it did not start")
+    finally:
+        common.stop_servers([proc])
+
+
+def test_stop_servers_ends_each_process_group_sigkill_after_the_grace() -> None:
+    # the second one ignores SIGTERM (as a server stuck in shutdown would)
+    polite = common.start_server([sys.executable, "-c", "import time; time.sleep(60)"])
+    stuck = common.start_server(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            " print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert stuck.stdout is not None and stuck.stdout.readline() == b"ready\n"
+    started = time.monotonic()
+    common.stop_servers([polite, stuck], grace=1.0)
+    assert polite.returncode == -signal.SIGTERM
+    assert stuck.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 10
+    stuck.stdout.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 import zstandard
@@ -64,6 +65,20 @@ class StoredChunk:
     @property
     def end_offset(self) -> int:
         return self.start_offset + len(self.data)
+
+
+#: the columns of a StoredChunk, in its fields' order (``_stored_chunk`` reads them)
+_CHUNK_COLUMNS = (
+    live_chunks.c.start_offset,
+    live_chunks.c.first_sequence,
+    live_chunks.c.last_sequence,
+    live_chunks.c.epoch,
+    live_chunks.c.data,
+)
+
+
+def _stored_chunk(row: sa.Row[*tuple[Any, ...]]) -> StoredChunk:
+    return StoredChunk(int(row[0]), int(row[1]), int(row[2]), int(row[3]), unpack(bytes(row[4])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,25 +190,12 @@ class ChunkRepository:
             "before"
         )
         inner = (
-            sa.select(
-                live_chunks.c.start_offset,
-                live_chunks.c.first_sequence,
-                live_chunks.c.last_sequence,
-                live_chunks.c.epoch,
-                live_chunks.c.data,
-                running,
-            )
+            sa.select(*_CHUNK_COLUMNS, running)
             .where(live_chunks.c.run_id == run_id, live_chunks.c.start_offset >= from_offset)
             .subquery()
         )
         stmt = (
-            sa.select(
-                inner.c.start_offset,
-                inner.c.first_sequence,
-                inner.c.last_sequence,
-                inner.c.epoch,
-                inner.c.data,
-            )
+            sa.select(*(inner.c[column.name] for column in _CHUNK_COLUMNS))
             .where(inner.c.before < max_bytes)
             .order_by(inner.c.start_offset)
         )
@@ -202,47 +204,38 @@ class ChunkRepository:
         stored = sum(len(r[4]) for r in rows)
 
         def unpack_all() -> list[StoredChunk]:
-            return [
-                StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), unpack(bytes(r[4])))
-                for r in rows
-            ]
+            return [_stored_chunk(r) for r in rows]
 
         return await asyncio.to_thread(unpack_all) if stored > INLINE_BYTES else unpack_all()
 
-    async def end(self, run_id: str) -> tuple[int, int] | None:
-        """``(end offset, last sequence)`` of the run's committed chunks; None if it has none."""
+    async def _newest(
+        self, run_id: str, *columns: sa.ColumnElement[Any]
+    ) -> sa.Row[*tuple[Any, ...]] | None:
+        """``columns`` of the run's newest chunk (highest offset); None if it has none.
+
+        Only the named columns are read: ``end`` is asked on every pull and seal and
+        must not fetch the chunk's bytes.
+        """
         stmt = (
-            sa.select(
-                live_chunks.c.start_offset + live_chunks.c.size,
-                live_chunks.c.last_sequence,
-            )
+            sa.select(*columns)
             .where(live_chunks.c.run_id == run_id)
             .order_by(live_chunks.c.start_offset.desc())
             .limit(1)
         )
         async with self.repo._tx() as conn:
-            row = (await conn.execute(stmt)).first()
+            return (await conn.execute(stmt)).first()
+
+    async def end(self, run_id: str) -> tuple[int, int] | None:
+        """``(end offset, last sequence)`` of the run's committed chunks; None if it has none."""
+        row = await self._newest(
+            run_id, live_chunks.c.start_offset + live_chunks.c.size, live_chunks.c.last_sequence
+        )
         return None if row is None else (int(row[0]), int(row[1]))
 
     async def last(self, run_id: str) -> StoredChunk | None:
         """The run's newest committed chunk, if any."""
-        stmt = (
-            sa.select(
-                live_chunks.c.start_offset,
-                live_chunks.c.first_sequence,
-                live_chunks.c.last_sequence,
-                live_chunks.c.epoch,
-                live_chunks.c.data,
-            )
-            .where(live_chunks.c.run_id == run_id)
-            .order_by(live_chunks.c.start_offset.desc())
-            .limit(1)
-        )
-        async with self.repo._tx() as conn:
-            r = (await conn.execute(stmt)).first()
-        if r is None:
-            return None
-        return StoredChunk(int(r[0]), int(r[1]), int(r[2]), int(r[3]), unpack(bytes(r[4])))
+        row = await self._newest(run_id, *_CHUNK_COLUMNS)
+        return None if row is None else _stored_chunk(row)
 
     async def delete(self, run_id: str) -> int:
         """Delete the run's chunks (its sealed log is verified in object storage)."""

@@ -328,6 +328,27 @@ async def test_a_replica_that_copied_a_live_run_compacts_it_once_sealed(
     assert await log_bytes(a, run) == full
 
 
+async def test_stored_size_is_the_plain_bytes_of_the_sealed_log_in_either_form(
+    pair: tuple[App, App],
+) -> None:
+    """What sealing and repair verify the chunks against: the plain log's size, or the
+    plain size a compressed form's index records; None while nothing is stored."""
+    a, b = pair
+    tier = a.manager.tier
+    assert tier is not None
+    run = await a.manager.create_run("acme", "ext", external=True)
+    assert await tier.stored_size(ref(run)) is None  # live: only in the chunks
+    await a.manager.ingest("acme", "ext", run.id, [console("x"), completed()])
+    full = await log_bytes(a, run)
+    assert await tier.stored_size(ref(run)) == len(full)
+    row = await a.manager.get_run("acme", "ext", run.id)
+    assert await a.manager.compact_run(row) is not None
+    assert (await a.manager.get_run("acme", "ext", run.id)).log_state.value == "compressed"
+    assert await tier.stored_size(ref(run)) == len(full)
+    assert b.manager.tier is not None
+    assert await b.manager.tier.stored_size(ref(run)) == len(full)  # no local copy there
+
+
 async def test_owner_that_died_after_committing_run_completed_is_finished_by_repair(
     pair: tuple[App, App],
 ) -> None:

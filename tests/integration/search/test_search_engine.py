@@ -7,24 +7,19 @@ dozens of frames and the index has something to skip.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-
-import pytest
 
 from runevents.app import App
 from runevents.eventlog.ngrams import NgramIndex
 from runevents.maintenance import reindex, retention
 from runevents.search.filters import CACHE
-from runevents.settings import Settings
 from runevents.upkeep import run_ref
-from tests.integration.search.conftest import console, filler, make_run, search
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
-    # the filter cache is per process: each test starts without one
-    CACHE._entries.clear()
-    CACHE._bytes = 0
+from tests.integration.search.conftest import (
+    clear_filter_cache,
+    console,
+    filler,
+    make_run,
+    search,
+)
 
 
 async def test_hits_are_newest_runs_first_in_sequence_order_with_code_point_spans(
@@ -133,8 +128,7 @@ async def test_index_answers_equal_a_full_scan(app: App) -> None:
         for ref in [k async for k in app.manager.log.scan()]:
             assert await app.manager.log.index_for_search(ref)
         app.manager.log.search_index = True
-        CACHE._entries.clear()
-        CACHE._bytes = 0
+        clear_filter_cache()
 
 
 async def test_missing_index_falls_back_to_a_scan(app: App) -> None:
@@ -246,28 +240,13 @@ async def test_several_statuses_and_a_time_window(app: App) -> None:
     assert [h["run_id"] for h in hits] == [ok.id]
 
 
-async def test_search_on_a_remote_store_uses_the_stored_index(
-    tmp_path: Path, database_url: str
-) -> None:
-    # memory:// behaves as a remote store: logs are spooled, then uploaded and read by key
-    settings = Settings(
-        data_dir=tmp_path / "remote",
-        database_url=database_url,
-        storage_url="memory://search-test",
-        worker_concurrency=0,
-        maintenance_interval_seconds=0,
-        flush_interval_ms=5,
-    )
-    remote = await App.open(settings, worker=False)
-    try:
-        remote.manager.log.frame_bytes = 4096
-        rare, _ = await _corpus(remote)
-        assert remote.manager.log.store.local_path("x") is None
-        hits, done = await search(remote, "zqxj-7731")
-        assert sorted(h["run_id"] for h in hits) == sorted(r.id for r in rare)
-        assert done["bytes_skipped"] > 10 * done["bytes_scanned"] > 0
-        live = await make_run(remote, [console("zqxj-7731 live")], end=False)
-        hits, _ = await search(remote, "zqxj-7731")
-        assert hits[0]["run_id"] == live.id and len(hits) == 3
-    finally:
-        await remote.close()
+async def test_search_on_a_remote_store_uses_the_stored_index(remote_app: App) -> None:
+    remote = remote_app
+    rare, _ = await _corpus(remote)
+    assert remote.manager.log.store.local_path("x") is None
+    hits, done = await search(remote, "zqxj-7731")
+    assert sorted(h["run_id"] for h in hits) == sorted(r.id for r in rare)
+    assert done["bytes_skipped"] > 10 * done["bytes_scanned"] > 0
+    live = await make_run(remote, [console("zqxj-7731 live")], end=False)
+    hits, _ = await search(remote, "zqxj-7731")
+    assert hits[0]["run_id"] == live.id and len(hits) == 3

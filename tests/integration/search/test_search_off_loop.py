@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,17 +22,7 @@ from runevents.app import App
 from runevents.eventlog.ngrams import NgramIndex, Probe
 from runevents.models import RunQuery
 from runevents.search.filters import CACHE, FilterCache
-from runevents.settings import Settings
 from tests.integration.search.conftest import console, filler, make_run, search
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> Iterator[None]:
-    CACHE._entries.clear()
-    CACHE._bytes = 0
-    yield
-    CACHE._entries.clear()
-    CACHE._bytes = 0
 
 
 def _record_threads(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> set[int]:
@@ -80,24 +69,11 @@ async def test_filter_lookups_reads_and_probes_run_off_the_event_loop(
 
 
 async def test_remote_filters_are_parsed_off_the_event_loop(
-    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+    remote_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # objects of a remote store are fetched on the loop, but parsed (CRC) in a worker thread
-    settings = Settings(
-        data_dir=tmp_path / "remote",
-        database_url=database_url,
-        storage_url="memory://search-off-loop",
-        worker_concurrency=0,
-        maintenance_interval_seconds=0,
-        flush_interval_ms=5,
-    )
-    remote = await App.open(settings, worker=False)
-    try:
-        remote.manager.log.frame_bytes = 4096
-        await _runs(remote)
-        await _check_off_loop(remote, monkeypatch)
-    finally:
-        await remote.close()
+    await _runs(remote_app)
+    await _check_off_loop(remote_app, monkeypatch)
 
 
 async def test_cached_filters_and_run_rows_are_invisible_to_the_collector(app: App) -> None:
