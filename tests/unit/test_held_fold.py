@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from runevents.events import Event
 from runevents.eventlog import EventLog, RunRef
+from runevents.events import Event
 from runevents.held import SummaryFold
 
 
