@@ -27,16 +27,17 @@ Concurrency guarantees the manager and worker rely on:
 
 from __future__ import annotations
 
-from runevents.db.idempotency import MAX_IDEMPOTENCY_KEY, IdempotencyKeys, IdempotencyRecord
+from runevents.db.idempotency import IdempotencyKeys, IdempotencyRecord
 from runevents.db.listing import RunListing
 from runevents.db.maintenance_queries import MaintenanceQueries
 from runevents.db.run_masks import RunMasks
-from runevents.db.run_rows import RunRows, insert_statement
+from runevents.db.run_rows import RunRows
 from runevents.db.server_keys import ServerKeys
 from runevents.db.worker_leases import WorkerLeases
 from runevents.db.writer_leases import WriterLeases
 
-__all__ = ["MAX_IDEMPOTENCY_KEY", "IdempotencyRecord", "RunRepository", "insert_statement"]
+# IdempotencyRecord is what get_idempotency returns: its callers name it from here
+__all__ = ["IdempotencyRecord", "RunRepository"]
 
 
 class RunRepository(
