@@ -48,10 +48,11 @@ import orjson
 
 from runevents.capture import ConsoleTranslator
 from runevents.configs import Configuration
+from runevents.emitter import Emitter, Sink
 from runevents.events import EventDraft
 from runevents.masking import Masker
 from runevents.models import rfc3339, utcnow
-from runevents.process import Emitter, ProcessOutcome, Sink, run_process
+from runevents.process import ProcessOutcome, run_process
 
 #: written last into a build directory whose commands all succeeded
 MARKER: Final = ".runevents-build.json"

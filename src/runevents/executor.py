@@ -45,7 +45,7 @@ build failed / timed out     failed     ``{stage: build, code: exit_code|timeout
 
 Secrets (contract section 11): every draft goes through the run's
 :class:`~runevents.masking.Masker` on its way to the sink -- the executor's and
-the build's :class:`~runevents.process.Emitter` hold it, and every draft of an
+the build's :class:`~runevents.emitter.Emitter` hold it, and every draft of an
 execution goes through one of them -- and the returned failure is masked too.
 The masker starts with the configuration's secret values and learns
 ``::add-mask::`` values from the run's console lines (build and command share it).
@@ -69,10 +69,11 @@ import msgspec
 from runevents.build import BuildCache
 from runevents.capture import ConsoleTranslator
 from runevents.configs import Configuration
+from runevents.emitter import Emitter
 from runevents.events import EventDraft
 from runevents.masking import Masker
 from runevents.models import RunStatus, rfc3339, utcnow
-from runevents.process import Emitter, ProcessOutcome, run_process
+from runevents.process import ProcessOutcome, run_process
 
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 

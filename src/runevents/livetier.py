@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from runevents.db.chunks import ChunkRepository, TierSize
-from runevents.db.repository import insert_statement
+from runevents.db.run_rows import insert_statement
 from runevents.eventlog import EventLog, RunRef
 from runevents.eventlog.files import last_line
 from runevents.eventlog.locate import CompressedLog

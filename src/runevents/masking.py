@@ -34,7 +34,7 @@ UTF-8 bytes by automatons of at most :attr:`Masker.GROUP` forms each (searched
 with a SIMD prefilter, GB/s), and only strings known to hold a form go through
 the replacing automaton of all forms (leftmost-longest: a whole padded base64
 form wins over its slice). The executor checks a child's raw reads this way
-(``process.Emitter``); :meth:`Masker.mask_drafts` does it for a batch of drafts
+(``emitter.Emitter``); :meth:`Masker.mask_drafts` does it for a batch of drafts
 by their JSON encoding (where the forms are searched as JSON escapes them).
 One compiled regular expression of the same forms was measured ~250x slower
 than the bytes check (``bench/bench_masking.py``).

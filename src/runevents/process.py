@@ -14,42 +14,35 @@ session is also enumerated through ``/proc`` so a descendant that moved to its
 own process group (``setpgid``) is found too, and so dead-but-unreaped
 members (zombies: an init that reaps slowly) do not count as running.
 Only a descendant that starts a new *session* of its own escapes; if it still
-holds our pipes we stop reading after :data:`DRAIN_SECONDS`.
+holds our pipes we stop reading after :data:`DRAIN_SECONDS`. The group's
+signalling lives in ``process_group.py``; what the output becomes (events,
+masked, in order) in ``emitter.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal, Protocol, cast
+from typing import Final, Literal, cast
 
-from runevents.capture import ConsoleTranslator, Line, LineSplitter, Stream
-from runevents.events import EventDraft
-from runevents.masking import Masker, has_add_mask
+from runevents.capture import LineSplitter, Stream
+from runevents.emitter import Emitter
+from runevents.process_group import die_with_parent, group_alive, signal_group, stop_group
 
 #: a pipe stops being read once this many bytes wait for the consumer
 HIGH_WATER: Final = 256 * 1024
 #: after the process group is gone, how long to wait for the pipes to close
 DRAIN_SECONDS: Final = 2.0
-#: how often the group is checked while waiting for it to exit after SIGTERM
-POLL_SECONDS: Final = 0.05
+# the parent-death signal (process_group.die_with_parent) is Linux's prctl
+_LINUX = sys.platform.startswith("linux")
 
 Ending = Literal["exited", "cancelled", "timeout", "spawn_failed"]
-
-
-class Sink(Protocol):
-    """Where drafts go (the executor's ``EventSink.emit``)."""
-
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
-        """Append ``drafts`` to the run's log, in order."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,93 +59,6 @@ class ProcessOutcome:
     error_code: str | None
     error_message: str | None
     duration_ms: int
-
-
-class Emitter:
-    """Serializes everything one execution emits through one translator.
-
-    stdout, stderr and the executor's own notices share the lock so batches
-    never interleave inside a ``sink.emit`` call and the translator's phase
-    state sees lines in the order they are emitted.
-
-    With a ``masker`` (the run's secrets, :mod:`runevents.masking`) every draft
-    is masked before the sink sees it. For a batch of plain lines (no structured
-    event, no ``::add-mask::``) one automaton scan over the read's bytes finds
-    the lines holding a secret form, and only those are rewritten: the
-    executor's hot path costs one scan per read.
-    """
-
-    def __init__(
-        self, sink: Sink, translator: ConsoleTranslator, masker: Masker | None = None
-    ) -> None:
-        self.sink = sink
-        self.translator = translator
-        self.masker = masker
-        self._lock = asyncio.Lock()
-
-    async def lines(
-        self, stream: Stream, lines: list[Line], *, braces: bool = True, raw: bytes | None = None
-    ) -> None:
-        """Translate and emit one batch of lines of ``stream`` (``braces``: see translate).
-
-        ``raw``: the bytes of the read the lines came from (all of them but the
-        first, which may have started in an earlier read), for the masker's
-        one-scan check.
-        """
-        async with self._lock:
-            translator = self.translator
-            drafts = translator.translate(stream, lines, braces=braces)
-            if not drafts:
-                return
-            masker = self.masker
-            if masker is not None:
-                hits = None if raw is None or braces else self._line_hits(masker, lines, raw)
-                if hits is None or (hits and len(drafts) != len(lines)):
-                    drafts = masker.mask_drafts(drafts)
-                    if translator.phase is not None:
-                        # a phase named with a secret is stamped on later lines: keep it masked
-                        translator.phase = masker.mask_text(translator.phase)[0]
-                else:
-                    for index in sorted(hits):
-                        masker.mask_drafts([drafts[index]])  # in place
-            await self.sink.emit(drafts)
-
-    def _line_hits(self, masker: Masker, lines: list[Line], raw: bytes) -> set[int] | None:
-        """Indexes of the lines holding a secret form, found in the read's bytes; None
-        when the batch needs the full look (an ``::add-mask::``, or a first line or a
-        phase holding a form: the first line may have begun in an earlier read).
-
-        ``lines[k]`` ends at the k-th newline of ``raw`` (the splitter's contract),
-        so a match's line is the number of newlines before it.
-        """
-        first = lines[0]
-        phase = self.translator.phase
-        if (
-            type(first) is not bytes
-            or b"{" in first  # it may be a structured event: the full walk checks it
-            or not masker.clean_bytes(first)
-            or (phase is not None and not masker.clean_bytes(phase.encode("utf-8", "replace")))
-            or has_add_mask(raw)
-        ):
-            return None
-        hits: set[int] = set()
-        for start, end in masker.byte_matches(raw):
-            for position in (start, end - 1):
-                index = raw.count(b"\n", 0, position)
-                if index < len(lines):  # past the last newline: the next read's first line
-                    hits.add(index)
-        return hits
-
-    async def notice(self, message: str, *, level: str = "warning") -> None:
-        """Emit a console line written by runevents itself."""
-        await self.emit([self.translator.notice(message, level=level)])
-
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
-        """Emit ready-made drafts (lifecycle events)."""
-        async with self._lock:
-            if self.masker is not None:
-                drafts = self.masker.mask_drafts(drafts)
-            await self.sink.emit(drafts)
 
 
 class _Pipe:
@@ -235,25 +141,6 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
         return cast(asyncio.ReadTransport, reader)
 
 
-_LINUX = sys.platform.startswith("linux")
-#: prctl(2) option: signal the child gets when the process that forked it dies
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGKILL it if its worker dies.
-
-    The child has its own session (so cancel can signal its whole group), which
-    also means nothing stops it when the worker is killed with SIGKILL: the
-    lease reaper finishes the run as failed, but a silent child would run on
-    forever. Linux's parent-death signal survives exec and closes that gap for
-    the direct child (its own children are in the same process group, which the
-    child's death leaves to them). Kept to one libc call: preexec code must not
-    take locks another thread of the parent might have held at fork time.
-    """
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def exit_code_of(returncode: int) -> tuple[int, str | None]:
     """``(exit_code, signal name)``: asyncio's ``-N`` for "killed by signal N" -> ``128 + N``."""
     if returncode >= 0:
@@ -263,83 +150,6 @@ def exit_code_of(returncode: int) -> tuple[int, str | None]:
     except ValueError:
         name = f"signal {-returncode}"
     return 128 - returncode, name
-
-
-def live_session_members(sid: int) -> list[int] | None:
-    """Pids of the *running* (not zombie) processes of session ``sid``.
-
-    ``None`` where ``/proc`` is not available (callers then fall back to
-    ``killpg(pgid, 0)``, which also counts zombies).
-    """
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    members = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid pgrp session ..."; comm may contain spaces and ')'
-        fields = stat[stat.rfind(b")") + 2 :].split(b" ", 5)
-        if len(fields) > 4 and int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
-            members.append(int(name))
-    return members
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the child's session/group is still running."""
-    members = live_session_members(pgid)
-    if members is not None:
-        return bool(members)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to the child's process group and to session members outside it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-    for pid in live_session_members(pgid) or ():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-async def stop_group(
-    pgid: int, exited: asyncio.Future[None], grace_seconds: float
-) -> Literal["none", "SIGTERM", "SIGKILL"]:
-    """SIGTERM the group, SIGKILL what is left after ``grace_seconds``; wait until it is gone.
-
-    Returns the strongest signal that was needed (``none`` if nothing was running).
-    """
-    if exited.done() and not group_alive(pgid):
-        return "none"
-    signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        if exited.done() and not group_alive(pgid):
-            return "SIGTERM"
-        await asyncio.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-    if exited.done() and not group_alive(pgid):
-        return "SIGTERM"
-    signal_group(pgid, signal.SIGKILL)
-    await asyncio.shield(exited)
-    # SIGKILL cannot be caught; members vanish as the kernel tears them down
-    for _ in range(100):
-        if not group_alive(pgid):
-            break
-        signal_group(pgid, signal.SIGKILL)
-        await asyncio.sleep(POLL_SECONDS / 5)
-    return "SIGKILL"
 
 
 async def run_process(
@@ -371,7 +181,7 @@ async def run_process(
             cwd=cwd,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=_die_with_parent if _LINUX else None,
+            preexec_fn=die_with_parent if _LINUX else None,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         where = exc.filename if exc.filename is not None else argv[0]

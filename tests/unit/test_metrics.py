@@ -1,4 +1,4 @@
-"""metrics.py: hooks move the right series, off means off, the state gauges, multi-process."""
+"""metrics.py: hooks move the right series, off means off, every pinned name, multi-process."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from runevents import metrics
-from runevents.db.stats import RunCounts
 from runevents.models import LogState, Run, RunStatus
-from tests.fixtures.metrics import families, parse, value
+from tests.fixtures.metrics import families, parse, run_counts, state_collector, value
 
 #: names contract section 13 pins
 PINNED = {
@@ -122,71 +121,9 @@ def test_run_finished_counts_status_and_duration() -> None:
 
 def test_every_pinned_name_is_exported() -> None:
     metrics.fsync_observed(0.001)  # a histogram with no sample has no buckets yet
-    state = _collector(_counts())
+    state = state_collector(run_counts())
     state_ready = metrics.render(state)
     assert families(state_ready) >= PINNED
-
-
-def _counts() -> RunCounts:
-    by_status = {s.value: 0 for s in RunStatus}
-    by_status.update(queued=3, running=2, succeeded=10)
-    degraded = {s.value: 0 for s in RunStatus}
-    degraded["running"] = 1
-    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    return RunCounts(by_status, degraded, now - timedelta(seconds=42), 2, 1, now)
-
-
-def _collector(counts: RunCounts, calls: list[int] | None = None) -> metrics.StateCollector:
-    async def count_runs() -> RunCounts:
-        if calls is not None:
-            calls.append(1)
-        return counts
-
-    class Pool:
-        def checkedout(self) -> int:
-            return 3
-
-        def checkedin(self) -> int:
-            return 5
-
-    collector = metrics.StateCollector(
-        count_runs=count_runs, pool=Pool(), data_dir=Path("."), refresh_seconds=60
-    )
-    collector._counts = counts
-    return collector
-
-
-async def test_state_gauges_come_from_the_counts_and_are_cached() -> None:
-    calls: list[int] = []
-    collector = _collector(_counts(), calls)
-    collector._counts = None
-    assert "runevents_runs" not in families(metrics.render(collector))  # not counted yet
-    await collector.refresh()
-    await collector.refresh()  # within refresh_seconds: no second query
-    assert calls == [1]
-    samples = parse(metrics.render(collector))
-    assert value(samples, "runevents_runs", status="queued") == 3
-    assert value(samples, "runevents_runs", status="succeeded") == 10
-    assert value(samples, "runevents_runs", status="failed") == 0
-    assert value(samples, "runevents_runs_degraded", status="running") == 1
-    assert value(samples, "runevents_queue_oldest_age_seconds") == 42
-    assert value(samples, "runevents_leases_held") == 2
-    assert value(samples, "runevents_leases_expired") == 1
-    assert value(samples, "runevents_db_pool_connections", state="in_use") == 3
-    assert value(samples, "runevents_data_dir_free_bytes") > 0
-
-
-async def test_a_failing_count_leaves_the_database_gauges_out() -> None:
-    async def broken() -> RunCounts:
-        raise OSError("connection refused")
-
-    collector = metrics.StateCollector(
-        count_runs=broken, pool=None, data_dir=Path("."), refresh_seconds=0
-    )
-    await collector.refresh()
-    names = families(metrics.render(collector))
-    assert "runevents_runs" not in names
-    assert "runevents_data_dir_free_bytes" in names  # what does not need the database stays
 
 
 def test_multiprocess_mode_sums_followers_over_processes(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from runevents import process
 from runevents.capture import ConsoleTranslator
-from runevents.process import Emitter, ProcessOutcome, run_process
+from runevents.emitter import Emitter
+from runevents.process import ProcessOutcome, run_process
 from tests.unit._sinks import FailingSink, ListSink, NullSink, live_pids, session_pids
 
 PY = sys.executable

@@ -28,9 +28,10 @@ from runevents.client.models import (
     RunPage,
     parse_event,
 )
-from runevents.client.producer import AsyncProducer, Producer
+from runevents.client.producer import AsyncProducer
 from runevents.client.sse import SSEParser
 from runevents.client.sync import Client
+from runevents.client.sync_producer import Producer
 
 __all__ = [
     "AppendResult",

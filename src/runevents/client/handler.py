@@ -27,8 +27,8 @@ from typing import Any
 
 from runevents.client.errors import ClientError
 from runevents.client.models import Run
-from runevents.client.producer import Producer
 from runevents.client.sync import Client
+from runevents.client.sync_producer import Producer
 
 #: loggers whose records are never shipped (they log the shipping itself)
 SKIPPED_LOGGERS = ("httpx", "httpcore", "runevents.client", "asyncio")

@@ -13,30 +13,23 @@ without bound. A batch that cannot be delivered (a 4xx, or retries exhausted)
 stops the producer: its events are not in the log, and the next ``emit``,
 ``flush`` or ``close`` raises :class:`ProducerError`.
 
-:class:`AsyncProducer` runs in the caller's event loop. :class:`Producer` (sync)
-runs the same sender in the sync client's loop thread; its ``emit`` may be
-called from any thread, and it flushes when the process exits.
+:class:`AsyncProducer` runs in the caller's event loop. The sync ``Producer``
+(``sync_producer.py``) runs the same sender in the sync client's loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import enum
 import threading
-import time
-import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from runevents.client.aio import AsyncClient, RunRef, new_key
 from runevents.client.errors import ClientError, ProducerError
-
-if TYPE_CHECKING:
-    from runevents.client.sync import Client
 
 _dumps = orjson.dumps
 
@@ -45,8 +38,6 @@ MAX_EVENTS = 1000
 MAX_BYTES = 1024 * 1024
 LINGER = 0.05
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024
-#: a sync emitter lets the posting thread run every this many events (see Producer.emit)
-YIELD_EVERY = 32
 
 
 def encode_event(
@@ -90,7 +81,7 @@ def completed_payload(status: str, failure: Mapping[str, Any] | None) -> dict[st
     return {"status": status, "failure": dict(failure) if failure else None}
 
 
-class _State(enum.Enum):
+class QueueState(enum.Enum):
     """What queueing one event left behind."""
 
     QUEUED = 0
@@ -162,9 +153,9 @@ class AsyncProducer:
         else:
             line = encode_event(type, payload, created_at, source)
         state = self._add(line)
-        if state is _State.QUEUED:
+        if state is QueueState.QUEUED:
             return
-        if state is _State.FULL:
+        if state is QueueState.FULL:
             # A full batch waits: yield until the sender has taken it. The caller
             # then fills the next one while the server works on this one (a tight
             # loop of emits would otherwise never let the sender run, and buffer
@@ -174,7 +165,7 @@ class AsyncProducer:
                     if not self._pending_full() or self._error is not None or self._closing:
                         break
                 await self._wait_changed()
-        elif state is _State.OVER:
+        elif state is QueueState.OVER:
             while True:
                 with self._lock:
                     if self._size <= self.max_buffered_bytes or self._error is not None:
@@ -234,7 +225,7 @@ class AsyncProducer:
         await self.aclose()
 
     # ------------------------------------------------------------------ the buffer
-    def _add(self, line: bytes) -> _State:
+    def _add(self, line: bytes) -> QueueState:
         """Append a line (any thread); whether a batch just filled or the buffer is over.
 
         The hot path of every emit: kept to a few attribute reads.
@@ -254,7 +245,7 @@ class AsyncProducer:
                 and pending_size < self.max_bytes
                 and size <= self.max_buffered_bytes
             ):
-                return _State.QUEUED
+                return QueueState.QUEUED
             filled = (pending == self.max_events) or (
                 pending_size >= self.max_bytes > pending_size - len(line)
             )
@@ -263,8 +254,8 @@ class AsyncProducer:
             # the sender sleeps until there is work; a full batch goes at once
             self._signal()
         if over:
-            return _State.OVER
-        return _State.FULL if filled else _State.QUEUED
+            return QueueState.OVER
+        return QueueState.FULL if filled else QueueState.QUEUED
 
     def _pending_full(self) -> bool:
         """A full batch waits behind the one being posted (the caller holds the lock)."""
@@ -395,112 +386,3 @@ def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-class Producer:
-    """The sync producer (``client.producer(run)`` of the sync :class:`Client`).
-
-    ``emit`` may be called from any thread; it returns at once unless the
-    buffer is over its bound. The producer flushes on ``close``, on leaving its
-    ``with`` block, and when the process exits.
-    """
-
-    def __init__(self, client: Client, run: RunRef, **options: Any) -> None:
-        self.client = client
-        self._inner = AsyncProducer(client._async, run, **options)
-        self._since_yield = 0
-        self.finish_run = self._inner.finish_run
-        self._closed = False
-        client._portal.call(self._start())
-        self._exit_hook = _exit_hook(weakref.ref(self))
-        atexit.register(self._exit_hook)
-
-    async def _start(self) -> None:
-        self._inner._start()
-
-    @property
-    def delivered(self) -> int:
-        """Events the server has acknowledged."""
-        return self._inner.delivered
-
-    def emit(
-        self,
-        type: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        created_at: str | None = None,
-        source: str | None = None,
-    ) -> None:
-        """Queue one event (blocks only while the buffer is over its bound)."""
-        inner = self._inner
-        if created_at is None and source is None and payload.__class__ is dict:
-            # the common case, inline: this runs once per event on the caller's thread
-            line = _dumps({"type": type, "payload": payload}) + b"\n"
-        else:
-            line = encode_event(type, payload, created_at, source)
-        state = inner._add(line)
-        if state is _State.QUEUED:
-            if inner._sending_count:
-                self._since_yield += 1
-                if self._since_yield >= YIELD_EVERY:
-                    # A batch is being posted on the loop thread, which needs the GIL
-                    # at each step of its I/O; a tight loop of emits would hold it for
-                    # the whole switch interval (5 ms) each time. Hand it over now.
-                    self._since_yield = 0
-                    time.sleep(0)
-            return
-        with inner._space_changed:
-            if state is _State.FULL:
-                # Wait until the sender takes this batch (it posts the one before
-                # first). Filling a second batch meanwhile would only compete for
-                # the GIL with the loop thread doing the posting: measured, an
-                # emitter that never waits gets a third of the throughput.
-                while inner._pending_full() and inner._error is None and not inner._closing:
-                    inner._space_changed.wait(0.5)
-            while inner._size > inner.max_buffered_bytes and inner._error is None:
-                inner._space_changed.wait(0.5)
-
-    def console(self, message: str, **fields: Any) -> None:
-        """Queue a ``console.line`` (``stream``, ``level``, ``logger``, ``phase``)."""
-        self.emit("console.line", console_payload(message, **fields))
-
-    def flush(self) -> None:
-        """Send everything queued so far and wait until the server has it."""
-        self.client._portal.call(self._inner.flush())
-
-    def complete(self, status: str = "succeeded", failure: Mapping[str, Any] | None = None) -> None:
-        """End the run: queue ``run.completed`` and flush."""
-        self.emit("run.completed", completed_payload(status, failure))
-        self.flush()
-
-    def close(self) -> None:
-        """Flush and stop. Raises ProducerError if events could not be delivered."""
-        if self._closed:
-            return
-        self._closed = True
-        atexit.unregister(self._exit_hook)
-        if self.client._portal.closed:
-            return
-        self.client._portal.call(self._inner.aclose())
-
-    def __enter__(self) -> Producer:
-        return self
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if self.finish_run and self._inner._error is None and not self._closed:
-            if exc is None:
-                self.emit("run.completed", completed_payload("succeeded", None))
-            else:
-                failure = {"stage": "run", "code": type(exc).__name__, "message": str(exc)}
-                self.emit("run.completed", completed_payload("failed", failure))
-        self.close()
-
-
-def _exit_hook(ref: weakref.ReferenceType[Producer]) -> Any:
-    def flush_at_exit() -> None:
-        producer = ref()
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close()
-
-    return flush_at_exit

@@ -20,7 +20,7 @@ import httpx
 
 from runevents.client.aio import AsyncClient, RetryPolicy, RunRef
 from runevents.client.models import AppendResult, Event, EventPage, Run, RunPage
-from runevents.client.producer import Producer
+from runevents.client.sync_producer import Producer
 
 T = TypeVar("T")
 

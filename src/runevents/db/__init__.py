@@ -1,5 +1,6 @@
 """The runs database: engine and migrations (``engine``), schema (``tables``),
-row converters (``rows``) and every SQL statement (``repository``)."""
+row converters (``rows``) and every SQL statement on runs (``repository``: one
+``RunRepository`` made of one mixin module per concept, see its docstring)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The runs-list query (built here, executed by ``repository.py``) and EXPLAIN.
+"""The runs list: its query, the pages it returns, and its EXPLAIN.
+
+:class:`RunListing` is the part of :class:`runevents.db.repository.RunRepository`
+that lists runs (a mixin, see ``db/base.py``): pages of whole rows or of
+light heads, the plan of a page, the workspaces and run counts.
 
 Every list query is a keyset scan of one of the ``ix_runs_list*`` indexes,
 read backwards for newest first, stopping after ``limit + 1`` rows: its cost
@@ -16,11 +20,12 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from runevents.db.rows import check_aware, decode_cursor
+from runevents.db.base import RepositoryBase
+from runevents.db.rows import check_aware, decode_cursor, encode_cursor, from_row
 from runevents.db.tables import runs
 from runevents.exceptions import InvalidInput
 from runevents.ids import check_name
-from runevents.models import RunQuery, RunStatus
+from runevents.models import LogState, Run, RunHead, RunQuery, RunStatus
 
 #: runs-list page size bounds (contract section 4)
 MAX_LIMIT = 500
@@ -98,3 +103,124 @@ class Explain(Executable, ClauseElement):
 @compiles(Explain)
 def _compile_explain(element: Explain, compiler: SQLCompiler, **kw: Any) -> str:
     return f"{element.prefix} {compiler.process(element.statement, **kw)}"
+
+
+class RunListing(RepositoryBase):
+    """Pages of a workspace's runs (keyset, newest first), their plan, and counts."""
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
+        """One page of a workspace's runs (newest first) and the cursor of the next page.
+
+        Order: ``(created_at, id)`` descending.
+        Filters: ``statuses`` (any of), ``configuration_id``, ``created_after``
+        (inclusive: ``created_at >= created_after``) and ``created_before``
+        (exclusive: ``created_at < created_before``). Pages are keyset-based, so
+        runs inserted meanwhile never shift or repeat later pages. ``next_cursor``
+        is None on the last page. InvalidInput for a bad limit, id or cursor.
+        """
+        stmt = list_statement(query)
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        page = [from_row(row) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def list_run_heads(self, query: RunQuery) -> tuple[list[RunHead], str | None]:
+        """:meth:`list_runs` reading only what a search needs of each run (no summary).
+
+        Same order, filters and cursor; pages of up to 5000 light rows.
+        """
+        created: sa.ColumnElement[Any] = runs.c.created_at
+        if self._db.dialect == "sqlite":
+            # the text as stored, parsed below: the DateTime type's own parsing cost
+            # more than everything else of a row (a search lists thousands)
+            created = sa.type_coerce(runs.c.created_at, sa.String).label("created_at")
+        columns = [
+            runs.c.id,
+            runs.c.configuration_id,
+            created,
+            runs.c.status,
+            runs.c.log_state,
+            runs.c.event_count,
+        ]
+        stmt = list_statement(query, columns, max_limit=MAX_HEADS)
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        # enum lookups by value without the Enum call machinery: thousands of rows
+        statuses = RunStatus._value2member_map_
+        states = LogState._value2member_map_
+        page = [
+            RunHead(
+                id=row[0],
+                workspace_id=query.workspace_id,
+                configuration_id=row[1],
+                created=row[2],
+                status=statuses[row[3]],  # type: ignore[arg-type]
+                log_state=states[row[4]],  # type: ignore[arg-type]
+                event_count=row[5],
+            )
+            for row in rows[: query.limit]
+        ]
+        more = len(rows) > query.limit
+        return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def get_run_head(self, workspace_id: str, run_id: str) -> RunHead | None:
+        """The light row of one run of ``workspace_id`` (None if there is none)."""
+        stmt = sa.select(
+            runs.c.id,
+            runs.c.configuration_id,
+            runs.c.created_at,
+            runs.c.status,
+            runs.c.log_state,
+            runs.c.event_count,
+        ).where(runs.c.id == run_id, runs.c.workspace_id == workspace_id)
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return RunHead(
+            id=row[0],
+            workspace_id=workspace_id,
+            configuration_id=row[1],
+            created=row[2],
+            status=RunStatus(row[3]),
+            log_state=LogState(row[4]),
+            event_count=row[5],
+        )
+
+    async def explain_list_runs(self, query: RunQuery, *, analyze: bool = True) -> list[str]:
+        """The database's plan for :meth:`list_runs` with ``query``, one line per item.
+
+        Postgres: ``EXPLAIN (ANALYZE, BUFFERS)`` (plain ``EXPLAIN`` if not
+        ``analyze``); SQLite: ``EXPLAIN QUERY PLAN``. For benchmarks and tests.
+        """
+        stmt = list_statement(query)
+        async with self._tx() as conn:
+            if self._db.dialect == "postgresql":
+                prefix = "EXPLAIN (ANALYZE, BUFFERS)" if analyze else "EXPLAIN"
+                rows = (await conn.execute(Explain(stmt, prefix))).all()
+                return [str(row[0]) for row in rows]
+            rows = (await conn.execute(Explain(stmt, "EXPLAIN QUERY PLAN"))).all()
+            return [str(row[-1]) for row in rows]
+
+    async def list_workspaces(self) -> list[str]:
+        """The distinct workspace ids that have runs, sorted."""
+        # a loose index scan: one index probe per workspace, not a scan of every run
+        stmt = sa.text(
+            "WITH RECURSIVE w(ws) AS ("
+            " SELECT min(workspace_id) FROM runs"
+            " UNION ALL"
+            " SELECT (SELECT min(workspace_id) FROM runs WHERE workspace_id > w.ws)"
+            " FROM w WHERE w.ws IS NOT NULL"
+            ") SELECT ws FROM w WHERE ws IS NOT NULL"
+        )
+        async with self._tx() as conn:
+            return list((await conn.execute(stmt)).scalars())
+
+    async def count_runs(self, workspace_id: str | None = None) -> int:
+        """How many runs there are (in one workspace, or in all)."""
+        stmt = sa.select(sa.func.count()).select_from(runs)
+        if workspace_id is not None:
+            stmt = stmt.where(runs.c.workspace_id == workspace_id)
+        async with self._tx() as conn:
+            return int(await conn.scalar(stmt) or 0)

@@ -1,6 +1,6 @@
 """Explicit converters between ``models.Run`` and ``runs`` rows, and the list cursor.
 
-Kept apart from the SQL in ``repository.py``: these are pure functions, tested
+Kept apart from the SQL (``repository.py`` and its mixins): these are pure functions, tested
 without a database.
 """
 

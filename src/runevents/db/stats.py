@@ -3,7 +3,7 @@
 :func:`run_counts` is one ``GROUP BY status`` over the runs table that yields
 every database-derived gauge of ``GET /metrics`` at once (runs by status,
 degraded runs, the oldest queued run, leases held and expired). It is a scan,
-so ``metrics.py`` caches it (``metrics_refresh_seconds``) instead of running
+so ``metrics_state.py`` caches it (``metrics_refresh_seconds``) instead of running
 it on every scrape.
 """
 

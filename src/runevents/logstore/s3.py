@@ -6,7 +6,8 @@ signing, retries and multipart uploads in Rust; this module adds what the
 
 - **Errors**: "no such object" becomes :class:`LogNotFound`, anything else
   :class:`StorageError` with a short message (operation, ``s3://`` location,
-  HTTP status / S3 error code). Messages never carry credentials.
+  HTTP status / S3 error code, from ``s3_errors.py``). Messages never carry
+  credentials.
 - **Reads** are windowed ranged GETs: one window (``read_window`` bytes,
   default 8 MiB) is fetched whole while the previous one is handed out in
   ``chunk_size`` slices, so memory stays at about two windows for any object
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,17 +41,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.exceptions import (
-    BaseError,
-    GenericError,
-    PermissionDeniedError,
-    PreconditionError,
-    UnauthenticatedError,
-)
+from obstore.exceptions import BaseError, PreconditionError
 from obstore.store import S3Store
 
 from runevents.exceptions import InvalidInput, LogNotFound, StorageError
 from runevents.logstore.base import READ_CHUNK, ObjectInfo
+from runevents.logstore.s3_errors import describe, first_line
 
 if TYPE_CHECKING:
     from obstore import Bytes, GetResult, ObjectMeta
@@ -75,9 +70,6 @@ DEFAULT_RETRY: dict[str, Any] = {
         "base": 2,
     },
 }
-
-_STATUS_RE = re.compile(r"status code: (\d{3})(?: ([A-Za-z ]+))?")
-_S3_CODE_RE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
 
 
 class _SourceFailed(Exception):
@@ -165,7 +157,7 @@ class S3LogStore:
         except BaseError as exc:
             # the message names the bad option, never its value
             raise InvalidInput(
-                f"invalid S3 configuration for {self.url}: {_first_line(exc)}"
+                f"invalid S3 configuration for {self.url}: {first_line(exc)}"
             ) from exc
 
     @classmethod
@@ -445,7 +437,7 @@ class S3LogStore:
 
     def _error(self, op: str, key: str, exc: BaseException) -> StorageError:
         return StorageError(
-            f"S3 {op} of {self.url}/{key} failed: {_describe(exc, self.endpoint_url)}"
+            f"S3 {op} of {self.url}/{key} failed: {describe(exc, self.endpoint_url)}"
         )
 
 
@@ -461,39 +453,6 @@ def _info(key: str, meta: ObjectMeta) -> ObjectInfo:
     if modified.tzinfo is None:
         modified = modified.replace(tzinfo=UTC)
     return ObjectInfo(key=key, size=int(meta["size"]), modified=modified)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    # URLs in obstore messages carry no secrets, but cut any query string
-    # (presigned URLs would put a signature there) and keep it short
-    return re.sub(r"\?\S*", "", line)[:300]
-
-
-def _describe(exc: BaseException, endpoint: str | None) -> str:
-    """A short, credential-free reason for an obstore failure."""
-    text = str(exc)
-    status = _STATUS_RE.search(text)
-    code = _S3_CODE_RE.search(text)
-    detail = " ".join(
-        part for part in (status and f"HTTP {status.group(1)}", code and code.group(1)) if part
-    )
-    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-        return f"access denied, check the S3 credentials ({detail or type(exc).__name__})"
-    if code and code.group(1) == "NoSuchBucket":
-        return "the bucket does not exist"
-    if isinstance(exc, GenericError) and status:
-        if status.group(1) in {"401", "403"}:
-            return f"access denied, check the S3 credentials ({detail})"
-        return detail
-    lowered = text.lower()
-    if "error sending request" in lowered or "connect" in lowered or "timed out" in lowered:
-        where = endpoint or "the S3 endpoint"
-        return f"cannot reach {where} ({_first_line(exc)})"
-    if detail:
-        return detail
-    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _consume_outcome(future: asyncio.Future[Any]) -> None:

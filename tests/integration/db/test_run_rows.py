@@ -1,4 +1,4 @@
-"""RunRepository: single runs and conditional updates, on SQLite and Postgres."""
+"""Single runs (db/run_rows.py): insert, get, conditional update, upsert; SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -276,3 +276,22 @@ async def _aiosqlite_threads_gone() -> None:
         if not any("_connection_worker_thread" in t.name for t in threading.enumerate()):
             return
         await asyncio.sleep(0.01)
+
+
+async def test_upsert_inserts_then_overwrites_every_column_but_the_leases(
+    repository: RunRepository, make_run: Callable[..., Run]
+) -> None:
+    """Reindex upserts rows from logs; who runs a job is not in its log (defect 9)."""
+    run = make_run(status=RunStatus.RUNNING, lease_owner="w1", summary={"a": 1})
+    await repository.upsert_run(run)
+    assert await repository.get_run(run.id) == run
+    rebuilt = run.evolve(
+        status=RunStatus.FAILED,
+        lease_owner=None,
+        summary=None,
+        completed_at=utcnow(),
+        event_count=42,
+        failure={"stage": "run", "code": "orphaned", "message": "no writer"},
+    )
+    await repository.upsert_run(rebuilt)
+    assert await repository.get_run(run.id) == rebuilt.evolve(lease_owner="w1")

@@ -1,0 +1,134 @@
+"""Worker leases: which worker executes a queued run, and until when.
+
+Part of :class:`runevents.db.repository.RunRepository` (a mixin, see
+``db/base.py``). A worker lease (``lease_owner``, ``lease_expires_at``) says
+which worker process runs a job; it is not the writer lease
+(``writer_leases.py``), which says who may write the run's log.
+:meth:`WorkerLeases.claim_queued` never hands one run to two workers
+(Postgres: ``FOR UPDATE SKIP LOCKED``; SQLite: one ``UPDATE`` under
+``BEGIN IMMEDIATE``, writers are serialized).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from runevents.db.base import NOT_ENDED_VALUES, RepositoryBase
+from runevents.db.rows import check_aware, from_row
+from runevents.db.tables import runs
+from runevents.exceptions import Conflict, RunNotFound
+from runevents.models import Run, RunStatus, utcnow
+
+
+class WorkerLeases(RepositoryBase):
+    """Claim, renew, release and reap the worker lease of runs."""
+
+    async def claim_queued(self, worker_id: str, lease_seconds: float) -> Run | None:
+        """Lease the oldest queued, non-external run that no live lease holds; None if none.
+
+        Never hands the same run to two concurrent callers. A queued run whose
+        lease expired (its worker died before starting it) is claimable again.
+        """
+        now = utcnow()
+        free = sa.or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now)
+        queued = runs.c.status == RunStatus.QUEUED.value
+        pick = (
+            sa.select(runs.c.id)
+            .where(queued, runs.c.external == sa.false(), free)
+            .order_by(runs.c.created_at, runs.c.id)
+            .limit(1)
+        )
+        if self._db.dialect == "postgresql":
+            # skip rows another claimer has locked instead of queueing behind it
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            runs.update()
+            .where(runs.c.id == pick.scalar_subquery(), queued, free)
+            .values(lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .returning(*runs.c)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else from_row(row)
+
+    async def claim_expired(self, run_id: str, worker_id: str, lease_seconds: float) -> Run | None:
+        """Take over the run's lease if it has expired and the run has not ended; else None.
+
+        Lets one reaper (of several) act on a run whose worker died.
+        """
+        now = utcnow()
+        stmt = (
+            runs.update()
+            .where(
+                runs.c.id == run_id,
+                runs.c.status.in_(NOT_ENDED_VALUES),
+                runs.c.lease_owner.is_not(None),
+                runs.c.lease_expires_at < now,
+            )
+            .values(lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .returning(*runs.c)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else from_row(row)
+
+    async def renew_lease(self, run_id: str, worker_id: str, lease_seconds: float) -> Run:
+        """Extend the lease ``worker_id`` holds on the run.
+
+        RunNotFound if there is no such run; Conflict if the worker no longer owns it.
+        """
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.lease_owner == worker_id)
+            .values(lease_expires_at=expires)
+            .returning(*runs.c)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            exists = row is not None or (
+                await conn.scalar(sa.select(runs.c.id).where(runs.c.id == run_id)) is not None
+            )
+        if row is not None:
+            return from_row(row)
+        if not exists:
+            raise RunNotFound(f"run {run_id} not found")
+        raise Conflict(f"worker {worker_id} no longer holds the lease on run {run_id}")
+
+    async def release_lease(self, run_id: str, worker_id: str) -> None:
+        """Drop the lease if ``worker_id`` still holds it (otherwise do nothing)."""
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.lease_owner == worker_id)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
+
+    async def expired_leases(self, now: datetime | None = None, *, limit: int = 100) -> list[Run]:
+        """Runs that have not ended and whose lease expired before ``now``, oldest expiry first."""
+        now = check_aware(now, "now") or utcnow()
+        stmt = (
+            runs.select()
+            .where(runs.c.lease_expires_at < now, runs.c.status.in_(NOT_ENDED_VALUES))
+            .order_by(runs.c.lease_expires_at, runs.c.id)
+            .limit(limit)
+        )
+        return await self._runs(stmt)
+
+    async def idle_external_runs(self, before: datetime, *, limit: int = 100) -> list[Run]:
+        """External runs not ended whose row has not changed since ``before``, oldest first."""
+        before = check_aware(before, "before") or utcnow()
+        stmt = (
+            runs.select()
+            .where(
+                runs.c.external.is_(True),
+                runs.c.status.in_(NOT_ENDED_VALUES),
+                runs.c.updated_at < before,
+            )
+            .order_by(runs.c.updated_at, runs.c.id)
+            .limit(limit)
+        )
+        return await self._runs(stmt)
