@@ -334,6 +334,47 @@ def test_property_console_batch_fold_equals_adding_one_by_one(
     assert batched.console_snippet == one_by_one.console_snippet
 
 
+#: batches of only plain console lines (four string fields): the fold counts them per
+#: name in C (RunSummaryBuilder._add_plain_console); many names, some past the cap,
+#: and now and then a line that is not plain (the batch then takes the loop)
+plain_lines = st.lists(
+    st.builds(
+        lambda message, stream, level: console(message, stream=stream, level=level),
+        st.text(alphabet="ab\u20ac\n", max_size=200),
+        st.sampled_from(["stdout", "stderr", "s1", "s2", "s3", "s" * 300, "s" * 301]),
+        st.sampled_from(["info", "error", "debug", "l" * 257, "l" * 258]),
+    ),
+    min_size=32,
+    max_size=100,
+)
+odd_line = st.sampled_from(
+    [
+        console("x", extra="y"),
+        ("console.line", ts(0), {"scope": "run", "stream": None, "level": "info", "message": "x"}),
+        ("console.line", ts(0), {"scope": "run", "stream": "stdout", "level": "info", "msg": "x"}),
+        ("console.line", ts(0), {"scope": 1, "stream": "stdout", "level": "info", "message": "x"}),
+        ("console.line", ts(0), ["not", "a", "dict"]),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(plain_lines, st.lists(odd_line, max_size=1), st.integers(0, 100), st.integers(1, 4))
+def test_property_plain_console_batch_equals_adding_one_by_one(
+    lines: list[Ev], odd: list[Ev], at: int, cap: int
+) -> None:
+    items = [*lines[:at], *odd, *lines[at:]]
+    batched = RunSummaryBuilder(max_entries=cap)
+    half = len(items) // 2
+    batched.add_events(events_of(items[:half]))
+    batched.add_events(events_of(items[half:]))
+    one_by_one = RunSummaryBuilder(max_entries=cap)
+    for item in items:
+        one_by_one.add(*item)
+    assert batched.build() == one_by_one.build()
+    assert batched.console_snippet == one_by_one.console_snippet
+
+
 @settings(max_examples=50, deadline=None)
 @given(mixed_events)
 def test_property_rebuild_from_the_stored_log_equals_the_live_fold(items: list[Ev]) -> None:
