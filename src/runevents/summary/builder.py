@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -41,18 +40,6 @@ SNIPPET_BYTES = 4096
 #: a run.completed ``failure`` / ``execution`` is kept as sent up to this many bytes of JSON
 _KEEP_AS_SENT_BYTES = 4096
 _FAILURE_KEYS = ("stage", "code", "message")
-#: a batch this long is first tried as plain console lines (RunSummaryBuilder._add_plain_console)
-_PLAIN_BATCH_MIN = 16
-_TYPE_OF = attrgetter("type")
-_PAYLOAD_OF = attrgetter("payload")
-_SCOPE_OF = itemgetter("scope")
-_STREAM_OF = itemgetter("stream")
-_LEVEL_OF = itemgetter("level")
-_MESSAGE_OF = itemgetter("message")
-_CONSOLE_ONLY = frozenset({"console.line"})
-_DICT_ONLY = frozenset({dict})
-_FOUR_ONLY = frozenset({4})
-_STR_ONLY = frozenset({str})
 _EXECUTION_KEYS = ("exit_code", "started_at", "completed_at", "duration_ms")
 
 _PHASE_TYPES: dict[str, tuple[str, bool]] = {
@@ -178,8 +165,6 @@ class RunSummaryBuilder:
         event) are counted inline and only the batch's last 4 KiB of messages
         reach the snippet.
         """
-        if len(events) >= _PLAIN_BATCH_MIN and self._add_plain_console(events):
-            return
         streams = self._by_stream.kept
         levels = self._by_level.kept
         messages: list[str] = []
@@ -232,45 +217,6 @@ class RunSummaryBuilder:
                 self._console_lines += lines
                 self._truncated += cut_lines
             self._keep_tail(messages)
-
-    def _add_plain_console(self, events: Sequence[Event]) -> bool:
-        """A batch of only plain console lines, counted in a few C calls; False if it is not.
-
-        Plain: type ``console.line``, a dict payload of exactly ``scope``,
-        ``stream``, ``level`` and ``message``, all strings -- what nearly every
-        producer batch is. Same result as the loop in :meth:`add_events`: the
-        kept names and their counts do not depend on the order they come in
-        (bounds.py), so counting each name once per batch is the same.
-        """
-        if set(map(_TYPE_OF, events)) != _CONSOLE_ONLY:
-            return False
-        payloads = list(map(_PAYLOAD_OF, events))
-        if set(map(type, payloads)) != _DICT_ONLY or set(map(len, payloads)) != _FOUR_ONLY:
-            return False
-        try:
-            scopes = list(map(_SCOPE_OF, payloads))
-            streams = list(map(_STREAM_OF, payloads))
-            levels = list(map(_LEVEL_OF, payloads))
-            messages = list(map(_MESSAGE_OF, payloads))
-        except KeyError:
-            return False  # four keys, but not these four
-        kinds = set(map(type, scopes))
-        kinds.update(map(type, streams), map(type, levels), map(type, messages))
-        if kinds != _STR_ONLY:
-            return False
-        for counts, names in ((self._by_stream, streams), (self._by_level, levels)):
-            kept = counts.kept
-            for name, n in Counter(names).items():
-                if name in kept:
-                    kept[name] += n
-                else:
-                    counts.add(cap_str(name), n)
-        lines = len(payloads)
-        self._total += lines
-        self._by_type.add("console.line", lines)
-        self._console_lines += lines
-        self._keep_tail(messages)
-        return True
 
     def _keep_tail(self, messages: list[str]) -> None:
         # Only a tail of more than SNIPPET_BYTES characters can reach the snippet.

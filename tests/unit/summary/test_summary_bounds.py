@@ -334,9 +334,8 @@ def test_property_console_batch_fold_equals_adding_one_by_one(
     assert batched.console_snippet == one_by_one.console_snippet
 
 
-#: batches of only plain console lines (four string fields): the fold counts them per
-#: name in C (RunSummaryBuilder._add_plain_console); many names, some past the cap,
-#: and now and then a line that is not plain (the batch then takes the loop)
+#: batches of console lines as producers send them (four string fields), many names,
+#: some past the cap, and now and then a line that is not plain
 plain_lines = st.lists(
     st.builds(
         lambda message, stream, level: console(message, stream=stream, level=level),
