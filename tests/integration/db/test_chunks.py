@@ -8,7 +8,7 @@ import pytest
 
 from runevents.db import RunRepository
 from runevents.db.chunks import ChunkRepository, StoredChunk
-from runevents.db.repository import insert_statement
+from runevents.db.run_rows import insert_statement
 from runevents.models import Run
 
 # the live tier exists only on Postgres (several machines share it)
