@@ -45,11 +45,17 @@ import aiohttp
 import orjson
 
 from common import (
+    BATCH,
+    COPY_TABLE,
+    CopySessions,
     Row,
+    create_run,
+    event_batches,
     failed_row,
     iter_console_events,
     main,
     pg_unreachable_reason,
+    producer_body,
     ratio,
     row,
     scratch_pg_database,
@@ -58,7 +64,6 @@ from common import (
 )
 
 SECTION = "Durability"
-BATCH = 1_000
 WS, CFG = "bench", "durable"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -141,30 +146,9 @@ def _server(data_dir: Path, fsync: str) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------- producers and COPY
 
-_TABLE = (
-    "CREATE TABLE IF NOT EXISTS {name} (run_id text NOT NULL, sequence bigint NOT NULL,"
-    " body jsonb NOT NULL, PRIMARY KEY (run_id, sequence))"
-)
-
-
-def _batches(n: int, seed: int) -> Iterator[list[dict[str, Any]]]:
-    events = iter_console_events(n, seed=seed)
-    while batch := list(itertools.islice(events, BATCH)):
-        yield batch
-
-
-def _body(batch: list[dict[str, Any]]) -> bytes:
-    dumps = orjson.dumps
-    return b"".join([dumps({"type": e["type"], "payload": e["payload"]}) + b"\n" for e in batch])
-
 
 async def _create_run(session: aiohttp.ClientSession) -> str:
-    async with session.post(
-        f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs", json={"external": True}
-    ) as r:
-        r.raise_for_status()
-        run_id = (await r.json())["run"]["id"]
-    return f"/api/v1/workspaces/{WS}/configurations/{CFG}/runs/{run_id}"
+    return await create_run(session, CFG, WS)
 
 
 async def _post(session: aiohttp.ClientSession, run_path: str, body: bytes) -> None:
@@ -189,15 +173,15 @@ async def _interleaved(url: str, dsn: str, n: int, synchronous_commit: str) -> t
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"SET synchronous_commit = {synchronous_commit}")
     table = f"one_{synchronous_commit}_{os.getpid()}"
-    await conn.execute(_TABLE.format(name=table))
+    await conn.execute(COPY_TABLE.format(name=table))
     ingest_s = copy_s = 0.0
     done = 0
     try:
         async with aiohttp.ClientSession(url) as session:
             run_path = await _create_run(session)
-            for batch in _batches(n, seed=1):
+            for batch in event_batches(n, seed=1):
                 start = time.perf_counter()
-                await _post(session, run_path, _body(batch))
+                await _post(session, run_path, producer_body(batch))
                 ingest_s += time.perf_counter() - start
                 start = time.perf_counter()
                 await _copy(conn, table, batch)
@@ -217,7 +201,7 @@ async def _eight_producers(url: str, per: int, *, one_run: bool) -> tuple[float,
     """8 producers at once (8 runs, or one): (events/s wall, fsyncs per batch)."""
     async with aiohttp.ClientSession(url) as session:
         paths = [await _create_run(session) for _ in range(1 if one_run else 8)]
-        bodies = [[_body(b) for b in _batches(per, seed=10 + i)] for i in range(8)]
+        bodies = [[producer_body(b) for b in event_batches(per, seed=10 + i)] for i in range(8)]
         before = await _fsyncs(session)
 
         async def produce(i: int) -> None:
@@ -234,28 +218,10 @@ async def _eight_producers(url: str, per: int, *, one_run: bool) -> tuple[float,
 
 
 async def _eight_copies(dsn: str, per: int) -> float:
-    """8 concurrent COPY sessions (synchronous_commit=on): events/s wall."""
-    import asyncpg
-
-    conns = [await asyncpg.connect(dsn) for _ in range(8)]
-    try:
-        tables = []
-        for i, conn in enumerate(conns):
-            table = f"eight_{i}_{os.getpid()}_{time.monotonic_ns()}"
-            await conn.execute(_TABLE.format(name=table))
-            tables.append(table)
-        batches = [list(_batches(per, seed=10 + i)) for i in range(8)]
-
-        async def copy(i: int) -> None:
-            for batch in batches[i]:
-                await _copy(conns[i], tables[i], batch)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(copy(i) for i in range(8)))
-        return 8 * per / (time.perf_counter() - start)
-    finally:
-        for conn in conns:
-            await conn.close()
+    """8 concurrent COPY sessions (synchronous_commit=on) of the 8 producers' events:
+    events/s wall (rows encoded before the clock starts, as the producers' bodies are)."""
+    async with CopySessions(dsn, [10 + i for i in range(8)], per) as copies:
+        return copies.events / await copies.run()
 
 
 # ---------------------------------------------------------------------------- completing a big run
@@ -269,7 +235,7 @@ async def _big_completion(url: str, big_bytes: int) -> list[Row]:
         _progress(f"building a {big_bytes >> 20} MiB run ({n:,} events)")
         events = iter_console_events(n, seed=3)
         while batch := list(itertools.islice(events, 2 * BATCH)):
-            await _post(session, big, _body(batch))
+            await _post(session, big, producer_body(batch))
         live = await _create_run(session)
         latencies: list[tuple[float, float]] = []  # (sent at, latency)
         stop = asyncio.Event()
