@@ -1,11 +1,12 @@
 """The event log engine: one append-only NDJSON log per run on top of a :class:`LogStore`.
 
 :class:`EventLog` is the facade the manager and the API use. Its parts, one
-concept per module: ``writer`` (the single writer, buffering, flush policy,
-write failures), ``recovery`` (torn tails after a crash), ``index`` (the
-sparse sequence -> offset sidecar), ``reader`` (streaming chunks of whole
-lines), ``tail`` (live fan-out), ``compressed`` / ``compaction`` (zstd frames),
-``locate`` (which form of a log to read).
+concept per module: ``opening`` (a writer's directories, lock and recovery),
+``writer`` (the single writer; ``group_commit`` makes its buffer durable,
+``write_failure`` says what happens when that fails), ``recovery`` (torn tails
+after a crash), ``index`` (the sparse sequence -> offset sidecar), ``reader``
+(streaming chunks of whole lines), ``tail`` (live fan-out), ``compressed`` /
+``compaction`` (zstd frames), ``locate`` (which form of a log to read).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from runevents.eventlog import compaction, sealing
+from runevents.eventlog import compaction, opening, sealing
 from runevents.eventlog.compressed import FRAME_BYTES, LEVEL, StepHook, read_compressed
 from runevents.eventlog.files import DEFAULT_OPS, FileOps, WriterLock, last_line
-from runevents.eventlog.index import EVERY_BYTES, EVERY_EVENTS, SparseIndex, build_index
+from runevents.eventlog.index import EVERY_BYTES, EVERY_EVENTS, build_index
 from runevents.eventlog.locate import (
     CompressedLog,
     Keys,
@@ -31,13 +32,6 @@ from runevents.eventlog.locate import (
     open_any,
 )
 from runevents.eventlog.reader import Cursor, StaleIndex, iter_lines
-from runevents.eventlog.recovery import (
-    MarkerLine,
-    Recovered,
-    recover_index,
-    recover_log,
-    recovered_payload,
-)
 from runevents.eventlog.tail import Tail, read_behind, take
 from runevents.eventlog.types import (
     Chunk,
@@ -47,17 +41,9 @@ from runevents.eventlog.types import (
     SealInfo,
 )
 from runevents.eventlog.writer import RunWriter, WriterConfig
-from runevents.events import (
-    RUN_COMPLETED_PREFIX,
-    Event,
-    encode_batch,
-    mark_unit_end,
-    utc_timestamp,
-)
+from runevents.events import RUN_COMPLETED_PREFIX
 from runevents.exceptions import StorageError, WriterBusy
-from runevents.ids import new_ulid
 from runevents.logstore.base import LogStore
-from runevents.logstore.local import fsync_dir
 from runevents.notify import Notifier
 
 __all__ = [
@@ -166,93 +152,27 @@ class EventLog:
         there, so recovery only ever runs for the owner. ``atomic`` picks the
         failure policy (see ``writer``). For a log that already ended
         (run.completed, or sealed/compacted away from the live file) the writer
-        opens but ``prepare`` raises RunEnded.
+        opens but ``prepare`` raises RunEnded. The steps are in ``opening.py``.
         """
         keys = self.keys(ref)
         if keys.log in self._writers:
             raise WriterBusy(f"this process already holds the writer of run {ref.run_id}")
-        try:
-            created = _make_dirs(keys.live.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot create {keys.live.parent}: {exc}") from exc
-        for directory in created:
-            # new directories' entries, from the top: each must be durable in its parent
-            fsync_dir(directory.parent)
-        lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
-        try:
-            if before_recovery is not None:
-                await before_recovery()
-            writer = await self._open_locked(ref, keys, lock, source, atomic, checkpoint, mark_cuts)
-        except BaseException:
-            lock.release()
-            raise
-        self._writers[keys.log] = writer
-        return writer
-
-    async def _open_locked(
-        self,
-        ref: RunRef,
-        keys: Keys,
-        lock: WriterLock,
-        source: str,
-        atomic: bool,
-        checkpoint: tuple[int, int] | None,
-        mark_cuts: bool = False,
-    ) -> RunWriter:
-        common: dict[str, Any] = {
+        # the writer's ties to this facade: publish to the tails, forget it when closed
+        options: dict[str, Any] = {
             "source": source,
             "atomic": atomic,
             "path": keys.live,
             "index_path": keys.live_index,
-            "lock": lock,
             "config": self.config,
             "ops": self.file_ops,
             "on_visible": self._on_visible,
             "on_close": self._on_writer_closed,
             "watched": self._watched,
         }
-        if not keys.live.exists():
-            stats = await sealing.stored_stats(self, keys)
-            if stats is not None:
-                # sealed and uploaded, or compacted: the run is over, write nothing
-                return RunWriter(
-                    ref,
-                    fd=None,
-                    index_fd=None,
-                    index=build_index([])[0],
-                    offset=0,
-                    last_sequence=stats.event_count,
-                    ended=True,
-                    **common,
-                )
-        try:
-            new = not keys.live.exists()
-            fd = os.open(keys.live, os.O_RDWR | os.O_CREAT, 0o644)
-            if new:
-                # the new file's name must survive a crash before it is first acknowledged
-                # (durability issue, defect 10): its directory entry is synced now
-                fsync_dir(keys.live.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot open {keys.live}: {exc}") from exc
-        try:
-            recovered, (index, index_fd) = await _off_loop_if_large(
-                fd, _recover, fd, keys, ref.run_id, self.config.index_every_bytes, checkpoint,
-                _marker(ref) if mark_cuts else None,
-            )  # fmt: skip
-        except BaseException:
-            os.close(fd)
-            raise
-        writer = RunWriter(
-            ref,
-            fd=fd,
-            index_fd=index_fd,
-            index=index,
-            offset=recovered.end,
-            last_sequence=recovered.last_sequence,
-            ended=recovered.ended,
-            **common,
+        writer = await opening.open_writer(
+            self, ref, keys, options, checkpoint, before_recovery, mark_cuts
         )
-        writer.recovered = recovered_payload(recovered)
+        self._writers[keys.log] = writer
         return writer
 
     def _on_visible(
@@ -502,66 +422,3 @@ class EventLog:
     def writer_open(self, ref: RunRef) -> bool:
         """Whether this process holds the run's writer."""
         return self.keys(ref).log in self._writers
-
-
-def _marker(ref: RunRef) -> MarkerLine:
-    """The ``log.recovered`` line recovery writes at a cut (one unit, a fresh event id)."""
-
-    def line(sequence: int, payload: dict[str, Any]) -> bytes:
-        event = Event(
-            type="log.recovered",
-            event_id=f"evt_{new_ulid()}{sequence}",
-            created_at=utc_timestamp(),
-            sequence=sequence,
-            source="server",
-            workspace_id=ref.workspace_id,
-            configuration_id=ref.configuration_id,
-            run_id=ref.run_id,
-            build_id=None,
-            payload=payload,
-        )
-        return mark_unit_end(encode_batch([event]))
-
-    return line
-
-
-def _make_dirs(path: Path) -> list[Path]:
-    """``mkdir -p path``; returns the directories it created, outermost first."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-    return list(reversed(missing))
-
-
-#: files up to this size are recovered on the event loop (a few small reads);
-#: larger ones in a thread (a torn tail may take longer to find and move)
-INLINE_RECOVERY_BYTES = 1024 * 1024
-
-T = TypeVar("T")
-
-
-async def _off_loop_if_large(fd: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` inline for a small file, in a thread for a large one.
-
-    Opening a run's writer is on the path of every run; a thread hop costs
-    more than recovering a small, clean log.
-    """
-    if os.fstat(fd).st_size <= INLINE_RECOVERY_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
-
-
-def _recover(
-    fd: int,
-    keys: Keys,
-    run_id: str,
-    every_bytes: int,
-    checkpoint: tuple[int, int] | None,
-    marker: MarkerLine | None,
-) -> tuple[Recovered, tuple[SparseIndex, int | None]]:
-    recovered = recover_log(fd, keys.live, run_id, checkpoint, marker)
-    return recovered, recover_index(fd, keys.live_index, recovered.end, every_bytes)

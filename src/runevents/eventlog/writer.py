@@ -8,23 +8,13 @@ without writing; ``commit`` encodes them into the append buffer and returns a
 no reader ever sees an event that a crash could take back -- a client holding
 ``Last-Event-ID: N`` can never be handed a different event N later.
 
-Durability is a group commit: one ``pwrite`` + one ``fsync`` covers every
-commit buffered when it starts; syncs that arrive while an fsync is in flight
-wait for it and share the next one.
-
-Two failure policies, fixed per writer (see ARCHITECTURE.md, failure table):
-
-- ``atomic=True`` (producer ingest, server events): a failed write or fsync
-  cuts the file back to the last durable offset and *rolls back* every commit
-  that was not durable yet -- their sequences are handed out again and every
-  waiting ``sync`` raises ``StorageError`` (the API answers 503). Nothing that
-  was not acknowledged is ever in the log unless it is sent again.
-- ``atomic=False`` (an executor's console lines, which nobody was promised):
-  the bytes stay buffered (up to ``max_buffer_bytes``) and are retried with
-  backoff; ``degraded`` says so. When the buffer is full, new drafts are
-  dropped in ``prepare`` -- before they get a sequence -- and counted (a final
-  ``run.completed`` is never dropped). ``sync`` still raises on a failed
-  attempt, so a completion knows it is not durable yet.
+The writer is one object in three modules, one concept each: this one numbers,
+encodes and buffers (``prepare`` / ``commit``, the hot path of every batch) and
+owns the writer's state and lifecycle; ``group_commit.py`` makes the buffer
+durable (one ``pwrite`` + one ``fsync`` per group, ``sync`` / ``flush``);
+``write_failure.py`` holds the two failure policies -- ``atomic=True`` rolls
+back what was not durable, ``atomic=False`` keeps it and retries (see
+ARCHITECTURE.md, failure table).
 
 Every commit unit ends its last line with ``b" \\n"`` (``events.UNIT_END``):
 recovery cuts the whole lines of a unit that was not written whole.
@@ -41,13 +31,13 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from runevents import metrics
 from runevents.eventlog.files import DEFAULT_OPS, FileOps, WriterLock
+from runevents.eventlog.group_commit import Fence, GroupCommit, Ship, VisibleHook
 from runevents.eventlog.index import (
     EVERY_BYTES,
     EVERY_EVENTS,
@@ -56,6 +46,7 @@ from runevents.eventlog.index import (
     batch_records,
 )
 from runevents.eventlog.types import RunRef
+from runevents.eventlog.write_failure import RETRY_MIN, Ticket
 from runevents.events import (
     RUN_COMPLETED,
     Event,
@@ -75,22 +66,23 @@ from runevents.exceptions import (
 )
 from runevents.ids import new_ulid
 
+# the write path's names, importable from here wherever they are defined
+__all__ = [
+    "FLUSH_BYTES",
+    "Fence",
+    "FsyncMode",
+    "RunWriter",
+    "Ship",
+    "Ticket",
+    "VisibleHook",
+    "WriterConfig",
+]
+
 log = logging.getLogger(__name__)
 
 FsyncMode = Literal["never", "flush", "batch"]
 #: flush once this many bytes are buffered, whatever the event count
 FLUSH_BYTES = 1024 * 1024
-#: retry backoff after a failed write (seconds)
-RETRY_MIN, RETRY_MAX = 0.05, 2.0
-
-#: called with (writer, start offset, bytes, first sequence, last sequence) when bytes become
-#: visible; the data object must not be kept
-VisibleHook = Callable[["RunWriter", int, bytes, int, int], None]
-#: awaited before every write: raises WriterFenced when this process no longer owns the run
-Fence = Callable[[], Awaitable[None]]
-#: awaited with (start offset, bytes, first sequence, last sequence) of each write before it
-#: counts as durable; raises WriterFenced (lost the run) or StorageError (not stored)
-Ship = Callable[[int, bytes, int, int], Awaitable[None]]
 
 
 def _refuse(draft: EventDraft, line: int, is_last: bool) -> None:
@@ -120,15 +112,7 @@ class WriterConfig:
     index_every_events: int = EVERY_EVENTS
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """What ``sync`` needs to know a commit became durable: its end and the rollback era."""
-
-    end: int
-    era: int
-
-
-class RunWriter:
+class RunWriter(GroupCommit):
     """Appends events to one run's log. Obtain one from ``EventLog.open_writer``."""
 
     def __init__(
@@ -251,11 +235,6 @@ class RunWriter:
     def pending_events(self) -> int:
         """Committed events not yet durable."""
         return self.last_sequence - self._durable_sequence
-
-    @property
-    def buffer_full(self) -> bool:
-        """Writes are failing and the buffer is full: :meth:`prepare` would drop drafts now."""
-        return self._failing and len(self._buf) >= self.config.max_buffer_bytes
 
     @property
     def closed(self) -> bool:
@@ -397,224 +376,6 @@ class RunWriter:
             else:
                 await self.flush_if_due()
         return events
-
-    async def flush_if_due(self) -> None:
-        """Flush now if the policy says so (count, bytes, run.completed) after a commit."""
-        if self._due:
-            self._due = False
-            await self.flush()
-
-    # ------------------------------------------------------------------ durability
-    async def sync(self, ticket: Ticket | None = None) -> None:
-        """Return once the commit of ``ticket`` (default: everything committed) is durable.
-
-        Raises StorageError if the write or fsync failed (atomic: the commit was
-        rolled back and will never appear) or WriterFenced if this process lost
-        the run. Concurrent calls share one write + fsync (group commit).
-        """
-        if ticket is None:
-            ticket = Ticket(self._durable + len(self._buf), self._era)
-        while True:
-            if ticket.era != self._era:
-                if ticket.end <= self._rollbacks[ticket.era]:
-                    return  # it was durable before a later commit failed
-                raise StorageError(
-                    f"the log of run {self.ref.run_id} could not be written "
-                    f"({self.last_error}); the batch was not stored"
-                )
-            if self._durable >= ticket.end:
-                return
-            self._check_open()
-            async with self._flush_lock:
-                if ticket.era != self._era or self._durable >= ticket.end:
-                    continue
-                error = await self._flush_locked()
-                if error is not None:
-                    raise StorageError(
-                        f"the log of run {self.ref.run_id} could not be written: {error}"
-                    )
-
-    async def flush(self) -> None:
-        """Try to make everything committed durable now; a failure is kept for retry
-        (non-atomic) or rolled back (atomic), never raised (see :meth:`sync`)."""
-        if self._closed or self.broken is not None or not self._buf:
-            return
-        async with self._flush_lock:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> OSError | None:
-        """One group commit of the whole buffer. Caller holds ``_flush_lock``."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        buf = self._buf
-        if not buf or self._fd is None:
-            return None
-        if self.fence is not None:
-            try:
-                await self.fence()
-            except WriterFenced as exc:
-                self._break(str(exc))
-                raise
-            except StorageError as exc:
-                # the database is away: ownership cannot be proven, so nothing is
-                # written now -- a failed attempt like any other (rolled back, or
-                # kept and retried), never an exception into the executor
-                error = OSError(5, f"cannot prove the writer lease: {exc.message}")
-                self._on_failure(error, None)
-                return error
-        n = len(buf)
-        start = self._durable
-        last = self.last_sequence
-        ended = self.ended
-        ship = self.ship
-        try:
-            self._write_all(buf, n, start)
-            self.bytes_written = max(self.bytes_written, start + n)
-            if ship is None and self._fsync:
-                await asyncio.to_thread(self._ops.fsync, self._fd)
-        except OSError as exc:
-            self._on_failure(exc, start)
-            return exc
-        data = bytes(buf[:n])
-        if ship is not None:
-            # the local file is a cache; the shared tier's commit is the durable step
-            try:
-                await ship(start, data, self._durable_sequence + 1, last)
-            except WriterFenced as exc:
-                self._on_failure(OSError(5, str(exc)), start)
-                self._break(str(exc))
-                raise
-            except Exception as exc:  # the database is away, or refused the chunk
-                reason = exc.message if isinstance(exc, StorageError) else repr(exc)
-                error = OSError(5, f"the shared live tier did not store the write: {reason}")
-                self._on_failure(error, start)
-                return error
-        # durable: advance, publish, and keep what was committed during the fsync
-        # (``n`` and ``last`` were taken together, at a unit boundary)
-        del buf[:n]
-        end = start + n
-        first = self._durable_sequence + 1
-        last_durable, ended_durable = last, ended
-        entries = [r for r in self._pending_index if r[1] < end]
-        self._pending_index = self._pending_index[len(entries) :]
-        self._write_index(entries)
-        if entries:
-            self._idx_durable = entries[-1]
-        self._durable = end
-        self._durable_sequence = last_durable
-        self._durable_ended = ended_durable
-        if self._failing:
-            self._failing = False
-            self._retry_delay = RETRY_MIN
-            log.warning("run %s: log writes work again", self.ref.run_id)
-        metrics.events_appended(last_durable - first + 1)  # metrics hook (per flush)
-        units, fold = self._units, self.on_durable
-        while units and units[0][-1].sequence <= last_durable:
-            unit = units.popleft()
-            if fold is not None:
-                fold(unit)
-        if self._on_visible is not None:
-            self._on_visible(self, start, data, first, last_durable)
-        return None
-
-    def _write_all(self, buf: bytearray, n: int, start: int) -> None:
-        assert self._fd is not None
-        done = 0
-        while done < n:
-            # No memoryview: an export kept alive by a traceback would make the
-            # buffer impossible to grow, and the remainder copy is the rare path.
-            data = buf if (done == 0 and n == len(buf)) else buf[done:n]
-            written = self._ops.pwrite(self._fd, data, start + done)
-            if written <= 0:
-                raise OSError(5, "the write made no progress")
-            done += written
-
-    def _on_failure(self, exc: OSError, start: int | None) -> None:
-        """A write or fsync failed: cut the file back to the durable end (``start``; None:
-        nothing was written), then roll back (atomic) or keep the buffer for a retry."""
-        self.write_errors += 1
-        self.last_error = exc
-        first_failure = not self.degraded
-        self.degraded = True
-        if start is not None:
-            try:
-                self._ops.ftruncate(self._fd, start)  # type: ignore[arg-type]
-                self.bytes_written = start
-            except OSError as cut:
-                # the file holds bytes nobody acknowledged: nothing more is written until
-                # they are cut (retry_cut), and a reopen's recovery must not keep them
-                self._cut_pending = start
-                self._break(
-                    f"the log of run {self.ref.run_id} cannot be cut back after a failed "
-                    f"write: {cut}"
-                )
-        if self.atomic:
-            dropped = self.last_sequence - self._durable_sequence
-            self._buf = bytearray()
-            self._units.clear()
-            self._pending_index = []
-            self._idx_seq, self._idx_off = self._idx_durable
-            self.last_sequence = self._durable_sequence
-            self.ended = self._durable_ended
-            self._rollbacks.append(self._durable)
-            self._era += 1
-            log.warning(
-                "run %s: log write failed (%s); %d events not stored (their producers get 503)",
-                self.ref.run_id, exc, dropped,
-            )  # fmt: skip
-        else:
-            self._failing = True
-            if self._retry is None and not self._closed:
-                self._retry = self._loop.call_later(self._retry_delay, self._on_retry)
-                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
-            log.warning(
-                "run %s: log write failed (%s); %d events (%d bytes) kept for retry",
-                self.ref.run_id, exc, self.pending_events, len(self._buf),
-            )  # fmt: skip
-        if first_failure and self.on_degraded is not None:
-            try:
-                self.on_degraded(self)
-            except Exception:
-                log.exception("run %s: on_degraded callback failed", self.ref.run_id)
-
-    def retry_cut(self) -> bool:
-        """A writer broken because a failed write could not be cut back: try the cut again
-        (the bytes after the durable end were never acknowledged). True if it works now."""
-        if self.broken is None or self._cut_pending is None or self._fd is None:
-            return self.broken is None
-        try:
-            self._ops.ftruncate(self._fd, self._cut_pending)
-            self._ops.fsync(self._fd)
-        except OSError:
-            return False
-        self.bytes_written = self._cut_pending
-        self._cut_pending = None
-        self.broken = None
-        log.warning("run %s: the failed write is cut back now", self.ref.run_id)
-        return True
-
-    def _break(self, reason: str) -> None:
-        if self.broken is None:
-            self.broken = reason
-            log.error("run %s: %s", self.ref.run_id, reason)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._background_flush()
-
-    def _on_retry(self) -> None:
-        self._retry = None
-        self._background_flush()
-
-    def _background_flush(self) -> None:
-        task = self._loop.create_task(self._flush_quietly())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush_quietly(self) -> None:
-        with contextlib.suppress(WriterFenced):
-            await self.flush()
 
     def _write_index(self, entries: list[tuple[int, int]]) -> None:
         for sequence, offset in entries:

@@ -60,12 +60,12 @@ Bounds (contract 2.1: at most 256 KiB; issue 13 defect 3):
 """
 
 from runevents.summary.builder import (
-    SNIPPET_BYTES,
     SUMMARY_SCHEMA,
     RunSummaryBuilder,
     run_fields,
     summarize_lines,
 )
+from runevents.summary.snippet import SNIPPET_BYTES
 from runevents.summary.telemetry import SEVERITY_RANK
 
 __all__ = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from runevents.summary.bounds import (
     json_size,
 )
 from runevents.summary.phases import Phases
+from runevents.summary.snippet import ConsoleSnippet
 from runevents.summary.tables import Tables, ValidationSums
 from runevents.summary.telemetry import (
     Malformed,
@@ -35,8 +35,6 @@ from runevents.summary.telemetry import (
 )
 
 SUMMARY_SCHEMA = "runevents.run_summary/v1"
-#: cap of ``console_snippet`` (bytes of UTF-8), the contract's "at most 4 KiB"
-SNIPPET_BYTES = 4096
 #: a run.completed ``failure`` / ``execution`` is kept as sent up to this many bytes of JSON
 _KEEP_AS_SENT_BYTES = 4096
 _FAILURE_KEYS = ("stage", "code", "message")
@@ -115,10 +113,8 @@ class RunSummaryBuilder:
         self._truncated = 0
         #: secret replacements recorded in the events (``payload.masked``, see masking.py)
         self._masked = 0
-        #: the latest console messages: just enough to fill SNIPPET_BYTES of UTF-8
-        self._snippet: deque[str] = deque()
-        #: characters in _snippet, counting one per joining newline
-        self._snippet_chars = 0
+        #: the latest console messages: just enough to fill 4 KiB of UTF-8
+        self._snippet = ConsoleSnippet()
         self._phases = Phases(max_entries)
         self._tables = Tables(max_entries)
         self._validation_summary: ValidationSums | None = None
@@ -216,17 +212,7 @@ class RunSummaryBuilder:
                 self._by_type.add("console.line", lines)
                 self._console_lines += lines
                 self._truncated += cut_lines
-            self._keep_tail(messages)
-
-    def _keep_tail(self, messages: list[str]) -> None:
-        # Only a tail of more than SNIPPET_BYTES characters can reach the snippet.
-        start = len(messages)
-        chars = 0
-        while start > 0 and chars <= SNIPPET_BYTES:
-            start -= 1
-            chars += len(messages[start]) + 1
-        for message in messages[start:]:
-            self._keep_console(message)
+            self._snippet.keep_tail(messages)
 
     def add_line(self, line: bytes) -> None:
         """Reduce one NDJSON envelope line; blank lines are skipped.
@@ -258,7 +244,7 @@ class RunSummaryBuilder:
         twin._by_type = self._by_type.copy()
         twin._by_stream = self._by_stream.copy()
         twin._by_level = self._by_level.copy()
-        twin._snippet = deque(self._snippet)
+        twin._snippet = self._snippet.copy()
         twin._phases = self._phases.copy()
         twin._tables = self._tables.copy()
         # _validation_summary is replaced, never changed, once built; _last_error and
@@ -314,7 +300,7 @@ class RunSummaryBuilder:
     def _on_console_line(self, created_at: str | None, payload: Any) -> None:
         message = self._count_console(payload)
         if message is not None:
-            self._keep_console(message)
+            self._snippet.keep(message)
 
     def _count_console(self, payload: Any) -> str | None:
         """Count one console.line; its message (None if none). The hot path: checks inlined."""
@@ -390,37 +376,16 @@ class RunSummaryBuilder:
         opt_str(body, "phase")
         self._last_error = error
 
-    def _keep_console(self, message: str) -> None:
-        # Count characters, not bytes, to avoid encoding every line: a character
-        # is at least one UTF-8 byte, so messages are only dropped once the ones
-        # after them certainly fill the byte window. Encoding happens on read.
-        if len(message) >= SNIPPET_BYTES:
-            # This message alone fills the window: everything before it is out.
-            self._snippet.clear()
-            self._snippet_chars = 0
-            message = message[-SNIPPET_BYTES:]
-        elif self._snippet:
-            self._snippet_chars += 1  # the "\n" joining it to the previous message
-        self._snippet.append(message)
-        self._snippet_chars += len(message)
-        snippet = self._snippet
-        while len(snippet) > 1 and self._snippet_chars - len(snippet[0]) - 1 >= SNIPPET_BYTES:
-            self._snippet_chars -= len(snippet.popleft()) + 1
-
     # -- output -------------------------------------------------------------------
 
     @property
     def console_snippet(self) -> str:
         """Tail of the console output (messages joined by ``\\n``), at most 4096 bytes of UTF-8.
 
-        Cut on a character boundary at the start, so it may be a few bytes shorter.
+        Cut on a character boundary at the start, so it may be a few bytes shorter
+        (``summary/snippet.py``).
         """
-        # "replace": a str may hold a lone surrogate, which UTF-8 cannot encode.
-        tail = "\n".join(self._snippet).encode("utf-8", "replace")[-SNIPPET_BYTES:]
-        start = 0
-        while start < len(tail) and tail[start] & 0xC0 == 0x80:  # UTF-8 continuation byte
-            start += 1
-        return tail[start:].decode("utf-8")
+        return self._snippet.text
 
     def build(self) -> dict[str, Any]:
         """The run summary (contract section 2.1) of the events added so far, at most 256 KiB."""

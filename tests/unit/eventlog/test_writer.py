@@ -1,18 +1,12 @@
-"""The single writer: sequences, envelopes, flush policy, fsync modes, the lock."""
+"""The single writer: sequences, envelopes, its index, the lock (flushing: test_group_commit)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from runevents.eventlog import EventLog, RunRef
-from runevents.eventlog.files import FileOps
 from runevents.eventlog.index import HEADER, RECORD, line_sequence
 from runevents.events import EventDraft, encode_event, mark_unit_end
 from runevents.exceptions import (
@@ -21,9 +15,7 @@ from runevents.exceptions import (
     PayloadTooLarge,
     RunEnded,
     StorageError,
-    WriterBusy,
 )
-from runevents.ids import new_run_id
 from runevents.logstore import LogStore
 from tests.unit.eventlog.conftest import MakeLog
 from tests.unit.eventlog.helpers import completed, drafts, read_sequences
@@ -167,122 +159,6 @@ async def test_reopening_continues_the_sequence_with_new_event_ids(
     assert await read_sequences(log, ref) == [1, 2, 3, 4, 5]
 
 
-# -- flush policy -----------------------------------------------------------------------
-
-
-async def visible(log: EventLog, ref: RunRef) -> int:
-    return len(await read_sequences(log, ref))
-
-
-async def test_events_are_buffered_until_flush_events(
-    store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    log = make_log(store, flush_events=3, flush_interval_ms=60_000)
-    writer = await log.open_writer(ref)
-    await writer.append(drafts(1))
-    await writer.append(drafts(1))
-    assert await visible(log, ref) == 0
-    await writer.append(drafts(1))
-    assert await visible(log, ref) == 3
-    await writer.append(drafts(1))
-    await writer.flush()
-    assert await visible(log, ref) == 4
-    await writer.close()
-
-
-async def test_the_interval_flushes_a_quiet_buffer(
-    store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    log = make_log(store, flush_events=1000, flush_interval_ms=20)
-    writer = await log.open_writer(ref)
-    await writer.append(drafts(2))
-    assert await visible(log, ref) == 0
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if await visible(log, ref) == 2:
-            break
-    assert await visible(log, ref) == 2
-    await writer.close()
-
-
-async def test_run_completed_and_close_flush_at_once(
-    store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    log = make_log(store, flush_events=1000, flush_interval_ms=60_000)
-    writer = await log.open_writer(ref)
-    await writer.append(drafts(2))
-    await writer.append([completed()])
-    assert await visible(log, ref) == 3
-    await writer.close()
-
-    other = RunRef(ref.workspace_id, ref.configuration_id, new_run_id())
-    writer = await log.open_writer(other)
-    await writer.append(drafts(2))
-    await writer.close()
-    assert await visible(log, other) == 2
-
-
-class CountingOps(FileOps):
-    """Counts the system calls of the write path."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.fsyncs = 0
-
-    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        self.writes += 1
-        return super().pwrite(fd, data, offset)
-
-    def fsync(self, fd: int) -> None:
-        self.fsyncs += 1
-        super().fsync(fd)
-
-
-@pytest.mark.parametrize(
-    ("mode", "writes", "fsyncs"), [("never", 2, 0), ("flush", 2, 2), ("batch", 2, 2)]
-)
-async def test_fsync_modes(
-    local_store: LogStore, make_log: MakeLog, ref: RunRef, mode: str, writes: int, fsyncs: int
-) -> None:
-    ops = CountingOps()
-    log = make_log(local_store, flush_events=3, flush_interval_ms=60_000, fsync=mode, file_ops=ops)
-    writer = await log.open_writer(ref)
-    for _ in range(5):
-        await writer.append(drafts(1))  # 5 appends: one policy flush at 3, one at close
-    await writer.close()
-    assert (ops.writes, ops.fsyncs) == (writes, fsyncs)
-    assert await read_sequences(log, ref) == [1, 2, 3, 4, 5]
-
-
-async def test_a_whole_batch_is_one_write(
-    local_store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    ops = CountingOps()
-    log = make_log(local_store, file_ops=ops)
-    writer = await log.open_writer(ref)
-    await writer.append(drafts(400))
-    await writer.flush()
-    assert ops.writes == 1
-    await writer.close()
-
-
-async def test_background_flushes_interleave_safely_with_commits(
-    store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    """fsync=flush: the timer's flush awaits an fsync while commits keep coming."""
-    log = make_log(store, flush_events=7, flush_interval_ms=1, fsync="flush")
-    writer = await log.open_writer(ref)
-
-    async def producer(n: int) -> None:
-        for _ in range(n):
-            await writer.append(drafts(1))
-            await asyncio.sleep(0)
-
-    await asyncio.gather(*(producer(40) for _ in range(5)))
-    await writer.close()
-    assert await read_sequences(log, ref) == list(range(1, 201))
-
-
 # -- the index the writer maintains ----------------------------------------------------
 
 
@@ -303,67 +179,6 @@ async def test_the_writer_keeps_the_index_sidecar_current(
     for sequence, offset in records:
         assert data[offset - 1 : offset] == b"\n"
         assert line_sequence(data[offset : data.index(b"\n", offset) + 1]) == sequence
-    await writer.close()
-
-
-# -- the lock ----------------------------------------------------------------------------
-
-
-async def test_a_second_writer_in_this_process_is_refused(log: EventLog, ref: RunRef) -> None:
-    writer = await log.open_writer(ref)
-    with pytest.raises(WriterBusy):
-        await log.open_writer(ref)
-    await writer.close()
-    again = await log.open_writer(ref)
-    await again.close()
-
-
-async def test_two_event_logs_on_the_same_files_exclude_each_other(
-    local_store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    writer = await make_log(local_store).open_writer(ref)
-    with pytest.raises(WriterBusy, match=f"pid {os.getpid()}"):
-        await make_log(local_store).open_writer(ref)
-    await writer.close()
-
-
-HOLDER = textwrap.dedent(
-    """
-    import asyncio, sys
-    from pathlib import Path
-    from runevents.eventlog import EventLog, RunRef
-    from runevents.logstore import open_log_store
-
-    async def main():
-        log = EventLog(open_log_store(sys.argv[1]), spool_dir=Path(sys.argv[2]))
-        writer = await log.open_writer(RunRef("acme", "etl", sys.argv[3]))
-        await writer.append([])
-        print("ready", flush=True)
-        await asyncio.sleep(60)
-
-    asyncio.run(main())
-    """
-)
-
-
-async def test_a_writer_in_another_process_is_refused_until_it_dies(
-    tmp_path: Path, local_store: LogStore, make_log: MakeLog, ref: RunRef
-) -> None:
-    child = subprocess.Popen(  # noqa: ASYNC220  (the child must hold the lock while we try)
-        [sys.executable, "-c", HOLDER, local_store.url, str(tmp_path / "spool"), ref.run_id],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[3],
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == b"ready"
-        with pytest.raises(WriterBusy, match=f"pid {child.pid}"):
-            await make_log(local_store).open_writer(ref)
-    finally:
-        child.kill()
-        child.wait()
-    # the kernel dropped the dead process's lock
-    writer = await make_log(local_store).open_writer(ref)
     await writer.close()
 
 
@@ -395,52 +210,3 @@ async def test_the_index_file_appears_with_its_first_record(
     assert keys.live_index.read_bytes().startswith(HEADER)
     await writer.close()
     assert await read_sequences(log, ref, 5) == list(range(6, 13))
-
-
-async def test_a_writer_on_a_sealed_or_compacted_log_writes_nothing(
-    log: EventLog, ref: RunRef
-) -> None:
-    writer = await log.open_writer(ref)
-    await writer.append([*drafts(4), completed()])
-    await writer.close()
-    await log.seal(ref)
-    await log.compact(ref)
-    await log.drop_plain(ref)  # now only the compressed form is stored
-    late = await log.open_writer(ref)  # e.g. the manager finishing an orphan
-    assert late.ended and late.last_sequence == 5
-    with pytest.raises(RunEnded):
-        late.prepare(drafts(1))
-    await late.close()
-    assert not log.keys(ref).live.exists()  # no new, empty plain log next to it
-    assert (await log.stats(ref)).form == "compressed"
-
-
-async def test_new_log_files_and_directories_are_synced_before_the_first_ack(
-    local_store: LogStore, make_log: MakeLog, ref: RunRef, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Durability issue, defect 10: a new log's directory was not fsynced until seal, so
-    a power loss could lose the whole file of acknowledged batches; and the unlink of a
-    dropped plain log was not synced either."""
-    import runevents.eventlog as eventlog_module
-    import runevents.logstore.local as local_module
-
-    synced: list[Path] = []
-    real = local_module.fsync_dir
-
-    def recording(path: Path) -> None:
-        synced.append(Path(path))
-        real(path)
-
-    monkeypatch.setattr(eventlog_module, "fsync_dir", recording)
-    monkeypatch.setattr(local_module, "fsync_dir", recording)
-    log = make_log(local_store)
-    writer = await log.open_writer(ref)
-    live = log.keys(ref).live
-    # every new directory's entry (from the workspace down) and the file's own
-    assert live.parent in synced and live.parent.parent in synced
-    assert any(p == live.parent.parent.parent for p in synced)
-    await writer.append(drafts(1))
-    await writer.close()
-    synced.clear()
-    await local_store.delete(log.keys(ref).log)
-    assert synced  # the unlink's directory
