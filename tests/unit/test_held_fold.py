@@ -8,24 +8,13 @@ from typing import cast
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event
 from runevents.held import SummaryFold
+from tests.unit.summary.test_summary_bounds import events_of
+from tests.unit.test_summary import console
 
 
-def _lines(first: int, n: int, stream: str = "stdout") -> list[Event]:
-    return [
-        Event(
-            type="console.line",
-            event_id=f"evt_x{seq}",
-            created_at="2026-12-07T01:00:00.000000Z",
-            sequence=seq,
-            source="test",
-            workspace_id="ws",
-            configuration_id="cfg",
-            run_id="run_01M971R2QHWMGKVAH0MGJA1X7H",
-            build_id=None,
-            payload={"scope": "run", "stream": stream, "level": "info", "message": f"m{seq}"},
-        )
-        for seq in range(first, first + n)
-    ]
+def _lines(n: int, stream: str = "stdout") -> list[Event]:
+    # the fold reads types and payloads, not sequences
+    return events_of([console(f"m{i}", stream=stream) for i in range(n)])
 
 
 def _fold() -> SummaryFold:
@@ -40,8 +29,8 @@ def _total(fold: SummaryFold) -> int:
 
 async def test_fold_runs_after_the_answer_and_ready_sees_every_durable_unit() -> None:
     fold = _fold()
-    fold.add(_lines(1, 3))
-    fold.add(_lines(4, 2, stream="stderr"))
+    fold.add(_lines(3))
+    fold.add(_lines(2, stream="stderr"))
     # deferred: nothing folded in the same loop step (the answer goes out first)...
     assert _total(fold) == 0
     # ...but whoever reads the summary gets every durable unit, in order
@@ -53,9 +42,9 @@ async def test_fold_runs_after_the_answer_and_ready_sees_every_durable_unit() ->
 
 async def test_pending_units_are_folded_by_the_next_loop_iteration() -> None:
     fold = _fold()
-    fold.add(_lines(1, 4))
+    fold.add(_lines(4))
     await asyncio.sleep(0)
     assert _total(fold) == 4
-    fold.add(_lines(5, 1))
+    fold.add(_lines(1))
     await asyncio.sleep(0)
     assert _total(fold) == 5
