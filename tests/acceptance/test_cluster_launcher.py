@@ -21,15 +21,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.acceptance.conftest import poll
 from tests.fixtures.cluster import Cluster, ClusterUnavailable
 from tests.fixtures.services import PG_HOST, PG_PORT, PG_USER, unavailable
 
@@ -37,18 +37,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDED = {"succeeded", "failed", "cancelled"}
-T = TypeVar("T")
-
-
-def poll(what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
