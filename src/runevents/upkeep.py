@@ -90,10 +90,14 @@ class RunUpkeep:
         stopped, or its heartbeat stalled past the lease by a database
         failover -- still holds its lock, so nothing is taken from it and it
         goes on when it wakes up. Of several reapers, the writer lease lets
-        exactly one act.
+        exactly one act. A worker never reaps its own runs: waking from a
+        pause, its reaper round may come before its heartbeat, and the lease it
+        finds expired is its own, of a run it is still executing.
         """
         reaped: list[Run] = []
         for run in await self.repo.expired_leases():
+            if run.lease_owner == reaper_id:
+                continue  # our own heartbeat is late, not lost
             expired = run.lease_expires_at.isoformat() if run.lease_expires_at else "unknown"
             try:
                 finished = await self.fail_orphan(

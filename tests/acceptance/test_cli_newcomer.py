@@ -48,7 +48,15 @@ def demo_runs(server: Server) -> list[dict[str, Any]]:
 
 
 def cancel(server: Server, run: dict[str, Any]) -> None:
-    server.http.post(f"/api/v1/workspaces/demo/configurations/extract/runs/{run['id']}/cancel")
+    """Cancel as a client does: a 503 (the run's writer is moving) is retried."""
+    url = f"/api/v1/workspaces/demo/configurations/extract/runs/{run['id']}/cancel"
+
+    def accepted() -> bool:
+        r = server.http.post(url)
+        assert r.status_code in (202, 409, 503), r.text  # 409: it had ended
+        return r.status_code != 503
+
+    poll(f"run {run['id']} to take the cancel", accepted, 30, interval=0.2)
 
 
 def test_a_second_demo_on_a_busy_port_says_how_and_queues_nothing(processes: Processes) -> None:
@@ -114,8 +122,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         srv = procs.serve(
             "--demo", data_dir=procs.tmp / "data", env={"RUNEVENTS_DEMO_RUN_INTERVAL_SECONDS": "0"}
         )
-        for run in demo_runs(srv):
+        # the demo queues its run after the server answers health: wait for it, so
+        # the listing tests always see one cancelled run (a CI run once saw none)
+        for run in poll("the demo run", lambda: demo_runs(srv), 30):
             cancel(srv, run)
+            srv.wait_status(run, {"cancelled"}, 30)
         yield srv
     finally:
         procs.close()

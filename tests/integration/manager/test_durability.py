@@ -192,6 +192,30 @@ async def test_reaper_does_not_take_a_live_workers_run_after_a_heartbeat_gap(
         await worker_app.close()
 
 
+async def test_worker_waking_from_a_pause_does_not_reap_its_own_run(settings: Settings) -> None:
+    """CI flake of stop 24: after SIGCONT the worker's own reaper round ran before its
+    heartbeat, found its own lease expired and its own writer held here, and finished
+    its live run as failed (worker_lost)."""
+    app = await App.open(settings, worker=False)
+    try:
+        m = app.manager
+        await m.create_run("acme", "sleepy")
+        run = await m.claim_next("w1")
+        assert run is not None
+        session = await m.start_session(run, "w1")
+        assert session is not None
+        # the pause: the lease ran out while the whole process was stopped
+        await m.repo.update_run(run.id, lease_expires_at=utcnow() - timedelta(seconds=5))
+        assert await m.reap_expired_leases("w1") == []
+        row = await m.repo.get_run(run.id)
+        assert not row.status.ended and row.lease_owner == "w1"
+        await m.heartbeat(session, "w1")
+        await session.complete(status="succeeded", failure=None, execution=None)
+        assert (await m.repo.get_run(run.id)).status is RunStatus.SUCCEEDED
+    finally:
+        await app.close()
+
+
 async def test_crash_between_run_completed_and_seal_is_repaired(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
