@@ -8,8 +8,7 @@ from typing import cast
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event
 from runevents.held import SummaryFold
-from tests.unit.summary.test_summary_bounds import events_of
-from tests.unit.test_summary import console
+from tests.unit.summary.builders import console, events_of
 
 
 def _lines(n: int, stream: str = "stdout") -> list[Event]:

@@ -1,6 +1,6 @@
 """The console snippet (summary/snippet.py) on its own: the window, batches, copies.
 
-The builder's own snippet tests (tests/unit/test_summary.py) go through
+The builder's own snippet tests (tests/unit/summary/test_summary.py) go through
 ``RunSummaryBuilder``; these pin the module's contract directly.
 """
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runevents.events import Event, encode_batch
+from runevents.events import encode_batch
 from runevents.summary import RunSummaryBuilder, summarize_lines
 from runevents.summary.bounds import (
     CAPPED_FIELDS,
@@ -27,28 +27,17 @@ from runevents.summary.bounds import (
     MAX_SUMMARY_BYTES,
     json_size,
 )
-from tests.unit.test_summary import Ev, console, events_strategy, table, ts
+from tests.unit.summary.builders import (
+    Ev,
+    console,
+    event,
+    events_of,
+    events_strategy,
+    table,
+    ts,
+)
 
 MAX_EVENT_BYTES = 1024 * 1024  # Settings.max_event_bytes' default
-
-
-def event(seq: int, type_: str, created_at: str | None, payload: Any) -> Event:
-    return Event(
-        type=type_,
-        event_id=f"evt_{seq}",
-        created_at=created_at,  # type: ignore[arg-type]  # None: a producer's odd input, kept
-        sequence=seq,
-        source="producer",
-        workspace_id="acme",
-        configuration_id="etl",
-        run_id="run_01JAAAAAAAAAAAAAAAAAAAAAAA",
-        build_id=None,
-        payload=payload,
-    )
-
-
-def events_of(items: Iterable[Ev]) -> list[Event]:
-    return [event(i + 1, *item) for i, item in enumerate(items)]
 
 
 def build(items: Iterable[Ev], max_entries: int = MAX_ENTRIES) -> dict[str, Any]:
