@@ -325,3 +325,21 @@ def cli(
         env=clean_env(**extra),
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    """A 24 MiB tmpfs (root only): a real disk that fills up."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        if os.environ.get("RUNEVENTS_TEST_STRICT") == "1":
+            pytest.fail(f"cannot mount a tmpfs: {result.stderr.decode()}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

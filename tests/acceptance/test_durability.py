@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import Processes, Server, clean_env, poll, run_path
-from tests.acceptance.test_workers import ENDED, ENV, LEASE_SECONDS, demo_children, start_pair
+from tests.acceptance.worker_support import ENDED, ENV, LEASE_SECONDS, demo_children, start_pair
 
 pytestmark = pytest.mark.slow
 
@@ -184,24 +183,6 @@ def test_a_stopped_worker_keeps_its_run_and_finishes_it_after_sigcont(
     done = server.wait_status(run, ENDED, timeout=180)
     assert done["run"]["status"] == "succeeded", (done["run"].get("failure"), worker.log())
     assert demo_children(worker) == []
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Any:
-    """A 24 MiB tmpfs (root only): a real disk that fills up."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
-    )
-    if result.returncode != 0:
-        if os.environ.get("RUNEVENTS_TEST_STRICT") == "1":
-            pytest.fail(f"cannot mount a tmpfs: {result.stderr.decode()}")
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_answers_503_and_a_keyed_retry_appends_once(

@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import Processes, Server, run_path
-from tests.acceptance.test_durability import small_tmpfs  # noqa: F401 (fixture)
 from tests.fixtures.services import PG_HOST, PG_PORT
 from tests.fixtures.tcpproxy import TcpProxy
 
@@ -198,7 +197,7 @@ def fill(mount: Path) -> Path:
 def test_keyed_retry_after_a_full_disk_is_not_answered_from_another_producers_batch(
     processes: Processes,
     tmp_path: Path,
-    small_tmpfs: Path,  # noqa: F811
+    small_tmpfs: Path,
 ) -> None:
     """Two producers on one run. X (key) gets 503 on a full disk; space comes back; Y
     (the other producer) gets 200 -- with X's sequence and, from the same writer, X's
@@ -225,7 +224,7 @@ def test_keyed_retry_after_a_full_disk_is_not_answered_from_another_producers_ba
 def test_an_executed_run_goes_on_when_a_full_disk_also_fails_its_database(
     processes: Processes,
     tmp_path: Path,
-    small_tmpfs: Path,  # noqa: F811
+    small_tmpfs: Path,
 ) -> None:
     """``serve --data-dir D`` keeps its SQLite database in D: a full disk fails the log
     writes *and* the database. An executor's lines are "buffered and retried, the run
@@ -240,7 +239,7 @@ def test_an_executed_run_goes_on_when_a_full_disk_also_fails_its_database(
 def test_an_executed_run_goes_on_through_a_full_disk_with_its_database_elsewhere(
     processes: Processes,
     tmp_path: Path,
-    small_tmpfs: Path,  # noqa: F811
+    small_tmpfs: Path,
 ) -> None:
     """The same with the database off the full disk: lines buffered and retried, the run
     succeeds with every line once the disk is freed."""
@@ -854,7 +853,7 @@ def test_concurrent_producers_completing_a_run_store_the_summary_of_its_log(
 def test_a_completion_on_a_full_disk_is_503_then_completes_and_the_follower_ends(
     processes: Processes,
     tmp_path: Path,
-    small_tmpfs: Path,  # noqa: F811
+    small_tmpfs: Path,
 ) -> None:
     """A follower is attached (SSE) when the keyed completing batch hits a full disk: 503,
     nothing of it in the log, the run still live; the disk is freed, the retry completes
