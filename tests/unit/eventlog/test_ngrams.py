@@ -11,7 +11,7 @@ from runevents.eventlog.ngrams import (
     NgramIndex,
     Probe,
 )
-from tests.unit.search.test_hits import line
+from tests.unit.search.builders import line
 
 
 def frame(*messages: str, start: int = 1) -> bytes:

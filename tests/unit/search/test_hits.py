@@ -4,26 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from runevents.events import Event, encode_event
 from runevents.search.hits import Filters, Prefilter, find_hits
 from runevents.search.pattern import Pattern
-
-
-def line(seq: int, message: object, type_: str = "console.line", **payload: object) -> bytes:
-    return encode_event(
-        Event(
-            type=type_,
-            event_id=f"evt_{seq}",
-            created_at="2026-11-24T06:00:00.000000Z",
-            sequence=seq,
-            source="worker",
-            workspace_id="acme",
-            configuration_id="etl",
-            run_id="run_X",
-            build_id=None,
-            payload={"stream": "stdout", "level": "info", "message": message, **payload},
-        )
-    )
+from tests.unit.search.builders import line
 
 
 def hits(data: bytes, q: str, regex: bool = False, **kw: object) -> list[dict[str, object]]:

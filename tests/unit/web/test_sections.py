@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.web.test_reducer import RUN, ev
+from tests.unit.web.builders import RUN, ev
 
 pytestmark = pytest.mark.browser
 
