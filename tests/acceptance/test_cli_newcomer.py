@@ -122,8 +122,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         srv = procs.serve(
             "--demo", data_dir=procs.tmp / "data", env={"RUNEVENTS_DEMO_RUN_INTERVAL_SECONDS": "0"}
         )
-        # the demo queues its run after the server answers health: wait for it, so
-        # the listing tests always see one cancelled run (a CI run once saw none)
+        # the listing tests need one cancelled run: wait until the cancel has taken
+        # (a CI run once saw none: a 503 to the cancel, sent while the embedded
+        # worker was taking the run, had been ignored)
         for run in poll("the demo run", lambda: demo_runs(srv), 30):
             cancel(srv, run)
             srv.wait_status(run, {"cancelled"}, 30)
