@@ -23,8 +23,10 @@ from runevents.exceptions import (
     WriterMoving,
 )
 from runevents.held import run_ref
-from runevents.models import LogState, RunStatus, utcnow
+from runevents.manager import RunManager
+from runevents.models import LogState, Run, RunStatus, utcnow
 from runevents.repair import repair_pass
+from runevents.session import RunSession
 from runevents.settings import Settings
 from tests.fixtures.faults import FaultyOps
 
@@ -164,6 +166,28 @@ async def test_keyed_retry_reaching_a_process_without_the_writer_never_appends_t
         await holder.close()
 
 
+async def _executing_past_its_lease(m: RunManager, worker_id: str) -> tuple[Run, RunSession]:
+    """A run ``worker_id`` executes here, whose lease ran out (a heartbeat gap: a failover,
+    a stalled loop, the whole process stopped)."""
+    await m.create_run("acme", "sleepy")
+    run = await m.claim_next(worker_id)
+    assert run is not None
+    session = await m.start_session(run, worker_id)
+    assert session is not None
+    await m.repo.update_run(run.id, lease_expires_at=utcnow() - timedelta(seconds=5))
+    return run, session
+
+
+async def _goes_on(m: RunManager, run: Run, session: RunSession, worker_id: str) -> None:
+    """Nothing was reaped: the worker renews, is not cancelled, and finishes the run."""
+    row = await m.repo.get_run(run.id)
+    assert not row.status.ended and row.lease_owner == worker_id
+    await m.heartbeat(session, worker_id)
+    assert not session.cancel.is_set()
+    await session.complete(status="succeeded", failure=None, execution=None)
+    assert (await m.repo.get_run(run.id)).status is RunStatus.SUCCEEDED
+
+
 async def test_reaper_does_not_take_a_live_workers_run_after_a_heartbeat_gap(
     settings: Settings,
 ) -> None:
@@ -172,21 +196,9 @@ async def test_reaper_does_not_take_a_live_workers_run_after_a_heartbeat_gap(
     worker_app = await App.open(settings, worker=False)
     reaper_app = await App.open(settings, worker=False)
     try:
-        m = worker_app.manager
-        await m.create_run("acme", "sleepy")
-        run = await m.claim_next("w1")
-        assert run is not None
-        session = await m.start_session(run, "w1")
-        assert session is not None
-        # a heartbeat gap longer than the lease (a failover, a stalled loop)
-        await m.repo.update_run(run.id, lease_expires_at=utcnow() - timedelta(seconds=5))
+        run, session = await _executing_past_its_lease(worker_app.manager, "w1")
         assert await reaper_app.manager.reap_expired_leases("other") == []
-        row = await m.repo.get_run(run.id)
-        assert not row.status.ended and row.lease_owner == "w1"
-        await m.heartbeat(session, "w1")  # the worker goes on
-        assert not session.cancel.is_set()
-        await session.complete(status="succeeded", failure=None, execution=None)
-        assert (await m.repo.get_run(run.id)).status is RunStatus.SUCCEEDED
+        await _goes_on(worker_app.manager, run, session, "w1")
     finally:
         await reaper_app.close()
         await worker_app.close()
@@ -198,20 +210,9 @@ async def test_worker_waking_from_a_pause_does_not_reap_its_own_run(settings: Se
     its live run as failed (worker_lost)."""
     app = await App.open(settings, worker=False)
     try:
-        m = app.manager
-        await m.create_run("acme", "sleepy")
-        run = await m.claim_next("w1")
-        assert run is not None
-        session = await m.start_session(run, "w1")
-        assert session is not None
-        # the pause: the lease ran out while the whole process was stopped
-        await m.repo.update_run(run.id, lease_expires_at=utcnow() - timedelta(seconds=5))
-        assert await m.reap_expired_leases("w1") == []
-        row = await m.repo.get_run(run.id)
-        assert not row.status.ended and row.lease_owner == "w1"
-        await m.heartbeat(session, "w1")
-        await session.complete(status="succeeded", failure=None, execution=None)
-        assert (await m.repo.get_run(run.id)).status is RunStatus.SUCCEEDED
+        run, session = await _executing_past_its_lease(app.manager, "w1")
+        assert await app.manager.reap_expired_leases("w1") == []
+        await _goes_on(app.manager, run, session, "w1")
     finally:
         await app.close()
 
