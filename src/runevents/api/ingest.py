@@ -26,6 +26,7 @@ names it; nothing is appended.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -64,12 +65,18 @@ async def read_body(
             raise InvalidInput("Content-Length is not a number") from None
         if declared > max_bytes:
             raise PayloadTooLarge(f"the batch is {declared} bytes; the limit is {max_bytes}")
-    body = bytearray()
+    # the parts are joined once at the end (growing a bytearray and copying it out
+    # copied a batch about three times); a body that came in one part is not copied
+    parts: list[bytes] = []
+    size = 0
     async for part in stream:
-        body += part
-        if len(body) > max_bytes:
+        if not part:
+            continue  # (Starlette's stream ends with an empty part)
+        parts.append(part)
+        size += len(part)
+        if size > max_bytes:
             raise PayloadTooLarge(f"the batch exceeds the limit of {max_bytes} bytes")
-    return bytes(body)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def json_depth(value: object) -> int:
@@ -121,8 +128,10 @@ _drafts_decoder = msgspec.json.Decoder(list[EventDraft])
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{[\n")
 #: keys that must be compared with the path: their presence takes the checked path
 _ID_KEYS = (b'"workspace_id"', b'"configuration_id"', b'"run_id"')
-#: what every id key ends with (one scan rules them all out)
-_ID_KEY_END = b'_id"'
+#: what every id key ends with (one scan rules them all out). A compiled pattern, not
+#: ``in``: ``re`` looks for a literal's rare first byte with memchr, twice as fast as
+#: ``bytes.__contains__`` on a batch without it (measured, CPython 3.11)
+_ID_KEY_END = re.compile(rb'_id"')
 _TYPE_OF = operator.attrgetter("type")
 _CREATED_AT_OF = operator.attrgetter("created_at")
 
@@ -137,7 +146,7 @@ def _fast_batch(body: bytes, max_event_bytes: int) -> list[EventDraft] | None:
     more drafts than lines. Any doubt -- an error, a suspiciously nested line --
     returns None, and the line-by-line path then finds and names the culprit.
     """
-    if _ID_KEY_END in body and any(key in body for key in _ID_KEYS):
+    if _ID_KEY_END.search(body) is not None and any(key in body for key in _ID_KEYS):
         return None
     # brackets per line bound the nesting depth; a line that might be too deep
     # is left to the checked path, which measures it exactly. A line without one

@@ -144,7 +144,8 @@ class GroupCommit(WriteFailures):
         except OSError as exc:
             self._on_failure(exc, start)
             return exc
-        data = bytes(buf[:n])
+        # one copy (``bytes(buf[:n])`` made two of a whole batch)
+        data = bytes(buf) if n == len(buf) else bytes(buf[:n])
         if ship is not None:
             # the local file is a cache; the shared tier's commit is the durable step
             try:
