@@ -16,6 +16,7 @@ from runevents.exceptions import (
     RunEnded,
     StorageError,
 )
+from runevents.ids import new_run_id
 from runevents.logstore import LogStore
 from tests.unit.eventlog.conftest import MakeLog
 from tests.unit.eventlog.helpers import completed, drafts, read_sequences
@@ -119,6 +120,26 @@ async def test_an_event_over_the_size_limit_is_refused_whole(
     assert (await writer.append(drafts(1)))[0].sequence == 1
     await writer.close()
     assert await read_sequences(log, ref) == [1]
+
+
+async def test_the_size_limit_counts_a_stored_line_with_its_end(
+    store: LogStore, make_log: MakeLog, ref: RunRef
+) -> None:
+    # A line counts with its newline; the last line of a commit unit with its end mark
+    # too (one byte more), which the writer adds in its buffer, not in the encoded batch.
+    probe = await make_log(store).open_writer(RunRef("acme", "etl", new_run_id()))
+    line = len(encode_event(probe.prepare(drafts(1, size=300))[0]))
+    await probe.close()
+    log = make_log(store, max_event_bytes=line)
+    writer = await log.open_writer(ref)
+    with pytest.raises(PayloadTooLarge, match=f"an event is {line + 1} bytes"):
+        writer.commit(writer.prepare(drafts(2, size=300)))
+    assert writer.last_sequence == 0
+    # the same line passes where it is not the last one of its unit
+    writer.commit(writer.prepare([*drafts(1, size=300), *drafts(1)]))
+    await writer.sync()
+    await writer.close()
+    assert await read_sequences(log, ref) == [1, 2]
 
 
 async def test_after_run_completed_nothing_more_is_appended(log: EventLog, ref: RunRef) -> None:
