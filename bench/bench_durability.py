@@ -7,7 +7,9 @@ scratch database. Durable against durable, relaxed against relaxed:
 - **Durable ingest, one producer** (the server default: a batch is answered
   after write + fsync) vs COPY of 1,000-row transactions with
   ``synchronous_commit=on`` in one session, interleaved batch by batch so
-  both get the same share of a shared machine [>= 2x].
+  both get the same share of a shared machine [>= 2x]. The same again in
+  turns of 20 batches each shows what starting every batch cold costs each
+  side (information, not the target).
 - **Durable ingest, 8 producers on 8 runs** vs 8 concurrent COPY sessions
   (``synchronous_commit=on``), alternated twice, best of each [>= 3x].
 - **Relaxed ingest** (a server with ``RUNEVENTS_FSYNC=never``: page cache, no
@@ -64,6 +66,8 @@ from common import (
 )
 
 SECTION = "Durability"
+#: batches per turn in the warm variant of the one-producer row
+WARM_TURN = 20
 WS, CFG = "bench", "durable"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -167,27 +171,33 @@ async def _copy(conn: Any, table: str, batch: list[dict[str, Any]]) -> None:
         )
 
 
-async def _interleaved(url: str, dsn: str, n: int, synchronous_commit: str) -> tuple[float, float]:
-    """One producer and one COPY session, batch by batch: (ingest events/s, COPY events/s)."""
+async def _interleaved(
+    url: str, dsn: str, n: int, synchronous_commit: str, block: int = 1
+) -> tuple[float, float]:
+    """One producer and one COPY session taking turns, ``block`` batches each (1: batch by
+    batch): (ingest events/s, COPY events/s)."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"SET synchronous_commit = {synchronous_commit}")
-    table = f"one_{synchronous_commit}_{os.getpid()}"
+    table = f"one_{synchronous_commit}_{block}_{os.getpid()}"
     await conn.execute(COPY_TABLE.format(name=table))
     ingest_s = copy_s = 0.0
     done = 0
+    batches = event_batches(n, seed=1)
     try:
         async with aiohttp.ClientSession(url) as session:
             run_path = await _create_run(session)
-            for batch in event_batches(n, seed=1):
+            while turn := list(itertools.islice(batches, block)):
                 start = time.perf_counter()
-                await _post(session, run_path, producer_body(batch))
+                for batch in turn:
+                    await _post(session, run_path, producer_body(batch))
                 ingest_s += time.perf_counter() - start
                 start = time.perf_counter()
-                await _copy(conn, table, batch)
+                for batch in turn:
+                    await _copy(conn, table, batch)
                 copy_s += time.perf_counter() - start
-                done += len(batch)
+                done += sum(map(len, turn))
     finally:
         await conn.close()
     return done / ingest_s, done / copy_s
@@ -327,6 +337,17 @@ async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
                     row(SECTION, "Postgres COPY, synchronous_commit=on, one session", copy,
                         "events/s", note="1,000-row transactions, asyncpg, jsonb rows"),
                 ]  # fmt: skip
+                # The row above leaves each side idle while the other works, so every
+                # batch starts cold; this one shows what that costs each side.
+                _progress(f"the same, in turns of {WARM_TURN} batches")
+                ingest, copy = await _interleaved(url, dsn, sizes.one, "on", block=WARM_TURN)
+                rows.append(
+                    row(SECTION, f"  the same in turns of {WARM_TURN} batches each", ingest,
+                        "events/s", "COPY in the same turns", ratio(ingest, copy),
+                        f"COPY {copy:,.0f}/s; each side runs {WARM_TURN} batches in a row, so "
+                        "few start after the other side's turn; the row above (every batch "
+                        "after a COPY) is the target's")
+                )  # fmt: skip
                 _progress(f"8 producers on 8 runs vs 8 COPY sessions, {sizes.eight:,} each")
                 best_ingest = best_copy = 0.0
                 per_batch = float("nan")
