@@ -29,20 +29,12 @@ from tests.acceptance.ui_support import (  # noqa: E402
     StreamCutter,
     run_retention,
     view_state,
+    wait_view,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 FIRST_LINES_BUDGET_S = 2.0  # issue 7: a 1,000,000-line log opens in under 2 s
-
-
-def wait_view(page: Any, condition: str, timeout: float = 30_000) -> Any:
-    """Wait until ``condition`` (JS over ``v``, the view snapshot) holds; return the snapshot."""
-    page.wait_for_function(
-        f"() => {{ const v = window.__runevents && window.__runevents.view(); return v && ({condition}); }}",
-        timeout=timeout,
-    )
-    return view_state(page)
 
 
 def assert_contiguous(seqs: list[int]) -> None:
@@ -53,7 +45,7 @@ def assert_contiguous(seqs: list[int]) -> None:
 
 def wait_cut(page: Any, cutter: StreamCutter) -> int:
     """Wait until the view holds every event of the cut response; its last sequence."""
-    page.wait_for_function("() => window.__runevents.view() !== null")
+    wait_view(page, "true")
     deadline = time.monotonic() + 30
     while not cutter.cut_sequences:
         assert time.monotonic() < deadline, "the stream was never requested"
@@ -92,9 +84,7 @@ def test_live_run_follow_search_reload_and_summary(ui_server: Server, page: Any)
     v = wait_view(page, "v.count >= 25 && v.status === 'running'")
     assert v["duplicates"] == 0
     assert v["following"] is True
-    page.wait_for_function(
-        "() => { const v = window.__runevents.view(); return v.visible.includes(v.count); }"
-    )
+    wait_view(page, "v.visible.includes(v.count)")
     expect_badge = page.locator(".run-badge .badge")
     assert expect_badge.inner_text().strip().endswith("running")
     assert page.locator(".ln.k-line .a-f6, .ln.k-line .a-bold").count() > 0, "ANSI colours rendered"
@@ -158,7 +148,7 @@ def test_live_run_follow_search_reload_and_summary(ui_server: Server, page: Any)
     assert page.locator(".ln mark").count() >= 1
     if total > 1:
         page.get_by_label("Search the log").press("Enter")
-        page.wait_for_function(f"() => window.__runevents.view().highlighted > {target}")
+        wait_view(page, f"v.highlighted > {target}")
         assert count_text.inner_text().startswith("2 of ")
     page.get_by_role("button", name="Clear search").click()
     page.get_by_role("button", name="Jump to latest ↓").click()
@@ -287,8 +277,10 @@ def test_a_million_line_log_opens_fast_and_scrolls(
     page.evaluate(
         "() => { const vp = document.querySelector('.console-viewport'); vp.scrollTop = (vp.scrollHeight - vp.clientHeight) / 2; }"
     )
-    page.wait_for_function(
-        "() => { const v = window.__runevents.view(); return v.visible.length && Math.abs(v.visible[0] - 500000) < 2000 && document.querySelectorAll('.ln-loading').length === 0; }"
+    wait_view(
+        page,
+        "v.visible.length && Math.abs(v.visible[0] - 500000) < 2000"
+        " && document.querySelectorAll('.ln-loading').length === 0",
     )
     middle_s = time.perf_counter() - started
     assert_contiguous(view_state(page)["visible"])
@@ -298,7 +290,7 @@ def test_a_million_line_log_opens_fast_and_scrolls(
     before = view_state(page)["visible"][0]
     for _ in range(10):
         page.mouse.wheel(0, 400)
-    page.wait_for_function(f"() => window.__runevents.view().visible[0] >= {before} + 150")
+    wait_view(page, f"v.visible[0] >= {before} + 150")
     frame_ms = page.evaluate(
         """() => new Promise(resolve => {
           const vp = document.querySelector('.console-viewport');

@@ -21,19 +21,12 @@ from tests.acceptance.ui_support import (  # noqa: E402
     SCREENSHOTS,
     Server,
     view_state,
+    wait_view,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 WIDE = {"width": 1400, "height": 900}
-
-
-def wait_view(page: Any, condition: str, timeout: float = 30_000) -> Any:
-    page.wait_for_function(
-        f"() => {{ const v = window.__runevents && window.__runevents.view(); return v && ({condition}); }}",
-        timeout=timeout,
-    )
-    return view_state(page)
 
 
 def line(message: str, *, stream: str = "stdout", level: str | None = None) -> dict[str, Any]:
@@ -76,7 +69,8 @@ def last_line_visible(page: Any) -> bool:
     return bool(
         page.evaluate(
             """() => {
-              const v = window.__runevents.view();
+              const v = window.__runevents && window.__runevents.view();
+              if (!v) return false;
               const vp = document.querySelector('.console-viewport').getBoundingClientRect();
               const row = document.querySelector(`.ln[data-seq='${(v.total || v.count)}']`);
               if (!row) return false;
@@ -119,9 +113,7 @@ def test_follow_is_not_released_by_new_phase_rows_or_the_failure_banner(
             page,
             f"(v.total || v.count) >= {total} && document.querySelectorAll('.phase').length >= {k}",
         )
-        page.wait_for_function(
-            f"() => window.__runevents.view().visible.includes({total})", timeout=10_000
-        )
+        wait_view(page, f"v.visible.includes({total})", timeout=10_000)
         assert view_state(page)["following"] is True, f"follow went off when phase {k} began"
         assert last_line_visible(page), f"the last line left the view at phase {k}"
     # completion: the failure banner and the by-file table appear above the console
@@ -161,10 +153,7 @@ def test_follow_is_not_released_by_new_phase_rows_or_the_failure_banner(
     v = wait_view(page, "v.status === 'failed'")
     page.get_by_test_id("failure").wait_for()
     page.locator("table.by-file").wait_for()
-    page.wait_for_function(
-        "() => { const v = window.__runevents.view(); return v.visible.includes((v.total || v.count)); }",
-        timeout=10_000,
-    )
+    wait_view(page, "v.visible.includes(v.total || v.count)", timeout=10_000)
     v = view_state(page)
     assert v["following"] is True, "follow went off when the run ended"
     assert last_line_visible(page)
@@ -375,7 +364,7 @@ def test_search_counts_every_match_and_moves_through_them(ui_server: Server, wid
     )
     assert view_state(page)["highlighted"] == 6
     box.press("Shift+Enter")
-    page.wait_for_function("() => window.__runevents.view().highlighted === 4")
+    wait_view(page, "v.highlighted === 4")
     assert count.inner_text() == "1 of 2,500"
     # wraps backwards to the last match (paging through every page of hits)
     page.get_by_role("button", name="Previous match").click()
@@ -533,23 +522,23 @@ def test_details_fold_and_full_screen_give_the_log_room(ui_server: Server, brows
     try:
         run = ui_server.external_run("room", "bulk", 500)
         page.goto(f"{ui_server.url}/workspaces/room/runs/{run['id']}")
-        page.wait_for_function("() => window.__runevents.view().visible.length > 5")
+        wait_view(page, "v.visible.length > 5")
         before = visible_rows(page)
         page.get_by_role("button", name="Details").click()
-        page.wait_for_function(f"() => window.__runevents.view().visible.length > {before} + 5")
+        wait_view(page, f"v.visible.length > {before} + 5")
         folded = visible_rows(page)
         assert folded >= 30, folded
         page.reload()  # remembered
-        page.wait_for_function(f"() => window.__runevents.view().visible.length >= {folded}")
+        wait_view(page, f"v.visible.length >= {folded}")
         assert page.get_by_role("button", name="Details").get_attribute("aria-pressed") == "false"
         page.get_by_role("button", name="Full screen").click()
-        page.wait_for_function(f"() => window.__runevents.view().visible.length > {folded}")
+        wait_view(page, f"v.visible.length > {folded}")
         full = visible_rows(page)
         assert full >= 38, full
         box = page.locator(".console-viewport").bounding_box()
         assert box["height"] > 780
         page.keyboard.press("Escape")
-        page.wait_for_function(f"() => window.__runevents.view().visible.length < {full}")
+        wait_view(page, f"v.visible.length < {full}")
         print(
             f"\nvisible lines at 1400x900: {before} -> {folded} (details folded) -> {full} (full screen)"
         )

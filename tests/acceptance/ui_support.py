@@ -369,3 +369,17 @@ class StreamCutter:
 def view_state(page: Any) -> dict[str, Any]:
     """The run view's debug snapshot (window.__runevents.view())."""
     return page.evaluate("() => window.__runevents.view()")  # type: ignore[no-any-return]
+
+
+def wait_view(page: Any, condition: str, timeout: float = 30_000) -> Any:
+    """Wait until ``condition`` (JS over ``v``, the view snapshot) holds; return the snapshot.
+
+    Null-safe on purpose: right after a navigation or a reload the page has no
+    view yet, and a predicate that dereferences it throws instead of waiting
+    (Playwright ends the wait with that error, and the page records it).
+    """
+    page.wait_for_function(
+        f"() => {{ const v = window.__runevents && window.__runevents.view(); return v && ({condition}); }}",
+        timeout=timeout,
+    )
+    return view_state(page)
