@@ -316,6 +316,11 @@ class RunManager(ProducerIngest, RunUpkeep):
         if run.external or run.lease_owner is None:
             async with self.held.lock(run_id):
                 held = self.held.get(run_id)
+                if held is not None and not held.run.external:
+                    # this process's worker took the run after the row above was read:
+                    # its executor runs, and completing the log under it would leave
+                    # the worker writing to a sealed run. Its worker completes it.
+                    return await self._flag_cancel(run_id)
                 if held is None:
                     current = await self.repo.get_run(run_id)
                     if current.status.ended:
@@ -328,6 +333,14 @@ class RunManager(ProducerIngest, RunUpkeep):
                     return await self.complete_held(held, cancelled_by_request())
         # a worker -- or, for an external run, the process holding its writer --
         # sees the flag on its next heartbeat / watch_held_runs
+        return await self._flag_cancel(run_id)
+
+    async def _flag_cancel(self, run_id: str) -> Run:
+        """Ask whoever executes or holds the run to cancel it (signalled at once when it is
+        this process's worker)."""
+        local = self._cancel_signals.get(run_id)
+        if local is not None:
+            local.set()
         return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
 
     # ------------------------------------------------------------------ reading events

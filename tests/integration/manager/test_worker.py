@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
+from unittest.mock import AsyncMock
+
+import pytest
 
 from runevents.app import App
 from runevents.events import decode_event
@@ -108,3 +112,38 @@ async def test_lost_worker_run_is_failed_when_lease_expires(app: App) -> None:
     assert done.failure is not None and done.failure["code"] == "worker_lost"
     assert "ghost-worker" in done.failure["message"]
     assert done.completed_at is not None and done.completed_at - utcnow() < timedelta(minutes=1)
+
+
+async def test_cancel_that_read_the_row_before_the_worker_took_it_leaves_the_run_to_the_worker(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen in CI (the API fuzz): a cancel read the row while the run was still queued,
+    # then found the run held here -- taken by this process's worker meanwhile -- and
+    # completed it under the running executor. The executor's next lines hit a closed
+    # writer ("executor failed") and the worker's own completion tried to seal a sealed
+    # log (LifecycleError in a task nobody awaited).
+    worker = Worker(app.manager, concurrency=1)
+    worker.start()
+    try:
+        queued = await app.manager.create_run("acme", "sleepy")
+        for _ in range(200):
+            current = await app.manager.repo.get_run(queued.id)
+            if current.status is RunStatus.RUNNING and app.manager.held.get(queued.id):
+                break
+            await asyncio.sleep(0.05)
+        stale = AsyncMock(return_value=queued)  # the row as the cancel read it: unclaimed
+        monkeypatch.setattr(app.manager, "get_run", stale)
+        signals = app.manager._cancel_signals
+        signal = signals.pop(queued.id, None)  # and before the worker's signal existed
+        try:
+            await app.manager.cancel_run("acme", "sleepy", queued.id)
+        finally:
+            if signal is not None:
+                signals[queued.id] = signal
+        monkeypatch.undo()
+        done = await wait_ended(app, queued, timeout=30)
+    finally:
+        await worker.stop()
+    assert done.status is RunStatus.CANCELLED
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
