@@ -325,6 +325,9 @@ class RunManager(ProducerIngest, RunUpkeep):
                     current = await self.repo.get_run(run_id)
                     if current.status.ended:
                         raise RunEnded(f"run {run_id} has already ended")
+                    if not current.external and current.lease_owner is not None:
+                        # a worker claimed it since (here or elsewhere): the worker's
+                        return await self._flag_cancel(run_id)
                     try:
                         held = await self.held.take(current, source="server", atomic=True)
                     except WriterMoving:

@@ -147,3 +147,19 @@ async def test_cancel_that_read_the_row_before_the_worker_took_it_leaves_the_run
     assert done.status is RunStatus.CANCELLED
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_cancel_that_read_the_row_before_a_worker_claimed_it_leaves_the_run_to_the_worker(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same race one step earlier: a worker has claimed the row but not yet taken
+    # the run's writer. The cancel must not take the log and complete the run under it.
+    queued = await app.manager.create_run("acme", "sleepy")
+    claimed = await app.manager.claim_next("this-process-worker")
+    assert claimed is not None and claimed.id == queued.id
+    monkeypatch.setattr(app.manager, "get_run", AsyncMock(return_value=queued))
+    answered = await app.manager.cancel_run("acme", "sleepy", queued.id)
+    monkeypatch.undo()
+    assert answered.cancel_requested is True
+    assert answered.status is RunStatus.QUEUED  # the worker's to complete
+    assert app.manager.held.get(queued.id) is None
