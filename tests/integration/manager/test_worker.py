@@ -25,6 +25,15 @@ async def wait_ended(app: App, run: Run, timeout: float = 30.0) -> Run:
         await asyncio.sleep(0.05)
 
 
+async def wait_running(app: App, run: Run) -> None:
+    """Until the worker runs ``run`` (its row says running and this process holds it)."""
+    for _ in range(200):
+        current = await app.manager.repo.get_run(run.id)
+        if current.status is RunStatus.RUNNING and app.manager.held.get(run.id):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def events_of(app: App, run: Run) -> list[dict[str, object]]:
     out = []
     async for chunk in app.manager.read_events(run):
@@ -86,11 +95,7 @@ async def test_cancel_running_run(app: App) -> None:
     worker.start()
     try:
         run = await app.manager.create_run("acme", "sleepy")
-        for _ in range(200):
-            current = await app.manager.repo.get_run(run.id)
-            if current.status is RunStatus.RUNNING:
-                break
-            await asyncio.sleep(0.05)
+        await wait_running(app, run)
         await app.manager.cancel_run("acme", "sleepy", run.id)
         done = await wait_ended(app, run, timeout=15)
     finally:
@@ -126,11 +131,7 @@ async def test_cancel_that_read_the_row_before_the_worker_took_it_leaves_the_run
     worker.start()
     try:
         queued = await app.manager.create_run("acme", "sleepy")
-        for _ in range(200):
-            current = await app.manager.repo.get_run(queued.id)
-            if current.status is RunStatus.RUNNING and app.manager.held.get(queued.id):
-                break
-            await asyncio.sleep(0.05)
+        await wait_running(app, queued)
         stale = AsyncMock(return_value=queued)  # the row as the cancel read it: unclaimed
         monkeypatch.setattr(app.manager, "get_run", stale)
         signals = app.manager._cancel_signals
