@@ -138,11 +138,6 @@ class SummaryFold:
         self._fold_pending()
         return self.builder
 
-    async def preview(self, pending: Sequence[Event]) -> RunSummaryBuilder:
-        """A builder as if ``pending`` were folded too (the fold itself is unchanged;
-        the copy costs the kept entries, bounded, not the events)."""
-        return (await self.ready()).with_events(pending)
-
     def cancel(self) -> None:
         """Stop a background fold (the run is let go)."""
         if self._task is not None:
@@ -228,8 +223,12 @@ class HeldRun:
         artifacts.setdefault("output_paths", list(run.output_paths))
         artifacts["events_path"] = run.events_path
         payload["artifacts"] = artifacts
-        builder = await self.fold.preview(events)
-        payload["summary"] = builder.build()
+        builder = await self.fold.ready()
+        # an executor's buffered lines (committed, not durable yet) precede run.completed in
+        # the log, so its summary counts them too: the stored run.completed carries the
+        # same summary as the row, which folds them once they are durable (contract 2.1)
+        earlier = [event for unit in self.writer.undurable_units for event in unit]
+        payload["summary"] = builder.with_events([*earlier, *events]).build()
         # the server's own event: its summary is bounded, the producer's limit does not apply
         ticket = self.writer.commit(events, check_size=False)
         await self.writer.sync(ticket)

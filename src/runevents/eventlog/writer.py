@@ -237,6 +237,11 @@ class RunWriter(GroupCommit):
         return self.last_sequence - self._durable_sequence
 
     @property
+    def undurable_units(self) -> tuple[list[Event], ...]:
+        """The commit units not durable yet, in log order (kept only with ``on_durable``)."""
+        return tuple(self._units)
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed

@@ -457,3 +457,25 @@ async def test_a_summary_larger_than_max_event_bytes_never_blocks_completion(app
     import json
 
     assert len(json.dumps(row.summary, separators=(",", ":")).encode()) <= 256 * 1024
+
+
+async def test_the_stored_run_completed_of_an_executed_run_counts_its_buffered_lines(
+    app: App,
+) -> None:
+    """Found from outside: an executed run's lines still buffered (committed, not durable)
+    when it completed were left out of the summary written into its run.completed, so
+    the stored event said 3 events while the row, and a rebuild from the log, said 6."""
+    m = app.manager
+    await m.create_run("acme", "sleepy")
+    run = await m.claim_next("w1")
+    assert run is not None
+    session = await m.start_session(run, "w1")
+    assert session is not None
+    await session.emit([console(f"line {i}") for i in range(3)])
+    assert session.writer.pending_events > 0  # buffered: the flush policy has not run
+    await session.complete(status="succeeded", failure=None, execution=None)
+    done = await m.get_run("acme", "sleepy", run.id)
+    stored = (await events_of(app, done))[-1]
+    assert stored.type == "run.completed"
+    assert stored.payload["summary"] == done.summary
+    assert done.summary is not None and done.summary["console"]["lines"] == 3
