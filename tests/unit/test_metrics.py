@@ -85,9 +85,9 @@ def test_switched_off_hooks_change_nothing() -> None:
     assert _ours() == before
 
 
-def test_run_finished_counts_status_and_duration() -> None:
+def _finished_run() -> Run:
     created = datetime(2026, 1, 1, tzinfo=UTC)
-    run = Run(
+    return Run(
         id="run_01HZZZZZZZZZZZZZZZZZZZZZZZ",
         workspace_id="acme",
         configuration_id="ext",
@@ -101,6 +101,10 @@ def test_run_finished_counts_status_and_duration() -> None:
         completed_at=created + timedelta(seconds=100),
         log_state=LogState.PLAIN,
     )
+
+
+def test_run_finished_counts_status_and_duration() -> None:
+    run = _finished_run()
     before = parse(metrics.render())
     metrics.run_finished(run)
     after = parse(metrics.render())
@@ -120,7 +124,13 @@ def test_run_finished_counts_status_and_duration() -> None:
 
 
 def test_every_pinned_name_is_exported() -> None:
-    metrics.fsync_observed(0.001)  # a histogram with no sample has no buckets yet
+    # a labelled family or a histogram shows no series before its first sample: give
+    # each one (run alone, or first on an xdist worker, this test saw none)
+    metrics.fsync_observed(0.001)
+    metrics.events_appended(1)
+    metrics.write_failed("fsync")
+    metrics.ingest_answered(200, 0.01)
+    metrics.run_finished(_finished_run())
     state = state_collector(run_counts())
     state_ready = metrics.render(state)
     assert families(state_ready) >= PINNED

@@ -30,6 +30,7 @@ from runevents.eventlog.locate import (
     keys_for,
     object_url,
     open_any,
+    whole_units_end,
 )
 from runevents.eventlog.reader import Cursor, StaleIndex, iter_lines
 from runevents.eventlog.tail import Tail, read_behind, take
@@ -218,9 +219,14 @@ class EventLog:
             await self.mirror(ref)
         log = await open_any(self.store, keys)
         writer = self._writers.get(keys.log)
-        if isinstance(log, PlainLog) and log.fd is not None and writer is not None:
-            # this process writes it: read only what is visible (fsynced if the mode says so)
-            log.end = min(log.end, writer.visible_offset)
+        if isinstance(log, PlainLog) and log.fd is not None:
+            if writer is not None:
+                # this process writes it: read only what is visible (fsynced if the mode says so)
+                log.end = min(log.end, writer.visible_offset)
+            else:
+                # nobody here writes it: never the lines of a torn unit (a crash), which
+                # recovery cuts and numbers again
+                log.end = whole_units_end(log.fd, log.end)
         return log
 
     async def _read_plain(
@@ -350,7 +356,7 @@ class EventLog:
                 writer = writers.get(keys.log)
                 if writer is not None:
                     return writer.visible_offset
-                return os.fstat(tail_fd).st_size
+                return whole_units_end(tail_fd, os.fstat(tail_fd).st_size)
 
             # its own descriptor (a dup): valid as long as the tail lives
             tail_fd = os.dup(log.fd)

@@ -4,6 +4,7 @@ checkpoints, legacy logs, stale indexes, and a real kill -9."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -686,3 +687,63 @@ def test_kill_9_at_random_moments_leaves_a_log_that_reopens_gap_free(tmp_path: P
 
         previous = asyncio.run(check())
         assert previous > 1
+
+
+def test_a_read_before_recovery_never_serves_the_lines_of_a_torn_unit(tmp_path: Path) -> None:
+    """Found from outside: after a kill -9 left two whole lines of a unit (no end mark) and
+    a partial one, reads served those two lines until the run was taken again; recovery
+    then cut them and numbered other events 102 and 103 (a follower saw both, and a
+    JSON page cached as immutable changed under its ETag)."""
+
+    async def scenario() -> None:
+        log = new_log(tmp_path)
+        writer = await log.open_writer(REF)
+        await writer.append(drafts(1))
+        await writer.append(drafts(3, start=1))
+        await writer.close()
+        path = log.keys(REF).live
+        whole = path.read_bytes()
+        # a crash during the next unit: two of its lines whole, the third torn
+        writer = await log.open_writer(REF)
+        torn = encode_batch(writer.prepare(drafts(3, start=4)))
+        await writer.close()
+        path.write_bytes(whole + torn[: torn.index(b"\n", torn.index(b"\n") + 1) + 1] + b'{"ty')
+        # nobody holds the run: the reads stop at the last whole unit
+        assert await read_sequences(log, REF) == [1, 2, 3, 4]
+        # nor does a follower (replay, then waiting for more)
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for chunk in log.follow(REF, after_sequence=2):
+                seen.append(chunk.last_sequence)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follow(), 0.5)
+        assert seen and max(seen) == 4
+        # the writer opened again: recovery cuts the torn unit; the next event is 5
+        writer = await log.open_writer(REF)
+        events = await writer.append(drafts(1, start=9))
+        await writer.close()
+        assert [e.sequence for e in events] == [5]
+        assert await read_sequences(log, REF) == [1, 2, 3, 4, 5]
+
+    asyncio.run(scenario())
+
+
+def test_a_file_that_ends_at_a_unit_end_or_is_legacy_is_read_to_its_end(tmp_path: Path) -> None:
+    """The torn-unit trim costs nothing on a whole file and never hides a legacy log's lines
+    (no marks at all)."""
+    from runevents.eventlog.locate import whole_units_end
+
+    marked, _ = marker_log([1, 3, 2])
+    legacy = marked.replace(UNIT_END, b"\n")
+    torn = marked + encode_event(make_event(7)) + b'{"ty'
+    cases = ((marked, len(marked)), (legacy, len(legacy)), (torn, len(marked)))
+    for data, expected in cases:
+        path = tmp_path / "log"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert whole_units_end(fd, len(data)) == expected
+        finally:
+            os.close(fd)
