@@ -62,7 +62,7 @@ from typing import Any
 
 from runevents.exceptions import ConfigError, ConfigurationNotFound, InvalidInput
 from runevents.ids import check_name
-from runevents.masking import MIN_SECRET_CHARS
+from runevents.masking import MIN_SECRET_CHARS, Masker
 from runevents.settings import parse_duration
 
 #: bumps whenever the content-hash document changes shape (old build caches miss)
@@ -170,8 +170,12 @@ class Configuration:
         """The public JSON of ``GET /api/v1/configurations``.
 
         Env values may be secrets: only their names are listed (``env_keys``).
+        A declared secret written into the command (``--password=VALUE``) or the
+        description is masked as in the run's events (contract 11: in every
+        response; ``run.started`` shows the same argv masked). Only the shown
+        copy: the executor runs :attr:`command` as configured.
         """
-        return {
+        public: dict[str, Any] = {
             "workspace_id": self.workspace_id,
             "configuration_id": self.configuration_id,
             "description": self.description,
@@ -180,6 +184,9 @@ class Configuration:
             "timeout_seconds": self.timeout_seconds,
             "env_keys": sorted(self.env),
         }
+        if self.secret_values:
+            public, _ = Masker(self.secret_values.values()).mask_value(public)
+        return public
 
 
 def _file_digest(path: Path) -> str:

@@ -17,7 +17,8 @@ The child process (:mod:`runevents.process`) runs in its own session and gets:
   as a database URL are not the job's business), ``PYTHONUNBUFFERED=1`` unless
   set (so Python jobs stream live), the configuration's ``env``, then
   ``RUNEVENTS_RUN_ID``, ``RUNEVENTS_WORKSPACE_ID``, ``RUNEVENTS_CONFIGURATION_ID``,
-  ``RUNEVENTS_OPTIONS_FILE`` (the run options as a JSON object),
+  ``RUNEVENTS_OPTIONS_FILE`` (the run options as a JSON object, as stored: a
+  declared secret in them is ``***``; the child has its value in the environment),
   ``RUNEVENTS_RUN_DIR`` (the scratch directory, removed after the run) and, with
   a build step, ``RUNEVENTS_BUILD_DIR``;
 * the configuration's secrets (``secrets``): their values, also when they

@@ -42,6 +42,7 @@ from runevents.exceptions import (
 )
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
 from runevents.livetier import LiveTier
+from runevents.masking import Masker
 from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
 from runevents.ownership import Ownership
 from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
@@ -121,19 +122,6 @@ class RunManager(ProducerIngest, RunUpkeep):
         if not external:
             self.configs.get(workspace_id, configuration_id)
         now = utcnow()
-        run = Run(
-            id=ids.new_run_id(),
-            workspace_id=workspace_id,
-            configuration_id=configuration_id,
-            status=RunStatus.QUEUED,
-            external=external,
-            mode=mode,
-            options=options,
-            created_at=now,
-            updated_at=now,
-            log_state=LogState.LIVE,
-        )
-        run = run.evolve(events_path=self.log.events_path(run_ref(run)))
         queued = EventDraft(
             type="run.queued",
             # the row's created_at is exactly this event's (contract 2): reindex rebuilds it
@@ -147,6 +135,30 @@ class RunManager(ProducerIngest, RunUpkeep):
                 **({"rerun_of": rerun_of} if rerun_of else {}),
             },
         )
+        # Contract 11: a declared secret a caller put in the options (or the mode) is
+        # masked like in any other event -- keys, values, encoded forms, counted in
+        # payload.masked -- before it reaches the log, and the row takes the masked
+        # values, so no response shows it either. The child does not need the value
+        # from its options file: the configuration hands it every declared secret in
+        # its environment. An external run's configuration may declare none (or not
+        # exist): then there is nothing to mask.
+        masker = Masker(self.masks.declared(workspace_id, configuration_id))
+        if masker:
+            masker.mask_drafts([queued])
+            mode, options = queued.payload["mode"], queued.payload["options"]
+        run = Run(
+            id=ids.new_run_id(),
+            workspace_id=workspace_id,
+            configuration_id=configuration_id,
+            status=RunStatus.QUEUED,
+            external=external,
+            mode=mode,
+            options=options,
+            created_at=now,
+            updated_at=now,
+            log_state=LogState.LIVE,
+        )
+        run = run.evolve(events_path=self.log.events_path(run_ref(run)))
         # an external run's producer comes here next: keep its writer
         held = await self.held.create(run, queued, keep=external)
         if held is not None:

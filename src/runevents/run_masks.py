@@ -57,12 +57,16 @@ class RunMasks:
             self._box = SecretBox(bytes.fromhex(key))
         return self._box
 
-    def _declared(self, run: Run) -> list[str]:
+    def declared(self, workspace_id: str, configuration_id: str) -> list[str]:
+        """The secret values of the configuration registered under these ids (none: [])."""
         try:
-            config = self.configs.get(run.workspace_id, run.configuration_id)
+            config = self.configs.get(workspace_id, configuration_id)
         except ConfigurationNotFound:
             return []
         return list(config.secret_values.values())
+
+    def _declared(self, run: Run) -> list[str]:
+        return self.declared(run.workspace_id, run.configuration_id)
 
     async def masker(self, run: Run, *, held: bool) -> Masker:
         """The run's masker: cached while ``held``, else loaded from the database."""

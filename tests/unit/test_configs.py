@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -475,6 +477,25 @@ def test_secrets_take_values_from_env_first_then_the_environment(tmp_path: Path)
     # never shown: not in repr, not in the API's JSON
     assert "api-token-0123456789" not in repr(config)
     assert "api-token-0123456789" not in str(config.to_dict())
+
+
+def test_configurations_listing_masks_a_secret_in_the_command(tmp_path: Path) -> None:
+    # Defect D8: to_dict (the JSON of GET /api/v1/configurations) returned the argv
+    # as configured, so `--password=<secret>` was shown while run.started masked it.
+    # Contract 11: masked in every response, with the masker's rules (encoded forms).
+    secret = "db-Pa55word/2026+x="
+    text = entry(
+        f'command = ["psql", "--password={secret}", "--b64", "{base64.b64encode(secret.encode()).decode()}"]\n'
+        f'description = "uses {quote(secret, safe="")}"\n'
+        f'env = {{ DB_PASSWORD = "{secret}" }}\nsecrets = ["DB_PASSWORD"]'
+    )
+    (config,) = load_config_file(write(tmp_path, text), environ={})
+    public = config.to_dict()
+    assert public["command"] == ["psql", "--password=***", "--b64", "***"]
+    assert public["description"] == "uses ***"
+    assert secret not in repr(public)
+    # what runs is still the real argv
+    assert config.command[1] == f"--password={secret}"
 
 
 def test_short_secret_is_refused_at_load_naming_file_configuration_and_reason(

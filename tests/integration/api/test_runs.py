@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 
+from runevents.api.app import create_app
+from runevents.app import App
+from runevents.settings import Settings
+from tests.fixtures.app import asgi_client
 from tests.integration.api.helpers import (
     COMPLETED,
     console,
@@ -208,3 +215,35 @@ async def test_lookup_by_run_id_alone(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/runs/run_01JAAAAAAAAAAAAAAAAAAAAAAA")).status_code == 404
     assert (await client.get("/api/v1/runs/..%2Fx")).status_code in {404, 422}
     assert (await client.get("/api/v1/runs/not-a-run")).status_code == 422
+
+
+async def test_configurations_listing_masks_a_secret_in_the_command(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    # Defect D8: GET /api/v1/configurations showed a secret written into the argv
+    # (`--password=<secret>`) while run.started masked the same argv (contract 11).
+    secret = "s3cretpassw0rd!"
+    path = tmp_path / "secret-configs.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [[configuration]]
+            workspace = "acme"
+            id = "deploy"
+            command = ["{sys.executable}", "-c", "pass", "--password={secret}"]
+            env = {{ DB_PASSWORD = "{secret}" }}
+            secrets = ["DB_PASSWORD"]
+            """
+        )
+    )
+    settings = api_settings.model_copy(update={"config_file": path})
+    app = await App.open(settings, worker=False)
+    try:
+        async with asgi_client(create_app(settings, app=app)) as client:
+            response = await client.get("/api/v1/configurations")
+        assert response.status_code == 200
+        (item,) = response.json()["items"]
+        assert item["command"][-1] == "--password=***"
+        assert secret not in response.text
+    finally:
+        await app.close()

@@ -7,14 +7,17 @@ import base64
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from runevents.api.app import create_app
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
 from runevents.exceptions import WriterBusy, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
+from tests.fixtures.app import asgi_client
 
 SECRET = "deploy-key-0123456789"
 LATE = "producer-fetched-token-77"
@@ -157,5 +160,66 @@ async def test_a_producers_masked_count_is_not_taken_from_the_producer(
         )
         done = await app.manager.get_run("acme", "ext", run.id)
         assert done.summary is not None and done.summary["console"]["masked"] == 0
+    finally:
+        await app.close()
+
+
+async def test_a_secret_in_run_options_is_masked_in_the_log_the_row_and_responses(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Defect D4: create_run wrote the options into run.queued and the row as sent,
+    # so a declared secret a caller put in them (as a value, a key, encoded) reached
+    # the log, the database and every response. Contract 11: any string of any event.
+    quick = masked_settings(settings, tmp_path)
+    app = await App.open(quick, worker=False)  # no worker: the row stays as created
+    encoded = base64.b64encode(SECRET.encode()).decode()
+    percent = quote(SECRET + "&", safe="")
+    options = {
+        "note": f"pw={SECRET}!",
+        SECRET: "k",
+        "nested": [{"b64": f"Basic {encoded}", "url": f"?p={percent}"}],
+    }
+    try:
+        async with asgi_client(create_app(quick, app=app)) as client:
+            runs = "/api/v1/workspaces/acme/configurations/deploy/runs"
+            created = []
+            for body in (
+                {"mode": "execute", "options": options},
+                # an external run of a configuration with secrets: the same rule
+                {"external": True, "mode": f"m-{SECRET}", "options": options},
+            ):
+                response = await client.post(runs, json=body)
+                assert response.status_code == 201, response.text
+                created.append(response)
+            answers = [r.text for r in created]
+            for response in created:
+                path = f"{runs}/{response.json()['run']['id']}"
+                for url in (path, path + "/events", f"/api/v1/runs/{response.json()['run']['id']}"):
+                    got = await client.get(url)
+                    assert got.status_code == 200, got.text
+                    answers.append(got.text)
+            listing = await client.get("/api/v1/workspaces/acme/runs")
+            answers.append(listing.text)
+
+        logged = []
+        for response in created:
+            run = await app.manager.get_run("acme", "deploy", response.json()["run"]["id"])
+            events = await events_of(app, run)
+            assert events[0]["type"] == "run.queued"
+            logged.append(events[0]["payload"])
+            # the row the worker executes from holds the masked options too
+            assert run.options == logged[-1]["options"]
+        dump = await database_text(app)
+        everything = "\n".join([*answers, repr(logged), dump])
+        for value in (SECRET, encoded, quote(SECRET, safe="")):
+            assert value not in everything, value
+        assert logged[0]["options"] == {
+            "note": "pw=***!",
+            "***": "k",
+            "nested": [{"b64": "Basic ***", "url": "?p=***%26"}],
+        }
+        assert logged[1]["mode"] == "m-***"
+        # counted like every other replacement (console.masked sums payload.masked)
+        assert logged[0]["masked"] == 4
     finally:
         await app.close()
