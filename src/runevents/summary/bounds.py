@@ -1,6 +1,20 @@
 """Bounded building blocks of the run summary (contract 2.1: at most 256 KiB, caps, ``truncated``).
 
-- :func:`cap_str` cuts a producer string to a fixed number of characters.
+- :func:`cap_str` cuts a producer string to a fixed number of characters (for
+  values: a message, a status, a failure's code; never for a key).
+- :func:`name_key` is the key a producer's *name* is counted and shown under
+  (type, stream, level, phase, code, severity, source_file): the name itself up
+  to :data:`MAX_NAME_CHARS` characters; a longer one is shown as its first
+  :data:`NAME_HEAD_CHARS` characters, ``…`` and 16 hex digits of its
+  :func:`stable_hash`, still MAX_NAME_CHARS characters. So the key is a function
+  of the *whole* name: names sharing a long prefix stay distinct keys (counted
+  apart, one entry each), and a kept entry holds at most MAX_NAME_CHARS
+  characters whatever the name's length. A name that is itself spelled like a
+  shown form (MAX_NAME_CHARS characters with ``…`` where the hash starts) is
+  shown in that form too, with its own hash, so it never merges with the name
+  whose shown form it copies: two names share a key only if they share their
+  first NAME_HEAD_CHARS characters *and* their 64-bit hash (odds about 1e-19 a
+  pair; the same identity :class:`DistinctCounter` uses).
 - :class:`DistinctCounter` counts distinct keys in bounded memory: exactly up to
   :data:`EXACT_DISTINCT` keys (a set of 64-bit hashes), then as a HyperLogLog
   estimate (2**16 one-byte registers, about 0.4 % standard error).
@@ -31,9 +45,12 @@ import msgspec
 
 #: entries a list or map of the summary keeps at most (contract 2.1: "at most 1,000")
 MAX_ENTRIES = 1000
-#: characters kept of a name read from a producer (phase, code, severity, type,
-#: stream, level, source_file, status, stage); longer ones end in ELLIPSIS
+#: characters of a name read from a producer as shown in the summary (a key: phase, code,
+#: severity, type, stream, level, source_file, see name_key; a value: status, stage, code
+#: of a failure, see cap_str); a longer one is shown cut
 MAX_NAME_CHARS = 256
+#: characters of a long name its shown form keeps before ``…`` and the 16 hex digits of its hash
+NAME_HEAD_CHARS = MAX_NAME_CHARS - 17
 #: characters kept of a message (failure / run.error ``message``)
 MAX_MESSAGE_CHARS = 4096
 #: what replaces the cut tail of a capped string
@@ -53,6 +70,23 @@ def cap_str(value: str, limit: int = MAX_NAME_CHARS) -> str:
     if len(value) <= limit:
         return value
     return value[: limit - 1] + ELLIPSIS
+
+
+def name_key(name: str) -> str:
+    """The key ``name`` is counted, kept and shown under: distinct names, distinct keys.
+
+    ``name`` itself when it has fewer than :data:`MAX_NAME_CHARS` characters (or
+    exactly that many and is not spelled like a shown form); else its first
+    :data:`NAME_HEAD_CHARS` characters, ``…`` and 16 lowercase hex digits of
+    :func:`stable_hash` of the whole name (MAX_NAME_CHARS characters). Not
+    idempotent by design: a shown form sent as a name gets a key of its own.
+    A name shorter than MAX_NAME_CHARS is always its own key, so a lookup of
+    such a raw name among kept keys is exact (the builders' fast paths).
+    """
+    size = len(name)
+    if size < MAX_NAME_CHARS or (size == MAX_NAME_CHARS and name[NAME_HEAD_CHARS] != ELLIPSIS):
+        return name
+    return f"{name[:NAME_HEAD_CHARS]}{ELLIPSIS}{stable_hash(name):016x}"
 
 
 def stable_hash(key: str) -> int:
@@ -206,12 +240,22 @@ class Counts(CappedMap[int]):
     __slots__ = ()
 
     def add(self, key: str, n: int = 1) -> None:
-        """Add ``n`` to ``key``'s count (``key`` must already be capped with cap_str)."""
+        """Add ``n`` to ``key``'s count (``key`` must already be a key: see name_key)."""
         kept = self.kept
         if key in kept:
             kept[key] += n
         elif self.admit(key):
             kept[key] = n
+
+    def add_name(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the count of the producer's name ``name`` (keyed with name_key)."""
+        if len(name) >= MAX_NAME_CHARS:
+            name = name_key(name)
+        kept = self.kept
+        if name in kept:
+            kept[name] += n
+        elif self.admit(name):
+            kept[name] = n
 
     def as_dict(self) -> dict[str, int]:
         """The kept counts, sorted by key."""

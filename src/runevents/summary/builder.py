@@ -15,6 +15,7 @@ from runevents.masking import MASKED_KEY
 from runevents.summary.bounds import (
     MAX_ENTRIES,
     MAX_MESSAGE_CHARS,
+    MAX_NAME_CHARS,
     Counts,
     cap_str,
     fit_summary,
@@ -22,7 +23,7 @@ from runevents.summary.bounds import (
 )
 from runevents.summary.phases import Phases
 from runevents.summary.snippet import ConsoleSnippet
-from runevents.summary.tables import Tables, ValidationSums
+from runevents.summary.tables import Tables, ValidationSums, keyed_block
 from runevents.summary.telemetry import (
     Malformed,
     as_object,
@@ -130,10 +131,11 @@ class RunSummaryBuilder:
         """Reduce one event. Malformed telemetry is counted in ``events.ignored``, never raised."""
         self._total += 1
         kept_types = self._by_type.kept
-        if type in kept_types:
+        # A raw name shorter than MAX_NAME_CHARS is its own key (bounds.name_key).
+        if type in kept_types and len(type) < MAX_NAME_CHARS:
             kept_types[type] += 1
         else:
-            self._by_type.add(cap_str(type))
+            self._by_type.add_name(type)
         if isinstance(payload, dict) and MASKED_KEY in payload:
             masked = payload[MASKED_KEY]
             # the server writes a positive int; anything else is not a count
@@ -163,6 +165,7 @@ class RunSummaryBuilder:
         """
         streams = self._by_stream.kept
         levels = self._by_level.kept
+        short = MAX_NAME_CHARS  # a shorter name is its own key: the fast lookups are exact
         messages: list[str] = []
         keep = messages.append
         lines = cut_lines = 0
@@ -189,14 +192,20 @@ class RunSummaryBuilder:
                 # The common line, inlined: this runs for nearly every event of a run.
                 # (try: one dict lookup for a kept name, and free when it does not raise)
                 lines += 1
-                try:
-                    streams[stream] += 1
-                except KeyError:
-                    self._by_stream.add(cap_str(stream))
-                try:
-                    levels[level] += 1
-                except KeyError:
-                    self._by_level.add(cap_str(level))
+                if len(stream) < short:
+                    try:
+                        streams[stream] += 1
+                    except KeyError:
+                        self._by_stream.add(stream)
+                else:
+                    self._by_stream.add_name(stream)
+                if len(level) < short:
+                    try:
+                        levels[level] += 1
+                    except KeyError:
+                        self._by_level.add(level)
+                else:
+                    self._by_level.add_name(level)
                 if len(payload) != 4:
                     # only the four keys read above: no truncated flag, no masked count
                     if payload.get("truncated") is True:
@@ -314,18 +323,19 @@ class RunSummaryBuilder:
             if value is not None and not isinstance(value, str):
                 raise Malformed
         self._console_lines += 1
+        # A raw name shorter than MAX_NAME_CHARS is its own key (bounds.name_key).
         if stream is not None:
             kept = self._by_stream.kept
-            if stream in kept:
+            if stream in kept and len(stream) < MAX_NAME_CHARS:
                 kept[stream] += 1
             else:
-                self._by_stream.add(cap_str(stream))
+                self._by_stream.add_name(stream)
         if level is not None:
             kept = self._by_level.kept
-            if level in kept:
+            if level in kept and len(level) < MAX_NAME_CHARS:
                 kept[level] += 1
             else:
-                self._by_level.add(cap_str(level))
+                self._by_level.add_name(level)
         # The executor marks lines cut at max_line_bytes with truncated=true.
         if payload.get("truncated") is True:
             self._truncated += 1
@@ -355,7 +365,7 @@ class RunSummaryBuilder:
 
     def _on_validation_summary(self, created_at: str | None, payload: Any) -> None:
         sums = ValidationSums(self._max_entries)
-        sums.add_block(parse_validation(as_object(payload)))
+        sums.add_block(keyed_block(parse_validation(as_object(payload))))
         self._validation_summary = sums
 
     def _on_validation_issue(self, created_at: str | None, payload: Any) -> None:
