@@ -13,8 +13,9 @@
   shown form (MAX_NAME_CHARS characters with ``…`` where the hash starts) is
   shown in that form too, with its own hash, so it never merges with the name
   whose shown form it copies: two names share a key only if they share their
-  first NAME_HEAD_CHARS characters *and* their 64-bit hash (odds about 1e-19 a
-  pair; the same identity :class:`DistinctCounter` uses).
+  first NAME_HEAD_CHARS characters *and* their 64-bit hash (odds about 5e-20 a
+  pair; the same identity :class:`DistinctCounter` uses). Names used as keys are
+  never cut with :func:`cap_str`: that would merge names sharing a long prefix.
 - :class:`DistinctCounter` counts distinct keys in bounded memory: exactly up to
   :data:`EXACT_DISTINCT` keys (a set of 64-bit hashes), then as a HyperLogLog
   estimate (2**16 one-byte registers, about 0.4 % standard error).
@@ -25,7 +26,9 @@
 
 Every structure's state is a function of the *set* of keys it was given (and
 the values folded into the kept ones), never of the order or batching, so a
-summary built from a log equals one folded live. Hashes are blake2b, not
+summary built from a log equals one folded live. A name's key depends on that
+name alone (:func:`name_key`), so this holds for the set of names too, and the
+order the summary lists a map in (sorted by key) is well defined. Hashes are blake2b, not
 Python's per-process randomized ``hash()``, so another process gets the same
 estimate.
 """
