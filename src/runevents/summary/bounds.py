@@ -92,6 +92,11 @@ def name_key(name: str) -> str:
     return f"{name[:NAME_HEAD_CHARS]}{ELLIPSIS}{stable_hash(name):016x}"
 
 
+def is_shown_form(key: str) -> bool:
+    """True if ``key`` is spelled like name_key's form of a long name (so not its own key)."""
+    return len(key) == MAX_NAME_CHARS and key[NAME_HEAD_CHARS] == ELLIPSIS
+
+
 def stable_hash(key: str) -> int:
     """A 64-bit hash of ``key`` that is the same in every process (unlike ``hash()``)."""
     data = key.encode("utf-8", "surrogatepass")  # a str may hold a lone surrogate
@@ -175,18 +180,31 @@ class CappedMap(Generic[V]):
     any subset, so it is admitted on its first occurrence and never evicted.
     ``cut()`` is how many distinct keys are not kept (see DistinctCounter).
     Values are owned by the map; ``copy`` copies them with ``copy_value``.
+
+    Keys are name_key's: a kept key spelled like a long name's shown form
+    (:func:`is_shown_form`) is held apart from :attr:`kept`, so ``kept`` holds
+    only names that are their own key and a lookup of a *raw* name there is exact
+    (a hit is that very name): the builders' fast paths look a raw name up in
+    ``kept`` and call :meth:`Counts.add_name` on a miss.
     """
 
-    __slots__ = ("_cap", "_copy_value", "_cut", "_order", "kept")
+    __slots__ = ("_cap", "_copy_value", "_cut", "_order", "_shown", "kept")
 
     def __init__(self, cap: int = MAX_ENTRIES, copy_value: Callable[[V], V] | None = None) -> None:
         self._cap = cap
         self._copy_value = copy_value
-        #: key -> value of the kept keys (read it directly for a fast hit)
+        #: key -> value of the kept keys that are names themselves (read it directly for a
+        #: fast hit, also with a raw name)
         self.kept: dict[str, V] = {}
+        #: key -> value of the kept keys that are long names' shown forms
+        self._shown: dict[str, V] = {}
         #: the kept keys, sorted (so the largest is evicted in O(1) and listed in order)
         self._order: list[str] = []
         self._cut = DistinctCounter()
+
+    def _store(self, key: str) -> dict[str, V]:
+        """The dict that holds ``key``'s value when it is kept."""
+        return self._shown if is_shown_form(key) else self.kept
 
     def admit(self, key: str) -> bool:
         """Make room for ``key`` (not yet kept): True if the caller must now store its value."""
@@ -198,23 +216,26 @@ class CappedMap(Generic[V]):
             self._cut.add(key)
             return False
         evicted = order.pop()
-        del self.kept[evicted]
+        del self._store(evicted)[evicted]
         self._cut.add(evicted)
         bisect.insort(order, key)
         return True
 
     def slot(self, key: str, make: Callable[[], V]) -> V | None:
         """The kept value of ``key`` (made by ``make`` on first sight), None if ``key`` is cut."""
-        value = self.kept.get(key)
+        store = self._store(key)
+        value = store.get(key)
         if value is None and self.admit(key):
-            value = self.kept[key] = make()
+            value = store[key] = make()
         return value
 
     def items(self) -> Iterator[tuple[str, V]]:
         """The kept entries in key order."""
         kept = self.kept
+        shown = self._shown
         for key in self._order:
-            yield key, kept[key]
+            value = kept.get(key)
+            yield key, shown[key] if value is None else value
 
     def cut(self) -> int:
         """Distinct keys not kept (an estimate past EXACT_DISTINCT of them)."""
@@ -230,8 +251,10 @@ class CappedMap(Generic[V]):
         copy_value = self._copy_value
         if copy_value is None:
             twin.kept = dict(self.kept)
+            twin._shown = dict(self._shown)
         else:
             twin.kept = {key: copy_value(value) for key, value in self.kept.items()}
+            twin._shown = {key: copy_value(value) for key, value in self._shown.items()}
         twin._order = list(self._order)
         twin._cut = self._cut.copy()
         return twin
@@ -244,21 +267,15 @@ class Counts(CappedMap[int]):
 
     def add(self, key: str, n: int = 1) -> None:
         """Add ``n`` to ``key``'s count (``key`` must already be a key: see name_key)."""
-        kept = self.kept
-        if key in kept:
-            kept[key] += n
+        store = self._store(key)
+        if key in store:
+            store[key] += n
         elif self.admit(key):
-            kept[key] = n
+            store[key] = n
 
     def add_name(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the count of the producer's name ``name`` (keyed with name_key)."""
-        if len(name) >= MAX_NAME_CHARS:
-            name = name_key(name)
-        kept = self.kept
-        if name in kept:
-            kept[name] += n
-        elif self.admit(name):
-            kept[name] = n
+        self.add(name_key(name), n)
 
     def as_dict(self) -> dict[str, int]:
         """The kept counts, sorted by key."""

@@ -15,7 +15,6 @@ from runevents.masking import MASKED_KEY
 from runevents.summary.bounds import (
     MAX_ENTRIES,
     MAX_MESSAGE_CHARS,
-    MAX_NAME_CHARS,
     Counts,
     cap_str,
     fit_summary,
@@ -131,8 +130,8 @@ class RunSummaryBuilder:
         """Reduce one event. Malformed telemetry is counted in ``events.ignored``, never raised."""
         self._total += 1
         kept_types = self._by_type.kept
-        # A raw name shorter than MAX_NAME_CHARS is its own key (bounds.name_key).
-        if type in kept_types and len(type) < MAX_NAME_CHARS:
+        # kept holds only names that are their own key: a hit on a raw name is exact
+        if type in kept_types:
             kept_types[type] += 1
         else:
             self._by_type.add_name(type)
@@ -165,7 +164,6 @@ class RunSummaryBuilder:
         """
         streams = self._by_stream.kept
         levels = self._by_level.kept
-        short = MAX_NAME_CHARS  # a shorter name is its own key: the fast lookups are exact
         messages: list[str] = []
         keep = messages.append
         lines = cut_lines = 0
@@ -192,19 +190,14 @@ class RunSummaryBuilder:
                 # The common line, inlined: this runs for nearly every event of a run.
                 # (try: one dict lookup for a kept name, and free when it does not raise)
                 lines += 1
-                if len(stream) < short:
-                    try:
-                        streams[stream] += 1
-                    except KeyError:
-                        self._by_stream.add(stream)
-                else:
+                # (kept holds only names that are their own key: a hit on a raw name is exact)
+                try:
+                    streams[stream] += 1
+                except KeyError:
                     self._by_stream.add_name(stream)
-                if len(level) < short:
-                    try:
-                        levels[level] += 1
-                    except KeyError:
-                        self._by_level.add(level)
-                else:
+                try:
+                    levels[level] += 1
+                except KeyError:
                     self._by_level.add_name(level)
                 if len(payload) != 4:
                     # only the four keys read above: no truncated flag, no masked count
@@ -323,16 +316,16 @@ class RunSummaryBuilder:
             if value is not None and not isinstance(value, str):
                 raise Malformed
         self._console_lines += 1
-        # A raw name shorter than MAX_NAME_CHARS is its own key (bounds.name_key).
+        # kept holds only names that are their own key: a hit on a raw name is exact
         if stream is not None:
             kept = self._by_stream.kept
-            if stream in kept and len(stream) < MAX_NAME_CHARS:
+            if stream in kept:
                 kept[stream] += 1
             else:
                 self._by_stream.add_name(stream)
         if level is not None:
             kept = self._by_level.kept
-            if level in kept and len(level) < MAX_NAME_CHARS:
+            if level in kept:
                 kept[level] += 1
             else:
                 self._by_level.add_name(level)

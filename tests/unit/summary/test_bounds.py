@@ -92,6 +92,27 @@ def test_counts_add_name_counts_each_distinct_name_once_in_any_order(names: list
     assert sum(forward.as_dict().values()) <= len(names)
 
 
+def test_capped_map_holds_shown_forms_apart_so_a_raw_lookup_in_kept_is_exact() -> None:
+    long = "n" * 1000
+    key = name_key(long)
+    counts = Counts(cap=3)
+    counts.add_name(long)
+    counts.add_name("short")
+    assert key not in counts.kept and "short" in counts.kept
+    assert counts.as_dict() == {key: 1, "short": 1}
+    counts.add_name(key)  # the shown form sent as a name: another entry
+    assert counts.as_dict() == {key: 1, name_key(key): 1, "short": 1}
+    counts.add_name("a")  # evicts "short", the largest key
+    counts.add_name("0")  # evicts the larger shown form
+    twin = counts.copy()
+    assert counts.as_dict() == {"0": 1, "a": 1, min(key, name_key(key)): 1}
+    assert twin.as_dict() == counts.as_dict()
+    assert counts.cut() == 2 and counts.distinct() == 5
+    kept_key = min(key, name_key(key))
+    counts.add_name(long if kept_key == key else key)  # the kept one's name: counted again
+    assert counts.as_dict()[kept_key] == 2
+
+
 # -- DistinctCounter -------------------------------------------------------------------
 
 

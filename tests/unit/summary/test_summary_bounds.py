@@ -581,3 +581,9 @@ def test_a_name_spelled_like_another_names_shown_form_stays_distinct() -> None:
     assert len({e["source_file"] for e in summary["tables"]["by_file"]}) == 2
     types = live_and_rebuilt([(long_file, ts(0), {}), (shown, ts(0), {})])["events"]["by_type"]
     assert sorted(types.values()) == [1, 1]
+    # The batch fold's inline lookups of a raw name, too (add_events and add_line).
+    lines = [console(stream=long_file, level=long_file), console(stream=shown, level=shown)]
+    lines += [console(stream=shown, level=shown)]
+    console_counts = live_and_rebuilt(lines)["console"]
+    assert sorted(console_counts["by_stream"].values()) == [1, 2]
+    assert sorted(console_counts["by_level"].values()) == [1, 2]
