@@ -47,11 +47,15 @@ Bounds (contract 2.1: at most 256 KiB; issue 13 defect 3):
   Counts of cut keys are exact up to 16,384 distinct keys, then HyperLogLog
   estimates (``bounds.py``); tables past the first 2,048 ids are folded as
   they come (``tables.py``). Memory stays bounded whatever the run produced.
-- Strings read from producers are cut to 256 characters (names: type, stream,
-  level, phase, status, code, severity, source_file, stage) or 4,096 (a
-  ``message``), ending in ``…``; a ``run.completed`` ``failure`` / ``execution``
-  over 4 KiB of JSON keeps only its pinned keys. Names equal in their first 255
-  characters count as one.
+- Names read from producers that become keys (type, stream, level, phase,
+  code, severity, source_file) are counted by the whole name: one longer than
+  256 characters is shown as its first 239 characters, ``…`` and 16 hex digits
+  of a stable 64-bit hash of the whole name (``bounds.name_key``), so names
+  sharing a long prefix stay distinct entries and every kept key is at most 256
+  characters. Other strings are cut to 256 characters (status, stage, a
+  failure's code) or 4,096 (a ``message``), ending in ``…``; a
+  ``run.completed`` ``failure`` / ``execution`` over 4 KiB of JSON keeps only
+  its pinned keys.
 - A final guard measures the encoded summary and, while it exceeds 256 KiB,
   cuts the last entry of the field taking the most bytes (counted in
   ``truncated``), so the bound holds whatever the producer sent.

@@ -1,6 +1,21 @@
 """Bounded building blocks of the run summary (contract 2.1: at most 256 KiB, caps, ``truncated``).
 
-- :func:`cap_str` cuts a producer string to a fixed number of characters.
+- :func:`cap_str` cuts a producer string to a fixed number of characters (for
+  values: a message, a status, a failure's code; never for a key).
+- :func:`name_key` is the key a producer's *name* is counted and shown under
+  (type, stream, level, phase, code, severity, source_file): the name itself up
+  to :data:`MAX_NAME_CHARS` characters; a longer one is shown as its first
+  :data:`NAME_HEAD_CHARS` characters, ``…`` and 16 hex digits of its
+  :func:`stable_hash`, still MAX_NAME_CHARS characters. So the key is a function
+  of the *whole* name: names sharing a long prefix stay distinct keys (counted
+  apart, one entry each), and a kept entry holds at most MAX_NAME_CHARS
+  characters whatever the name's length. A name that is itself spelled like a
+  shown form (MAX_NAME_CHARS characters with ``…`` where the hash starts) is
+  shown in that form too, with its own hash, so it never merges with the name
+  whose shown form it copies: two names share a key only if they share their
+  first NAME_HEAD_CHARS characters *and* their 64-bit hash (odds about 5e-20 a
+  pair; the same identity :class:`DistinctCounter` uses). Names used as keys are
+  never cut with :func:`cap_str`: that would merge names sharing a long prefix.
 - :class:`DistinctCounter` counts distinct keys in bounded memory: exactly up to
   :data:`EXACT_DISTINCT` keys (a set of 64-bit hashes), then as a HyperLogLog
   estimate (2**16 one-byte registers, about 0.4 % standard error).
@@ -11,7 +26,9 @@
 
 Every structure's state is a function of the *set* of keys it was given (and
 the values folded into the kept ones), never of the order or batching, so a
-summary built from a log equals one folded live. Hashes are blake2b, not
+summary built from a log equals one folded live. A name's key depends on that
+name alone (:func:`name_key`), so this holds for the set of names too, and the
+order the summary lists a map in (sorted by key) is well defined. Hashes are blake2b, not
 Python's per-process randomized ``hash()``, so another process gets the same
 estimate.
 """
@@ -31,9 +48,12 @@ import msgspec
 
 #: entries a list or map of the summary keeps at most (contract 2.1: "at most 1,000")
 MAX_ENTRIES = 1000
-#: characters kept of a name read from a producer (phase, code, severity, type,
-#: stream, level, source_file, status, stage); longer ones end in ELLIPSIS
+#: characters of a name read from a producer as shown in the summary (a key: phase, code,
+#: severity, type, stream, level, source_file, see name_key; a value: status, stage, code
+#: of a failure, see cap_str); a longer one is shown cut
 MAX_NAME_CHARS = 256
+#: characters of a long name its shown form keeps before ``…`` and the 16 hex digits of its hash
+NAME_HEAD_CHARS = MAX_NAME_CHARS - 17
 #: characters kept of a message (failure / run.error ``message``)
 MAX_MESSAGE_CHARS = 4096
 #: what replaces the cut tail of a capped string
@@ -53,6 +73,28 @@ def cap_str(value: str, limit: int = MAX_NAME_CHARS) -> str:
     if len(value) <= limit:
         return value
     return value[: limit - 1] + ELLIPSIS
+
+
+def name_key(name: str) -> str:
+    """The key ``name`` is counted, kept and shown under: distinct names, distinct keys.
+
+    ``name`` itself when it has fewer than :data:`MAX_NAME_CHARS` characters (or
+    exactly that many and is not spelled like a shown form); else its first
+    :data:`NAME_HEAD_CHARS` characters, ``…`` and 16 lowercase hex digits of
+    :func:`stable_hash` of the whole name (MAX_NAME_CHARS characters). Not
+    idempotent by design: a shown form sent as a name gets a key of its own.
+    A name shorter than MAX_NAME_CHARS is always its own key, so a lookup of
+    such a raw name among kept keys is exact (the builders' fast paths).
+    """
+    size = len(name)
+    if size < MAX_NAME_CHARS or (size == MAX_NAME_CHARS and name[NAME_HEAD_CHARS] != ELLIPSIS):
+        return name
+    return f"{name[:NAME_HEAD_CHARS]}{ELLIPSIS}{stable_hash(name):016x}"
+
+
+def is_shown_form(key: str) -> bool:
+    """True if ``key`` is spelled like name_key's form of a long name (so not its own key)."""
+    return len(key) == MAX_NAME_CHARS and key[NAME_HEAD_CHARS] == ELLIPSIS
 
 
 def stable_hash(key: str) -> int:
@@ -138,18 +180,31 @@ class CappedMap(Generic[V]):
     any subset, so it is admitted on its first occurrence and never evicted.
     ``cut()`` is how many distinct keys are not kept (see DistinctCounter).
     Values are owned by the map; ``copy`` copies them with ``copy_value``.
+
+    Keys are name_key's: a kept key spelled like a long name's shown form
+    (:func:`is_shown_form`) is held apart from :attr:`kept`, so ``kept`` holds
+    only names that are their own key and a lookup of a *raw* name there is exact
+    (a hit is that very name): the builders' fast paths look a raw name up in
+    ``kept`` and call :meth:`Counts.add_name` on a miss.
     """
 
-    __slots__ = ("_cap", "_copy_value", "_cut", "_order", "kept")
+    __slots__ = ("_cap", "_copy_value", "_cut", "_order", "_shown", "kept")
 
     def __init__(self, cap: int = MAX_ENTRIES, copy_value: Callable[[V], V] | None = None) -> None:
         self._cap = cap
         self._copy_value = copy_value
-        #: key -> value of the kept keys (read it directly for a fast hit)
+        #: key -> value of the kept keys that are names themselves (read it directly for a
+        #: fast hit, also with a raw name)
         self.kept: dict[str, V] = {}
+        #: key -> value of the kept keys that are long names' shown forms
+        self._shown: dict[str, V] = {}
         #: the kept keys, sorted (so the largest is evicted in O(1) and listed in order)
         self._order: list[str] = []
         self._cut = DistinctCounter()
+
+    def _store(self, key: str) -> dict[str, V]:
+        """The dict that holds ``key``'s value when it is kept."""
+        return self._shown if is_shown_form(key) else self.kept
 
     def admit(self, key: str) -> bool:
         """Make room for ``key`` (not yet kept): True if the caller must now store its value."""
@@ -161,23 +216,26 @@ class CappedMap(Generic[V]):
             self._cut.add(key)
             return False
         evicted = order.pop()
-        del self.kept[evicted]
+        del self._store(evicted)[evicted]
         self._cut.add(evicted)
         bisect.insort(order, key)
         return True
 
     def slot(self, key: str, make: Callable[[], V]) -> V | None:
         """The kept value of ``key`` (made by ``make`` on first sight), None if ``key`` is cut."""
-        value = self.kept.get(key)
+        store = self._store(key)
+        value = store.get(key)
         if value is None and self.admit(key):
-            value = self.kept[key] = make()
+            value = store[key] = make()
         return value
 
     def items(self) -> Iterator[tuple[str, V]]:
         """The kept entries in key order."""
         kept = self.kept
+        shown = self._shown
         for key in self._order:
-            yield key, kept[key]
+            value = kept.get(key)
+            yield key, shown[key] if value is None else value
 
     def cut(self) -> int:
         """Distinct keys not kept (an estimate past EXACT_DISTINCT of them)."""
@@ -193,8 +251,10 @@ class CappedMap(Generic[V]):
         copy_value = self._copy_value
         if copy_value is None:
             twin.kept = dict(self.kept)
+            twin._shown = dict(self._shown)
         else:
             twin.kept = {key: copy_value(value) for key, value in self.kept.items()}
+            twin._shown = {key: copy_value(value) for key, value in self._shown.items()}
         twin._order = list(self._order)
         twin._cut = self._cut.copy()
         return twin
@@ -206,12 +266,16 @@ class Counts(CappedMap[int]):
     __slots__ = ()
 
     def add(self, key: str, n: int = 1) -> None:
-        """Add ``n`` to ``key``'s count (``key`` must already be capped with cap_str)."""
-        kept = self.kept
-        if key in kept:
-            kept[key] += n
+        """Add ``n`` to ``key``'s count (``key`` must already be a key: see name_key)."""
+        store = self._store(key)
+        if key in store:
+            store[key] += n
         elif self.admit(key):
-            kept[key] = n
+            store[key] = n
+
+    def add_name(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the count of the producer's name ``name`` (keyed with name_key)."""
+        self.add(name_key(name), n)
 
     def as_dict(self) -> dict[str, int]:
         """The kept counts, sorted by key."""

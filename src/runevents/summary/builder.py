@@ -22,7 +22,7 @@ from runevents.summary.bounds import (
 )
 from runevents.summary.phases import Phases
 from runevents.summary.snippet import ConsoleSnippet
-from runevents.summary.tables import Tables, ValidationSums
+from runevents.summary.tables import Tables, ValidationSums, keyed_block
 from runevents.summary.telemetry import (
     Malformed,
     as_object,
@@ -130,10 +130,11 @@ class RunSummaryBuilder:
         """Reduce one event. Malformed telemetry is counted in ``events.ignored``, never raised."""
         self._total += 1
         kept_types = self._by_type.kept
+        # kept holds only names that are their own key: a hit on a raw name is exact
         if type in kept_types:
             kept_types[type] += 1
         else:
-            self._by_type.add(cap_str(type))
+            self._by_type.add_name(type)
         if isinstance(payload, dict) and MASKED_KEY in payload:
             masked = payload[MASKED_KEY]
             # the server writes a positive int; anything else is not a count
@@ -189,14 +190,15 @@ class RunSummaryBuilder:
                 # The common line, inlined: this runs for nearly every event of a run.
                 # (try: one dict lookup for a kept name, and free when it does not raise)
                 lines += 1
+                # (kept holds only names that are their own key: a hit on a raw name is exact)
                 try:
                     streams[stream] += 1
                 except KeyError:
-                    self._by_stream.add(cap_str(stream))
+                    self._by_stream.add_name(stream)
                 try:
                     levels[level] += 1
                 except KeyError:
-                    self._by_level.add(cap_str(level))
+                    self._by_level.add_name(level)
                 if len(payload) != 4:
                     # only the four keys read above: no truncated flag, no masked count
                     if payload.get("truncated") is True:
@@ -314,18 +316,19 @@ class RunSummaryBuilder:
             if value is not None and not isinstance(value, str):
                 raise Malformed
         self._console_lines += 1
+        # kept holds only names that are their own key: a hit on a raw name is exact
         if stream is not None:
             kept = self._by_stream.kept
             if stream in kept:
                 kept[stream] += 1
             else:
-                self._by_stream.add(cap_str(stream))
+                self._by_stream.add_name(stream)
         if level is not None:
             kept = self._by_level.kept
             if level in kept:
                 kept[level] += 1
             else:
-                self._by_level.add(cap_str(level))
+                self._by_level.add_name(level)
         # The executor marks lines cut at max_line_bytes with truncated=true.
         if payload.get("truncated") is True:
             self._truncated += 1
@@ -355,7 +358,7 @@ class RunSummaryBuilder:
 
     def _on_validation_summary(self, created_at: str | None, payload: Any) -> None:
         sums = ValidationSums(self._max_entries)
-        sums.add_block(parse_validation(as_object(payload)))
+        sums.add_block(keyed_block(parse_validation(as_object(payload))))
         self._validation_summary = sums
 
     def _on_validation_issue(self, created_at: str | None, payload: Any) -> None:

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from runevents.summary.bounds import MAX_ENTRIES, cap_str
+from runevents.summary.bounds import MAX_ENTRIES, cap_str, name_key
 from runevents.summary.telemetry import duration_ms
 
 
@@ -54,8 +54,8 @@ class Phases:
         self._awaiting_next: dict[str, int] = {}
 
     def start(self, scope: str, name: str, created_at: str | None) -> None:
-        """A phase start (``name`` is capped here)."""
-        name = cap_str(name)
+        """A phase start (``name`` is keyed here with name_key: distinct names stay distinct)."""
+        name = name_key(name)
         self._starts += 1
         # This start ends the "time to the next start of the same scope" of the previous one.
         previous = self._awaiting_next.pop(scope, None)
@@ -81,7 +81,7 @@ class Phases:
         duration: int | None,
     ) -> None:
         """A phase completion: closes the latest open start of the same scope and name."""
-        key = (scope, cap_str(name))
+        key = (scope, name_key(name))
         cut_open = self._open_cut.get(key)
         if cut_open:
             self._open_cut[key] = cut_open - 1  # closes a start past the cap: no entry to update

@@ -30,7 +30,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from runevents.summary.bounds import MAX_ENTRIES, MAX_NAME_CHARS, CappedMap, Counts, cap_str
+from runevents.summary.bounds import MAX_ENTRIES, MAX_NAME_CHARS, CappedMap, Counts, name_key
 from runevents.summary.telemetry import SEVERITY_RANK, Validation, max_severity
 
 #: tables whose last summary is kept (so a later summary replaces it exactly)
@@ -56,7 +56,7 @@ class ValidationSums:
         self.blocks = 0
 
     def add_block(self, block: Validation) -> None:
-        """Fold one validation block (a table's, or a run.validation.summary)."""
+        """Fold one validation block (a table's, or a run.validation.summary) from keyed_block."""
         self.blocks += 1
         self.total += block.issues_total
         if block.by_severity is None:
@@ -66,18 +66,19 @@ class ValidationSums:
             for name, n in block.by_severity.items():
                 self._add_severity(name, n)
         for code, n in block.by_code.items():
-            self.by_code.add(cap_str(code), n)
+            self.by_code.add(code, n)
 
     def add_issue(self, severity: str, code: str) -> None:
         """Fold one run.validation.issue."""
         self.total += 1
-        self._add_severity(severity, 1)
-        self.by_code.add(cap_str(code))
+        self._add_severity(name_key(severity), 1)
+        self.by_code.add_name(code)
 
     def _add_severity(self, name: str, n: int) -> None:
+        """Count severity ``name`` (a key: see name_key; the ranked names are their own keys)."""
         if name in SEVERITY_RANK:
             self.ranked[name] = self.ranked.get(name, 0) + n
-        self.by_severity.add(cap_str(name), n)
+        self.by_severity.add(name, n)
 
     def copy(self) -> ValidationSums:
         """An independent copy."""
@@ -123,20 +124,24 @@ def _table_key(table_id: str) -> str | bytes:
     return hashlib.blake2b(table_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def _capped_counts(counts: dict[str, int]) -> dict[str, int]:
-    if all(len(name) <= MAX_NAME_CHARS for name in counts):
-        return counts
-    capped: dict[str, int] = {}
+def _keyed_counts(counts: dict[str, int]) -> dict[str, int]:
+    if all(len(name) < MAX_NAME_CHARS for name in counts):
+        return counts  # every name is its own key
+    keyed: dict[str, int] = {}
     for name, n in counts.items():
-        key = cap_str(name)
-        capped[key] = capped.get(key, 0) + n
-    return capped
+        key = name_key(name)
+        keyed[key] = keyed.get(key, 0) + n  # distinct names, distinct keys: sums nothing
+    return keyed
 
 
-def _capped_block(block: Validation) -> Validation:
-    """``block`` with names cut to MAX_NAME_CHARS, so a kept block's size is bounded."""
-    by_severity = None if block.by_severity is None else _capped_counts(block.by_severity)
-    by_code = _capped_counts(block.by_code)
+def keyed_block(block: Validation) -> Validation:
+    """``block`` with its names replaced by their keys (bounds.name_key), as add_block wants.
+
+    Keys are at most MAX_NAME_CHARS characters, so a kept block's size is bounded,
+    and distinct names keep distinct keys. Apply it once: a key is not its own key.
+    """
+    by_severity = None if block.by_severity is None else _keyed_counts(block.by_severity)
+    by_code = _keyed_counts(block.by_code)
     if by_severity is block.by_severity and by_code is block.by_code:
         return block
     return dataclasses.replace(block, by_severity=by_severity, by_code=by_code)
@@ -171,9 +176,9 @@ class Tables:
         """Fold one run.table.summary (fields already type-checked)."""
         cost = 1
         if block is not None:
-            block = _capped_block(block)
+            block = keyed_block(block)
             cost += len(block.by_code) + len(block.by_severity or ())
-        table = _Table(cap_str(source_file), row_count, block, cost)
+        table = _Table(name_key(source_file), row_count, block, cost)
         key = _table_key(table_id)
         tracked = self._tracked
         old = tracked.get(key)

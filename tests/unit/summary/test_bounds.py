@@ -18,12 +18,14 @@ from runevents.summary.bounds import (
     CAPPED_FIELDS,
     ELLIPSIS,
     MAX_NAME_CHARS,
+    NAME_HEAD_CHARS,
     CappedMap,
     Counts,
     DistinctCounter,
     cap_str,
     fit_summary,
     json_size,
+    name_key,
     stable_hash,
 )
 
@@ -36,6 +38,79 @@ def test_cap_str_keeps_short_strings_and_cuts_long_ones_to_the_limit() -> None:
     assert len(long) == MAX_NAME_CHARS
     assert long.endswith(ELLIPSIS)
     assert cap_str("x" * 10_000, 10) == "x" * 9 + ELLIPSIS
+
+
+# -- name_key (defect D3: names sharing a long prefix stay distinct keys) ---------------
+
+
+def test_name_key_keeps_names_up_to_the_limit_as_they_are() -> None:
+    for name in ("", "stdout", "a" * (MAX_NAME_CHARS - 1), "a" * MAX_NAME_CHARS):
+        assert name_key(name) == name
+
+
+def test_name_key_of_long_names_sharing_a_prefix_are_distinct_bounded_and_stable() -> None:
+    prefix = "/data/very/long/path/" + "d" * 300
+    names = [f"{prefix}/file{i}.xlsx" for i in range(1000)]
+    keys = [name_key(name) for name in names]
+    assert len(set(keys)) == len(names)
+    for name, key in zip(names, keys, strict=True):
+        assert len(key) == MAX_NAME_CHARS
+        assert key == f"{name[:NAME_HEAD_CHARS]}{ELLIPSIS}{stable_hash(name):016x}"
+        assert name_key(name) == key  # deterministic
+    huge = "x" * 1_000_000
+    assert len(name_key(huge)) == MAX_NAME_CHARS
+    assert name_key(huge) != name_key(huge + "y")
+
+
+def test_name_key_of_a_name_spelled_like_a_key_is_another_key() -> None:
+    long = "n" * 1000
+    key = name_key(long)
+    assert name_key(key) != key  # not idempotent: sent as a name, a key is a new name
+    assert len(name_key(key)) == MAX_NAME_CHARS
+    almost = "a" * NAME_HEAD_CHARS + ELLIPSIS + "0" * 16  # MAX_NAME_CHARS, key-shaped
+    assert len(almost) == MAX_NAME_CHARS and name_key(almost) != almost
+    assert (
+        name_key("b" * NAME_HEAD_CHARS + "-" + "0" * 16) == "b" * NAME_HEAD_CHARS + "-" + "0" * 16
+    )
+
+
+def test_name_key_accepts_a_lone_surrogate() -> None:
+    name = "\ud800" * (MAX_NAME_CHARS + 5)
+    assert name_key(name).endswith(f"{ELLIPSIS}{stable_hash(name):016x}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab", min_size=MAX_NAME_CHARS - 2, max_size=MAX_NAME_CHARS + 40)))
+def test_counts_add_name_counts_each_distinct_name_once_in_any_order(names: list[str]) -> None:
+    forward, backward = Counts(cap=3), Counts(cap=3)
+    for name in names:
+        forward.add_name(name)
+    for name in reversed(names):
+        backward.add_name(name)
+    assert forward.as_dict() == backward.as_dict()
+    assert forward.distinct() == backward.distinct() == len(set(names))
+    assert sum(forward.as_dict().values()) <= len(names)
+
+
+def test_capped_map_holds_shown_forms_apart_so_a_raw_lookup_in_kept_is_exact() -> None:
+    long = "n" * 1000
+    key = name_key(long)
+    counts = Counts(cap=3)
+    counts.add_name(long)
+    counts.add_name("short")
+    assert key not in counts.kept and "short" in counts.kept
+    assert counts.as_dict() == {key: 1, "short": 1}
+    counts.add_name(key)  # the shown form sent as a name: another entry
+    assert counts.as_dict() == {key: 1, name_key(key): 1, "short": 1}
+    counts.add_name("a")  # evicts "short", the largest key
+    counts.add_name("0")  # evicts the larger shown form
+    twin = counts.copy()
+    assert counts.as_dict() == {"0": 1, "a": 1, min(key, name_key(key)): 1}
+    assert twin.as_dict() == counts.as_dict()
+    assert counts.cut() == 2 and counts.distinct() == 5
+    kept_key = min(key, name_key(key))
+    counts.add_name(long if kept_key == key else key)  # the kept one's name: counted again
+    assert counts.as_dict()[kept_key] == 2
 
 
 # -- DistinctCounter -------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tests.unit.summary.builders import (
     event,
     events_of,
     events_strategy,
+    issue,
     table,
     ts,
 )
@@ -443,3 +444,146 @@ def test_memory_stays_bounded_whatever_the_number_of_distinct_keys(kind: str) ->
     assert growth < 128 * 1024, f"{kind}: grew {growth} bytes"
     summary = builder.build()
     assert json_size(summary) <= MAX_SUMMARY_BYTES
+
+
+# -- defect D3: long names sharing a prefix stay distinct -------------------------------------
+
+#: about 320 characters that the long names below share before they differ
+LONG_PREFIX = "/data/very/long/path/" + "d" * 300
+
+
+def live_and_rebuilt(items: list[Ev]) -> dict[str, Any]:
+    """The summary of ``items`` folded live (two ``add_events`` batches), checked equal to
+    a rebuild from the log (``add_line``) and to a fold of the events in reverse order's
+    maps (the kept state depends on the set of names, not their order)."""
+    events = events_of(items)
+    live = RunSummaryBuilder()
+    middle = len(events) // 2
+    live.add_events(events[:middle])
+    live.add_events(events[middle:])
+    summary = live.build()
+    lines = [json.dumps(msgspec.to_builtins(e)).encode() for e in events]
+    assert summarize_lines(lines) == summary
+    backwards = build(reversed(items))
+    for path in ("events.by_type", "tables.by_file", "validation.issues_by_code"):
+        assert field(backwards, path) == field(summary, path)
+    assert json_size(summary) <= MAX_SUMMARY_BYTES
+    return summary
+
+
+def assert_distinct_display_names(names: list[str]) -> None:
+    assert len(set(names)) == len(names)
+    assert names == sorted(names)  # listed in key order
+    for name in names:
+        assert len(name) <= MAX_NAME_CHARS
+        assert name.startswith(LONG_PREFIX[:200])  # still readable
+
+
+def test_long_source_files_sharing_a_prefix_stay_distinct() -> None:
+    files = [f"{LONG_PREFIX}/file{i}.xlsx" for i in range(3)]
+    items = [table(f"t{i}", name, row_count=i + 1) for i, name in enumerate(files)]
+    items.append(table("t3", files[0], row_count=10))  # the same long file again: one entry
+    summary = live_and_rebuilt(items)
+    tables = summary["tables"]
+    assert tables["input_file_count"] == 3
+    assert tables["table_count"] == 4
+    by_file = tables["by_file"]
+    assert len(by_file) == 3
+    assert sorted((e["table_count"], e["row_count"]) for e in by_file) == [(1, 2), (1, 3), (2, 11)]
+    assert_distinct_display_names([e["source_file"] for e in by_file])
+    assert summary["truncated"] == {}
+
+
+def test_long_source_files_sharing_a_prefix_stay_distinct_past_the_tracked_tables() -> None:
+    # Tables past the tracked window are folded as they come: the same keys.
+    files = [f"{LONG_PREFIX}/file{i}.xlsx" for i in range(3)]
+    items = [table(f"pad{i}", "a.xlsx") for i in range(2048)]
+    items += [table(f"t{i}", name) for i, name in enumerate(files)]
+    summary = live_and_rebuilt(items)
+    assert summary["tables"]["input_file_count"] == 4
+    long_entries = [e for e in summary["tables"]["by_file"] if e["source_file"] != "a.xlsx"]
+    assert [e["table_count"] for e in long_entries] == [1, 1, 1]
+    assert_distinct_display_names([e["source_file"] for e in long_entries])
+
+
+def test_long_issue_codes_sharing_a_prefix_stay_distinct_keys() -> None:
+    codes = [LONG_PREFIX[:300] + f"-code{i}" for i in range(3)]
+    block = {
+        "issues_total": 4,
+        "issues_by_severity": {"error": 4},
+        "issues_by_code": {codes[0]: 2, codes[1]: 1, codes[2]: 1},
+    }
+    feeds: dict[str, list[Ev]] = {
+        "issues": [issue("error", code) for code in [*codes, codes[0]]],
+        "validation summary": [("run.validation.summary", ts(0), block)],
+        "table block": [table("t", "f.xlsx", validation=block)],
+    }
+    for name, items in feeds.items():
+        summary = live_and_rebuilt(items)
+        by_code = summary["validation"]["issues_by_code"]
+        assert len(by_code) == 3, name
+        assert sorted(by_code.values()) == [1, 1, 2], name
+        assert_distinct_display_names(list(by_code))
+        assert summary["validation"]["issues_total"] == 4
+        assert summary["truncated"] == {}
+    # The three feeds show a name the same way.
+    shown = {
+        name: list(live_and_rebuilt(items)["validation"]["issues_by_code"])
+        for name, items in feeds.items()
+    }
+    assert len({tuple(keys) for keys in shown.values()}) == 1
+
+
+def test_long_event_types_sharing_a_prefix_stay_distinct_keys() -> None:
+    types = [f"{LONG_PREFIX}.type{i:03d}" for i in range(300)]
+    items: list[Ev] = [(type_, ts(0), {}) for type_ in types]
+    items.append((types[7], ts(1), {}))
+    summary = live_and_rebuilt(items)
+    by_type = summary["events"]["by_type"]
+    assert len(by_type) == 300
+    assert sorted(by_type.values()) == [1] * 299 + [2]
+    assert_distinct_display_names(list(by_type))
+    assert summary["events"]["total"] == 301
+    assert summary["truncated"] == {}
+
+
+def test_long_console_streams_and_levels_sharing_a_prefix_stay_distinct_keys() -> None:
+    names = [f"{LONG_PREFIX}-{i}" for i in range(3)]
+    items = [console(stream=name, level=name) for name in [*names, names[1]]]
+    summary = live_and_rebuilt(items)
+    for key in ("by_stream", "by_level"):
+        counts = summary["console"][key]
+        assert sorted(counts.values()) == [1, 1, 2]
+        assert_distinct_display_names(list(counts))
+
+
+def test_long_phase_names_sharing_a_prefix_stay_distinct() -> None:
+    first, second = f"{LONG_PREFIX}-extract", f"{LONG_PREFIX}-load"
+    items = [
+        phase(first, at=0),
+        phase(second, at=10),
+        phase(first, at=20, started=False, status="succeeded", duration_ms=5),
+    ]
+    summary = live_and_rebuilt(items)
+    phases = summary["phases"]
+    assert phases[0]["phase"] != phases[1]["phase"]
+    # The completion closes its own phase, not the later start sharing its prefix.
+    assert (phases[0]["status"], phases[0]["duration_ms"]) == ("succeeded", 5)
+    assert phases[1]["status"] is None
+
+
+def test_a_name_spelled_like_another_names_shown_form_stays_distinct() -> None:
+    long_file = f"{LONG_PREFIX}/file.xlsx"
+    shown = live_and_rebuilt([table("t0", long_file)])["tables"]["by_file"][0]["source_file"]
+    assert shown != long_file
+    summary = live_and_rebuilt([table("t0", long_file), table("t1", shown)])
+    assert summary["tables"]["input_file_count"] == 2
+    assert len({e["source_file"] for e in summary["tables"]["by_file"]}) == 2
+    types = live_and_rebuilt([(long_file, ts(0), {}), (shown, ts(0), {})])["events"]["by_type"]
+    assert sorted(types.values()) == [1, 1]
+    # The batch fold's inline lookups of a raw name, too (add_events and add_line).
+    lines = [console(stream=long_file, level=long_file), console(stream=shown, level=shown)]
+    lines += [console(stream=shown, level=shown)]
+    console_counts = live_and_rebuilt(lines)["console"]
+    assert sorted(console_counts["by_stream"].values()) == [1, 2]
+    assert sorted(console_counts["by_level"].values()) == [1, 2]
