@@ -243,14 +243,17 @@ _RFC3339 = re.compile(
 _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 
-def normalize_created_at(value: str) -> str:
+def normalize_created_at(value: str, *, clamp: bool = False) -> str:
     """An RFC 3339 timestamp as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
     Offsets are converted to UTC; fractions beyond microseconds are truncated;
-    a leap second (``:60``) is clamped to ``:59.999999``, and an offset that
-    takes the instant out of years 0001-9999 (``0001-01-01T00:00:00+01:00``) to
-    the nearest one. Anything that is not RFC 3339 (no offset, a date that does
-    not exist, year 0000, ...) raises InvalidInput.
+    a leap second (``:60``) is clamped to ``:59.999999``. Anything that is not
+    RFC 3339 (no offset, a date that does not exist, year 0000, ...) raises
+    InvalidInput, and so does an offset that takes the UTC instant out of years
+    0001-9999 (``9999-12-31T23:59:59-01:00``): no timestamp here can hold it,
+    and an event's time is stored exactly or not at all. ``clamp``: such an
+    instant becomes the nearest one instead (for a filter bound, where the
+    answer is the same: nothing stored lies beyond the edge).
     """
     if not isinstance(value, str):
         raise InvalidInput("created_at must be an RFC 3339 string")
@@ -273,6 +276,12 @@ def normalize_created_at(value: str) -> str:
         moment = _utc_instant(year, month, day, hour, minute, second, micros, offset)
     except ValueError as exc:
         raise InvalidInput(f"created_at {value!r} is not a valid date and time: {exc}") from exc
+    if moment is None:
+        if not clamp:
+            raise InvalidInput(
+                f"created_at {value!r} is out of range: its UTC instant is outside years 0001-9999"
+            )
+        moment = (datetime.min if offset > timedelta(0) else datetime.max).replace(tzinfo=UTC)
     if not offset and m.group(6) != "60" and _CANONICAL.fullmatch(value):
         # already canonical (the common case): no reformatting
         return value
@@ -296,13 +305,13 @@ def _utc_instant(
     second: int,
     micros: int,
     offset: timedelta,
-) -> datetime:
-    """The UTC instant of a local RFC 3339 time, clamped to years 0001-9999.
+) -> datetime | None:
+    """The UTC instant of a local RFC 3339 time; None if it is outside years 0001-9999.
 
     ``datetime`` cannot hold 0001-01-01T00:00+01:00 once in UTC: the arithmetic
-    runs one cycle away from the edge, then the year is moved back, or the
-    instant clamped if it left the range. ValueError: no such date (year 0000
-    included, as ``datetime`` has none).
+    runs one cycle away from the edge, then the year is moved back (None if the
+    instant left the range). ValueError: no such date (year 0000 included, as
+    ``datetime`` has none).
     """
     if year == 0:
         raise ValueError("year 0 is out of range")
@@ -311,10 +320,8 @@ def _utc_instant(
     )
     moment = datetime(year + shift, month, day, hour, minute, second, micros, tzinfo=UTC) - offset
     real_year = moment.year - shift
-    if real_year < 1:
-        return datetime.min.replace(tzinfo=UTC)
-    if real_year > 9999:
-        return datetime.max.replace(tzinfo=UTC)
+    if not 1 <= real_year <= 9999:
+        return None
     return moment.replace(year=real_year)
 
 

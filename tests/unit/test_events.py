@@ -203,7 +203,40 @@ def test_regression_offset_across_the_first_or_last_day_is_clamped_not_refused(
 ) -> None:
     # schemathesis (issue 20): RFC 3339 date-times that a schema's format
     # accepts, refused with 422 (and a 500 as a runs-list filter) because the
-    # UTC instant left datetime's range
+    # UTC instant left datetime's range. A filter bound is clamped (nothing
+    # stored lies beyond the edge, so the answer is the same); an event's
+    # created_at is refused instead (D6, below).
+    assert normalize_created_at(given_value, clamp=True) == expected
+
+
+@pytest.mark.parametrize(
+    "given_value",
+    [
+        "9999-12-31T23:59:59.999999-23:59",
+        "9999-12-31T23:59:59-01:00",
+        "9999-12-31T23:30:00-00:45",
+        "0001-01-01T00:00:00+01:00",
+        "0001-01-01T00:59:59.5+23:59",
+    ],
+)
+def test_a_created_at_whose_utc_instant_is_past_year_9999_is_refused(given_value: str) -> None:
+    # regression (D6): clamped to the edge, the stored instant was up to 24 h off
+    with pytest.raises(InvalidInput, match="UTC") as info:
+        normalize_created_at(given_value)
+    assert given_value in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("given_value", "expected"),
+    [
+        ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
+        ("9999-12-31T23:59:59.999999+23:59", "9999-12-31T00:00:59.999999Z"),
+        ("9999-12-31T22:59:59-01:00", "9999-12-31T23:59:59.000000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+        ("0001-01-01T23:59:00+23:59", "0001-01-01T00:00:00.000000Z"),
+    ],
+)
+def test_a_created_at_at_the_edge_of_time_is_exact(given_value: str, expected: str) -> None:
     assert normalize_created_at(given_value) == expected
 
 

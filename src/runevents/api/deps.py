@@ -46,14 +46,14 @@ RunId = Annotated[str, Path(pattern=r"^run_[0-9A-HJKMNP-TV-Z]{26}$", description
 
 
 def _rfc3339(value: object) -> object:
-    # what events.normalize_created_at reads (RFC 3339 only, UTC, clamped to
-    # years 0001-9999), so a filter bound never fails past validation
+    # what events.normalize_created_at reads (RFC 3339 only, UTC), clamped to
+    # years 0001-9999, so a filter bound never fails past validation
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str):
         raise ValueError("an RFC 3339 date-time is a string")
     try:
-        text = normalize_created_at(value)
+        text = normalize_created_at(value, clamp=True)
     except InvalidInput as exc:
         raise ValueError(exc.message) from None
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -89,6 +89,37 @@ async def test_invalid_lines(client: httpx.AsyncClient, line: bytes, reason: str
     assert reason in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        "9999-12-31T23:59:59.999999-23:59",
+        "9999-12-31T23:30:00-00:45",
+        "0001-01-01T00:00:00+01:00",
+        "0001-01-01T00:59:59.5+23:59",
+    ],
+)
+@pytest.mark.parametrize("checked", [False, True])
+async def test_a_created_at_whose_utc_instant_is_past_year_9999_is_refused(
+    client: httpx.AsyncClient, created_at: str, checked: bool
+) -> None:
+    # regression (D6): converting to UTC left years 0001-9999, and the instant was
+    # clamped to the edge (about 24 h off) and stored with a 200. It is invalid
+    # input: 422 naming the line, nothing appended. (``checked``: an id key sends
+    # the batch down the line-by-line path instead of the fast one.)
+    run = await create_external(client)
+    bad = {"type": "x", "created_at": created_at}
+    if checked:
+        bad["run_id"] = run["id"]
+    body = b'{"type":"ok"}\n' + json.dumps(bad).encode() + b"\n"
+    response = await client.post(run_path(run) + "/events", content=body, headers=NDJSON)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_event" and error["line"] == 2
+    assert created_at in error["message"] and "UTC" in error["message"], error
+    page = (await client.get(run_path(run) + "/events")).json()
+    assert [e["type"] for e in page["events"]] == ["run.queued"]  # nothing appended
+
+
 async def test_run_completed_not_last_is_invalid(client: httpx.AsyncClient) -> None:
     run = await create_external(client)
     response = await ingest(client, run, COMPLETED, console("after"))
