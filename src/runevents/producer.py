@@ -223,6 +223,16 @@ class ProducerIngest:
                     # damage before the checkpoint (a failing disk): cut it, then retry
                     await self.held.recover_fully(held)
                     raise
+                except StorageError as exc:
+                    if held.writer.durable_sequence < events[-1].sequence:
+                        raise  # run.completed is not durable: nothing of the batch is in
+                    # The batch is in the log, so its answer is 200 (contract 6: a 503
+                    # promises that none of it is). Finishing the row or sealing failed
+                    # (the database, the object store): the repair loop finishes it.
+                    log.warning(
+                        "run %s: run.completed is durable; finishing the run failed (%s), "
+                        "the repair loop finishes it", run_id, exc,
+                    )  # fmt: skip
                 return answer
             ticket = held.writer.commit(events)
         # Outside the lock: batches committed meanwhile share this fsync (group commit).

@@ -261,8 +261,8 @@ async def test_chunks_of_a_sealed_run_left_by_a_crash_are_dropped_by_repair(
         raise StorageError("simulated crash after the upload")
 
     tier.sealed = crash_before_drop  # type: ignore[method-assign,assignment]
-    with pytest.raises(StorageError):
-        await a.manager.ingest("acme", "ext", run.id, [console("x"), completed()])
+    # run.completed is committed: the batch's answer is 200 whatever the seal does
+    await a.manager.ingest("acme", "ext", run.id, [console("x"), completed()])
     tier.sealed = original  # type: ignore[method-assign]
     assert kept and (await tier.size()).chunks > 0
     from runevents.repair import repair_pass

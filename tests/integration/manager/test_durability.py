@@ -231,8 +231,9 @@ async def test_crash_between_run_completed_and_seal_is_repaired(
         raise StorageError("the object store is unreachable")
 
     monkeypatch.setattr(EventLog, "seal", store_down)
-    with pytest.raises(StorageError):
-        await m.ingest("acme", "ext", run.id, [console("a"), completed()])
+    # the batch is in the log: its answer is 200, not 503 (found from outside; contract 6)
+    answer = await m.ingest("acme", "ext", run.id, [console("a"), completed()])
+    assert answer == {"first_sequence": 2, "last_sequence": 3}
     monkeypatch.undo()
     row = await m.get_run("acme", "ext", run.id)
     assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.LIVE
@@ -479,3 +480,34 @@ async def test_the_stored_run_completed_of_an_executed_run_counts_its_buffered_l
     assert stored.type == "run.completed"
     assert stored.payload["summary"] == done.summary
     assert done.summary is not None and done.summary["console"]["lines"] == 3
+
+
+async def test_a_completing_batch_whose_row_update_fails_after_it_is_durable_is_answered_200(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: run.completed was durable (a follower got it, later batches got
+    409) but the completing batch was answered 503 because finishing the row (the database)
+    or the seal (the object store) failed. A 503 promises that none of the batch is in
+    the log; it is, so the answer is 200 and the repair loop finishes the row."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+
+    async def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("the database is unreachable")
+
+    monkeypatch.setattr(m.repo, "finish_owned", database_down)
+    answer = await m.ingest(
+        "acme", "ext", run.id, [console("b"), completed()], idempotency_key="end"
+    )
+    assert answer == {"first_sequence": 3, "last_sequence": 4}
+    monkeypatch.undo()
+    assert [e.type for e in await events_of(app, run)][-1] == "run.completed"
+    # the keyed retry gets the same answer; the row is finished by the repair loop
+    again = await m.ingest(
+        "acme", "ext", run.id, [console("b"), completed()], idempotency_key="end"
+    )
+    assert again == answer
+    await repair_pass(m)
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.PLAIN
