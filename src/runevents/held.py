@@ -176,6 +176,14 @@ class HeldRun:
     def ref(self) -> RunRef:
         return run_ref(self.run)
 
+    @property
+    def logging_degraded(self) -> bool:
+        """Whether the row must say ``logging_degraded``: lines of a *buffered* writer (an
+        executor's) are being retried or were dropped. An atomic writer's failed write is
+        answered 503 and leaves nothing of the batch behind (the failure table: the row is
+        unchanged), so it never degrades the run."""
+        return self.writer.degraded and not self.writer.atomic
+
     def _step(self, step: Step) -> None:
         self.phase = advance(self.phase, step)
 
@@ -192,7 +200,7 @@ class HeldRun:
         loop = asyncio.get_running_loop()
         now = loop.time()
         writer = self.writer
-        degraded = writer.degraded and not self.run.logging_degraded
+        degraded = self.logging_degraded and not self.run.logging_degraded
         if not force and not degraded and now - self._progress_at < PROGRESS_SECONDS:
             return self.run
         if self.run.event_count == writer.durable_sequence and not degraded:
@@ -261,7 +269,7 @@ class HeldRun:
             "summary": summary,
             "failure": summary.get("failure"),
             "last_console_snippet": builder.console_snippet or None,
-            "logging_degraded": run.logging_degraded or self.writer.degraded,
+            "logging_degraded": run.logging_degraded or self.logging_degraded,
             "event_count": self.writer.durable_sequence,
             "events_bytes": self.writer.visible_offset,
             "log_state": LogState.LIVE,

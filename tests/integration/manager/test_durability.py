@@ -78,6 +78,32 @@ async def test_disk_full_during_ingest_answers_503_and_a_keyed_retry_appends_onc
     assert messages == [None, "a", "b"]
 
 
+async def test_an_ingest_write_failure_does_not_mark_the_run_logging_degraded(
+    app: App, ops: FaultyOps
+) -> None:
+    """R5: ENOSPC on an external run's batch set ``logging_degraded: true`` on its row; the
+    batch was refused whole (503) and nothing of it kept, so the row stays unchanged
+    (``logging_degraded`` is for an executor's buffered lines)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.error = errno.ENOSPC
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    ops.fail_fsync, ops.error = True, None
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    ops.fail_fsync = False
+    await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    held = m.held.get(run.id)
+    assert held is not None
+    await held.record_progress(force=True)
+    assert not (await m.get_run("acme", "ext", run.id)).logging_degraded
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and not row.logging_degraded
+
+
 async def test_failed_fsync_during_ingest_is_not_acknowledged(app: App, ops: FaultyOps) -> None:
     """Defect 1: a failed fsync was acknowledged with 200."""
     m = app.manager
