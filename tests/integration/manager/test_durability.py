@@ -540,6 +540,37 @@ async def test_damage_found_by_a_read_is_repaired_by_the_owner(app: App, held_he
     assert answer["first_sequence"] == events[-1].sequence + 1
 
 
+async def test_damage_in_an_ended_runs_log_is_left_as_it_is_and_said_once(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R3, ended runs: a sealed log is final. Damage a read finds in it is not cut; reads of
+    the damaged range stay 503 log_damaged, and the server says so once."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(20)])
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.log_state is LogState.PLAIN
+    path = m.log.keys(run_ref(row)).live
+    [sealed] = [p for p in path.parent.rglob("events.ndjson*") if p.stat().st_size > 4096]
+    data = sealed.read_bytes()
+    fd = os.open(sealed, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(512), len(data) // 2)
+    finally:
+        os.close(fd)
+    for _ in range(3):
+        with pytest.raises(LogDamaged):
+            await events_of(app, row)
+        await asyncio.sleep(0.1)  # the repair task runs, finds the run ended
+    assert run.id not in m.held.damaged and m.held.get(run.id) is None
+    assert not list(sealed.parent.glob("*.torn-*"))
+    assert sealed.stat().st_size == len(data)
+    said = [r for r in caplog.records if "left as it is" in r.getMessage()]
+    assert len(said) == 1
+
+
 async def test_keys_are_kept_24h_then_dropped_with_the_compacted_log(app: App) -> None:
     """Defect 4: keys were never pruned (the database grew per batch). Contract 6: a
     completing batch's retry is answered for at least 24 h; keys go at compaction/expiry."""
