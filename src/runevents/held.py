@@ -27,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runevents import metrics
 from runevents.eventlog import EventLog, RunRef, RunWriter
 from runevents.eventlog.writer import Ticket
 from runevents.events import RUN_COMPLETED, Event, EventDraft
-from runevents.exceptions import RunEnded, StorageError, WriterBusy, WriterMoving
+from runevents.exceptions import LogDamaged, RunEnded, StorageError, WriterBusy, WriterMoving
 from runevents.lifecycle import LogPhase, Step, advance
 from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, utcnow
 from runevents.ownership import Lease, Ownership
@@ -97,21 +97,39 @@ class SummaryFold:
     then runs while the producer reads the answer and sends its next batch,
     instead of adding to every batch's round trip. Whoever reads the builder
     goes through :meth:`ready`, which folds what is still pending first.
+
+    A fold of a taken-over log that meets damaged bytes (LogDamaged, a block
+    before the checkpoint) stops and says so through ``on_damaged``: the
+    damage is then known, and no batch is acknowledged before the owner cut it.
     """
 
-    def __init__(self, event_log: EventLog, ref: RunRef, existing: int) -> None:
+    def __init__(
+        self,
+        event_log: EventLog,
+        ref: RunRef,
+        existing: int,
+        on_damaged: Callable[[LogDamaged], None] | None = None,
+    ) -> None:
         self.builder = RunSummaryBuilder()
         self._tail: list[list[Event]] = []
         self._task: asyncio.Task[None] | None = None
         #: durable units not folded yet (folded by the next loop iteration, or by ready())
         self._pending: list[list[Event]] = []
+        #: the damage the background fold met (ready() raises it)
+        self.damaged: LogDamaged | None = None
+        self._on_damaged = on_damaged
         if existing:
             self._task = asyncio.create_task(self._fold_log(event_log, ref, existing))
 
     async def _fold_log(self, event_log: EventLog, ref: RunRef, upto: int) -> None:
-        async for chunk in event_log.read(ref, limit=upto):
-            self.builder.add_chunk(chunk.data)
-            await asyncio.sleep(0)  # one chunk at a time: the loop never stalls on a big log
+        try:
+            async for chunk in event_log.read(ref, limit=upto):
+                self.builder.add_chunk(chunk.data)
+                await asyncio.sleep(0)  # one chunk at a time: the loop never stalls on a big log
+        except LogDamaged as exc:
+            self.damaged = exc
+            if self._on_damaged is not None:
+                self._on_damaged(exc)
 
     def add(self, events: list[Event]) -> None:
         """Fold one durable commit unit (called by the writer, in log order)."""
@@ -131,6 +149,8 @@ class SummaryFold:
         """The builder, with everything durable so far folded in."""
         if self._task is not None:
             await self._task
+            if self.damaged is not None:
+                raise self.damaged
             self._task = None
             tail, self._tail = self._tail, []
             for events in tail:
@@ -176,6 +196,14 @@ class HeldRun:
     def ref(self) -> RunRef:
         return run_ref(self.run)
 
+    @property
+    def logging_degraded(self) -> bool:
+        """Whether the row must say ``logging_degraded``: lines of a *buffered* writer (an
+        executor's) are being retried or were dropped. An atomic writer's failed write is
+        answered 503 and leaves nothing of the batch behind (the failure table: the row is
+        unchanged), so it never degrades the run."""
+        return self.writer.degraded and not self.writer.atomic
+
     def _step(self, step: Step) -> None:
         self.phase = advance(self.phase, step)
 
@@ -192,7 +220,7 @@ class HeldRun:
         loop = asyncio.get_running_loop()
         now = loop.time()
         writer = self.writer
-        degraded = writer.degraded and not self.run.logging_degraded
+        degraded = self.logging_degraded and not self.run.logging_degraded
         if not force and not degraded and now - self._progress_at < PROGRESS_SECONDS:
             return self.run
         if self.run.event_count == writer.durable_sequence and not degraded:
@@ -261,7 +289,7 @@ class HeldRun:
             "summary": summary,
             "failure": summary.get("failure"),
             "last_console_snippet": builder.console_snippet or None,
-            "logging_degraded": run.logging_degraded or self.writer.degraded,
+            "logging_degraded": run.logging_degraded or self.logging_degraded,
             "event_count": self.writer.durable_sequence,
             "events_bytes": self.writer.visible_offset,
             "log_state": LogState.LIVE,
@@ -340,6 +368,13 @@ class HeldRuns:
         #: serializes every operation on one run in this process
         self.lock = KeyedLocks()
         self._held: dict[str, HeldRun] = {}
+        #: runs whose log a read or a summary fold found damaged (LogDamaged), by run id
+        #: (the offset found): no batch is acknowledged on them until the owner cut it
+        self.damaged: dict[str, int | None] = {}
+        #: the repair task of each flagged run (one at a time per run)
+        self._repairs: dict[str, asyncio.Task[bool]] = {}
+        #: ended runs whose damaged log is left as it is (said once)
+        self._final_damage: set[str] = set()
 
     def get(self, run_id: str) -> HeldRun | None:
         return self._held.get(run_id)
@@ -396,7 +431,12 @@ class HeldRuns:
         lease = leases[0]
         existing = writer.durable_sequence
         phase = LogPhase.COMPLETING if writer.ended else LogPhase.RELEASED
-        held = HeldRun(run, writer, lease, SummaryFold(self.log, run_ref(run), existing), self)
+
+        def on_damaged(exc: LogDamaged) -> None:
+            self.damage_found(run.id, exc.offset)
+
+        fold = SummaryFold(self.log, run_ref(run), existing, on_damaged)
+        held = HeldRun(run, writer, lease, fold, self)
         held.phase = advance(phase, Step.TAKE)
         self._held[run.id] = held
         if writer.recovered is not None:
@@ -407,12 +447,103 @@ class HeldRuns:
     async def recover_fully(self, held: HeldRun) -> None:
         """Damage before the checkpoint (a failing disk, not a crash): let the run go and
         take it again with a recovery of the whole log. Caller holds ``lock``."""
+        again = await self.repair(held)
+        await again.release()
+
+    async def repair(self, held: HeldRun) -> HeldRun:
+        """Cut a held log known damaged: let it go, take it again with a recovery of the
+        whole log (cut at the first bad byte, quarantined, ``log.recovered``) and keep
+        it. Caller holds ``lock``; StorageError if the recovery fails (still flagged)."""
+        run_id = held.run.id
+        offset = self.damaged.get(run_id)
         await held.release()
-        current = await self.repo.get_run(held.run.id)
+        current = await self.repo.get_run(run_id)
         again = await self.take(
             current, source=held.writer.source, atomic=held.writer.atomic, full=True
         )
-        await again.release()
+        self.damaged.pop(run_id, None)
+        recovered = again.writer.recovered
+        log.warning(
+            "run %s: the log a read found damaged (offset %s) is repaired: %s",
+            run_id, offset, recovered if recovered is not None else "nothing to cut",
+        )  # fmt: skip
+        metrics.repair_found("damaged_read")
+        return again
+
+    # ------------------------------------------------------------------ damage found by reads
+    def damage_found(self, run_id: str, offset: int | None = None) -> None:
+        """A read (or a summary fold) of ``run_id``'s log raised LogDamaged.
+
+        The run is flagged (ingest cuts the log before it acknowledges another
+        batch, and refuses a batch that was syncing meanwhile) and a repair is
+        scheduled at once -- one task per run at a time; the repair pass retries
+        the flagged runs it could not repair yet (another process held them).
+        """
+        if run_id in self._final_damage:
+            return  # an ended run's final log: left as it is, said so already
+        if run_id not in self.damaged:
+            log.warning("run %s: a read found damaged bytes at offset %s", run_id, offset)
+            self.damaged[run_id] = offset
+        task = self._repairs.get(run_id)
+        if task is None or task.done():
+            self._repairs[run_id] = asyncio.get_running_loop().create_task(
+                self._repair_task(run_id)
+            )
+
+    async def _repair_task(self, run_id: str) -> bool:
+        try:
+            return await self.repair_damaged(run_id)
+        except WriterMoving:
+            log.info("run %s: its damaged log is held elsewhere; its owner cuts it", run_id)
+        except Exception as exc:
+            log.warning("run %s: repairing its damaged log failed (%s); next pass", run_id, exc)
+        finally:
+            if self._repairs.get(run_id) is asyncio.current_task():
+                del self._repairs[run_id]
+        return False
+
+    async def repair_damaged(self, run_id: str) -> bool:
+        """Cut the log of a flagged run if this process holds it or can take it.
+
+        True when it is cut (or nothing is flagged any more). An ended run's log
+        is final (sealed, or being sealed): it is left as it is -- reads of the
+        damaged range keep answering 503 ``log_damaged`` -- and said so once in
+        the server log and the ``damaged_sealed`` repair metric. A run held here
+        by an executor (or completing) is not taken from under its session.
+        """
+        async with self.lock(run_id):
+            if run_id not in self.damaged:
+                return True
+            held = self._held.get(run_id)
+            if held is not None:
+                if held.phase is not LogPhase.OWNED or not held.writer.atomic:
+                    return False
+                await self.repair(held)
+                return True
+            run = await self.repo.get_run(run_id)
+            if run.status.ended:
+                offset = self.damaged.pop(run_id)
+                self._final_damage.add(run_id)
+                log.error(
+                    "run %s has ended and its log holds damaged bytes at offset %s: the log "
+                    "is final and left as it is (reads of that range answer 503 log_damaged)",
+                    run_id, offset,
+                )  # fmt: skip
+                metrics.repair_found("damaged_sealed")
+                return False
+            if not run.external and run.lease_owner is not None:
+                return False  # a worker's run: its worker holds the log (here or elsewhere)
+            held = await self.take(run, source="server", atomic=True, full=True)
+            try:
+                self.damaged.pop(run_id, None)
+                log.warning(
+                    "run %s: the log a read found damaged is repaired: %s",
+                    run_id, held.writer.recovered or "nothing to cut",
+                )  # fmt: skip
+                metrics.repair_found("damaged_read")
+            finally:
+                await held.release()
+            return True
 
     async def create(self, run: Run, queued: EventDraft, *, keep: bool) -> HeldRun | None:
         """Write a new run's first event, then insert its row holding the writer lease.
@@ -456,6 +587,8 @@ class HeldRuns:
 
     async def close(self) -> None:
         """Let go of every held run (shutdown): all of it is durable, the leases given up."""
+        for task in list(self._repairs.values()):
+            task.cancel()
         for held in list(self._held.values()):
             try:
                 await held.release()

@@ -33,6 +33,7 @@ from runevents.eventlog import Chunk, EventLog
 from runevents.events import EventDraft
 from runevents.exceptions import (
     InvalidInput,
+    LogDamaged,
     LogExpired,
     LogNotFound,
     RunEnded,
@@ -402,6 +403,10 @@ class RunManager(ProducerIngest, RunUpkeep):
         ``live`` has a log that is being sealed or moved (a crash interrupted
         it; the repair loop finishes it): 503, retry -- never "removed by
         retention".
+
+        A read that meets damaged bytes (LogDamaged, 503) flags the run and
+        schedules its repair (``HeldRuns.damage_found``): the owner cuts the log
+        before it acknowledges another batch.
         """
         position = after_sequence
         chunks = reopen(position)
@@ -411,6 +416,9 @@ class RunManager(ProducerIngest, RunUpkeep):
                     position = chunk.last_sequence
                     yield chunk
                 return
+            except LogDamaged as exc:
+                self.held.damage_found(run.id, exc.offset)
+                raise
             except (LogNotFound, StorageError) as exc:
                 current = await self.repo.get_run(run.id)
                 if current.log_state is LogState.COMPRESSED and attempt < REFORM_TRIES:

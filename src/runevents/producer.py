@@ -190,6 +190,11 @@ class ProducerIngest:
                     f"the log of run {run_id} holds an unacknowledged write that cannot be "
                     "cut back yet; retry later"
                 )
+            if run_id in self.held.damaged:
+                # a read (or the summary fold) found damaged bytes: cut them (quarantined,
+                # log.recovered) before this batch -- never acknowledge one on a log
+                # known to be damaged (StorageError, 503, if the cut fails)
+                held = await self.held.repair(held)
             if record is not None and await self._held_answer(held, record, drafts):
                 return {k: int(v) for k, v in record.answer.items()}
             completing = drafts[-1].type == RUN_COMPLETED
@@ -241,6 +246,12 @@ class ProducerIngest:
         except WriterFenced:
             await self._let_go_lost(held)
             raise
+        if run_id in self.held.damaged:
+            # damage was found while this batch synced: it lies after the damage, so the
+            # cut takes it -- not acknowledged (the keyed retry appends it after the cut)
+            raise LogDamaged(
+                f"the log of run {run_id} was found damaged; it is being repaired, retry"
+            )
         held.last_batch = asyncio.get_running_loop().time()
         await self._after_batch(held)
         return answer
@@ -317,23 +328,34 @@ class ProducerIngest:
         first: EventDraft | None = None,
     ) -> bool:
         """Does the log hold the batch's first event at ``sequence``?"""
-        async for chunk in self.log.read(run_ref(run), after_sequence=sequence - 1, limit=1):
-            line = chunk.data.split(b"\n", 1)[0]
-            event = decode_event(line)
-            if event.sequence != sequence:
-                return False
-            if record.first_event_id is not None:
-                return event.event_id == record.first_event_id
-            # a record stored before event ids were kept: the first event must match
-            return (
-                first is not None
-                and (event.type, event.payload)
-                == (
-                    first.type,
-                    first.payload,
-                )
-            ) or (first is not None and first.type == RUN_COMPLETED == event.type)
+        try:
+            async for chunk in self.log.read(run_ref(run), after_sequence=sequence - 1, limit=1):
+                return self._first_is(chunk.data, sequence, record, first)
+        except LogDamaged as exc:
+            self.held.damage_found(run.id, exc.offset)
+            raise
         return False
+
+    @staticmethod
+    def _first_is(
+        data: bytes, sequence: int, record: IdempotencyRecord, first: EventDraft | None
+    ) -> bool:
+        """Whether the first line of ``data`` is the batch's first event at ``sequence``."""
+        line = data.split(b"\n", 1)[0]
+        event = decode_event(line)
+        if event.sequence != sequence:
+            return False
+        if record.first_event_id is not None:
+            return event.event_id == record.first_event_id
+        # a record stored before event ids were kept: the first event must match
+        return (
+            first is not None
+            and (event.type, event.payload)
+            == (
+                first.type,
+                first.payload,
+            )
+        ) or (first is not None and first.type == RUN_COMPLETED == event.type)
 
     async def watch_held_runs(self) -> list[Run]:
         """Cancels, producer timeouts and idle writers of the external runs held here.

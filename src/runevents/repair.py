@@ -13,6 +13,9 @@ finding                 how it is recognized                        repair
                         update or the seal failed)
 ``damaged``             a live log nobody holds that recovery       cut, quarantine,
                         has to cut (a crash of its writer)          ``log.recovered``, release
+``damaged_read``        a read or summary fold here hit LogDamaged  a full recovery (at once, in
+                        (``HeldRuns.damaged``; before the           a task; the pass retries
+                        checkpoint: a failing disk)                 what it could not take yet)
 =====================  ==========================================  ===========================
 
 Runs another process holds are skipped (taking their log fails: file lock
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
     """One pass over every run whose log is still live; returns the findings by kind."""
     found: Counter[str] = Counter()
+    for run_id in list(manager.held.damaged):
+        # damage a read found, not repaired yet (its owner was elsewhere, or it failed)
+        manager.held.damage_found(run_id, manager.held.damaged.get(run_id))
     for held in list(manager.held):
         if held.phase is LogPhase.COMPLETING:
             try:

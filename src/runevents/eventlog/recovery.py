@@ -238,20 +238,27 @@ def _quarantine(fd: int, path: Path, start: int, end: int) -> Path:
     target = path.with_name(f"{path.name}.torn-{max(taken, default=0) + 1}")
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        position = start
-        while position < end:
-            data = os.pread(fd, min(1 << 20, end - position), position)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-            position += len(data)
-        os.fsync(out)
-    finally:
-        os.close(out)
-    # the name must be durable before the log is cut: the bytes live only here then
-    fsync_dir(path.parent)
+        try:
+            position = start
+            while position < end:
+                data = os.pread(fd, min(1 << 20, end - position), position)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                position += len(data)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        # the name must be durable before the log is cut: the bytes live only here then
+        fsync_dir(path.parent)
+    except BaseException:
+        # the log is untouched (it still holds the bytes): a failed attempt (a full disk)
+        # leaves no empty or partial quarantine file, so each cut has exactly one
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise
     return target
 
 

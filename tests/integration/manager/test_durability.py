@@ -6,7 +6,10 @@ go through the OS-call seam (``FileOps``) and the storage seam.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +20,7 @@ from runevents.eventlog import EventLog
 from runevents.events import EventDraft, decode_event
 from runevents.exceptions import (
     IdempotencyKeyReused,
+    LogDamaged,
     RunEnded,
     StorageError,
     WriterBusy,
@@ -76,6 +80,32 @@ async def test_disk_full_during_ingest_answers_503_and_a_keyed_retry_appends_onc
     assert answer == again == {"first_sequence": 3, "last_sequence": 3}
     messages = [e.payload.get("message") for e in await events_of(app, run)]
     assert messages == [None, "a", "b"]
+
+
+async def test_an_ingest_write_failure_does_not_mark_the_run_logging_degraded(
+    app: App, ops: FaultyOps
+) -> None:
+    """R5: ENOSPC on an external run's batch set ``logging_degraded: true`` on its row; the
+    batch was refused whole (503) and nothing of it kept, so the row stays unchanged
+    (``logging_degraded`` is for an executor's buffered lines)."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+    ops.error = errno.ENOSPC
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    ops.fail_fsync, ops.error = True, None
+    with pytest.raises(StorageError):
+        await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    ops.fail_fsync = False
+    await m.ingest("acme", "ext", run.id, [console("b")], idempotency_key="k")
+    held = m.held.get(run.id)
+    assert held is not None
+    await held.record_progress(force=True)
+    assert not (await m.get_run("acme", "ext", run.id)).logging_degraded
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and not row.logging_degraded
 
 
 async def test_failed_fsync_during_ingest_is_not_acknowledged(app: App, ops: FaultyOps) -> None:
@@ -403,6 +433,143 @@ async def test_server_damage_is_cut_and_marked_not_blamed_on_the_producer(app: A
     assert answer["first_sequence"] == events[-1].sequence
     quarantine = list(path.parent.glob("events.ndjson.torn-*"))
     assert quarantine and b"\0" in quarantine[0].read_bytes()
+
+
+async def _damaged_before_the_checkpoint(app: App, *, release: bool = True) -> tuple[Run, int]:
+    """An external run of 100 events with a zeroed block in the middle of its log, before
+    the row's checkpoint (a failing disk); returns the run and the damaged offset."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(20)])
+    held = m.held.get(run.id)
+    assert held is not None
+    if release:
+        await held.release()  # a restart: the row's checkpoint is the log's end
+    path = m.log.keys(run_ref(run)).live
+    size = path.stat().st_size
+    middle = size // 2
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(512), middle)
+    finally:
+        os.close(fd)
+    return run, middle
+
+
+async def _gap_free(app: App, run: Run) -> list[Any]:
+    events = await events_of(app, run)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    return events
+
+
+async def test_a_batch_is_never_acknowledged_on_a_log_a_read_found_damaged(app: App) -> None:
+    """R1: after a read answered 503 log_damaged, the next batch got 200 on the damaged
+    log; the completion then cut the log, taking the acknowledged batch with it, and the
+    key's retry got another answer. The owner must cut the damage first."""
+    m = app.manager
+    run, _ = await _damaged_before_the_checkpoint(app)
+    with pytest.raises(LogDamaged):
+        await events_of(app, run)
+    batch = [console("after-1"), console("after-2"), console("after-3")]
+    answer = await m.ingest("acme", "ext", run.id, batch, idempotency_key="k")
+    events = await _gap_free(app, run)
+    kinds = [e.type for e in events]
+    assert kinds.count("log.recovered") == 1
+    recovered = events[kinds.index("log.recovered")]
+    assert recovered.sequence < 100 and recovered.payload["cut_bytes"] > 0
+    assert answer == {"first_sequence": recovered.sequence + 1, "last_sequence": len(events)}
+    assert [e.payload["message"] for e in events[-3:]] == ["after-1", "after-2", "after-3"]
+    # the key's retry and the completion keep the answer: nothing acknowledged is cut
+    again = await m.ingest("acme", "ext", run.id, batch, idempotency_key="k")
+    assert again == answer
+    await m.ingest("acme", "ext", run.id, [completed()], idempotency_key="end")
+    events = await _gap_free(app, await m.get_run("acme", "ext", run.id))
+    assert [e.type for e in events].count("log.recovered") == 1
+    assert events[answer["first_sequence"] - 1].payload["message"] == "after-1"
+    quarantine = list(m.log.keys(run_ref(run)).live.parent.glob("events.ndjson.torn-*"))
+    assert len(quarantine) == 1 and b"\0" in quarantine[0].read_bytes()
+
+
+async def test_a_batch_is_never_acknowledged_on_a_log_the_summary_fold_found_damaged(
+    app: App,
+) -> None:
+    """R1: the background summary fold of a taken-over log met the damage, yet batches
+    were acknowledged on it until the completion cut them away."""
+    m = app.manager
+    run, _ = await _damaged_before_the_checkpoint(app)
+    async with m.held.lock(run.id):
+        held = await m.held.take(await m.repo.get_run(run.id), source="producer", atomic=True)
+    with contextlib.suppress(LogDamaged):
+        await held.fold.ready()  # the fold of the taken-over log met the damage
+    answer = await m.ingest("acme", "ext", run.id, [console("after")], idempotency_key="k")
+    events = await _gap_free(app, run)
+    assert events[-2].type == "log.recovered"
+    assert answer["first_sequence"] == events[-1].sequence
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED
+    assert (await _gap_free(app, row))[answer["first_sequence"] - 1].payload["message"] == "after"
+
+
+async def _readable(app: App, run: Run, seconds: float = 5.0) -> list[Any]:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            return await events_of(app, run)
+        except LogDamaged:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("held_here", [True, False], ids=["held", "nobody-holds"])
+async def test_damage_found_by_a_read_is_repaired_by_the_owner(app: App, held_here: bool) -> None:
+    """R3: damage a read found was never repaired (a live run's reads stayed 503 past the
+    repair interval). The owner -- this process, holding the run or able to take it --
+    cuts it at once: quarantined, ``log.recovered``, reads whole again."""
+    m = app.manager
+    run, _ = await _damaged_before_the_checkpoint(app, release=not held_here)
+    with pytest.raises(LogDamaged):
+        await events_of(app, run)
+    events = await _readable(app, run)  # no batch, no repair pass: the read's own task
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].type == "log.recovered" and events[-1].payload["cut_bytes"] > 0
+    assert run.id not in m.held.damaged
+    assert (m.held.get(run.id) is not None) is held_here
+    answer = await m.ingest("acme", "ext", run.id, [console("next")])
+    assert answer["first_sequence"] == events[-1].sequence + 1
+
+
+async def test_damage_in_an_ended_runs_log_is_left_as_it_is_and_said_once(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R3, ended runs: a sealed log is final. Damage a read finds in it is not cut; reads of
+    the damaged range stay 503 log_damaged, and the server says so once."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    for i in range(5):
+        await m.ingest("acme", "ext", run.id, [console(f"{i}-{j}") for j in range(20)])
+    await m.ingest("acme", "ext", run.id, [completed()])
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.log_state is LogState.PLAIN
+    path = m.log.keys(run_ref(row)).live
+    [sealed] = [p for p in path.parent.rglob("events.ndjson*") if p.stat().st_size > 4096]
+    data = sealed.read_bytes()
+    fd = os.open(sealed, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(512), len(data) // 2)
+    finally:
+        os.close(fd)
+    for _ in range(3):
+        with pytest.raises(LogDamaged):
+            await events_of(app, row)
+        await asyncio.sleep(0.1)  # the repair task runs, finds the run ended
+    assert run.id not in m.held.damaged and m.held.get(run.id) is None
+    assert not list(sealed.parent.glob("*.torn-*"))
+    assert sealed.stat().st_size == len(data)
+    said = [r for r in caplog.records if "left as it is" in r.getMessage()]
+    assert len(said) == 1
 
 
 async def test_keys_are_kept_24h_then_dropped_with_the_compacted_log(app: App) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import random
@@ -559,6 +560,42 @@ def test_quarantine_files_are_numbered_and_keep_the_cut_bytes(tmp_path: Path) ->
         ("events.ndjson.torn-1", b"first junk\n"),
         ("events.ndjson.torn-2", b"second \x00 junk"),
     ]
+    assert path.read_bytes() == data
+
+
+def test_a_failed_recovery_leaves_no_empty_quarantine_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R4: each recovery attempt that failed on a full disk left an empty
+    ``events.ndjson.torn-N`` beside the log; one cut must leave one quarantine file."""
+    data, _ = marker_log([2, 2])
+    path = tmp_path / "events.ndjson"
+    damaged = data + b"torn \x00 junk"
+    path.write_bytes(damaged)
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    for _ in range(3):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(StorageError, match="No space"):
+                recover_log(fd, path, RUN)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == damaged  # nothing cut without its quarantine copy
+        assert list(tmp_path.glob("events.ndjson.torn-*")) == []
+    monkeypatch.setattr(os, "write", real_write)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        recovered = recover_log(fd, path, RUN)
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.glob("events.ndjson.torn-*")] == ["events.ndjson.torn-1"]
+    assert recovered.quarantined is not None
+    assert recovered.quarantined.read_bytes() == b"torn \x00 junk"
     assert path.read_bytes() == data
 
 
