@@ -74,8 +74,10 @@ def build_settings(**overrides: Any) -> Settings:
 
 def _bad_setting(exc: ValidationError) -> typer.Exit:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "setting"
-    console.print(f"[bold red]error:[/] {escape(where)}: {escape(first['msg'])}", highlight=False)
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    # a rule across settings (Settings._check_live_tier) names them in its message
+    shown = f"{where}: {first['msg']}" if where else first["msg"]
+    console.print(f"[bold red]error:[/] {escape(shown)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runevents.exceptions import InvalidInput
@@ -121,7 +122,10 @@ class Settings(BaseSettings):
     #: the shared live tier: every durable write of a live run is committed to the
     #: database (``live_chunks``), so any replica serves it and none holds the only copy.
     #: auto: on when the database is Postgres and the storage remote (s3://), the
-    #: several-machines layout; on/off force it (on several machines, never turn it off)
+    #: several-machines layout; on forces it. off is refused with that layout (the
+    #: settings do not validate, so no process starts): an acknowledged batch would
+    #: then be on one machine's disk only (contract 10: "on several machines no
+    #: setting weakens this"). One machine uses a local (file://) log store instead.
     live_tier: Literal["auto", "on", "off"] = "auto"
 
     # -- the tail path --------------------------------------------------------
@@ -195,6 +199,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"{value!r}: give only scheme, host and port (no path)")
         return value
 
+    @model_validator(mode="after")
+    def _check_live_tier(self) -> Settings:
+        # contract 10: with a shared database and a shared object store (the several-
+        # machines layout) no setting may leave an acknowledged batch on one disk only
+        if self.live_tier == "off" and self.shared_stores:
+            raise PydanticCustomError(
+                "live_tier_off_with_shared_stores",
+                "RUNEVENTS_LIVE_TIER=off is refused with a postgresql:// database and a "
+                "shared object store ({storage}): that is the several-machines layout, "
+                "where a live run's events must be committed to the shared live tier, or "
+                "an acknowledged batch would be on this machine's disk only (lost with it, "
+                "unseen by the other replicas; contract 10). Leave RUNEVENTS_LIVE_TIER "
+                "unset (auto) or set it to on; on a single machine, use a local log store "
+                "(--storage-url file:///path, or the default in --data-dir).",
+                {"storage": self.resolved_storage_url.split("://", 1)[0] + "://"},
+            )
+        return self
+
+    @property
+    def shared_stores(self) -> bool:
+        """A Postgres database and a remote (s3://) log store: the several-machines layout."""
+        database = self.resolved_database_url.split(":", 1)[0]
+        storage = self.resolved_storage_url.split(":", 1)[0]
+        return database.startswith("postgres") and storage not in ("file", "memory")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -208,9 +237,9 @@ class Settings(BaseSettings):
         if self.live_tier != "auto":
             if self.live_tier == "on" and not database.startswith("postgres"):
                 raise ValueError("live_tier=on needs a postgresql:// database (contract 10)")
+            # off never passes validation with shared stores (_check_live_tier)
             return self.live_tier == "on"
-        storage = self.resolved_storage_url.split(":", 1)[0]
-        return database.startswith("postgres") and storage not in ("file", "memory")
+        return self.shared_stores
 
     @property
     def resolved_storage_url(self) -> str:

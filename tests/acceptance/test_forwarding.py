@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -367,3 +369,73 @@ def test_kill9_of_the_owner_on_s3_then_taken_over_with_the_whole_log(
 ) -> None:
     """s3:// and separate data dirs: the live log is in the shared live tier (Postgres)."""
     _kill_owner_then_take_over(*start(processes, tmp_path, pg_database_url, s3=seaweedfs))
+
+
+def test_a_batch_sent_while_the_writer_replica_is_frozen_is_accepted_within_10_seconds(
+    processes: Processes, tmp_path: Path, pg_database_url: str, seaweedfs: SeaweedFS
+) -> None:
+    """C3: A holds the run's writer and is SIGSTOPped (its kernel still accepts the
+    connection and the body; nothing answers). The producer sends the next batch to B
+    with the default writer lease and retries per ``Retry-After``: B answers 503 with
+    ``Retry-After`` <= 2 quickly (not after its 10 s relay timeout) and takes the run
+    once A's lease expired, within 10 s of the first attempt (contract 10)."""
+    default_lease = {"RUNEVENTS_WRITER_LEASE_SECONDS": "8"}
+    a, b = start(processes, tmp_path, pg_database_url, s3=seaweedfs, extra_env=default_lease)
+    run = create_external(a)
+    round_robin(a, b, run, 2)  # A holds the writer; B has relayed to it
+    path = run_path(run) + "/events"
+    os.kill(a.pid, signal.SIGSTOP)
+    answers: list[tuple[float, float, int, str | None]] = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 30:
+            sent = time.monotonic()
+            r = httpx.post(
+                b.url + path, content=body(2), timeout=60,
+                headers={**NDJSON, "Idempotency-Key": "k2"},
+            )  # fmt: skip
+            answers.append(
+                (
+                    sent - started,
+                    time.monotonic() - sent,
+                    r.status_code,
+                    r.headers.get("Retry-After"),
+                )
+            )
+            if r.status_code != 503:
+                break
+            assert 1 <= int(r.headers["Retry-After"]) <= 2, r.headers
+            time.sleep(int(r.headers["Retry-After"]))
+        took = time.monotonic() - started
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    print(f"frozen owner: accepted {took:.2f} s after the first attempt: {answers}")
+    assert r.status_code == 200, (r.text, answers)
+    assert r.json() == {"first_sequence": 42, "last_sequence": 61}
+    assert answers[0][1] <= 4, f"B's first answer took {answers[0][1]:.1f} s: {answers}"
+    assert took <= 10, f"accepted {took:.1f} s after the first attempt: {answers}"
+    check_batches(events_of(b, run), 3)
+
+
+def test_a_16_mib_batch_is_relayed_to_a_healthy_owner(
+    processes: Processes, tmp_path: Path, pg_database_url: str, seaweedfs: SeaweedFS
+) -> None:
+    """The owner's liveness probe (forward.py) does not give up on an owner that is only
+    slow with a large batch: a batch at the size limit goes through B to A whole."""
+    a, b = start(processes, tmp_path, pg_database_url, s3=seaweedfs)
+    run = create_external(a)
+    round_robin(a, b, run, 1)  # A holds the writer
+    line = json.dumps({"type": "console.line", "payload": {"stream": "stdout", "message": "x"}})
+    filler = "y" * (60 * 1024)
+    big = (line.replace('"x"', f'"big {filler}"') + "\n").encode() * 270
+    assert 16 * 1024 * 1024 - 300_000 < len(big) <= 16 * 1024 * 1024
+    started = time.monotonic()
+    r = b.http.post(
+        run_path(run) + "/events", content=big, timeout=60,
+        headers={**NDJSON, "Idempotency-Key": "big"},
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert r.json() == {"first_sequence": 22, "last_sequence": 291}
+    assert forwarded(b, "answered") == 1 and forwarded(b, "unreachable") == 0
+    print(f"a 16 MiB batch relayed through B took {took:.2f} s")

@@ -162,6 +162,8 @@ async def _forwarding(state: ApiState, app: App) -> AsyncIterator[None]:
         ReplicaRepository(app.database),
         app.manager.ownership.owner,
         stale_after=stale_after(app.settings.writer_lease_seconds),
+        # a frozen owner's leases are all gone after one writer lease (forward.py)
+        unresponsive_seconds=app.settings.writer_lease_seconds,
     )
     try:
         yield

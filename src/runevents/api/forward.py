@@ -30,6 +30,28 @@ decides again. The decision (:func:`decide`):
   owner's (its open-mode guard answers 421 to a foreign one). An owner that
   cannot be reached (refused, timed out) gives 503 + ``Retry-After: 1``.
 
+An owner that is frozen (SIGSTOP, a hung VM: its kernel still accepts the
+connection and the body, nothing answers) is told from one that is only slow
+with a large batch by a liveness probe: a relay not answered within
+``PROBE_AFTER`` seconds is joined by ``GET /api/v1/health`` to the owner,
+again each ``PROBE_AFTER`` seconds while the relay waits. A live owner answers
+that at once (the relay then waits up to ``TIMEOUT_SECONDS``, a 16 MiB batch
+included); an owner that does not answer it within ``PROBE_SECONDS`` is given
+up: the relay is dropped, the batch gets 503 + ``Retry-After: 1``, and the
+owner is marked unresponsive for ``unresponsive_seconds`` (the writer lease:
+a frozen owner renews nothing, so its leases are gone by then). While marked,
+no batch is relayed to it: the retries take the run once its lease expires,
+or get an immediate 503 before. So a retried batch is accepted within the
+lease plus about one retry (contract 10: within 10 s), not a relay timeout
+after it. An owner that comes back (SIGCONT) refreshes its registry row
+(``seen_at``) within a refresh interval; a row read after the mark that is
+newer than the first one read after it ends the mark early.
+
+A relay dropped this way may still be appended by the owner if it wakes
+before its lease is taken (as with any lost answer: the producer's retry with
+the same ``Idempotency-Key`` gets that answer); once another process took the
+run, the woken owner's write is fenced by the writer epoch.
+
 Authorization: the owner authenticates the request again, with its own tokens
 file, so every replica of a deployment must be given the same tokens file (the
 tokens are not in the database). A cookie-signed request passed this
@@ -47,6 +69,8 @@ nothing twice (the client library always sends one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -101,6 +125,14 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 TIMEOUT_SECONDS = 10.0
 #: seconds to connect to the owner (a dead machine should not hold the batch long)
 CONNECT_SECONDS = 2.0
+#: seconds a relay may wait for its answer before the owner's liveness is probed
+PROBE_AFTER = 1.0
+#: seconds the owner has to answer the liveness probe (``GET /api/v1/health``)
+PROBE_SECONDS = 2.0
+#: the path of the liveness probe (no token needed; the owner's event loop answers it)
+PROBE_PATH = "/api/v1/health"
+#: seconds an owner that did not answer the probe is not relayed to (the default writer lease)
+UNRESPONSIVE_SECONDS = 8.0
 #: seconds a run's owner, once relayed to, is trusted without asking the database
 HINT_SECONDS = 2.0
 #: runs whose owner is remembered at most (the oldest hints go first)
@@ -183,6 +215,9 @@ class Forwarder:
         *,
         stale_after: float,
         hint_seconds: float = HINT_SECONDS,
+        unresponsive_seconds: float = UNRESPONSIVE_SECONDS,
+        probe_after: float = PROBE_AFTER,
+        probe_seconds: float = PROBE_SECONDS,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.replicas = replicas
@@ -192,6 +227,13 @@ class Forwarder:
         self.hint_seconds = hint_seconds
         #: run id -> (its owner's replica, monotonic time the hint expires), oldest first
         self._owners: dict[str, tuple[Replica, float]] = {}
+        #: how long an owner that did not answer the liveness probe is not relayed to
+        self.unresponsive_seconds = unresponsive_seconds
+        self.probe_after = probe_after
+        self.probe_seconds = probe_seconds
+        #: owner id -> (monotonic time until which it is not relayed to, as it did not
+        #: answer; its registry row's ``seen_at`` first read after that, None before)
+        self._unresponsive: dict[str, tuple[float, datetime | None]] = {}
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_SECONDS),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -242,6 +284,21 @@ class Forwarder:
     def forget(self, run_id: str) -> None:
         self._owners.pop(run_id, None)
 
+    def unresponsive(self, replica: Replica) -> bool:
+        """Whether ``replica`` (its row just read from the database) did not answer a
+        liveness probe lately and has not refreshed its row since (module doc)."""
+        mark = self._unresponsive.get(replica.owner)
+        if mark is None:
+            return False
+        until, seen_at = mark
+        if time.monotonic() >= until or (seen_at is not None and replica.seen_at > seen_at):
+            del self._unresponsive[replica.owner]  # its lease is gone, or it is back
+            return False
+        if seen_at is None:
+            # the first row read after the probe failed: a frozen owner's stays as it is
+            self._unresponsive[replica.owner] = (until, replica.seen_at)
+        return True
+
     async def relay_early(self, request: Request, body: bytes, run_id: str) -> Response | None:
         """The usual path, for a run this process does not hold: relay the batch before
         parsing it if another live replica holds the writer (None: it does not; the
@@ -255,6 +312,9 @@ class Forwarder:
         if FORWARDED_BY.lower() in request.headers:
             return None  # a relayed batch is this process's to take or refuse
         replica = self.known(run_id)
+        if replica is not None and replica.owner in self._unresponsive:
+            self.forget(run_id)  # its row is read again below
+            replica = None
         if replica is None:
             owner, found = await self.replicas.writer_replica(run_id)
             decision = decide(
@@ -264,6 +324,10 @@ class Forwarder:
             if decision.replica is None:
                 return None
             replica = decision.replica
+            if self.unresponsive(replica):
+                # the owner is frozen: this process tries the run itself (it takes it
+                # once the owner's lease expired; until then ``forward`` answers 503)
+                return None
         return await self._relay(request, body, run_id, replica)
 
     # ------------------------------------------------------------------ the slow path
@@ -276,6 +340,9 @@ class Forwarder:
         if decision.replica is None:
             metrics.ingest_forwarded(decision.outcome.value)
             raise _unavailable(run_id, decision)
+        if self.unresponsive(decision.replica):
+            metrics.ingest_forwarded(Outcome.UNREACHABLE.value)
+            raise WriterMoving(_NO_ANSWER.format(run_id=run_id), owner=decision.owner)
         return await self._relay(request, body, run_id, decision.replica)
 
     async def _relay(
@@ -287,18 +354,20 @@ class Forwarder:
             url += "?" + request.url.query
         headers = request_headers(request.headers, me=self.me, owner_url=base)
         try:
-            answer = await self.client.request(request.method, url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            answer = await self._request(request.method, url, body, headers, base)
+        except (httpx.HTTPError, _Unresponsive) as exc:
             self.forget(run_id)
+            if isinstance(exc, _Unresponsive | httpx.ConnectTimeout):
+                # frozen, or a machine gone without a reset: not relayed to for a lease
+                until = time.monotonic() + self.unresponsive_seconds
+                self._unresponsive[replica.owner] = (until, None)
             metrics.ingest_forwarded(Outcome.UNREACHABLE.value)
             log.warning(
                 "run %s: the writer's replica %s at %s did not answer (%s: %s)",
                 run_id, replica.owner, base, type(exc).__name__, exc,
             )  # fmt: skip
-            raise WriterMoving(
-                f"the replica holding the writer of run {run_id} does not answer; retry shortly",
-                owner=replica.owner,
-            ) from exc
+            raise WriterMoving(_NO_ANSWER.format(run_id=run_id), owner=replica.owner) from exc
+        self._unresponsive.pop(replica.owner, None)
         metrics.ingest_forwarded(Outcome.ANSWERED.value)
         if answer.status_code == 503:
             self.forget(run_id)  # the owner is moving on: the next batch asks the database
@@ -311,6 +380,51 @@ class Forwarder:
             for k, v in response_headers(answer.headers)
         ] + [(b"content-length", str(len(answer.content)).encode("ascii"))]
         return response
+
+    async def _request(
+        self, method: str, url: str, body: bytes, headers: dict[str, str], base: str
+    ) -> httpx.Response:
+        """The owner's answer; raises _Unresponsive if the owner stops answering a probe."""
+        sending = asyncio.ensure_future(
+            self.client.request(method, url, content=body, headers=headers)
+        )
+        probe: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                await asyncio.wait({sending}, timeout=self.probe_after)
+                if sending.done():
+                    return sending.result()
+                # no answer yet: a slow batch, or an owner that answers nothing at all
+                probe = asyncio.ensure_future(self._alive(base))
+                await asyncio.wait({sending, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if sending.done():
+                    return sending.result()
+                if not probe.result():
+                    raise _Unresponsive(f"{base} did not answer {PROBE_PATH}")
+                probe = None
+        finally:
+            for pending in (sending, probe):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                        await pending
+
+    async def _alive(self, base: str) -> bool:
+        """Whether the owner's server answers anything at all within ``probe_seconds``."""
+        try:
+            # httpx's timeouts are per operation; the probe has probe_seconds in all
+            async with asyncio.timeout(self.probe_seconds):
+                await self.client.get(base + PROBE_PATH, timeout=self.probe_seconds)
+        except (httpx.HTTPError, TimeoutError):
+            return False
+        return True
+
+
+class _Unresponsive(Exception):
+    """The owner accepted the relay but did not answer the liveness probe."""
+
+
+_NO_ANSWER = "the replica holding the writer of run {run_id} does not answer; retry shortly"
 
 
 def _unavailable(run_id: str, decision: Decision) -> WriterMoving:

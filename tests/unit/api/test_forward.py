@@ -3,6 +3,9 @@ the relay against an in-memory owner (httpx.MockTransport)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from datetime import timedelta
 from typing import Any, cast
 
@@ -13,6 +16,7 @@ from starlette.requests import Request
 from runevents import metrics
 from runevents.api.forward import (
     FORWARDED_BY,
+    PROBE_PATH,
     Forwarder,
     Outcome,
     decide,
@@ -312,3 +316,71 @@ def test_the_owner_logs_the_request_under_our_request_id() -> None:
     finally:
         REQUEST_ID.reset(token)
     assert out["x-request-id"] == "generated-here"
+
+
+# ---------------------------------------------------------------------------- a frozen owner
+
+
+class SlowOwner:
+    """An owner that answers a relay after ``delay`` s and the liveness probe after
+    ``probe_delay`` s (None: never, as a SIGSTOPped process whose kernel took the request)."""
+
+    def __init__(self, delay: float, probe_delay: float | None) -> None:
+        self.delay = delay
+        self.probe_delay = probe_delay
+        self.relays = 0
+        self.probes = 0
+
+    async def __call__(self, req: httpx.Request) -> httpx.Response:
+        if req.url.path == PROBE_PATH:
+            self.probes += 1
+            await asyncio.sleep(3600 if self.probe_delay is None else self.probe_delay)
+            return httpx.Response(200, json={"status": "ok"})
+        self.relays += 1
+        await asyncio.sleep(3600 if self.probe_delay is None else self.delay)
+        return httpx.Response(200, json={"first_sequence": 2, "last_sequence": 3})
+
+
+def slow_forwarder(owner: SlowOwner, found: Replica) -> tuple[Forwarder, FakeRegistry]:
+    registry = FakeRegistry(found)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(owner))
+    fwd = Forwarder(
+        cast(ReplicaRepository, registry), ME, stale_after=12, client=client,
+        probe_after=0.05, probe_seconds=0.1, unresponsive_seconds=60,
+    )  # fmt: skip
+    return fwd, registry
+
+
+async def test_a_frozen_owner_is_given_up_at_its_probe_and_not_relayed_to_again() -> None:
+    owner = SlowOwner(delay=0, probe_delay=None)
+    found = replica()
+    fwd, registry = slow_forwarder(owner, found)
+    started = time.monotonic()
+    with pytest.raises(WriterMoving) as refused:
+        await fwd.relay_early(request(), b"{}\n", RUN)
+    assert time.monotonic() - started < 1  # the probe's 0.1 s, not a relay timeout
+    assert refused.value.retry_after == 1 and refused.value.owner == OWNER
+    assert (owner.relays, owner.probes) == (1, 1)
+    # the retry is this process's to append (it takes the run once the lease expired) ...
+    assert await fwd.relay_early(request(), b"{}\n", RUN) is None
+    # ... and if the lease is still live, 503 at once, without a request
+    with pytest.raises(WriterMoving):
+        await fwd.forward(request(), b"{}\n", RUN, WriterMoving(owner=OWNER))
+    assert (owner.relays, owner.probes) == (1, 1)
+    # the owner wakes: it refreshes its row, and is relayed to again
+    owner.probe_delay = 0
+    registry.found = dataclasses.replace(found, seen_at=found.seen_at + timedelta(seconds=4))
+    answer = await fwd.relay_early(request(), b"{}\n", RUN)
+    assert answer is not None and answer.status_code == 200
+    assert owner.relays == 2
+    await fwd.close()
+
+
+async def test_a_slow_owner_that_answers_its_probe_is_waited_for() -> None:
+    owner = SlowOwner(delay=0.5, probe_delay=0)  # a large batch: 10 probe intervals
+    fwd, _ = slow_forwarder(owner, replica())
+    answer = await fwd.relay_early(request(), b"{}\n", RUN)
+    assert answer is not None and answer.status_code == 200
+    assert owner.relays == 1 and owner.probes >= 3
+    assert not fwd.unresponsive(replica())
+    await fwd.close()
