@@ -163,7 +163,12 @@ class RunUpkeep:
                     held = await self.held.take(current, source="server", atomic=True)
                 except WriterMoving:
                     return None
-                if (await self.repo.get_run(run.id)).status.ended:
+                try:
+                    ended = (await self.repo.get_run(run.id)).status.ended
+                except BaseException:
+                    await held.let_go(f"run {run.id}: its row could not be read", fenced=False)
+                    raise
+                if ended:
                     # another process (a reaper elsewhere) finished it between our read
                     # and our take: nothing to do, nothing to write
                     await held.let_go(f"run {run.id} was ended by another process", fenced=False)

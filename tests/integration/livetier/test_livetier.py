@@ -8,6 +8,7 @@ defects named in issue 14 each have a test named after them.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -464,3 +465,41 @@ async def test_a_woken_worker_whose_run_was_reaped_lets_it_go_and_frees_its_slot
     finally:
         awake.set()
         await worker.stop()
+
+
+async def test_replicas_reaping_the_same_dead_workers_run_at_once_end_it_once(
+    pair: tuple[App, App],
+) -> None:
+    """C2: every replica reaps now, so several reap the same run at the same moment:
+    exactly one ends it (one run.completed), and none keeps holding it."""
+    a, b = pair
+    run = await a.manager.create_run("acme", "hello", external=False)
+    await expire_writer_lease(a, run)
+    async with a.database.engine.begin() as conn:
+        await conn.execute(
+            runs.update()
+            .where(runs.c.id == run.id)
+            .values(
+                status="running",
+                lease_owner="dead-worker",
+                lease_expires_at=sa.func.now() - sa.text("interval '1 second'"),
+            )
+        )
+    rounds = await asyncio.gather(
+        a.manager.reap_expired_leases("reaper-a"),
+        b.manager.reap_expired_leases("reaper-b"),
+        a.manager.reap_expired_leases("reaper-a2"),
+        b.manager.reap_expired_leases("reaper-b2"),
+    )
+    assert sum(len(r) for r in rounds) <= 1
+
+    async def ended() -> bool:
+        return (await a.manager.repo.get_run(run.id)).status.ended
+
+    await _until(ended, 10, "the run was never reaped")  # (or by a replica's own round)
+    done = await a.manager.get_run("acme", "hello", run.id)
+    assert done.failure is not None and done.failure["code"] == "worker_lost"
+    data = await log_bytes(b, done)
+    types = [json.loads(line)["type"] for line in data.splitlines()]
+    assert types.count("run.completed") == 1 and types[-1] == "run.completed"
+    assert a.manager.held.get(run.id) is None and b.manager.held.get(run.id) is None
