@@ -77,6 +77,7 @@ class App:
         self._watch: asyncio.Task[None] | None = None
         self._leases: asyncio.Task[None] | None = None
         self._repair: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._demo: asyncio.Task[None] | None = None
         self.bridge: PostgresBridge | None = None
         #: this process in the replica registry (``serve`` only; see ``open``)
@@ -164,6 +165,11 @@ class App:
                 writer_lease_seconds=settings.writer_lease_seconds,
             )
             await app.presence.start()
+        if runner is None:
+            # a process without an in-process worker (``serve --workers 0``) reaps too:
+            # any surviving process ends a dead worker's run (contract 10); a worker
+            # reaps in its own loop (one reaper per process, never two)
+            app._reaper = asyncio.create_task(app._reap_leases(), name="lease reaper")
         if settings.repair_interval_seconds > 0:
             app._repair = asyncio.create_task(
                 repair_forever(manager, settings.repair_interval_seconds), name="repair"
@@ -216,6 +222,22 @@ class App:
             except Exception:
                 log.exception("scheduled maintenance failed; will retry next interval")
 
+    async def _reap_leases(self) -> None:
+        """The lease reaper of a process without workers, every ``reap_interval``."""
+        from runevents.upkeep import reap_interval
+
+        interval = reap_interval(self.settings.lease_seconds)
+        reaper_id = f"reaper:{self.manager.ownership.owner}"
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for lost in await self.manager.reap_expired_leases(reaper_id):
+                    log.warning("run %s finished as failed: its worker was lost", lost.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaping expired worker leases failed; will retry")
+
     async def _watch_held(self) -> None:
         """Relayed cancels and producer timeouts of external runs, at a heartbeat's pace.
 
@@ -245,7 +267,7 @@ class App:
         if self.presence is not None:
             # first: peers stop forwarding batches here, and take the runs once let go
             await self.presence.close()
-        for task in (self._demo, self._maintenance, self._watch, self._repair):
+        for task in (self._demo, self._maintenance, self._watch, self._repair, self._reaper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -349,6 +349,27 @@ class HeldRun:
         with contextlib.suppress(StorageError):
             await self.lease.release()
 
+    async def let_go(self, reason: str, *, fenced: bool) -> None:
+        """Let go without writing anything more: another process owns or ended the run.
+
+        ``fenced``: this process lost it -- its writer lease was taken over while
+        it was paused, or its row was ended under another owner (a reaper's
+        ``worker_lost``); the lease is never used again. Otherwise the lease is
+        given back (a reaper that found the run finished by another one). The
+        writer is closed without a flush: what it still buffers is nobody's to
+        write now, and the row is not touched.
+        """
+        if self.phase in (LogPhase.OWNED, LogPhase.COMPLETING):
+            self._step(Step.FENCED if fenced else Step.RELEASE)
+        if fenced:
+            self.lease.mark_lost()
+        self.writer.refuse_writes(reason)
+        await self.writer.close()
+        self.fold.cancel()
+        self.registry.forget(self)
+        with contextlib.suppress(StorageError):
+            await self.lease.release()
+
 
 class HeldRuns:
     """The registry of held runs, and the one way to take a run's log."""

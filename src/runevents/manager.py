@@ -39,6 +39,7 @@ from runevents.exceptions import (
     RunEnded,
     RunNotFound,
     StorageError,
+    WriterFenced,
     WriterMoving,
 )
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
@@ -206,6 +207,10 @@ class RunManager(ProducerIngest, RunUpkeep):
         """End a held run with ``draft`` (a run.completed). Caller holds ``held.lock``."""
         held.run = await self.repo.get_run(held.run.id)  # the row may carry a newer flag
         if held.run.status.ended:
+            if not held.writer.ended:
+                # another process ended the run (a reaper took it over while this one
+                # was paused): it is not ours to complete any more
+                raise WriterFenced(f"run {held.run.id} was ended by another process")
             # only possible for a row finished by an older epoch: the log is the judge
             return await self.finish_from_log(held)
         return await held.complete(held.writer.prepare([draft]))
@@ -281,6 +286,10 @@ class RunManager(ProducerIngest, RunUpkeep):
         self._cancel_signals[run.id] = cancel
         return RunSession(self, held, cancel)
 
+    def executes(self, run_id: str) -> bool:
+        """Whether a worker of this process executes ``run_id`` (its session is open)."""
+        return run_id in self._cancel_signals
+
     def end_session(self, run_id: str) -> None:
         """The worker is done with a run (completed or abandoned)."""
         self._cancel_signals.pop(run_id, None)
@@ -303,6 +312,14 @@ class RunManager(ProducerIngest, RunUpkeep):
         async with self.held.lock(session.run.id):
             if self.held.get(session.run.id) is session.held:
                 await session.held.release()
+
+    async def let_go(self, session: RunSession, reason: str) -> None:
+        """This process lost an executed run (WriterFenced: taken over, or ended by
+        another process): let it go without writing or recording anything more."""
+        self.end_session(session.run.id)
+        async with self.held.lock(session.run.id):
+            if self.held.get(session.run.id) is session.held:
+                await session.held.let_go(reason, fenced=True)
 
     async def set_status(self, run: Run, status: RunStatus) -> Run:
         """Move a live run to ``building`` or ``running`` (InvalidTransition otherwise)."""

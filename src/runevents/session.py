@@ -71,6 +71,11 @@ class RunSession:
             return await self.complete(**self._outcome)
         return await self.manager.settle_session(self)
 
+    async def check_owned(self) -> None:
+        """WriterFenced if this process lost the run (its writer lease moved on: taken
+        over while it was paused); StorageError if the database cannot say."""
+        await self.held.lease.ensure()
+
     async def abandon(self) -> None:
         """Let go without completing (worker shutdown; the lease reaper finishes it)."""
         await self.manager.abandon(self)

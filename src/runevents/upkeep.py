@@ -30,6 +30,7 @@ from runevents.exceptions import (
     MaintenanceBusy,
     RunNotFound,
     StorageError,
+    WriterFenced,
     WriterMoving,
 )
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
@@ -43,7 +44,14 @@ if TYPE_CHECKING:
     from runevents.db.runlocks import RunLocks
     from runevents.settings import Settings
 
-__all__ = ["IDEMPOTENCY_KEEP", "LIVE_STATUSES", "RunUpkeep", "parse_timestamp", "run_ref"]
+__all__ = [
+    "IDEMPOTENCY_KEEP",
+    "LIVE_STATUSES",
+    "RunUpkeep",
+    "parse_timestamp",
+    "reap_interval",
+    "run_ref",
+]
 
 #: a retried batch of an ended run gets its first answer for at least this long (contract 6)
 IDEMPOTENCY_KEEP = timedelta(hours=24)
@@ -54,6 +62,17 @@ class _Head(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
+
+
+#: the longest pause between two lease reaper rounds (seconds): contract 10 ends a dead
+#: worker's run ``worker_lost`` within ``lease_seconds`` + 10 s of the death
+REAP_INTERVAL_MAX = 5.0
+
+
+def reap_interval(lease_seconds: float) -> float:
+    """How often a process runs the lease reaper: a third of the lease, at least a second,
+    at most ``REAP_INTERVAL_MAX`` (a round after the expiry is then well within 10 s)."""
+    return min(REAP_INTERVAL_MAX, max(1.0, lease_seconds / 3))
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -82,6 +101,8 @@ class RunUpkeep:
 
         async def complete_held(self, held: HeldRun, draft: EventDraft) -> Run: ...
 
+        def executes(self, run_id: str) -> bool: ...
+
     async def reap_expired_leases(self, reaper_id: str = "reaper") -> list[Run]:
         """Finish runs whose worker stopped heart-beating as failed, with the reason.
 
@@ -90,13 +111,18 @@ class RunUpkeep:
         stopped, or its heartbeat stalled past the lease by a database
         failover -- still holds its lock, so nothing is taken from it and it
         goes on when it wakes up. Of several reapers, the writer lease lets
-        exactly one act. A worker never reaps its own runs: waking from a
-        pause, its reaper round may come before its heartbeat, and the lease it
-        finds expired is its own, of a run it is still executing.
+        exactly one act. A process never reaps the runs it executes itself
+        (a worker's, or the app's reaper beside an in-process worker): waking
+        from a pause, its reaper round may come before its heartbeat, and the
+        lease it finds expired is its own, of a run it is still executing.
+
+        Every process without an in-process worker (a replica started with
+        ``--workers 0``) runs it too (``App``), every ``reap_interval``: any
+        surviving process ends a dead worker's run (contract 10).
         """
         reaped: list[Run] = []
         for run in await self.repo.expired_leases():
-            if run.lease_owner == reaper_id:
+            if run.lease_owner == reaper_id or self.executes(run.id):
                 continue  # our own heartbeat is late, not lost
             expired = run.lease_expires_at.isoformat() if run.lease_expires_at else "unknown"
             try:
@@ -137,10 +163,24 @@ class RunUpkeep:
                     held = await self.held.take(current, source="server", atomic=True)
                 except WriterMoving:
                     return None
+                try:
+                    ended = (await self.repo.get_run(run.id)).status.ended
+                except BaseException:
+                    await held.let_go(f"run {run.id}: its row could not be read", fenced=False)
+                    raise
+                if ended:
+                    # another process (a reaper elsewhere) finished it between our read
+                    # and our take: nothing to do, nothing to write
+                    await held.let_go(f"run {run.id} was ended by another process", fenced=False)
+                    return None
             if held.writer.ended:
                 # the log already ends with run.completed: only the row lagged behind
                 return await self.finish_from_log(held)
-            return await self.complete_held(held, _failed(code, message))
+            try:
+                return await self.complete_held(held, _failed(code, message))
+            except WriterFenced as exc:
+                await held.let_go(str(exc), fenced=True)  # another process has it now
+                return None
 
     async def finish_from_log(self, held: HeldRun) -> Run:
         """Finish the row of a held run whose log already holds run.completed (COMPLETING)."""

@@ -4,7 +4,8 @@ One loop claims runs while it has free slots (``concurrency``); each claimed
 run gets a heartbeat task that renews its lease and relays a cancel request
 set by another process. A run whose worker died is noticed by any worker's
 reaper when its lease expires and is finished ``failed`` with the reason --
-never left ``running`` forever. The file lock on the run's log is the final
+never left ``running`` forever (a server process without workers reaps too:
+``App``). The file lock on the run's log is the final
 arbiter: a reaper cannot finish a run whose writer is still alive.
 """
 
@@ -30,6 +31,7 @@ from runevents.executor import execute
 from runevents.manager import RunManager
 from runevents.models import Run
 from runevents.session import RunSession
+from runevents.upkeep import reap_interval
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 if loop.time() >= next_reap:
-                    next_reap = loop.time() + max(1.0, self.settings.lease_seconds / 3)
+                    next_reap = loop.time() + reap_interval(self.settings.lease_seconds)
                     for lost in await self.manager.reap_expired_leases(self.worker_id):
                         log.warning("run %s finished as failed: its worker was lost", lost.id)
                 claimed = False
@@ -149,11 +151,13 @@ class Worker:
             # restart, or another worker) finishes the run as failed with the reason
             await session.abandon()
             raise
-        except WriterFenced:
-            # another process took the run (its lease moved on): never write again
-            log.error("run %s: writer lease lost; letting go", session.run.id)
+        except WriterFenced as exc:
+            # another process took the run (its lease moved on, or it ended the run
+            # worker_lost while this one was paused): stop its child, never write or
+            # record anything more for it, and free the slot
+            log.error("run %s: this worker lost the run (%s); letting it go", run.id, exc)
             session.cancel.set()
-            await session.abandon()
+            await self.manager.let_go(session, str(exc))
         finally:
             self._sessions.pop(run.id, None)
             heartbeat.cancel()
@@ -163,7 +167,10 @@ class Worker:
 
     async def _complete(self, session: RunSession, **outcome: Any) -> None:
         """Write run.completed; while the log cannot be made durable, keep it buffered and
-        retry (the heartbeat keeps the lease) -- the row is finished only once it is."""
+        retry (the heartbeat keeps the lease) -- the row is finished only once it is.
+
+        WriterFenced as soon as this process turns out to have lost the run (each
+        retry proves the writer lease first): its completion can never succeed."""
         try:
             await session.complete(**outcome)
             return
@@ -175,6 +182,7 @@ class Worker:
         while True:
             await asyncio.sleep(delay)
             try:
+                await session.check_owned()
                 if session.writer.ended:
                     # run.completed is committed (maybe not durable yet): finish the job
                     await session.settle()

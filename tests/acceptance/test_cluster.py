@@ -270,6 +270,56 @@ def test_kill9_of_a_worker_ends_its_run_worker_lost_keeping_every_served_event(
         cluster.restart(owner)
 
 
+def test_a_run_whose_only_worker_died_is_failed_worker_lost_by_a_replica_without_workers(
+    cluster: Cluster,
+) -> None:
+    """C2: only worker processes reaped, so with the run's worker killed and no other
+    worker running, the run stayed ``running`` (54 s and more) until a worker started
+    again. The replicas (``--workers 0``) must end it within lease_seconds + 10 s."""
+    replica = cluster.replicas[0]
+    with client(replica) as http:
+        r = http.post(
+            "/api/v1/workspaces/demo/configurations/extract/runs",
+            json={"mode": "execute", "options": {"speed": 1, "fail": False}},
+        )
+        assert r.status_code == 201, r.text
+        body = r.json()
+        run_id = body["run"]["id"] if "run" in body else body["id"]
+        path = run_path(run_id, "extract", "demo")
+        deadline = time.monotonic() + 60
+        while http.get(path).json()["run"]["status"] != "running":
+            assert time.monotonic() < deadline, "the demo run did not get going"
+            time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while True:  # its job started (a process to kill)
+            with contextlib.suppress(AssertionError):
+                owner = _worker_of(cluster, run_id)
+                break
+            assert time.monotonic() < deadline, "no worker process runs the job"
+            time.sleep(0.3)
+    others = [w for w in cluster.workers if w is not owner]
+    for other in others:
+        cluster.pause(other)  # no other worker reaps: only the replicas are left
+    try:
+        owner.signal(signal.SIGKILL)  # the worker and its job
+        died = time.monotonic()
+        with client(cluster.replicas[2]) as http:
+            while True:
+                row = http.get(path).json()["run"]
+                if row["status"] not in ("queued", "building", "running"):
+                    break
+                assert time.monotonic() - died < LEASE_SECONDS + 10, "not ended in time"
+                time.sleep(0.3)
+            assert row["status"] == "failed", row
+            detail = http.get(path).json()
+        assert detail["summary"]["failure"]["code"] == "worker_lost"
+    finally:
+        for other in others:
+            cluster.resume(other)
+        with contextlib.suppress(Exception):
+            cluster.restart(owner)
+
+
 def _worker_of(cluster: Cluster, run_id: str) -> Member:
     """The worker process executing ``run_id`` (its job is among its descendants)."""
     for member in cluster.workers:

@@ -410,6 +410,11 @@ class RunWriter(GroupCommit):
             log.warning("run %s: cannot append to the index: %s", self.ref.run_id, exc)
 
     # ------------------------------------------------------------------ closing
+    def refuse_writes(self, reason: str) -> None:
+        """Never write again (this process lost the run, or must not touch it any more):
+        :meth:`close` then makes nothing more durable."""
+        self._break(reason)
+
     async def close(self, *, keep_lock: bool = False) -> WriterLock | None:
         """Make what is buffered durable if possible and release the run's file lock
         (with ``keep_lock``, hand it to the caller instead: sealing goes on under it).

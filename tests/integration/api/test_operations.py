@@ -109,7 +109,8 @@ async def test_scenario_moves_every_number_it_should(ops_app: App) -> None:
         )
         await asyncio.sleep(0.1)
         reaped = await ops_app.manager.reap_expired_leases()
-        assert [r.id for r in reaped] == [lost.id]
+        assert [r.id for r in reaped] in ([lost.id], [])  # [] if the app's own reaper was first
+        await _wait_row(ops_app, lost.id, RunStatus.FAILED)
 
         # -- a compaction of both ended runs
         report = await maintenance.compact(ops_app.manager, timedelta(0))

@@ -12,6 +12,7 @@ import pytest
 from runevents.app import App
 from runevents.events import decode_event
 from runevents.models import Run, RunStatus, utcnow
+from runevents.settings import Settings
 from runevents.worker import Worker
 
 
@@ -111,7 +112,7 @@ async def test_lost_worker_run_is_failed_when_lease_expires(app: App) -> None:
     await app.manager.repo.update_run(run.id, status=RunStatus.RUNNING, started_at=utcnow())
     await asyncio.sleep(0.1)
     reaped = await app.manager.reap_expired_leases()
-    assert [r.id for r in reaped] == [run.id]
+    assert [r.id for r in reaped] in ([run.id], [])  # [] if the app's own reaper was first
     done = await app.manager.repo.get_run(run.id)
     assert done.status is RunStatus.FAILED
     assert done.failure is not None and done.failure["code"] == "worker_lost"
@@ -164,3 +165,31 @@ async def test_cancel_that_read_the_row_before_a_worker_claimed_it_leaves_the_ru
     assert answered.cancel_requested is True
     assert answered.status is RunStatus.QUEUED  # the worker's to complete
     assert app.manager.held.get(queued.id) is None
+
+
+@pytest.mark.parametrize("embedded", [True, False], ids=["serve-workers-0", "worker-false"])
+async def test_a_run_whose_only_worker_died_is_failed_worker_lost_by_a_replica_without_workers(
+    settings: Settings, embedded: bool
+) -> None:
+    """C2: only worker processes reaped expired leases, so with replicas started with
+    ``--workers 0`` and the only worker killed, the run stayed ``running`` until a
+    worker started again. Contract 10: ``worker_lost`` within lease_seconds + 10 s of
+    the death, by any surviving process -- here a replica that executes nothing."""
+    assert settings.worker_concurrency == 0
+    replica = await App.open(settings, worker=embedded)
+    try:
+        assert replica.worker is None
+        run = await replica.manager.create_run("acme", "hello")
+        # a worker elsewhere claims it, starts it, heart-beats once ... and is killed
+        claimed = await replica.manager.repo.claim_queued("dead-worker", settings.lease_seconds)
+        assert claimed is not None and claimed.id == run.id
+        await replica.manager.repo.update_run(run.id, status=RunStatus.RUNNING, started_at=utcnow())
+        died = asyncio.get_running_loop().time()
+        done = await wait_ended(replica, run, timeout=settings.lease_seconds + 10)
+        took = asyncio.get_running_loop().time() - died
+    finally:
+        await replica.close()
+    assert done.status is RunStatus.FAILED, took
+    assert done.failure is not None and done.failure["code"] == "worker_lost"
+    assert "dead-worker" in done.failure["message"]
+    assert took <= settings.lease_seconds + 10
