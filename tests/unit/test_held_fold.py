@@ -7,7 +7,7 @@ from typing import cast
 
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event
-from runevents.held import SummaryFold
+from runevents.summary_fold import SummaryFold
 from tests.unit.summary.builders import console, events_of
 
 
