@@ -153,6 +153,15 @@ def retention_cmd(
         int | None,
         typer.Option(min=0, help="Delete the oldest bodies until the rest take at most this"),
     ] = None,
+    delete_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--delete-delay",
+            help="Delete expired bodies this long after expiring them, so reads that "
+            "started before finish (0s: now; default RUNEVENTS_DELETE_DELAY_SECONDS, "
+            "60 s). A later pass or a server's repair loop deletes them",
+        ),
+    ] = None,
     dry_run: DryRun = False,
     as_json: AsJson = False,
 ) -> None:
@@ -165,8 +174,14 @@ def retention_cmd(
         )
         raise typer.Exit(code=2)
     age = None if older_than is None else _duration(older_than)
+    delay = None if delete_delay is None else _duration(delete_delay).total_seconds()
     _run_pass(
-        {"data_dir": data_dir, "database_url": database_url, "storage_url": storage_url},
+        {
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "storage_url": storage_url,
+            "delete_delay_seconds": delay,
+        },
         "retention",
         lambda a, p: retention(
             a.manager,

@@ -15,7 +15,9 @@ table to finish a run that a crash left between two states.
     SEALED       nobody             fsynced, indexed, final (file://)    ended / plain
     UPLOADED     nobody             in the object store, spool removed   ended / plain
     COMPACTED    nobody             zstd frames + frame index            ended / compressed
-    EXPIRED      nobody             gone (retention)                     ended / expired
+    EXPIRED      nobody             gone (retention; deleted             ended / expired
+                                    ``delete_delay_seconds`` later, so
+                                    a read already under way finishes)
 
 A transition is taken only by the process that holds the run's writer lease
 (``ownership.py``) and, on one host, its file lock -- except the maintenance

@@ -159,9 +159,9 @@ async def _finish_interrupted(manager: RunManager, report: Report) -> None:
                 async with manager.maintaining(run_id):
                     await manager.log.drop_plain(run_ref(run))
             elif run.log_state is LogState.EXPIRED:
-                # retention won the race: make sure nothing of the body is left
-                async with manager.maintaining(run_id):
-                    await manager.log.delete(run_ref(run))
+                # retention won the race: make sure nothing of the body is left (once
+                # a read that started before the expiry has had its delay)
+                await manager.queue_body_deletion(run)
         except (WriterBusy, MaintenanceBusy):
             report.skipped += 1
             continue
@@ -396,6 +396,10 @@ async def retention(
                 tally.found(len(chosen))
                 for run in chosen:
                     await expire(run)
+    if not dry_run:
+        # bodies expired earlier (by this pass with no delay, or by any pass) whose
+        # delay has passed: a pass from the CLI frees them even with no server running
+        await manager.delete_due_bodies()
     _count(report)
     return report
 

@@ -18,6 +18,9 @@ finding                 how it is recognized                        repair
                         checkpoint: a failing disk)                 what it could not take yet)
 =====================  ==========================================  ===========================
 
+Each pass also deletes the expired bodies whose ``delete_delay_seconds``
+have passed (``RunUpkeep.delete_due_bodies``): routine, not a finding.
+
 Runs another process holds are skipped (taking their log fails: file lock
 or writer lease); the next pass looks again. Lost workers are the lease
 reaper's (``RunManager.reap_expired_leases``), idle producers
@@ -77,6 +80,10 @@ async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
             if kind is not None:
                 found[kind] += 1
         await asyncio.sleep(0)
+    # expired bodies whose delay has passed (deferred deletion, ``upkeep.expire_run``)
+    deleted = await manager.delete_due_bodies()
+    if deleted:
+        log.info("expired log bodies deleted: %d", deleted)
     if manager.tier is not None:
         found["sealed_chunks"] += await manager.tier.repair()
         found += Counter()  # drop a zero count

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     retention_keep_per_configuration: int | None = None
     #: keep at most this many bytes of log bodies in total (None = no limit)
     retention_max_bytes: int | None = None
+    #: an expired body is deleted this long after retention expires it, so a read that
+    #: started before goes on to its end (an object store cannot keep a deleted object
+    #: open; Kafka's log.segment.delete.delay.ms). New reads get 410 at once (seconds)
+    delete_delay_seconds: float = Field(default=60.0, ge=0)
     #: how often the server runs compaction/retention (seconds; 0 disables)
     maintenance_interval_seconds: float = Field(default=3600.0, ge=0)
 

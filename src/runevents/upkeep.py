@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from runevents import metrics
+from runevents.db.log_deletions import QueuedDeletion
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
 from runevents.exceptions import (
@@ -241,21 +242,20 @@ class RunUpkeep:
         info = await self.log.compact(ref)
         journal = CompactionJournal(self.log)
         await asyncio.to_thread(journal.add, run.id)
-        await self.repo.update_run(
-            run.id,
-            log_state=LogState.COMPRESSED,
-            events_path=info.events_path,
-            events_bytes=info.bytes,
-        )
+        if not await self.repo.mark_compressed(
+            run.id, events_path=info.events_path, events_bytes=info.bytes
+        ):
+            # retention expired the run after we read its row (SQLite has no
+            # cross-process maintenance lock): its queued deletion takes every form,
+            # the compressed one just written too
+            journal.remove(run.id)
+            return None
         try:
             await self.log.drop_plain(ref)
         except StorageError:
-            if (await self.log.stats(ref)).form is not None:
+            # the same race one step later: retention expired and deleted every form
+            if (await self.repo.get_run(run.id)).log_state is not LogState.EXPIRED:
                 raise
-            # Retention (another process) deleted every form after we compacted
-            # and before our row update, which then undid its ``expired``: only
-            # delete removes both forms, so the row must say expired again.
-            await self.repo.update_run(run.id, log_state=LogState.EXPIRED)
             journal.remove(run.id)
             return None
         journal.remove(run.id)
@@ -263,31 +263,65 @@ class RunUpkeep:
         return info.source_bytes, info.bytes
 
     async def expire_run(self, run: Run) -> int | None:
-        """Delete an ended run's log body (retention); the row and summary stay.
+        """Expire an ended run's log body (retention); the row and summary stay.
 
-        Delete first, then mark: a crash in between leaves a row that still says
-        plain/compressed with no body, and the next retention pass (the run still
-        qualifies) deletes nothing more and marks it. The other order could leave
-        an ``expired`` row whose body no pass would ever look at again.
+        The row says ``expired`` and the body is queued for deletion in one
+        transaction (``db/log_deletions.py``): new reads get 410 at once, and
+        the body goes ``delete_delay_seconds`` later (``delete_due_bodies``), so
+        a read that started before -- on any machine -- goes on to its end
+        (contract 10: no read fails meanwhile). With no delay the body goes now.
+        A crash anywhere leaves the entry, and the next sweep deletes the body.
         Returns the bytes freed, or None if the run is live or already expired.
         MaintenanceBusy when another process is maintaining the run.
         """
         async with self.maintaining(run.id):
-            # the row as it is now, under the lock: a pass on another machine may
-            # have expired or compacted it since ``run`` was read (counted once)
-            try:
-                current = await self.repo.get_run(run.id)
-            except RunNotFound:
+            # (re-checked in the UPDATE: a pass on another machine may have expired or
+            # compacted it since ``run`` was read, and it is counted once)
+            expired = await self.repo.expire_log(run.id, utcnow())
+            if expired is None:
                 return None
-            return await self._expire_run(current)
+            await self._drop_keys(expired)
+            if self.settings.delete_delay_seconds == 0:
+                await self._delete_body(run_ref(expired))
+            return expired.events_bytes
 
-    async def _expire_run(self, run: Run) -> int | None:
-        if not run.status.ended or run.log_state is LogState.EXPIRED:
-            return None
-        await self.log.delete(run_ref(run))
-        await self.repo.update_run(run.id, log_state=LogState.EXPIRED)
-        await self._drop_keys(run)
-        return run.events_bytes
+    async def delete_due_bodies(self, *, now: datetime | None = None, limit: int = 100) -> int:
+        """Delete the bodies expired ``delete_delay_seconds`` (this process's setting) or
+        longer ago; how many went.
+
+        ``now``: the clock (tests pass a later one). Every process sweeps (the
+        repair loop, each maintenance pass); the
+        maintenance lock lets one of them delete each body, and a body another
+        process is maintaining waits for the next sweep.
+        """
+        deleted = 0
+        delay = timedelta(seconds=self.settings.delete_delay_seconds)
+        for body in await self.repo.due_log_deletions((now or utcnow()) - delay, limit=limit):
+            ref = RunRef(
+                workspace_id=body.workspace_id,
+                configuration_id=body.configuration_id,
+                run_id=body.run_id,
+            )
+            try:
+                async with self.maintaining(body.run_id):
+                    # another process's sweep may have deleted it since the list was read
+                    if not await self.repo.log_deletion_queued(body.run_id):
+                        continue
+                    await self._delete_body(ref)
+            except MaintenanceBusy:
+                continue
+            deleted += 1
+        return deleted
+
+    async def queue_body_deletion(self, run: Run) -> None:
+        """Queue an expired run's body for deletion after the delay (idempotent)."""
+        body = QueuedDeletion(run.workspace_id, run.configuration_id, run.id)
+        await self.repo.queue_log_deletion(body, utcnow())
+
+    async def _delete_body(self, ref: RunRef) -> None:
+        """Every form of ``ref``'s body, then its queue entry (the caller holds the lock)."""
+        await self.log.delete(ref)
+        await self.repo.log_deleted(ref.run_id)
 
     async def _drop_keys(self, run: Run) -> None:
         """Forget the run's idempotency keys once its log is compacted or expired (the
@@ -300,6 +334,10 @@ class RunUpkeep:
         """``reindex_log``, then the search index of a compressed log (issue 16), under
         the run's maintenance lock (MaintenanceBusy if another process holds it)."""
         async with self.maintaining(run_id):
+            if await self.repo.log_deletion_queued(run_id):
+                # expired, its body waiting out the delay: the row stays expired (a
+                # rebuild from the body would bring back what retention removed)
+                return await self.repo.get_run(run_id)
             run = await self.reindex_log(workspace_id, run_id)
             if run.log_state is LogState.COMPRESSED:
                 await self.log.index_for_search(run_ref(run))

@@ -163,7 +163,20 @@ async def test_retention_dry_run_lists_then_real_run_expires(settings: Settings)
                 assert row.log_state is LogState.PLAIN
             else:
                 assert row.log_state is LogState.EXPIRED and row.summary == run.summary
-                assert files_of(app, row) == []
+                # the body waits out the default delay (a read that started goes on)
+                assert files_of(app, row) != []
+                assert await app.manager.repo.log_deletion_queued(row.id)
+
+    # a pass with no delay deletes what is due now: these bodies, and its own
+    again = runevents(settings, "retention", "--older-than", "1m", "--delete-delay", "0s", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run_ids"] == [data.runs["young"].id]
+    async with data.app() as app:
+        for run in data.runs.values():
+            row = await app.manager.repo.get_run(run.id)
+            assert row.log_state is LogState.EXPIRED
+            assert files_of(app, row) == []
+            assert not await app.manager.repo.log_deletion_queued(row.id)
 
 
 async def test_retention_count_and_bytes_options(settings: Settings) -> None:

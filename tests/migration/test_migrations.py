@@ -44,7 +44,7 @@ def _diff(sync_conn: sa.Connection) -> list[Any]:
 def _indexes(sync_conn: sa.Connection) -> dict[str, list[str | None]]:
     inspector = sa.inspect(sync_conn)
     found: dict[str, list[str | None]] = {}
-    for table in ("runs", "ingest_keys"):
+    for table in ("runs", "ingest_keys", "log_deletions"):
         for index in inspector.get_indexes(table):
             assert index["name"] is not None
             found[index["name"]] = list(index["column_names"])
@@ -70,6 +70,7 @@ async def test_upgrade_on_an_empty_database_reaches_head_and_matches_the_models(
                 "run_masks",
                 "live_chunks",
                 "replicas",
+                "log_deletions",
                 "alembic_version",
             }
             indexes = await conn.run_sync(_indexes)
@@ -136,6 +137,7 @@ async def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
         "run_masks",
         "live_chunks",
         "replicas",
+        "log_deletions",
         "alembic_version",
     }
 

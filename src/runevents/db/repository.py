@@ -14,7 +14,8 @@ mixins, one module each, sharing the database and its transactions
 - ``writer_leases.py``: who may write a run's log (``ownership.py``);
 - ``idempotency.py``: the stored answers of ingest ``Idempotency-Key`` s;
 - ``server_keys.py`` and ``run_masks.py``: deployment keys, sealed run masks;
-- ``maintenance_queries.py``: the runs retention, compaction and repair visit.
+- ``maintenance_queries.py``: the runs retention, compaction and repair visit;
+- ``log_deletions.py``: expiring a run, and the expired bodies waiting to be deleted.
 
 Concurrency guarantees the manager and worker rely on:
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from runevents.db.idempotency import IdempotencyKeys, IdempotencyRecord
 from runevents.db.listing import RunListing
+from runevents.db.log_deletions import LogDeletions
 from runevents.db.maintenance_queries import MaintenanceQueries
 from runevents.db.run_masks import RunMasks
 from runevents.db.run_rows import RunRows
@@ -49,5 +51,6 @@ class RunRepository(
     ServerKeys,
     RunMasks,
     MaintenanceQueries,
+    LogDeletions,
 ):
     """The ``runs`` table and the tables that hang off a run, one short transaction per call."""

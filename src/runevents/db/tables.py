@@ -212,3 +212,19 @@ replicas = sa.Table(
     sa.Column("url", sa.Text(), nullable=False),
     sa.Column("seen_at", UTCDateTime(), nullable=False),
 )
+
+# Log bodies retention has expired and that are deleted later (``upkeep.py``):
+# the row says ``expired`` at once, so no new read starts, while a read that
+# started before goes on to its end (contract 10: no read fails meanwhile; an
+# object store keeps no unlinked-but-open file). Kafka defers deleting a
+# segment the same way (``log.segment.delete.delay.ms``). The ref's ids are
+# kept here, not joined from ``runs``: the body is found by them alone.
+log_deletions = sa.Table(
+    "log_deletions",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("workspace_id", sa.String(128), nullable=False),
+    sa.Column("configuration_id", sa.String(128), nullable=False),
+    #: when retention expired it: the body goes ``delete_delay_seconds`` later
+    sa.Column("expired_at", UTCDateTime(), nullable=False, index=True),
+)

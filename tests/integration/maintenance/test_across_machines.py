@@ -29,7 +29,7 @@ from runevents.db import open_database
 from runevents.db.runlocks import RunLocks, maintenance_key
 from runevents.events import EventDraft
 from runevents.exceptions import LogExpired, LogNotFound
-from runevents.models import LogState, Run
+from runevents.models import LogState, Run, utcnow
 from runevents.settings import Settings
 from runevents.upkeep import run_ref
 from tests.fixtures.s3 import SeaweedFS
@@ -89,15 +89,13 @@ async def _reader(
         for app in apps:
             for run in runs:
                 try:
-                    got = await log_bytes(app, await app.manager.repo.get_run(run.id))
+                    row = await app.manager.repo.get_run(run.id)
+                    # the API's check (410 once expired); a read past it is never cut:
+                    # the body outlives the expiry by the delete delay
+                    await app.manager.open_events(row.workspace_id, row.configuration_id, row.id)
+                    got = await log_bytes(app, row)
                 except LogExpired:
                     continue  # retention removed it: the documented answer (410)
-                except LogNotFound:
-                    # retention deleted the object while this read was between two
-                    # GETs (S3 keeps no unlinked-but-open file); only that may end it
-                    row = await app.manager.repo.get_run(run.id)
-                    assert row.log_state is LogState.EXPIRED, f"{run.id}: read failed"
-                    continue
                 assert got == expected[run.id], f"{run.id}: a read returned other bytes"
                 reads += 1
                 await asyncio.sleep(0)
@@ -166,8 +164,18 @@ async def test_two_hosts_compact_and_expire_each_run_exactly_once_while_reads_go
     for run in runs:
         row = await b.manager.repo.get_run(run.id)
         assert row.log_state is LogState.EXPIRED, run.id
-        with pytest.raises((LogExpired, LogNotFound)):
-            await log_bytes(b, row)
+        with pytest.raises(LogExpired):
+            await b.manager.open_events(row.workspace_id, row.configuration_id, row.id)
+    # the bodies outlive the expiry by the delete delay; then one sweep deletes each
+    later = utcnow() + timedelta(seconds=a.settings.delete_delay_seconds)
+    swept = await asyncio.gather(
+        a.manager.delete_due_bodies(now=later), b.manager.delete_due_bodies(now=later)
+    )
+    swept_again = await a.manager.delete_due_bodies(now=later)
+    assert sum(swept) + swept_again == RUNS
+    for run in runs:
+        assert not await a.manager.repo.log_deletion_queued(run.id)
+        assert (await a.manager.log.stats(run_ref(run))).form is None, run.id
 
 
 async def test_a_pass_skips_the_runs_another_host_is_maintaining(
@@ -284,3 +292,34 @@ async def test_a_read_that_meets_compaction_on_another_host_goes_on(
     lines = expected.splitlines(keepends=True)
     assert bytes(got[0]) == expected
     assert bytes(got[1]) == b"".join(lines[10 : 10 + 25_000])
+
+
+async def test_a_read_that_meets_retention_on_another_host_goes_on(
+    two_machines: tuple[App, App],
+) -> None:
+    """Host B reads a log (more than one 8 MiB S3 window) while host A expires it:
+    the read goes on to its end, whole and byte-identical (contract 10: no read fails
+    while another machine maintains the run). Before deferred deletion, retention
+    deleted the objects between two of B's windows and the read ended halfway
+    (LogExpired after the first chunk: 3 of 7 probe reads of a streaming NDJSON
+    response were cut). New reads get 410 at once; the body goes after the delay."""
+    a, b = two_machines
+    run = await _big_run(a, 28)
+    expected = await log_bytes(b, run)
+    assert len(expected) > 3 * 8 * 1024 * 1024  # more than the read-ahead of two windows
+    row = await b.manager.repo.get_run(run.id)
+    whole = b.manager.read_events(row)
+    got = bytearray((await anext(whole)).data)
+    # host A's retention expires the run between two of B's windows
+    report = await maintenance.retention(a.manager, NOW)
+    assert report.run_ids == [run.id] and not report.errors
+    with pytest.raises(LogExpired):  # a new read: 410 at once
+        await b.manager.open_events(row.workspace_id, row.configuration_id, row.id)
+    async for chunk in whole:
+        got += chunk.data
+    assert bytes(got) == expected
+    # once the delay has passed, the body is deleted (by either host's sweep)
+    later = utcnow() + timedelta(seconds=a.settings.delete_delay_seconds)
+    assert await b.manager.delete_due_bodies(now=later) == 1
+    assert (await a.manager.log.stats(run_ref(run))).form is None
+    assert not await a.manager.repo.log_deletion_queued(run.id)

@@ -14,7 +14,7 @@ from runevents.eventlog.compressed import FrameIndex
 from runevents.events import decode_event
 from runevents.exceptions import MaintenanceBusy
 from runevents.maintenance import CompactionJournal, compact
-from runevents.models import LogState, RunStatus
+from runevents.models import LogState, RunStatus, utcnow
 from runevents.settings import Settings
 from runevents.summary import summarize_lines
 from runevents.upkeep import run_ref
@@ -231,7 +231,8 @@ async def test_compaction_racing_retention_leaves_the_row_expired(app: App) -> N
 
     async def compact_then_retention_wins(ref):  # type: ignore[no-untyped-def]
         info = await compact_log(ref)
-        await m._expire_run(await m.repo.get_run(run.id))
+        # retention's step, without the lock: the row expired, the body queued
+        assert await m.repo.expire_log(run.id, utcnow()) is not None
         return info
 
     m.log.compact = compact_then_retention_wins  # type: ignore[method-assign]
@@ -240,8 +241,11 @@ async def test_compaction_racing_retention_leaves_the_row_expired(app: App) -> N
     finally:
         del m.log.compact
     row = await m.repo.get_run(run.id)
-    assert row.log_state is LogState.EXPIRED and files_of(app, run) == []
+    assert row.log_state is LogState.EXPIRED  # compaction did not undo the expiry
     assert CompactionJournal(m.log).pending() == []
+    # the queued deletion takes every form, the compressed one compaction wrote too
+    assert await m.delete_due_bodies(now=utcnow() + timedelta(hours=1)) == 1
+    assert files_of(app, run) == []
 
 
 async def test_retention_during_compaction_is_refused_on_a_shared_database(app: App) -> None:

@@ -11,7 +11,8 @@ from runevents.api.app import create_app
 from runevents.app import App
 from runevents.exceptions import LogExpired, RunEnded
 from runevents.maintenance import retention
-from runevents.models import LogState, Run, RunQuery, RunStatus
+from runevents.repair import repair_pass
+from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
 from runevents.settings import Settings
 from tests.fixtures.app import asgi_client
 from tests.integration.maintenance.conftest import (
@@ -40,7 +41,8 @@ async def assert_expired(app: App, settings: Settings, before: Run) -> None:
     view, old = row_view(row), row_view(before)
     view.pop("log_state"), old.pop("log_state")
     assert view == old  # status, summary, counters, pointers: all kept
-    assert files_of(app, row) == []
+    # new reads are refused at once; the body waits out the delay (deferred deletion)
+    assert await m.repo.log_deletion_queued(row.id)
     with pytest.raises(LogExpired):
         await m.open_events(row.workspace_id, row.configuration_id, row.id)
     async with asgi_client(create_app(settings, app=app)) as client:
@@ -53,6 +55,19 @@ async def assert_expired(app: App, settings: Settings, before: Run) -> None:
         assert events.status_code == 410
         error = events.json()["error"]
         assert error["code"] == "log_expired" and "retention" in error["message"]
+
+
+async def assert_deleted_after_the_delay(app: App, settings: Settings, *expired: Run) -> None:
+    """The bodies stay until ``delete_delay_seconds`` after the expiry, then one sweep
+    deletes every form of each."""
+    m = app.manager
+    assert all(files_of(app, run) != [] for run in expired)
+    assert await m.delete_due_bodies() == 0  # not yet due
+    later = utcnow() + timedelta(seconds=settings.delete_delay_seconds)
+    assert await m.delete_due_bodies(now=later) == len(expired)
+    for run in expired:
+        assert files_of(app, run) == []
+        assert not await m.repo.log_deletion_queued(run.id)
 
 
 async def test_retention_by_age_keeps_rows_and_never_touches_live_or_young_runs(
@@ -74,6 +89,7 @@ async def test_retention_by_age_keeps_rows_and_never_touches_live_or_young_runs(
     assert report.bytes_after == 0 and not report.errors
     await assert_expired(app, settings, old_plain)
     await assert_expired(app, settings, old_compressed)
+    await assert_deleted_after_the_delay(app, settings, old_plain, old_compressed)
     assert await state(app, young) is LogState.PLAIN
     assert await log_bytes(app, young) == content
     assert await state(app, running) is LogState.LIVE
@@ -169,3 +185,17 @@ async def test_expired_run_stays_listed_and_cancel_or_ingest_still_conflict(app:
     assert [r.id for r in page] == [run.id] and page[0].status is RunStatus.SUCCEEDED
     with pytest.raises(RunEnded):
         await m.ingest("acme", "ext", run.id, [console("late")])
+
+
+async def test_the_repair_loop_deletes_a_body_whose_delay_has_passed(app: App) -> None:
+    """An expiry whose pass died before the deletion (or a body waiting out the delay):
+    every process's repair pass deletes it once due, and leaves younger ones alone."""
+    m = app.manager
+    due, young = await finished_run(app, age=3 * DAY), await finished_run(app, age=3 * DAY)
+    delay = timedelta(seconds=m.settings.delete_delay_seconds)
+    assert await m.repo.expire_log(due.id, utcnow() - delay - timedelta(seconds=1))
+    assert await m.repo.expire_log(young.id, utcnow())
+    await repair_pass(m)
+    assert files_of(app, due) == [] and not await m.repo.log_deletion_queued(due.id)
+    assert files_of(app, young) != [] and await m.repo.log_deletion_queued(young.id)
+    assert (await m.repo.get_run(young.id)).log_state is LogState.EXPIRED

@@ -11,6 +11,7 @@ import asyncio
 from runevents.app import App
 from runevents.eventlog.ngrams import NgramIndex
 from runevents.maintenance import reindex, retention
+from runevents.models import utcnow
 from runevents.search.filters import CACHE
 from runevents.upkeep import run_ref
 from tests.integration.search.conftest import (
@@ -192,10 +193,14 @@ async def test_retention_deletes_the_index_with_the_log(app: App) -> None:
     assert path is not None and path.exists()
     report = await retention(app.manager, timedelta(0))
     assert report.runs == 6
-    assert not path.exists()
-    assert [info.key async for info in log.store.list("workspaces/")] == []
+    # expired runs are not searched from the moment they expire...
     hits, done = await search(app, "zqxj-7731")
     assert hits == [] and done["runs_scanned"] == 0
+    # ...and their indexes go with their bodies once the delete delay has passed
+    later = utcnow() + timedelta(seconds=app.settings.delete_delay_seconds)
+    assert await app.manager.delete_due_bodies(now=later) == 6
+    assert not path.exists()
+    assert [info.key async for info in log.store.list("workspaces/")] == []
 
 
 async def test_search_never_stalls_the_event_loop(app: App) -> None:
