@@ -11,8 +11,8 @@ from runevents.api.app import create_app
 from runevents.app import App
 from runevents.exceptions import LogExpired, RunEnded
 from runevents.maintenance import retention
-from runevents.repair import repair_pass
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
+from runevents.repair import repair_pass
 from runevents.settings import Settings
 from tests.fixtures.app import asgi_client
 from tests.integration.maintenance.conftest import (
