@@ -20,6 +20,7 @@ from runevents.db.replicas import ReplicaRepository
 from runevents.db.repository import RunRepository
 from runevents.db.stats import run_counts
 from runevents.eventlog import EventLog
+from runevents.events import ENVELOPE_ALLOWANCE
 from runevents.livetier import LiveTier
 from runevents.logstore import LogStore, open_log_store
 from runevents.manager import RunManager
@@ -123,7 +124,9 @@ class App:
                 flush_events=settings.flush_events,
                 flush_interval_ms=settings.flush_interval_ms,
                 live_flush_interval_ms=settings.live_flush_interval_ms,
-                max_event_bytes=settings.max_event_bytes,
+                # the producer's line is held to max_event_bytes (api/ingest.py); the
+                # stored line may add its envelope
+                max_event_bytes=settings.max_event_bytes + ENVELOPE_ALLOWANCE,
                 fsync=settings.fsync,
                 poll_interval_ms=settings.poll_interval_ms,
                 notifier=notifier,

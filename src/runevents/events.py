@@ -40,6 +40,12 @@ RUN_COMPLETED_PREFIX = b'{"type":"run.completed",'
 #: space, so readers and clients take the line as it is; crash recovery uses it to
 #: find where the last unit that reached the disk whole ends (contract section 2.2).
 UNIT_END = b" \n"
+#: what a stored line may add to the event a producer sent, on top of the event limit
+#: (contract 6 limits the event the producer sends: it cannot know the envelope): the
+#: server's fields (``event_id``, ``sequence``, ``created_at``, the ids: well under
+#: 1 KiB) and JSON re-encoding (``1e5`` is stored as ``100000.0``). A stored line
+#: past ``max_event_bytes`` plus this is still refused (413), whole.
+ENVELOPE_ALLOWANCE = 64 * 1024
 
 
 class Event(msgspec.Struct, kw_only=True, gc=False):

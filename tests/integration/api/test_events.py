@@ -137,6 +137,37 @@ async def test_content_type_must_be_ndjson(client: httpx.AsyncClient) -> None:
         assert response.json()["error"]["code"] == "unsupported_media_type"
 
 
+async def test_a_producer_line_of_exactly_the_event_limit_is_accepted(
+    client: httpx.AsyncClient, api_settings: Any
+) -> None:
+    """Contract 6: "one event at most 1 MiB" -- the event the producer sends. The server
+    used to count the stored line, about 220 bytes of envelope more, so a line a little
+    under the limit got 413 although the producer cannot know that overhead."""
+    run = await create_external(client)
+    limit = api_settings.max_event_bytes
+
+    def line_of(size: int) -> bytes:
+        head = b'{"type":"big","payload":{"m":"'
+        tail = b'"}}'
+        return head + b"a" * (size - len(head) - len(tail)) + tail
+
+    exact = line_of(limit)
+    assert len(exact) == limit
+    url = run_path(run) + "/events"
+    response = await client.post(url, content=exact + b"\n", headers=NDJSON)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["first_sequence"] == answer["last_sequence"]
+    response = await client.post(url, content=line_of(limit + 1) + b"\n", headers=NDJSON)
+    assert response.status_code == 413
+    assert response.json()["error"]["line"] == 1
+    page = (await client.get(url)).json()
+    stored = [e for e in page["events"] if e["type"] == "big"]
+    assert [(e["sequence"], e["payload"]["m"]) for e in stored] == [
+        (answer["first_sequence"], "a" * (limit - 33))
+    ]
+
+
 async def test_size_limits_are_413(client: httpx.AsyncClient, api_settings: Any) -> None:
     run = await create_external(client)
     url = run_path(run) + "/events"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from runevents.app import App
-from runevents.events import EventDraft, decode_event
+from runevents.events import ENVELOPE_ALLOWANCE, EventDraft, decode_event
 from runevents.exceptions import (
     ConfigurationNotFound,
     Conflict,
@@ -148,7 +148,7 @@ async def test_idempotency_key_of_a_refused_batch_does_not_stick(app: App) -> No
     # limit found at encoding) must not turn the retry into a false success
     m = app.manager
     run = await m.create_run("acme", "ext", external=True)
-    huge = console("x" * (app.settings.max_event_bytes + 10))
+    huge = console("x" * (app.settings.max_event_bytes + ENVELOPE_ALLOWANCE + 10))
     with pytest.raises(Exception) as first:
         await m.ingest("acme", "ext", run.id, [huge], idempotency_key="big")
     with pytest.raises(type(first.value)):
