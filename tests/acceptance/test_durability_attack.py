@@ -604,19 +604,26 @@ def test_retry_of_the_completing_batch_after_compaction_and_retention_gets_its_f
 def test_a_keyed_batch_refused_413_is_not_answered_200_when_sent_again(
     processes: Processes, tmp_path: Path
 ) -> None:
-    """A line just under ``max_event_bytes`` passes the HTTP check (raw line length) but
-    its envelope is over the limit, so ``commit`` refuses it (413) -- after the key's
-    record was stored naming the next sequence and event_id. The next batch of the same
-    writer gets both; re-sending the refused batch with its key is then answered 200 with
-    that batch's sequences, and nothing of it is in the log."""
+    """A line under ``max_event_bytes`` passes the HTTP check (raw line length) but
+    its stored form is over what a stored line may take (the limit plus
+    ``ENVELOPE_ALLOWANCE``: ``1e5`` is stored as ``100000.0``), so ``commit`` refuses
+    it (413) -- after the key's record was stored naming the next sequence and
+    event_id. The next batch of the same writer gets both; re-sending the refused batch
+    with its key is then answered 200 with that batch's sequences, and nothing of it
+    is in the log."""
+    limit = 60_000
     server = processes.serve(
         "--workers", "0", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
         data_dir=tmp_path / "data",
-        env={"RUNEVENTS_MAX_EVENT_BYTES": "2048", "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0"},
+        env={
+            "RUNEVENTS_MAX_EVENT_BYTES": str(limit),
+            "RUNEVENTS_MAINTENANCE_INTERVAL_SECONDS": "0",
+        },
     )  # fmt: skip
     run = external_run(server)
-    body = lines("z" * 1900)
-    assert len(body) < 2048
+    numbers = ",".join(["1e5"] * 14_900)
+    body = b'{"type":"numbers","payload":{"v":[' + numbers.encode() + b"]}}\n"
+    assert len(body) < limit  # the stored line is 2.25 times longer
     keyed = dict(NDJSON, **{"Idempotency-Key": "big"})
     first = server.http.post(run_path(run) + "/events", content=body, headers=keyed)
     assert first.status_code == 413, first.text
