@@ -31,12 +31,17 @@ NO_STORE = "no-store"
 VARY = "Accept, Last-Event-ID"
 
 
-def etag(run_id: str, end: LogEnd, kind: str, position: int, last: int) -> str:
+def etag(
+    run_id: str, end: LogEnd, kind: str, position: int, last: int, *, more: bool = False
+) -> str:
     """The strong ETag of events ``position+1 .. last`` of ``run_id`` in read form ``kind``.
 
     ``kind`` is ``ndjson`` or ``json<limit>`` (a page's limit changes its bytes).
+    ``more``: a JSON page's ``has_more`` -- a full page of a live run gains it when
+    the next event arrives, with the same events (the same tag would then answer a
+    stale ``has_more: false`` with 304).
     """
-    return f'"{run_id}.{end.form}.{kind}.{position}-{last}"'
+    return f'"{run_id}.{end.form}.{kind}.{position}-{last}{"+" if more else ""}"'
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:

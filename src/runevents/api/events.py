@@ -103,7 +103,8 @@ async def _ndjson_body(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterato
 Wait = Annotated[
     float,
     Query(
-        gt=0,
+        # 0 is "do not wait": the page as it is now (contract 14 bounds it above only)
+        ge=0,
         le=MAX_WAIT,
         description="long-poll (JSON page form): wait up to this many seconds for events "
         "after the position when there are none yet. SSE waits anyway and the NDJSON form "
@@ -163,19 +164,20 @@ async def read_events(
     if_none_match = request.headers.get("if-none-match")
     if ndjson:
         return await _ndjson(manager, run, end, position, if_none_match)
-    if wait is not None and not end.ended and position >= end.last_sequence:
-        waited = await wait_page(manager, run, position, limit, wait)
-        page, stop = waited.page, waited.stop
+    kind = f"json{limit}"
+    if wait and not end.ended and position >= end.last_sequence:
+        page = (await wait_page(manager, run, position, limit, wait)).page
     else:
         stop = end.last_sequence
-        tag = caching.etag(run.id, end, f"json{limit}", position, min(stop, position + limit))
-        complete = end.ended or position + limit < stop
+        # the page will hold position+1 .. last, and has_more says whether stop is past it
+        last, more = min(stop, position + limit), stop > position + limit
+        tag = caching.etag(run.id, end, kind, position, last, more=more)
         if caching.matches(if_none_match, tag):
-            return caching.not_modified(tag, complete)
+            return caching.not_modified(tag, end.ended or more)
         page = await read_page(manager, run, position, limit, stop)
     # a page is final when the run ended or events exist after it
     complete = end.ended or page.has_more
-    tag = caching.etag(run.id, end, f"json{limit}", position, min(stop, position + limit))
+    tag = caching.etag(run.id, end, kind, position, page.last, more=page.has_more)
     return Response(
         json_list(b"events", page.lines, page.last, page.has_more),
         media_type="application/json",

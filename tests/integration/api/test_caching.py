@@ -206,9 +206,49 @@ async def test_long_poll_rejects_a_wait_over_60(
     url = run_path(run) + "/events"
     too_long = await client.get(url, params={"wait": 61})
     assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "invalid_input"
-    assert (await client.get(url, params={"wait": 0})).status_code == 422
+    assert (await client.get(url, params={"wait": -0.5})).status_code == 422
     assert (await client.get(url, params={"wait": "soon"})).status_code == 422
     # the other forms do not wait (SSE does anyway; NDJSON is what the log holds now)
     ndjson = await client.get(url, params={"wait": 5}, headers=ACCEPT_NDJSON)
     assert ndjson.status_code == 200 and ndjson.content.count(b"\n") == 3
     assert (await client.get(url, params={"wait": 60})).status_code == 200
+
+
+async def test_a_full_live_page_that_gains_has_more_gets_a_new_etag(
+    client: httpx.AsyncClient,
+) -> None:
+    """A live run's page that holds exactly ``limit`` events up to the log's end says
+    ``has_more: false``; once the next event arrives the same events come with
+    ``has_more: true``. Its ETag named only the range, so a revalidation with the old
+    tag got 304 and the client kept the stale ``has_more: false`` (it stopped paging)."""
+    run = await create_external(client)
+    await ingest(client, run, console("a"), console("b"), console("c"))  # 1..4
+    await visible(client, run, 4)
+    url = run_path(run) + "/events"
+    params = {"after_sequence": 2, "limit": 2}
+    before = await client.get(url, params=params)
+    assert [e["sequence"] for e in before.json()["events"]] == [3, 4]
+    assert before.json()["has_more"] is False
+    await ingest(client, run, console("d"))
+    await visible(client, run, 5)
+    after = await client.get(url, params=params, headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200, "a page whose has_more changed was answered 304"
+    assert [e["sequence"] for e in after.json()["events"]] == [3, 4]
+    assert after.json()["has_more"] is True
+    assert after.headers["etag"] != before.headers["etag"]
+    assert after.headers["cache-control"] == IMMUTABLE  # events exist after it: final
+    again = await client.get(url, params=params, headers={"If-None-Match": after.headers["etag"]})
+    assert again.status_code == 304
+
+
+async def test_wait_zero_answers_the_page_at_once(client: httpx.AsyncClient) -> None:
+    """Contract 14 bounds ``wait`` above (at most 60 s; more is 422); ``wait=0`` was 422."""
+    run = await create_external(client)
+    await visible(client, run, 1)
+    url = run_path(run) + "/events"
+    for wait in ("0", "0.0"):
+        got = await client.get(url, params={"after_sequence": 1, "wait": wait})
+        assert got.status_code == 200, got.text
+        assert got.json()["events"] == [] and got.json()["has_more"] is False
+    assert (await client.get(url, params={"wait": "-1"})).status_code == 422
+    assert (await client.get(url, params={"wait": "61"})).status_code == 422
