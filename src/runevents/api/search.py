@@ -8,15 +8,14 @@ first byte, so a bad request is an error status, never a truncated 200.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, WithJsonSchema
+from pydantic import WithJsonSchema
 
 from runevents.api import schemas
-from runevents.api.deps import NAME_PATTERN, Manager, Reader, WorkspaceId
+from runevents.api.deps import NAME_PATTERN, Manager, Reader, Timestamp, WorkspaceId
 from runevents.api.runs import WS
 from runevents.api.schemas import errors
 from runevents.models import RunStatus
@@ -26,10 +25,6 @@ from runevents.search.pattern import MAX_QUERY
 
 router = APIRouter(prefix="/api/v1")
 NDJSON = "application/x-ndjson"
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
 
 
 class NDJSONResponse(StreamingResponse):
@@ -78,8 +73,9 @@ async def search_runs(
     regex: Annotated[bool, Query(description="q is an RE2 regular expression")] = False,
     configuration_id: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     status: Annotated[list[RunStatus] | None, Query(description="repeatable")] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    # the runs list's parameter type: RFC 3339 only, as there (contract 12)
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
     stream: Annotated[Literal["stdout", "stderr"] | None, Query()] = None,
     level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="hits")] = DEFAULT_LIMIT,
@@ -98,8 +94,8 @@ async def search_runs(
         filters=Filters(stream=stream, level=level),
         statuses=frozenset(status or ()),
         configuration_id=configuration_id,
-        created_after=_utc(created_after),
-        created_before=_utc(created_before),
+        created_after=created_after,
+        created_before=created_before,
         limit=limit,
         cursor=cursor,
     )

@@ -143,3 +143,19 @@ async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:
     } <= names
     assert "application/x-ndjson" in operation["responses"]["200"]["content"]
     assert {"SearchHit", "SearchDone"} <= set(spec["components"]["schemas"])
+
+
+async def test_date_bounds_that_the_runs_list_refuses_are_refused_here_too(
+    client: httpx.AsyncClient,
+) -> None:
+    """Contract 12: ``created_after`` / ``created_before`` mean what they mean in the runs
+    list, which takes RFC 3339 only. Search took Unix seconds and other ISO forms (200)."""
+    for value in ("1733529600", "2026-12-07T00:00:00+0000", "2026-12-07 00:00:00+00:00"):
+        for name in ("created_after", "created_before"):
+            listed = await client.get("/api/v1/workspaces/acme/runs", params={name: value})
+            searched = await client.get(SEARCH, params={"q": "x", name: value})
+            assert listed.status_code == 422, (name, value)
+            assert searched.status_code == 422, (name, value, searched.text)
+    for value in ("2026-12-07T00:00:00Z", "2026-12-07T02:00:00.5+02:00"):
+        searched = await client.get(SEARCH, params={"q": "x", "created_after": value})
+        assert searched.status_code == 200, (value, searched.text)
