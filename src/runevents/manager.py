@@ -478,9 +478,14 @@ class RunManager(ProducerIngest, RunUpkeep):
             limit=limit,
         )
 
-    def search_runs(self, request: SearchRequest) -> AsyncIterator[bytes]:
-        """Search across a workspace's runs: NDJSON hit lines, then the done line (search/)."""
-        return WorkspaceSearch(self.repo, self.log, request).lines()
+    async def search_runs(self, request: SearchRequest) -> AsyncIterator[bytes]:
+        """Search across a workspace's runs: NDJSON hit lines, then the done line (search/).
+
+        The first page of runs is read before this returns, so a database that is away
+        raises here (503) rather than cutting an answer that has started."""
+        search = WorkspaceSearch(self.repo, self.log, request)
+        await search.start()
+        return search.lines()
 
 
 #: reverse of models.TRANSITIONS for the live moves a session may make

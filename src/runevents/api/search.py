@@ -99,4 +99,4 @@ async def search_runs(
         limit=limit,
         cursor=cursor,
     )
-    return NDJSONResponse(manager.search_runs(request))
+    return NDJSONResponse(await manager.search_runs(request))

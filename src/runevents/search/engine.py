@@ -40,7 +40,7 @@ from runevents.eventlog import EventLog, RunRef
 from runevents.eventlog.compressed import FrameIndex, read_all
 from runevents.eventlog.locate import CompressedLog, open_compressed
 from runevents.eventlog.ngrams import NgramIndex, Probe
-from runevents.exceptions import InvalidInput, LogNotFound, StorageError
+from runevents.exceptions import InvalidInput, LogNotFound, RuneventsError, StorageError
 from runevents.logstore import paths
 from runevents.models import LogState, RunHead, RunQuery, RunStatus
 from runevents.search.filters import CACHE, FilterCache, load_filters, read_local
@@ -176,17 +176,32 @@ class WorkspaceSearch:
         self._resume: dict[str, int] = {}
         #: filters come from a remote store (fetched on the loop, then parsed off it)
         self._remote = log.store.local_path(paths.LOG_NAME) is None
+        #: the resumed run and the first page of runs, once :meth:`start` read them
+        self._started: tuple[RunHead | None, tuple[list[RunHead], str | None]] | None = None
 
     async def lines(self) -> AsyncIterator[bytes]:
-        """The answer: hit lines, then the done record (each with its newline)."""
-        async for head, sequence, line in self._hits():
-            yield line + b"\n"
-            self.stats.hits += 1
-            self._remaining -= 1
-            if self._remaining == 0:
-                cursor = encode_search_cursor(head.created_at, head.id, sequence)
-                yield self.stats.done(cursor) + b"\n"
-                return
+        """The answer: hit lines, then the done record (each with its newline).
+
+        A failure once the answer has started (the database goes away between two
+        pages) ends it with an ``{"error": ...}`` record instead of the done record:
+        the status line is sent already, and a cut without a word reads as a
+        network fault.
+        """
+        try:
+            async for head, sequence, line in self._hits():
+                yield line + b"\n"
+                self.stats.hits += 1
+                self._remaining -= 1
+                if self._remaining == 0:
+                    cursor = encode_search_cursor(head.created_at, head.id, sequence)
+                    yield self.stats.done(cursor) + b"\n"
+                    return
+        except RuneventsError as exc:
+            if self._started is None:
+                raise  # nothing sent yet: the caller answers the error's status
+            _log.warning("search: the answer ends early: %s", exc.message)
+            yield msgspec.json.encode({"error": {"code": exc.code, "message": exc.message}}) + b"\n"
+            return
         yield self.stats.done(None) + b"\n"
 
     async def _hits(self) -> AsyncIterator[tuple[RunHead, int, bytes]]:
@@ -199,41 +214,39 @@ class WorkspaceSearch:
                     # deleted meanwhile, or damaged: the other runs are still searched
                     _log.warning("search: run %s skipped: %s", plan.head.id, exc)
 
-    async def _batches(self) -> AsyncIterator[list[RunHead]]:
+    async def start(self) -> None:
+        """Read the first page of runs now, before the answer starts, so a database that
+        is away is an error status (503) rather than a 200 cut off with no body."""
         request = self.request
         cursor = None
+        resumed = None
         if request.cursor is not None:
             created_at, run_id, sequence = decode_search_cursor(request.cursor)
             cursor = encode_cursor(created_at, run_id)
-            head = await self.repo.get_run_head(request.workspace_id, run_id)
-            if head is not None:
+            resumed = await self.repo.get_run_head(request.workspace_id, run_id)
+            if resumed is not None:
                 self._resume[run_id] = sequence
-                yield [head]
+        first = await self._page(cursor, FIRST_BATCH)
+        self._started = (resumed, first)
 
-        def page(
-            after: str | None, size: int = BATCH
-        ) -> asyncio.Future[tuple[list[RunHead], str | None]]:
-            return asyncio.ensure_future(
-                self.repo.list_run_heads(
-                    RunQuery(
-                        workspace_id=request.workspace_id,
-                        statuses=request.statuses,
-                        configuration_id=request.configuration_id,
-                        created_after=request.created_after,
-                        created_before=request.created_before,
-                        limit=size,
-                        cursor=after,
-                    )
-                )
-            )
-
+    async def _batches(self) -> AsyncIterator[list[RunHead]]:
+        if self._started is None:
+            await self.start()
+        assert self._started is not None
+        resumed, (heads, cursor) = self._started
+        if resumed is not None:
+            yield [resumed]
+        if heads:
+            yield heads
+        if cursor is None:
+            return
         # the next page is read while this one is searched
-        pending = page(cursor, FIRST_BATCH)
+        pending = asyncio.ensure_future(self._page(cursor, BATCH))
         try:
             while True:
                 heads, cursor = await pending
                 if cursor is not None:
-                    pending = page(cursor)
+                    pending = asyncio.ensure_future(self._page(cursor, BATCH))
                 if heads:
                     yield heads
                 if cursor is None:
@@ -243,6 +256,20 @@ class WorkspaceSearch:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
+
+    async def _page(self, after: str | None, size: int) -> tuple[list[RunHead], str | None]:
+        request = self.request
+        return await self.repo.list_run_heads(
+            RunQuery(
+                workspace_id=request.workspace_id,
+                statuses=request.statuses,
+                configuration_id=request.configuration_id,
+                created_after=request.created_after,
+                created_before=request.created_before,
+                limit=size,
+                cursor=after,
+            )
+        )
 
     async def _plan(self, heads: Sequence[RunHead]) -> list[_Plan]:
         """The runs of a batch to read, in order, and with which frames.

@@ -6,7 +6,11 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
+from runevents.app import App
+from runevents.exceptions import DatabaseError
+from runevents.search import engine
 from tests.fixtures.app import bearer
 from tests.integration.api.helpers import COMPLETED, console, create_external, ingest
 
@@ -159,3 +163,46 @@ async def test_date_bounds_that_the_runs_list_refuses_are_refused_here_too(
     for value in ("2026-12-07T00:00:00Z", "2026-12-07T02:00:00.5+02:00"):
         searched = await client.get(SEARCH, params={"q": "x", "created_after": value})
         assert searched.status_code == 200, (value, searched.text)
+
+
+async def test_a_search_whose_database_is_away_is_503_before_the_answer_starts(
+    client: httpx.AsyncClient, runevents_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs were first listed after the 200 had gone out: with the database away the
+    answer was a 200 cut off with no body (and an ERROR in the server's log)."""
+    await ended_run(client, "needle")
+
+    async def away(*_args: Any, **_kwargs: Any) -> Any:
+        raise DatabaseError("the database is away (test)")
+
+    monkeypatch.setattr(runevents_app.manager.repo, "list_run_heads", away)
+    response = await client.get(SEARCH, params={"q": "needle"})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == DatabaseError.code
+
+
+async def test_a_search_cut_by_the_database_after_it_started_ends_with_an_error_record(
+    client: httpx.AsyncClient, runevents_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the 200 is out, the answer ends with ``{"error": ...}`` instead of the done
+    record -- never a connection dropped without a word."""
+    first = await ended_run(client, "needle one")
+    newest = await ended_run(client, "needle two")
+    monkeypatch.setattr(engine, "FIRST_BATCH", 1)
+    monkeypatch.setattr(engine, "BATCH", 1)
+    listed = runevents_app.manager.repo.list_run_heads
+    calls: list[int] = []
+
+    async def away_after_the_first_page(query: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:
+            raise DatabaseError("the database went away (test)")
+        return await listed(query)
+
+    monkeypatch.setattr(runevents_app.manager.repo, "list_run_heads", away_after_the_first_page)
+    body = lines(await client.get(SEARCH, params={"q": "needle"}))
+    assert [hit["run_id"] for hit in body[:-1]] == [newest["id"]]
+    assert body[-1] == {
+        "error": {"code": DatabaseError.code, "message": "the database went away (test)"}
+    }
+    assert first["id"] != newest["id"]

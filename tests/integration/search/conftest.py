@@ -125,6 +125,6 @@ async def search(app: App, q: str, **kw: Any) -> tuple[list[dict[str, Any]], dic
         filters=Filters(stream=stream, level=level),
         **kw,
     )
-    lines = [msgspec.json.decode(line) async for line in app.manager.search_runs(request)]
+    lines = [msgspec.json.decode(line) async for line in await app.manager.search_runs(request)]
     assert lines and lines[-1].get("done") is True, lines
     return lines[:-1], lines[-1]
