@@ -92,8 +92,9 @@ class EventSink(Protocol):
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         """Append ``drafts`` to the run's log, in order."""
 
-    async def set_status(self, status: RunStatus) -> None:
-        """Move the run to ``BUILDING`` or ``RUNNING``."""
+    async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
+        """Move the run to ``BUILDING`` or ``RUNNING`` (``at``: the instant it started
+        running, which its ``run.started`` event carries too)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,12 +240,21 @@ async def _run_command(
     kill_grace_seconds: float,
 ) -> ExecutionResult:
     argv = expand_argv(config.command, config)
-    await sink.set_status(RunStatus.RUNNING)
+    # one instant for the row's started_at, run.started and the execution record, so a
+    # row rebuilt from the log (reindex) is the same row (contract 2)
+    started = utcnow()
+    started_at = rfc3339(started)
+    await sink.set_status(RunStatus.RUNNING, at=started)
     translator = ConsoleTranslator(scope="run")
     emitter = Emitter(sink, translator, masker)
-    started_at = rfc3339(utcnow())
     await emitter.emit(
-        [EventDraft(type="run.started", payload={"status": "running", "command": argv})]
+        [
+            EventDraft(
+                type="run.started",
+                created_at=started_at,
+                payload={"status": "running", "command": argv},
+            )
+        ]
     )
     outcome = await run_process(
         argv,

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runevents import metrics
@@ -37,7 +38,7 @@ from runevents.events import RUN_COMPLETED, Event, EventDraft
 from runevents.exceptions import LogDamaged, RunEnded, StorageError, WriterBusy, WriterMoving
 from runevents.keyed_locks import KeyedLocks
 from runevents.lifecycle import LogPhase, Step, advance
-from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, utcnow
+from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, parse_timestamp, utcnow
 from runevents.ownership import Lease, Ownership
 from runevents.summary import run_fields
 from runevents.summary_fold import SummaryFold
@@ -83,6 +84,8 @@ class HeldRun:
         loop = asyncio.get_running_loop()
         #: loop time of the last producer batch (external runs: the release timer)
         self.last_batch = loop.time()
+        #: run.completed's ``created_at`` when the server stamped it (the row's completed_at)
+        self.completed_at: datetime | None = None
         self._progress_at = 0.0
         writer.fence = lease.ensure
         writer.on_durable = fold.add
@@ -134,11 +137,18 @@ class HeldRun:
         return self.run
 
     # ------------------------------------------------------------------ completing
-    async def complete(self, events: list[Event]) -> Run:
+    async def complete(self, events: list[Event], *, server_clock: bool = True) -> Run:
         """Commit ``events`` (from ``writer.prepare``; the last is run.completed) and finish
-        the run: durable first, then the row, then the seal (see the module doc)."""
+        the run: durable first, then the row, then the seal (see the module doc).
+
+        ``server_clock``: run.completed's ``created_at`` is the server's (not a
+        producer's); the row's ``completed_at`` is then that very instant, so a row
+        rebuilt from the log (reindex) is the same row (contract 2).
+        """
         completed = events[-1]
         assert completed.type == RUN_COMPLETED
+        if server_clock:
+            self.completed_at = parse_timestamp(completed.created_at)
         run = self.run
         payload = completed.payload
         payload.setdefault("failure", None)
@@ -178,7 +188,7 @@ class HeldRun:
         repo, run = self.registry.repo, self.run
         execution = summary.get("execution") or {}
         exit_code = execution.get("exit_code")
-        now = utcnow()
+        now = self.completed_at or utcnow()
         fields: dict[str, Any] = {
             "status": RunStatus(summary.get("status") or "failed"),
             "exit_code": exit_code if isinstance(exit_code, int) else None,

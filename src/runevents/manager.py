@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
+from datetime import datetime
 from typing import Any
 
 from runevents import ids, metrics
@@ -321,11 +322,12 @@ class RunManager(ProducerIngest, RunUpkeep):
             if self.held.get(session.run.id) is session.held:
                 await session.held.let_go(reason, fenced=True)
 
-    async def set_status(self, run: Run, status: RunStatus) -> Run:
-        """Move a live run to ``building`` or ``running`` (InvalidTransition otherwise)."""
+    async def set_status(self, run: Run, status: RunStatus, *, at: datetime | None = None) -> Run:
+        """Move a live run to ``building`` or ``running`` (InvalidTransition otherwise);
+        ``at``: the instant it started running (now if None)."""
         fields: dict[str, Any] = {"status": status}
         if status is RunStatus.RUNNING and run.started_at is None:
-            fields["started_at"] = utcnow()
+            fields["started_at"] = at or utcnow()
         expect = {s for s, targets in _TRANSITIONS_TO.items() if status in targets}
         return await self.repo.update_run(run.id, expect=expect, **fields)
 

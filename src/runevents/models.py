@@ -66,6 +66,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_timestamp(value: str) -> datetime:
+    """An envelope timestamp (RFC 3339) as an aware UTC datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
 def rfc3339(value: datetime | None) -> str | None:
     """Format a datetime as RFC 3339 UTC with microseconds and a ``Z`` suffix."""
     if value is None:

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import operator
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from runevents.eventlog import EventLog
@@ -49,7 +49,7 @@ from runevents.exceptions import (
     WriterFenced,
 )
 from runevents.held import HeldRun, HeldRuns, run_ref
-from runevents.models import Run, RunStatus, utcnow
+from runevents.models import Run, RunStatus, parse_timestamp, utcnow
 
 if TYPE_CHECKING:
     from runevents.db.repository import IdempotencyRecord, RunRepository
@@ -223,7 +223,9 @@ class ProducerIngest:
                 # rollback took these sequences back; number the batch again
             if completing:
                 try:
-                    await held.complete(events)
+                    # the row's completed_at is run.completed's own instant unless the
+                    # producer supplied it (the row keeps the server's clock: contract 2)
+                    await held.complete(events, server_clock=drafts[-1].created_at is None)
                 except LogDamaged:
                     # damage before the checkpoint (a failing disk): cut it, then retry
                     await self.held.recover_fully(held)
@@ -253,7 +255,10 @@ class ProducerIngest:
                 f"the log of run {run_id} was found damaged; it is being repaired, retry"
             )
         held.last_batch = asyncio.get_running_loop().time()
-        await self._after_batch(held)
+        # the first batch starts an external run: at its first event's instant when the
+        # server stamped it, so a row rebuilt from the log (reindex) is the same row
+        began = parse_timestamp(events[0].created_at) if drafts[0].created_at is None else None
+        await self._after_batch(held, began)
         return answer
 
     async def _let_go_lost(self, held: HeldRun) -> None:
@@ -263,18 +268,18 @@ class ProducerIngest:
             if self.held.get(held.run.id) is held:
                 await held.release()
 
-    async def _after_batch(self, held: HeldRun) -> None:
+    async def _after_batch(self, held: HeldRun, began: datetime | None = None) -> None:
         """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel.
 
         The batch is durable already: a failure here is logged and retried by the
         next batch or the watch, never turned into a 503 for a stored batch.
         """
         try:
-            await self._after_batch_locked(held)
+            await self._after_batch_locked(held, began)
         except StorageError as exc:
             log.warning("run %s: row upkeep after a batch failed (%s)", held.run.id, exc)
 
-    async def _after_batch_locked(self, held: HeldRun) -> None:
+    async def _after_batch_locked(self, held: HeldRun, began: datetime | None = None) -> None:
         async with self.held.lock(held.run.id):
             if self.held.get(held.run.id) is not held:
                 return  # completed or let go meanwhile
@@ -288,7 +293,10 @@ class ProducerIngest:
             if run.status is RunStatus.QUEUED:
                 # an external run is running as soon as its producer talks
                 held.run = await self.repo.update_run(
-                    run.id, expect={RunStatus.QUEUED}, status=RunStatus.RUNNING, started_at=utcnow()
+                    run.id,
+                    expect={RunStatus.QUEUED},
+                    status=RunStatus.RUNNING,
+                    started_at=began or utcnow(),
                 )
 
     async def _held_answer(

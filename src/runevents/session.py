@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runevents.eventlog import RunWriter
@@ -47,9 +48,9 @@ class RunSession:
         if drafts:
             await self.manager.append_executed(self, list(drafts))
 
-    async def set_status(self, status: RunStatus) -> None:
-        """Move the run to building/running."""
-        self.held.run = await self.manager.set_status(self.held.run, status)
+    async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
+        """Move the run to building/running (``at``: when it started running)."""
+        self.held.run = await self.manager.set_status(self.held.run, status, at=at)
 
     async def complete(
         self,

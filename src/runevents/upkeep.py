@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -35,7 +35,7 @@ from runevents.exceptions import (
     WriterMoving,
 )
 from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
-from runevents.models import LogState, Run, RunStatus, utcnow
+from runevents.models import LogState, Run, RunStatus, parse_timestamp, utcnow
 from runevents.summary import RunSummaryBuilder, run_fields
 
 if TYPE_CHECKING:
@@ -74,11 +74,6 @@ def reap_interval(lease_seconds: float) -> float:
     """How often a process runs the lease reaper: a third of the lease, at least a second,
     at most ``REAP_INTERVAL_MAX`` (a round after the expiry is then well within 10 s)."""
     return min(REAP_INTERVAL_MAX, max(1.0, lease_seconds / 3))
-
-
-def parse_timestamp(value: str) -> datetime:
-    """An envelope timestamp (RFC 3339) as an aware UTC datetime."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _failed(code: str, message: str) -> EventDraft:
@@ -355,6 +350,7 @@ class RunUpkeep:
         last_type = ""
         started_at: str | None = None
         second_at: str | None = None  # created_at of the event after run.queued
+        completed_at: str | None = None  # run.completed's
         async for chunk in self.log.read(probe):
             for line in chunk.data.split(b"\n")[:-1]:
                 if first is None:
@@ -366,6 +362,8 @@ class RunUpkeep:
                 last_type = head.type
                 if head.type == "run.started" and started_at is None:
                     started_at = decode_event(line).created_at
+                elif head.type == "run.completed":
+                    completed_at = decode_event(line).created_at
         if first is None:
             raise LogNotFound(f"the log of {run_id} is empty")
         queued = first.payload if first.type == "run.queued" else {}
@@ -425,13 +423,16 @@ class RunUpkeep:
         summary = builder.build()
         execution = summary.get("execution") or {}
         exit_code = execution.get("exit_code")
-        completed_at = execution.get("completed_at")
+        if base.external and started_at is None and second_at is not None:
+            # an external run runs from its producer's first batch (as the live row says)
+            base = base.evolve(started_at=parse_timestamp(second_at))
+        # the live row's completed_at is run.completed's own instant (when the server
+        # stamped it: HeldRun.complete), so the rebuilt row is the same row
+        assert completed_at is not None  # last_type is run.completed
         run = base.evolve(
             status=RunStatus(summary["status"]),
             exit_code=exit_code if isinstance(exit_code, int) else None,
-            completed_at=parse_timestamp(completed_at)
-            if isinstance(completed_at, str)
-            else utcnow(),
+            completed_at=parse_timestamp(completed_at),
             summary=summary,
             failure=summary.get("failure"),
             last_console_snippet=builder.console_snippet or None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import psutil
@@ -28,7 +29,7 @@ class ListSink:
         self.events.extend(drafts)
         self.changed.set()
 
-    async def set_status(self, status: RunStatus) -> None:
+    async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
         self.statuses.append(status)
 
     def types(self) -> list[str]:
@@ -68,7 +69,7 @@ class NullSink:
         self.calls += 1
         self.count += len(drafts)
 
-    async def set_status(self, status: RunStatus) -> None:
+    async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
         pass
 
 

@@ -271,7 +271,7 @@ async def test_build_failure_never_starts_the_command(tmp_path: Path) -> None:
 
 async def test_sink_refusing_the_status_move_propagates_and_cleans_up(tmp_path: Path) -> None:
     class EndedSink(ListSink):
-        async def set_status(self, status: RunStatus) -> None:
+        async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
             raise RunEnded("cancelled meanwhile")
 
     with pytest.raises(RunEnded):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -268,9 +269,15 @@ async def test_reindex_rebuilds_rows_from_logs_alone(
     m = app.manager
     ok = await m.create_run("acme", "ext", external=True)
     await m.ingest("acme", "ext", ok.id, [console("a"), completed("succeeded")])
+    # a run whose producer talked in two batches, some time apart
+    two = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", two.id, [console("first")])
+    await asyncio.sleep(0.05)
+    await m.ingest("acme", "ext", two.id, [completed("succeeded")])
     orphan = await m.create_run("acme", "ext", external=True)
     await m.ingest("acme", "ext", orphan.id, [console("b")])
     original = await m.get_run("acme", "ext", ok.id)
+    original_two = await m.get_run("acme", "ext", two.id)
     await app.manager.close()  # drops the orphan's writer, as a crash would
 
     fresh_settings = Settings(
@@ -279,14 +286,21 @@ async def test_reindex_rebuilds_rows_from_logs_alone(
     fresh = await App.open(fresh_settings, worker=False)
     try:
         report = await reindex(fresh.manager)
-        assert report.runs == 2 and not report.errors
+        assert report.runs == 3 and not report.errors
         rebuilt = await fresh.manager.get_run("acme", "ext", ok.id)
         assert rebuilt.status is RunStatus.SUCCEEDED
         assert rebuilt.summary == original.summary
         assert rebuilt.event_count == original.event_count
         # regression (durability issue, defect 13): the rebuilt row is the same row
         assert rebuilt.created_at == original.created_at
-        assert rebuilt.completed_at is not None
+        # ...its started_at and completed_at too: reindex made an external run start
+        # when it completed (duration 0), and took completed_at a few ms off
+        for before in (original, original_two):
+            after = await fresh.manager.get_run("acme", "ext", before.id)
+            stamps = ("created_at", "started_at", "completed_at")
+            assert [getattr(after, k) for k in stamps] == [getattr(before, k) for k in stamps]
+        assert original_two.started_at is not None and original_two.completed_at is not None
+        assert original_two.completed_at - original_two.started_at >= timedelta(seconds=0.05)
         # regression (defect 9): an external run whose producer pauses is not "orphaned"
         # by reindex; it stays live (its idle timeout fails it if the producer is gone)
         paused = await fresh.manager.get_run("acme", "ext", orphan.id)

@@ -193,3 +193,25 @@ async def test_a_run_whose_only_worker_died_is_failed_worker_lost_by_a_replica_w
     assert done.failure is not None and done.failure["code"] == "worker_lost"
     assert "dead-worker" in done.failure["message"]
     assert took <= settings.lease_seconds + 10
+
+
+async def test_reindex_rebuilds_an_executed_runs_row_with_the_same_timestamps(app: App) -> None:
+    """Contract 2: a row rebuilt from the log is the same row. The row's started_at was
+    taken a moment before run.started was stamped, and its completed_at a moment after
+    run.completed: reindex (which has only the log) moved both by a few ms."""
+    from runevents.maintenance import reindex
+
+    worker = Worker(app.manager, concurrency=1)
+    worker.start()
+    try:
+        done = await wait_ended(app, await app.manager.create_run("acme", "hello"))
+    finally:
+        await worker.stop()
+    stamps = ("created_at", "started_at", "completed_at")
+    before = [getattr(done, k) for k in stamps]
+    # a lost row: reindex rebuilds it from the log alone
+    await app.manager.repo.upsert_run(done.evolve(started_at=None, completed_at=utcnow()))
+    report = await reindex(app.manager)
+    assert not report.errors
+    after = await app.manager.repo.get_run(done.id)
+    assert [getattr(after, k) for k in stamps] == before
