@@ -106,7 +106,9 @@ class App:
         if settings.live_tier_enabled:
             # a data dir is this process's cache on several machines (livetier.py)
             LiveTier.reset_cache(settings.data_dir / "spool")
-        database = await open_database(settings.resolved_database_url)
+        database = await open_database(
+            settings.resolved_database_url, command_timeout=settings.database_timeout_seconds
+        )
         bridge = None
         try:
             # both storage seams measured at the edge (metered.py), not inside the engine

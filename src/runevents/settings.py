@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     #: console lines longer than this are cut, with a visible marker (bytes)
     max_line_bytes: int = Field(default=64 * 1024, ge=64)
 
+    #: a Postgres statement with no answer for this long fails with 503 instead of
+    #: waiting for ever on a connection whose packets are dropped (seconds)
+    database_timeout_seconds: float = Field(default=30.0, gt=0)
+
     #: the writer lease of a run's log (ownership.py): a holder that stops renewing
     #: loses it after this long, and another process may take the run (seconds)
     writer_lease_seconds: float = Field(default=8.0, gt=0)

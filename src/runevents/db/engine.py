@@ -231,7 +231,12 @@ def _sqlite_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def create_engine(url: str) -> Database:
+#: a Postgres statement with no answer for this long fails (DatabaseError, 503): a
+#: network that drops packets leaves an open connection waiting for ever otherwise
+COMMAND_TIMEOUT_SECONDS = 30.0
+
+
+def create_engine(url: str, *, command_timeout: float = COMMAND_TIMEOUT_SECONDS) -> Database:
     """Build the engine for a user's database URL, without touching the database."""
     sa_url = make_url(to_sqlalchemy_url(url))
     dialect = _dialect_of(sa_url)
@@ -256,20 +261,26 @@ def create_engine(url: str) -> Database:
             # a restarted Postgres must not leave dead connections in the pool
             pool_pre_ping=True,
             pool_recycle=1800,
-            connect_args={"timeout": 10, "server_settings": {"application_name": "runevents"}},
+            connect_args={
+                "timeout": 10,
+                "command_timeout": command_timeout,
+                "server_settings": {"application_name": "runevents"},
+            },
         )
     rendered = sa_url.render_as_string(hide_password=False)
     return Database(url=rendered, engine=engine, dialect=dialect)
 
 
-async def open_database(url: str, *, migrate: bool = True) -> Database:
+async def open_database(
+    url: str, *, migrate: bool = True, command_timeout: float = COMMAND_TIMEOUT_SECONDS
+) -> Database:
     """Open the database at ``url`` and (by default) migrate it to the current schema.
 
     With ``migrate=False`` the schema must already be current (ConfigError otherwise).
     Raises ConfigError for a bad URL and DatabaseError when the database cannot be
     reached.
     """
-    database = create_engine(url)
+    database = create_engine(url, command_timeout=command_timeout)
     try:
         if database.dialect == "sqlite":
             await _ensure_wal(database.engine)
