@@ -31,7 +31,7 @@ import asyncio
 import logging
 import operator
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from runevents.eventlog import EventLog
@@ -257,8 +257,9 @@ class ProducerIngest:
         held.last_batch = asyncio.get_running_loop().time()
         # the first batch starts an external run: at its first event's instant when the
         # server stamped it, so a row rebuilt from the log (reindex) is the same row
-        began = parse_timestamp(events[0].created_at) if drafts[0].created_at is None else None
-        await self._after_batch(held, began)
+        await self._after_batch(
+            held, events[0].created_at if drafts[0].created_at is None else None
+        )
         return answer
 
     async def _let_go_lost(self, held: HeldRun) -> None:
@@ -268,7 +269,7 @@ class ProducerIngest:
             if self.held.get(held.run.id) is held:
                 await held.release()
 
-    async def _after_batch(self, held: HeldRun, began: datetime | None = None) -> None:
+    async def _after_batch(self, held: HeldRun, began: str | None = None) -> None:
         """Row upkeep after a durable batch: progress, queued -> running, a relayed cancel.
 
         The batch is durable already: a failure here is logged and retried by the
@@ -279,7 +280,7 @@ class ProducerIngest:
         except StorageError as exc:
             log.warning("run %s: row upkeep after a batch failed (%s)", held.run.id, exc)
 
-    async def _after_batch_locked(self, held: HeldRun, began: datetime | None = None) -> None:
+    async def _after_batch_locked(self, held: HeldRun, began: str | None = None) -> None:
         async with self.held.lock(held.run.id):
             if self.held.get(held.run.id) is not held:
                 return  # completed or let go meanwhile
@@ -296,7 +297,7 @@ class ProducerIngest:
                     run.id,
                     expect={RunStatus.QUEUED},
                     status=RunStatus.RUNNING,
-                    started_at=began or utcnow(),
+                    started_at=parse_timestamp(began) if began else utcnow(),
                 )
 
     async def _held_answer(
