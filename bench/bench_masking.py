@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -83,7 +84,7 @@ class LogSink:
         self.writer.commit(self.writer.prepare(drafts))
         await self.writer.flush_if_due()
 
-    async def set_status(self, status: RunStatus) -> None:
+    async def set_status(self, status: RunStatus, *, at: datetime | None = None) -> None:
         return None
 
 
