@@ -25,4 +25,5 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.s3",
     "tests.fixtures.app",
+    "tests.fixtures.tcpproxy",
 ]

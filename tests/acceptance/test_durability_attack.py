@@ -10,7 +10,6 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import Processes, Server, run_path
-from tests.fixtures.services import PG_HOST, PG_PORT
-from tests.fixtures.tcpproxy import TcpProxy
+from tests.fixtures.tcpproxy import TcpProxy, proxied
 
 pytestmark = pytest.mark.slow
 
@@ -69,20 +67,6 @@ def post_until_200(
         assert r.status_code == 503 and "Retry-After" in r.headers, (r.status_code, r.text)
         assert time.monotonic() < deadline, f"never accepted: {r.text}"
         time.sleep(0.2)
-
-
-@pytest.fixture
-def pg_proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy(PG_HOST, PG_PORT)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-def proxied(url: str, proxy: TcpProxy) -> str:
-    return url.replace(f"@{PG_HOST}:{PG_PORT}/", f"@127.0.0.1:{proxy.port}/")
 
 
 # ---------------------------------------------------------------------------- Postgres away

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,11 @@ from runevents.app import App
 from runevents.exceptions import DatabaseError
 from runevents.settings import Settings
 from tests.fixtures.app import asgi_client
-from tests.fixtures.services import PG_HOST, PG_PORT
-from tests.fixtures.tcpproxy import TcpProxy
+from tests.fixtures.tcpproxy import TcpProxy, proxied
 
 pytestmark = pytest.mark.postgres
 
 TIMEOUT = 2.0
-
-
-@pytest.fixture
-def pg_proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy(PG_HOST, PG_PORT)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.resume()
-        proxy.stop()
 
 
 async def test_creating_a_run_while_the_database_drops_packets_is_503_not_a_hang(
@@ -39,7 +26,7 @@ async def test_creating_a_run_while_the_database_drops_packets_is_503_not_a_hang
     a run waited 70-150 s and more on a pooled connection, with no answer, and the run
     appeared once the network came back. A statement now fails after
     ``database_timeout_seconds``: 503 with the JSON error."""
-    url = pg_database_url.replace(f"@{PG_HOST}:{PG_PORT}/", f"@127.0.0.1:{pg_proxy.port}/")
+    url = proxied(pg_database_url, pg_proxy)
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=url,
