@@ -43,7 +43,8 @@ from runevents.exceptions import (
     WriterFenced,
     WriterMoving,
 )
-from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
+from runevents.held import LIVE_STATUSES, HeldRun, run_ref
+from runevents.held_runs import HeldRuns
 from runevents.livetier import LiveTier
 from runevents.masking import Masker
 from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow

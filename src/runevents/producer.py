@@ -48,7 +48,8 @@ from runevents.exceptions import (
     StorageError,
     WriterFenced,
 )
-from runevents.held import HeldRun, HeldRuns, run_ref
+from runevents.held import HeldRun, run_ref
+from runevents.held_runs import HeldRuns
 from runevents.models import Run, RunStatus, parse_timestamp, utcnow
 
 if TYPE_CHECKING:

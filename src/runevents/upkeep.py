@@ -34,7 +34,8 @@ from runevents.exceptions import (
     WriterFenced,
     WriterMoving,
 )
-from runevents.held import LIVE_STATUSES, HeldRun, HeldRuns, run_ref
+from runevents.held import LIVE_STATUSES, HeldRun, run_ref
+from runevents.held_runs import HeldRuns
 from runevents.models import LogState, Run, RunStatus, parse_timestamp, utcnow
 from runevents.summary import RunSummaryBuilder, run_fields
 
