@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 
 from runevents import metrics
-from runevents.configs import ConfigRegistry, Configuration, load_config_file
+from runevents.config_file import load_config_file
+from runevents.configs import ConfigRegistry, Configuration
 from runevents.db.engine import Database, open_database
 from runevents.db.replicas import ReplicaRepository
 from runevents.db.repository import RunRepository

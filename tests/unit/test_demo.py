@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from runevents.configs import Configuration, load_config_file
+from runevents.config_file import load_config_file
+from runevents.configs import Configuration
 from runevents.demo import demo_config_path
 from runevents.demo.extract import FAILURE_RATE, plan
 from runevents.executor import ExecutionResult, execute
