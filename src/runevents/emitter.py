@@ -93,10 +93,12 @@ class Emitter:
             return None
         hits: set[int] = set()
         for start, end in masker.byte_matches(raw):
-            for position in (start, end - 1):
-                index = raw.count(b"\n", 0, position)
-                if index < len(lines):  # past the last newline: the next read's first line
-                    hits.add(index)
+            # every line the match touches, not just its ends: a multi-line value's
+            # match hides the forms of its middle lines (each is masked on its own)
+            first_line = raw.count(b"\n", 0, start)
+            last_line = first_line + raw.count(b"\n", start, end - 1)
+            # past the last newline: the next read's first line
+            hits.update(range(first_line, min(last_line + 1, len(lines))))
         return hits
 
     async def notice(self, message: str, *, level: str = "warning") -> None:

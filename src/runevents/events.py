@@ -33,6 +33,31 @@ from runevents.exceptions import InvalidEvent, InvalidInput
 
 #: the type of the event that ends every run's log, exactly once
 RUN_COMPLETED = "run.completed"
+#: the final statuses a ``run.completed`` payload states (contract section 2)
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: the event types the contract pins (sections 2 and 4): readers, the summary and
+#: the run row act on these names, so masking never rewrites them (``masking.py``)
+CONTRACT_TYPES = frozenset(
+    {
+        "run.queued",
+        "run.started",
+        "run.completed",
+        "run.error",
+        "run.phase.started",
+        "run.phase.completed",
+        "run.table.summary",
+        "run.validation.summary",
+        "run.validation.issue",
+        "build.created",
+        "build.started",
+        "build.completed",
+        "build.phase.started",
+        "build.phase.completed",
+        "console.line",
+        "console.truncated",
+        "log.recovered",
+    }
+)
 #: how an encoded run.completed line starts (the type is the first field)
 RUN_COMPLETED_PREFIX = b'{"type":"run.completed",'
 #: how the LAST line of every write unit (one ingest batch, one executor emit, one

@@ -31,7 +31,7 @@ from runevents.db.chunks import ChunkRepository
 from runevents.db.repository import RunRepository
 from runevents.db.runlocks import RunLocks
 from runevents.eventlog import Chunk, EventLog
-from runevents.events import EventDraft
+from runevents.events import FINAL_STATUSES, EventDraft
 from runevents.exceptions import (
     InvalidInput,
     LogDamaged,
@@ -49,7 +49,7 @@ from runevents.livetier import LiveTier
 from runevents.masking import Masker
 from runevents.models import LogState, Run, RunQuery, RunStatus, rfc3339, utcnow
 from runevents.ownership import Ownership
-from runevents.producer import FINAL_STATUSES, ProducerIngest, cancelled_by_request
+from runevents.producer import ProducerIngest, cancelled_by_request
 from runevents.run_masks import RunMasks
 from runevents.search import SearchRequest, WorkspaceSearch, search_console
 from runevents.session import RunSession

@@ -20,6 +20,26 @@ Why these forms (GitHub Actions masks the same ones):
 * a multi-line value: lines are split before masking, so each of its lines of
   at least :data:`MIN_SECRET_CHARS` characters is masked on its own.
 
+What is masked: the draft's ``type``, ``source``, ``build_id`` and every
+string of its payload (keys too). Two things never are, because they carry
+the contract's structure rather than the run's data, and a value that happens
+to equal one of their words (``::add-mask::failed``) must not change how a run
+ends or is read:
+
+* a ``type`` that is one of the contract's pinned event types
+  (:data:`runevents.events.CONTRACT_TYPES`: ``run.completed``, ``console.line``...);
+  any other type is masked like any string;
+* the ``status`` key of a ``run.completed`` payload and its value when it is
+  ``succeeded``, ``failed`` or ``cancelled``. The rest of that payload (the
+  failure's message, say) is masked.
+
+Overlapping values: the masked ranges are the union of every occurrence of
+every form, overlaps joined into one ``***`` (secrets ``abcdefgh12`` and
+``gh12ijklmnop`` in ``abcdefgh12ijklmnop`` leave nothing visible).
+
+An ``::add-mask::VALUE`` line masks VALUE in its whole batch (the lines before
+it too: none is written yet) and in every later one.
+
 Counting: every draft whose strings had replacements carries the number in
 ``payload["masked"]`` (an int the server owns: a producer's own ``masked`` key
 is dropped), and the run summary's ``console.masked`` sums them. So the summary
@@ -32,8 +52,8 @@ masked. A value split across two *lines* is not (the contract leaves it out).
 The search is Aho-Corasick (``ahocorasick-rs``). Text is first checked as
 UTF-8 bytes by automatons of at most :attr:`Masker.GROUP` forms each (searched
 with a SIMD prefilter, GB/s), and only strings known to hold a form go through
-the replacing automaton of all forms (leftmost-longest: a whole padded base64
-form wins over its slice). The executor checks a child's raw reads this way
+the replacing automaton of all forms, which reports overlapping occurrences.
+The executor checks a child's raw reads this way
 (``emitter.Emitter``); :meth:`Masker.mask_drafts` does it for a batch of drafts
 by their JSON encoding (where the forms are searched as JSON escapes them).
 One compiled regular expression of the same forms was measured ~250x slower
@@ -53,7 +73,7 @@ from urllib.parse import quote
 import orjson
 from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, MatchKind
 
-from runevents.events import EventDraft
+from runevents.events import CONTRACT_TYPES, FINAL_STATUSES, RUN_COMPLETED, EventDraft
 
 #: what a secret value is replaced with
 MASK: Final = "***"
@@ -147,6 +167,70 @@ def add_mask_value(message: str) -> str | None:
     return value or None
 
 
+def _draft_add_mask(draft: EventDraft) -> str | None:
+    """The value a draft's ``::add-mask::`` console line adds, else None."""
+    if draft.type != CONSOLE_LINE:
+        return None
+    message = draft.payload.get("message")
+    return add_mask_value(message) if isinstance(message, str) else None
+
+
+def _merged(matches: Iterable[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """The (start, end) ranges covered by overlapping ``matches``, overlaps joined.
+
+    Leftmost-longest matching skips a form that overlaps an earlier match, so
+    its tail would stay visible (``abcdefgh12`` and ``gh12ijklmnop`` in
+    ``abcdefgh12ijklmnop``); the union of every occurrence leaves nothing.
+    Ranges that only touch stay apart: each is a whole form already.
+    """
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((start, end) for _, start, end in matches):
+        if merged and start < merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _pinned_status(draft: EventDraft) -> tuple[int, str] | None:
+    """(position, value) of a ``run.completed`` draft's final ``status``, else None.
+
+    That key and value decide how the run ends: they are never masked.
+    """
+    if draft.type != RUN_COMPLETED:
+        return None
+    status = draft.payload.get("status")
+    if not isinstance(status, str) or status not in FINAL_STATUSES:
+        return None
+    return list(draft.payload).index("status"), status
+
+
+def _without_status(payload: dict[str, Any], pinned: tuple[int, str] | None) -> dict[str, Any]:
+    if pinned is None:
+        return payload
+    return {key: value for key, value in payload.items() if key != "status"}
+
+
+def _with_status(payload: dict[str, Any], pinned: tuple[int, str] | None) -> dict[str, Any]:
+    """``payload`` with the pinned status back at its place (the stored key order)."""
+    if pinned is None:
+        return payload
+    items = list(payload.items())
+    items.insert(pinned[0], ("status", pinned[1]))
+    return dict(items)
+
+
+def _maskable(draft: EventDraft) -> list[Any]:
+    """The parts of a draft that are masked: a contract type and a final status are not."""
+    return [
+        "" if draft.type in CONTRACT_TYPES else draft.type,
+        draft.source,
+        draft.build_id,
+        _without_status(draft.payload, _pinned_status(draft)),
+    ]
+
+
 def _json_escaped(form: str) -> bytes:
     """``form`` as it appears between the quotes of an encoded JSON string."""
     return orjson.dumps(form)[1:-1]
@@ -162,13 +246,13 @@ def _groups(patterns: list[bytes], size: int) -> list[BytesAhoCorasick]:
 class Masker:
     """One run's masking state: the values to mask and their automatons."""
 
-    __slots__ = ("_bytes", "_forms", "_json", "_json_all", "_text", "_values")
+    __slots__ = ("_bytes", "_forms", "_json", "_json_all", "_text", "_text_all", "_values")
 
     #: forms per *detecting* automaton: up to 64 patterns are searched with a SIMD
     #: prefilter (GB/s); past that the automaton runs without it, measured ~30x
     #: slower (bench/bench_masking.py), so the bytes check uses groups of 64. The
     #: replacing automaton (over str, only on strings known to hold a form) keeps
-    #: every form in one automaton, for true leftmost-longest replacement.
+    #: every form in one automaton, reporting overlapping occurrences.
     GROUP = 64
 
     def __init__(self, values: Iterable[str] = ()) -> None:
@@ -176,9 +260,12 @@ class Masker:
         self._forms: set[str] = set()
         #: the forms over str (replacing) and over UTF-8 bytes (the batch check)
         self._text: AhoCorasick | None = None
+        #: every form, all overlapping occurrences (only for strings known to hold one)
+        self._text_all: AhoCorasick | None = None
         self._bytes: list[BytesAhoCorasick] = []
         #: the forms as they appear inside a JSON string (escaped), for checking
         #: and replacing in encoded events: groups, and all in one automaton
+        #: (overlapping occurrences, for replacing)
         self._json: list[BytesAhoCorasick] = []
         self._json_all: BytesAhoCorasick | None = None
         self.add(*values)
@@ -201,17 +288,20 @@ class Masker:
             self._forms |= encoded_forms(value)
         forms = sorted(self._forms)
         self._text = AhoCorasick(forms, matchkind=MatchKind.LeftmostLongest)
+        self._text_all = AhoCorasick(forms, matchkind=MatchKind.Standard)
         self._bytes = _groups([f.encode("utf-8", "surrogatepass") for f in forms], self.GROUP)
         escaped = sorted({_json_escaped(f) for f in forms})
         raw = [f.encode("utf-8", "surrogatepass") for f in forms]
         self._json = self._bytes if escaped == sorted(raw) else _groups(escaped, self.GROUP)
-        self._json_all = BytesAhoCorasick(escaped, matchkind=MatchKind.LeftmostLongest)
+        self._json_all = BytesAhoCorasick(escaped, matchkind=MatchKind.Standard)
         return added
 
     def _text_matches(self, text: str) -> list[tuple[int, int]]:
-        if self._text is None:
+        if self._text is None or self._text_all is None:
             return []
-        return [(start, end) for _, start, end in self._text.find_matches_as_indexes(text)]
+        if not self._text.find_matches_as_indexes(text):
+            return []  # the common case: one leftmost-longest scan
+        return _merged(self._text_all.find_matches_as_indexes(text, overlapping=True))
 
     # -- strings ----------------------------------------------------------------
 
@@ -280,11 +370,13 @@ class Masker:
     def mask_drafts(
         self, drafts: Sequence[EventDraft], raw: bytes | None = None
     ) -> list[EventDraft]:
-        """``drafts`` masked (payload keys and strings, type, source), ``::add-mask::`` applied.
+        """``drafts`` masked (payload keys and strings, type, source, build_id),
+        ``::add-mask::`` applied.
 
-        An ``::add-mask::VALUE`` console line masks VALUE in itself and in every
-        later event. Drafts are changed in place (they are not shared); the
-        same drafts are returned in a list.
+        An ``::add-mask::VALUE`` console line masks VALUE in every event of the
+        batch (earlier ones too: none is written yet) and of later batches.
+        Drafts are changed in place (they are not shared); the same drafts are
+        returned in a list.
 
         ``raw``: the JSON the drafts were decoded from (a producer's NDJSON
         body). With no value to mask yet, a body that cannot hold
@@ -307,17 +399,22 @@ class Masker:
         string, ~1.5 us each); the encoded batch costs one scan.
         """
         try:
-            blob = orjson.dumps([[d.type, d.source, d.payload] for d in drafts])
+            blob = orjson.dumps(
+                [
+                    ["" if d.type in CONTRACT_TYPES else d.type, d.source, d.build_id, d.payload]
+                    for d in drafts
+                ]
+            )
         except (orjson.JSONEncodeError, TypeError):  # an int past 64 bits, say
             return self._mask_all(drafts)
         if has_add_mask(blob):
-            return self._mask_all(drafts)  # in order: a mask applies from its line on
+            return self._mask_all(drafts)
         for draft in drafts:
             draft.payload.pop(MASKED_KEY, None)  # the count is the server's
         if not any(a.find_matches_as_indexes(blob) for a in self._json):
             return drafts  # the common case: one encoding, one scan
         # which drafts: encode them one by one (a batch with a hit is the rare case)
-        pieces = [orjson.dumps([d.type, d.source, d.payload]) for d in drafts]
+        pieces = [orjson.dumps(_maskable(d)) for d in drafts]
         joined = b"\n".join(pieces)  # encoded JSON holds no raw newline
         ends = list(itertools.accumulate(len(piece) + 1 for piece in pieces))
         hits = {
@@ -332,16 +429,16 @@ class Masker:
     def _mask_json(self, draft: EventDraft, piece: bytes) -> None:
         """Replace the (escaped) forms in ``piece``, the draft's JSON, and take it back."""
         assert self._json_all is not None
-        matches = self._json_all.find_matches_as_indexes(piece)
+        matches = _merged(self._json_all.find_matches_as_indexes(piece, overlapping=True))
         parts: list[bytes] = []
         position = 0
-        for _, start, end in matches:
+        for start, end in matches:
             parts.append(piece[position:start])
             parts.append(b"***")
             position = end
         parts.append(piece[position:])
         try:
-            kind, source, payload = orjson.loads(b"".join(parts))
+            kind, source, build_id, payload = orjson.loads(b"".join(parts))
         except (orjson.JSONDecodeError, ValueError, TypeError):
             # a match that ran into the JSON's own syntax: walk the strings instead
             self._mask_draft(draft)
@@ -349,7 +446,10 @@ class Masker:
         if not isinstance(kind, str) or not isinstance(payload, dict):  # pragma: no cover
             self._mask_draft(draft)
             return
-        draft.type, draft.source = kind, source
+        if draft.type not in CONTRACT_TYPES:
+            draft.type = kind
+        draft.source, draft.build_id = source, build_id
+        payload = _with_status(payload, _pinned_status(draft))
         draft.payload.clear()
         draft.payload.update(payload)
         draft.payload.pop(MASKED_KEY, None)
@@ -357,6 +457,9 @@ class Masker:
             draft.payload[MASKED_KEY] = len(matches)
 
     def _mask_all(self, drafts: list[EventDraft]) -> list[EventDraft]:
+        # two passes: the batch is written whole or not at all, so a value added
+        # anywhere in it masks all of it (a line before the command included)
+        self.add(*[value for value in map(_draft_add_mask, drafts) if value is not None])
         for draft in drafts:
             self._mask_draft(draft)
         return drafts
@@ -365,24 +468,26 @@ class Masker:
         payload = draft.payload
         # the count is the server's: a producer cannot claim replacements
         payload.pop(MASKED_KEY, None)
-        if draft.type == CONSOLE_LINE:
-            message = payload.get("message")
-            if isinstance(message, str):
-                value = add_mask_value(message)
-                if value is not None:
-                    self.add(value)
+        value = _draft_add_mask(draft)
+        if value is not None:
+            self.add(value)
         if self._text is None:
             return
         total = 0
-        draft.type, n = self.mask_text(draft.type)
-        total += n
+        if draft.type not in CONTRACT_TYPES:
+            draft.type, n = self.mask_text(draft.type)
+            total += n
         if draft.source is not None:
             draft.source, n = self.mask_text(draft.source)
             total += n
-        masked, n = self.mask_value(payload)
+        if draft.build_id is not None:
+            draft.build_id, n = self.mask_text(draft.build_id)
+            total += n
+        pinned = _pinned_status(draft)
+        masked, n = self.mask_value(_without_status(payload, pinned))
         total += n
         if n:
             payload.clear()
-            payload.update(masked)
+            payload.update(_with_status(masked, pinned))
         if total:
             payload[MASKED_KEY] = total

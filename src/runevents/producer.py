@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from runevents.eventlog import EventLog
-from runevents.events import RUN_COMPLETED, EventDraft, decode_event
+from runevents.events import FINAL_STATUSES, RUN_COMPLETED, EventDraft, decode_event
 from runevents.exceptions import (
     Conflict,
     IdempotencyKeyReused,
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 #: event types only the server writes; producers may not send them
 SERVER_ONLY_TYPES = frozenset({"run.queued", "log.recovered"})
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: ``Idempotency-Key`` longer than this is rejected (characters)
 MAX_IDEMPOTENCY_KEY = 200
 _TYPE_OF = operator.attrgetter("type")

@@ -28,11 +28,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import orjson
+
 from runevents.configs import ConfigRegistry
 from runevents.db.repository import RunRepository
 from runevents.events import EventDraft
-from runevents.exceptions import ConfigurationNotFound
-from runevents.masking import Masker
+from runevents.exceptions import ConfigurationNotFound, StorageError
+from runevents.masking import ADD_MASK_BYTES, CONSOLE_LINE, Masker, add_mask_value, has_add_mask
 from runevents.models import Run
 from runevents.secretbox import SecretBox, new_key
 
@@ -100,3 +102,48 @@ class RunMasks:
             box = await self._secretbox()
             await self.repo.add_run_masks(run.id, [(box.digest(v), box.seal(v)) for v in added])
         return out
+
+    async def mask_error(
+        self, workspace_id: str, configuration_id: str, run_id: str, message: str, body: bytes
+    ) -> str:
+        """``message`` (a refused batch's error) with the run's secrets masked.
+
+        A batch is parsed (and may be refused) before it is masked, and an error
+        can quote the offending value (``created_at 'VALUE' is not ...``). The
+        masks are those of the path's configuration, the run's stored
+        ``::add-mask::`` values and any the refused body itself declares (it was
+        not applied, but its producer meant the value to stay hidden).
+        """
+        masker = Masker(self.declared(workspace_id, configuration_id))
+        try:
+            sealed = await self.repo.run_masks(run_id)
+            if sealed:
+                box = await self._secretbox()
+                masker.add(*[value for value in map(box.open, sealed) if value])
+        except StorageError:
+            pass  # the database is away: the declared secrets are still masked
+        if has_add_mask(body):
+            masker.add(*_body_add_masks(body))
+        return masker.mask_text(message)[0] if masker else message
+
+
+def _body_add_masks(body: bytes) -> list[str]:
+    """The ``::add-mask::`` values of the console lines of an NDJSON body, as far as
+    its lines parse (a refused body may hold a bad line)."""
+    values: list[str] = []
+    for line in body.split(b"\n"):
+        if ADD_MASK_BYTES not in line:
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict) or event.get("type") != CONSOLE_LINE:
+            continue  # (a refused body's line may be any JSON value)
+        payload = event.get("payload")
+        message = payload.get("message") if isinstance(payload, dict) else None
+        if isinstance(message, str):
+            value = add_mask_value(message)
+            if value is not None:
+                values.append(value)
+    return values

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import msgspec
 
+from runevents.capture import ConsoleTranslator
 from runevents.configs import BuildStep, Configuration
+from runevents.emitter import Emitter
 from runevents.executor import execute
+from runevents.masking import Masker
 from tests.unit._sinks import ListSink
 
 PY = sys.executable
@@ -174,3 +177,15 @@ async def test_a_forged_count_in_a_structured_first_line_is_dropped(tmp_path: Pa
     _, sink = await run(config(command=(PY, "-c", child)), tmp_path)
     (event,) = sink.of("x.y")
     assert event.payload == {}
+
+
+async def test_overlapping_forms_leave_no_line_of_a_multi_line_secret_visible() -> None:
+    # Defect (overlapping matches, the executor's byte check): a multi-line value's
+    # one match hid the forms of its middle lines, so only the lines where the
+    # match began and ended were masked and the middle one was stored in clear
+    key = "first-line-AAAA\nmiddle-line-BBBB\nlast-line-CCCC"
+    sink = ListSink()
+    emitter = Emitter(sink, ConsoleTranslator(scope="run"), Masker([key, OTHER]))
+    raw = b"ok\n" + key.encode() + b"\nabcd " + OTHER.encode() + b"\n"
+    await emitter.lines("stdout", raw.split(b"\n")[:-1], braces=False, raw=raw)
+    assert [e.payload["message"] for e in sink.events] == ["ok", "***", "***", "***", "abcd ***"]

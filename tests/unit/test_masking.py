@@ -97,8 +97,9 @@ def test_add_mask_value_parsing() -> None:
 
 def test_add_mask_masks_its_own_line_and_every_later_event() -> None:
     masker = Masker()
+    # an earlier batch is written already: the value was not known yet
+    (earlier,) = masker.mask_drafts([line("before tok-abc-123")])
     drafts = [
-        line("before tok-abc-123"),
         line("::add-mask::tok-abc-123"),
         line("after tok-abc-123"),
         EventDraft(
@@ -106,13 +107,9 @@ def test_add_mask_masks_its_own_line_and_every_later_event() -> None:
         ),
     ]
     out = masker.mask_drafts(drafts)
-    assert [d.payload["message"] for d in out] == [
-        "before tok-abc-123",  # printed before the command: not known yet
-        "::add-mask::***",
-        "after ***",
-        "***",
-    ]
-    assert [d.payload.get("masked") for d in out] == [None, 1, 1, 1]
+    assert earlier.payload["message"] == "before tok-abc-123"
+    assert [d.payload["message"] for d in out] == ["::add-mask::***", "after ***", "***"]
+    assert [d.payload.get("masked") for d in out] == [1, 1, 1]
     later = masker.mask_drafts([line(base64.b64encode(b"tok-abc-123").decode())])
     assert later[0].payload["message"] == MASK
 
@@ -310,3 +307,92 @@ def test_nothing_to_mask() -> None:
     assert not nothing_to_mask(b'{"m":"\\u003a:add-mask::x"}')
     assert not nothing_to_mask(b'{"\\u006Dasked":1}')
     assert not nothing_to_mask(b'{"m":"\\u002d"}')
+
+
+def test_a_producers_build_id_is_masked() -> None:
+    # Defect: masking covered type, source and payload; build_id kept the secret
+    secret = "hunter2hunter2"
+    encoded = base64.b64encode(secret.encode()).decode()
+    for raw in (None, orjson.dumps({"type": "x", "build_id": "b-hunter2hunter2"})):
+        (draft,) = Masker([secret]).mask_drafts(
+            [EventDraft(type="x", payload={}, build_id=f"b-{secret}")], raw
+        )
+        assert draft.build_id == "b-***"
+        assert draft.payload == {"masked": 1}
+    # the walking path (a batch with ::add-mask::) and an encoded form too
+    masker = Masker([secret])
+    out = masker.mask_drafts(
+        [line("::add-mask::other-value-1"), EventDraft(type="x", build_id=f"{encoded}/1")]
+    )
+    assert out[1].build_id == "***/1" and out[1].payload == {"masked": 1}
+
+
+OVERLAP_A, OVERLAP_B = "abcdefgh12", "gh12ijklmnop"
+
+
+def test_overlapping_secrets_leave_no_part_visible() -> None:
+    # Defect: leftmost-longest matching skipped the second, overlapping secret:
+    # "token=abcdefgh12ijklmnop" became "token=***ijklmnop"
+    text = "token=abcdefgh12ijklmnop end"
+    masker = Masker([OVERLAP_A, OVERLAP_B])
+    assert masker.mask_text(text) == ("token=*** end", 1)
+    assert masker.mask_value({text: [text]}) == ({"token=*** end": ["token=*** end"]}, 2)
+    # the second secret first in the list, and found first in the text
+    assert Masker([OVERLAP_B, OVERLAP_A]).mask_text("gh12ijklmnop-abcdefgh12ijklmnop") == (
+        "***-***",
+        2,
+    )
+    # the encoded-batch path (replacement in the drafts' JSON) ...
+    (draft,) = Masker([OVERLAP_A, OVERLAP_B]).mask_drafts([line(text)])
+    assert draft.payload["message"] == "token=*** end" and draft.payload["masked"] == 1
+    # ... and the string-walking path (a batch with ::add-mask::)
+    out = Masker([OVERLAP_A, OVERLAP_B]).mask_drafts([line("::add-mask::zzzzzzzz"), line(text)])
+    assert out[1].payload["message"] == "token=*** end"
+
+
+def test_an_add_mask_value_cannot_corrupt_run_completed() -> None:
+    # Defect: ::add-mask::failed / completed / status rewrote run.completed's type,
+    # its status key or value, so the run could never end (or ended wrong)
+    for value, status in (("failed", "failed"), ("completed", "succeeded"), ("status", "failed")):
+        masker = Masker()
+        masker.mask_drafts([line(f"::add-mask::{value}")])
+        completed = EventDraft(
+            type="run.completed",
+            payload={
+                "status": status,
+                "failure": {"stage": "run", "code": "x", "message": f"{value} here"},
+            },
+        )
+        (out,) = masker.mask_drafts([completed])
+        assert out.type == "run.completed", value
+        assert next(iter(out.payload)) == "status" and out.payload["status"] == status, value
+        # everything else stays masked
+        assert out.payload["failure"]["message"] == "*** here", value
+        assert out.payload["masked"] == 1, value
+    # a type that is not one of the contract's stays masked; so does a non-final status
+    masker = Masker(["my.custom.event"])
+    (custom,) = masker.mask_drafts([EventDraft(type="my.custom.event", payload={})])
+    assert custom.type == "***"
+    (console,) = Masker(["console.line"]).mask_drafts([line("a console.line")])
+    assert console.type == "console.line" and console.payload["message"] == "a ***"
+
+
+def test_an_add_mask_value_earlier_in_the_same_batch_is_masked() -> None:
+    # Defect: a batch's line before its ::add-mask:: was stored in clear (the
+    # batch is not written yet, so nothing forces that)
+    masker = Masker()
+    out = masker.mask_drafts(
+        [
+            line("value sameBatch12345 first"),
+            EventDraft(type="run.error", payload={"message": "sameBatch12345"}),
+            line("::add-mask::sameBatch12345"),
+            line("then sameBatch12345"),
+        ]
+    )
+    assert [d.payload["message"] for d in out] == [
+        "value *** first",
+        "***",
+        "::add-mask::***",
+        "then ***",
+    ]
+    assert masker.values == ("sameBatch12345",)

@@ -34,7 +34,7 @@ from starlette.responses import Response
 from runevents.api import ingest
 from runevents.api.deps import ApiState
 from runevents.auth import OPEN_PRINCIPAL
-from runevents.exceptions import InvalidInput, WriterMoving
+from runevents.exceptions import InvalidInput, PayloadTooLarge, WriterMoving
 from runevents.ids import check_name, check_run_id
 from runevents.manager import RunManager
 
@@ -68,16 +68,16 @@ async def serve_batch(
         relayed = await state.forwarder.relay_early(request, body, run_id)
         if relayed is not None:
             return relayed
-    drafts = ingest.parse_batch(
-        body,
-        workspace_id=workspace_id,
-        configuration_id=configuration_id,
-        run_id=run_id,
-        max_event_bytes=settings.max_event_bytes,
-    )
     # the relaxed setting: the answer must not claim more than it gives (contract 6)
     relaxed = settings.fsync == "never" and not settings.live_tier_enabled
     try:
+        drafts = ingest.parse_batch(
+            body,
+            workspace_id=workspace_id,
+            configuration_id=configuration_id,
+            run_id=run_id,
+            max_event_bytes=settings.max_event_bytes,
+        )
         answer = await manager.ingest(
             workspace_id,
             configuration_id,
@@ -93,6 +93,14 @@ async def serve_batch(
             raise
         # another replica holds the run's writer: its answer is ours (api/forward.py)
         return await state.forwarder.forward(request, body, run_id, moving)
+    except (InvalidInput, PayloadTooLarge) as refused:
+        # a batch is refused before it is masked, and the message may quote the
+        # bad value: a secret of the run never goes back in an answer (contract 11)
+        refused.message = await manager.masks.mask_error(
+            workspace_id, configuration_id, run_id, refused.message, body
+        )
+        refused.args = (refused.message,)
+        raise
     return Response(
         orjson.dumps(answer),
         media_type="application/json",

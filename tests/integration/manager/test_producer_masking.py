@@ -9,12 +9,13 @@ import textwrap
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 import sqlalchemy as sa
 
 from runevents.api.app import create_app
 from runevents.app import App
-from runevents.events import EventDraft, decode_event
-from runevents.exceptions import WriterBusy, WriterMoving
+from runevents.events import Event, EventDraft, decode_event
+from runevents.exceptions import RunEnded, WriterBusy, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
 from tests.fixtures.app import asgi_client
@@ -221,5 +222,90 @@ async def test_a_secret_in_run_options_is_masked_in_the_log_the_row_and_response
         assert logged[1]["mode"] == "m-***"
         # counted like every other replacement (console.masked sums payload.masked)
         assert logged[0]["masked"] == 4
+    finally:
+        await app.close()
+
+
+async def stored_events(app: App, run: Run) -> list[Event]:
+    lines: list[bytes] = []
+    async for chunk in app.manager.read_events(run):
+        lines.extend(chunk.data.split(b"\n")[:-1])
+    return [decode_event(line) for line in lines]
+
+
+async def test_a_producers_build_id_is_masked(settings: Settings, tmp_path: Path) -> None:
+    # Defect: build_id was stored and served with a declared secret in it
+    app = await App.open(masked_settings(settings, tmp_path), worker=False)
+    try:
+        run = await app.manager.create_run("acme", "deploy", external=True)
+        await app.manager.ingest(
+            "acme", "deploy", run.id, [EventDraft(type="x", build_id=f"b-{SECRET}")]
+        )
+        last = (await stored_events(app, run))[-1]
+        assert last.build_id == "b-***"
+        assert last.payload == {"masked": 1}
+    finally:
+        await app.close()
+
+
+async def test_an_add_mask_value_cannot_corrupt_run_completed(settings: Settings) -> None:
+    # Defect: ::add-mask::failed made run.completed's status "***" (500, the run
+    # stuck running); ::add-mask::completed made its type "run.***" (the run never
+    # ended, later batches accepted); ::add-mask::status masked the key (the row
+    # ended failed instead of succeeded)
+    app = await App.open(settings, worker=False)
+    try:
+        for value, status in (
+            ("failed", RunStatus.FAILED),
+            ("completed", RunStatus.SUCCEEDED),
+            ("status", RunStatus.SUCCEEDED),
+        ):
+            run = await app.manager.create_run("acme", "ext", external=True)
+            await app.manager.ingest("acme", "ext", run.id, [console(f"::add-mask::{value}")])
+            payload: dict[str, object] = {"status": status.value}
+            if status is RunStatus.FAILED:
+                payload["failure"] = {"stage": "run", "code": "x", "message": f"{value} run"}
+            await app.manager.ingest(
+                "acme", "ext", run.id, [EventDraft(type="run.completed", payload=payload)]
+            )
+            done = await app.manager.get_run("acme", "ext", run.id)
+            assert done.status is status, value
+            last = (await stored_events(app, run))[-1]
+            assert last.type == "run.completed", value
+            assert last.payload["status"] == status.value, value
+            if status is RunStatus.FAILED:
+                assert last.payload["failure"]["message"] == "*** run"
+            with pytest.raises(RunEnded):
+                await app.manager.ingest("acme", "ext", run.id, [console("after the end")])
+    finally:
+        await app.close()
+
+
+async def test_an_add_mask_value_earlier_in_the_same_batch_is_masked(
+    settings: Settings,
+) -> None:
+    # Defect: a line before the batch's ::add-mask:: line was stored in clear
+    app = await App.open(settings, worker=False)
+    try:
+        run = await app.manager.create_run("acme", "ext", external=True)
+        await app.manager.ingest(
+            "acme",
+            "ext",
+            run.id,
+            [console("value sameBatch12345 first"), console("::add-mask::sameBatch12345")],
+        )
+        events = await events_of(app, run)
+        assert [e["payload"].get("message") for e in events[-2:]] == [  # type: ignore[union-attr]
+            "value *** first",
+            "::add-mask::***",
+        ]
+        # a later batch (another masker loaded from the database) masks it too
+        await app.manager.ingest("acme", "ext", run.id, [console("again sameBatch12345")])
+        assert (await events_of(app, run))[-1]["payload"] == {
+            "scope": "run",
+            "stream": "stdout",
+            "message": "again ***",
+            "masked": 1,
+        }
     finally:
         await app.close()
