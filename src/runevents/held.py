@@ -39,7 +39,7 @@ from runevents.exceptions import RunEnded, StorageError
 from runevents.lifecycle import LogPhase, Step, advance
 from runevents.models import ENDED_STATUSES, LogState, Run, RunStatus, parse_timestamp, utcnow
 from runevents.ownership import Lease
-from runevents.summary import run_fields
+from runevents.summary import row_exit_code, run_fields
 from runevents.summary_fold import SummaryFold
 
 if TYPE_CHECKING:
@@ -49,6 +49,16 @@ if TYPE_CHECKING:
 LIVE_STATUSES = frozenset(RunStatus) - ENDED_STATUSES
 #: a live run's event_count is written to its row at most this often (seconds)
 PROGRESS_SECONDS = 1.0
+
+
+def final_status(summary: dict[str, Any]) -> RunStatus:
+    """The ended row's status from a summary: its ``status`` when that is an ended status,
+    else ``failed`` (a log's run.completed always says one; a hand-made log may not, and
+    its row must still end -- live finishing and reindex read it alike)."""
+    status = summary.get("status")
+    if isinstance(status, str) and status in {s.value for s in ENDED_STATUSES}:
+        return RunStatus(status)
+    return RunStatus.FAILED
 
 
 def run_ref(run: Run) -> RunRef:
@@ -182,12 +192,10 @@ class HeldRun:
         builder = await self.fold.ready()
         summary = builder.build()
         repo, run = self.registry.repo, self.run
-        execution = summary.get("execution") or {}
-        exit_code = execution.get("exit_code")
         now = self.completed_at or utcnow()
         fields: dict[str, Any] = {
-            "status": RunStatus(summary.get("status") or "failed"),
-            "exit_code": exit_code if isinstance(exit_code, int) else None,
+            "status": final_status(summary),
+            "exit_code": row_exit_code(summary),
             "completed_at": now,
             "summary": summary,
             "failure": summary.get("failure"),

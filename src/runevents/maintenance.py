@@ -421,7 +421,9 @@ async def reindex(manager: RunManager, *, progress: Progress | None = None) -> R
     """Rebuild every run row and summary from the logs in storage (streamed: one log at a time).
 
     A run another process is compacting or expiring right now is skipped (its
-    row is being brought up to date by that process).
+    row is being brought up to date by that process). A run whose log cannot be
+    rebuilt -- any error, expected or not -- is listed in ``errors`` and the pass
+    goes on with the next log (the CLI then exits 1).
     """
     report = Report(action="reindex", dry_run=False)
     tally = _Tally(progress)
@@ -436,6 +438,15 @@ async def reindex(manager: RunManager, *, progress: Progress | None = None) -> R
             continue
         except RuneventsError as exc:
             report.errors.append(f"{ref.run_id}: {exc.message}")
+            tally.done(None)
+            continue
+        except Exception as exc:  # one run's log must not stop the others
+            # A log no rule foresaw (a bug, a hand-made line) fails this run alone: it is
+            # reported (the CLI exits 1) and its row left as it was; the rest is rebuilt.
+            log.exception("reindex: run %s could not be rebuilt from its log", ref.run_id)
+            report.errors.append(
+                f"{ref.run_id}: could not be rebuilt from its log: {type(exc).__name__}: {exc}"
+            )
             tally.done(None)
             continue
         report.runs += 1

@@ -34,10 +34,10 @@ from runevents.exceptions import (
     WriterFenced,
     WriterMoving,
 )
-from runevents.held import LIVE_STATUSES, HeldRun, run_ref
+from runevents.held import LIVE_STATUSES, HeldRun, final_status, run_ref
 from runevents.held_runs import HeldRuns
 from runevents.models import LogState, Run, RunStatus, parse_timestamp, utcnow
-from runevents.summary import RunSummaryBuilder, run_fields
+from runevents.summary import RunSummaryBuilder, row_exit_code, run_fields
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -422,8 +422,6 @@ class RunUpkeep:
                     ),
                 )
         summary = builder.build()
-        execution = summary.get("execution") or {}
-        exit_code = execution.get("exit_code")
         if base.external and started_at is None and second_at is not None:
             # an external run runs from its producer's first batch (as the live row says)
             base = base.evolve(started_at=parse_timestamp(second_at))
@@ -431,8 +429,8 @@ class RunUpkeep:
         # stamped it: HeldRun.complete), so the rebuilt row is the same row
         assert completed_at is not None  # last_type is run.completed
         run = base.evolve(
-            status=RunStatus(summary["status"]),
-            exit_code=exit_code if isinstance(exit_code, int) else None,
+            status=final_status(summary),  # as HeldRun.settle finished the live row
+            exit_code=row_exit_code(summary),
             completed_at=parse_timestamp(completed_at),
             summary=summary,
             failure=summary.get("failure"),

@@ -16,6 +16,24 @@ Rules beyond the contract's words (each is a choice the contract leaves open):
   ``source_file`` of ``run.table.summary``, ``severity`` and ``code`` of
   ``run.validation.issue``, ``phase`` of phase events; a missing required field
   makes the event malformed, a missing optional one is read as null.
+- **Integers are 64-bit signed** (the row's ``row_count`` is a BIGINT). A read
+  integer outside -2**63 .. 2**63-1 is a wrong type: the event is malformed
+  (``events.ignored``). Sums and counts (``row_count``, ``issues_total``, the
+  counts by severity / code, ``console.masked``) are summed exactly and shown
+  *saturated* at 2**63-1 (or -2**63): the contract asks for the sum, and the
+  nearest value the row can hold is the one that keeps "the row's fields equal
+  the summary's" and never fails a completion; exact sums make the result
+  independent of the order tables are added in. The row's ``exit_code`` (a
+  32-bit column) is ``execution.exit_code`` when it fits, else null.
+- **A ``run.completed`` ``failure`` or ``execution`` that is not an object** is
+  read as absent (so the last ``run.error`` may stand in for the failure); the
+  rest of that run.completed still counts. Only a non-object payload or a
+  non-string ``status`` makes it malformed.
+- **No string of the summary holds U+0000**: it is replaced by U+FFFD as the
+  string (or key) enters the summary, as ``db/rows.py`` would replace it in the
+  row (Postgres cannot store it), so the row and the stored ``run.completed``
+  hold the same object (``bounds.storable``). Names differing only there
+  (``a\\x00``, ``a\\ufffd``) are one key, counted together.
 - **``run.completed``'s own ``payload.summary`` is never read**: the server
   replaces it with this summary, so rebuilding from the stored log gives the
   same object as building before it was stored.
@@ -66,6 +84,7 @@ Bounds (contract 2.1: at most 256 KiB; issue 13 defect 3):
 from runevents.summary.builder import (
     SUMMARY_SCHEMA,
     RunSummaryBuilder,
+    row_exit_code,
     run_fields,
     summarize_lines,
 )
@@ -77,6 +96,7 @@ __all__ = [
     "SNIPPET_BYTES",
     "SUMMARY_SCHEMA",
     "RunSummaryBuilder",
+    "row_exit_code",
     "run_fields",
     "summarize_lines",
 ]

@@ -1,5 +1,8 @@
 """Bounded building blocks of the run summary (contract 2.1: at most 256 KiB, caps, ``truncated``).
 
+- :func:`storable` replaces what the run row cannot store (U+0000) in every
+  string the summary keeps, the way the row would (``db/rows.py``), so the
+  summary in the row and in the log is one object.
 - :func:`cap_str` cuts a producer string to a fixed number of characters (for
   values: a message, a status, a failure's code; never for a key).
 - :func:`name_key` is the key a producer's *name* is counted and shown under
@@ -46,6 +49,8 @@ from typing import Any, Generic, Self, TypeVar
 
 import msgspec
 
+from runevents.summary.telemetry import clamp
+
 #: entries a list or map of the summary keeps at most (contract 2.1: "at most 1,000")
 MAX_ENTRIES = 1000
 #: characters of a name read from a producer as shown in the summary (a key: phase, code,
@@ -68,8 +73,39 @@ _HLL_REST = 64 - _HLL_BITS
 V = TypeVar("V")
 
 
+def storable(text: str) -> str:
+    """``text`` with every U+0000 replaced by U+FFFD (``text`` itself when it has none).
+
+    The row stores the summary as Postgres jsonb / text, which cannot hold U+0000,
+    so ``db/rows.scrub`` replaces it there with U+FFFD (on SQLite too, so both
+    backends agree). Left in the summary, the stored ``run.completed`` (whose
+    JSON keeps ``\\u0000``) and the row would hold two different objects
+    (contract 2.1: the same one). Replaced here, as each string enters the
+    summary, both hold the replaced form; names are keyed by it too, so kept
+    maps stay sorted by their shown keys and scrubbing never merges two keys.
+    (Lone surrogates, which the row also replaces, never reach a log: its JSON
+    encoder refuses them.)
+    """
+    if "\x00" in text:
+        return text.replace("\x00", "\ufffd")
+    return text
+
+
+def storable_value(value: Any) -> Any:
+    """A copy of a JSON value with :func:`storable` applied to every string and key."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_value(k): storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_value(v) for v in value]
+    return value
+
+
 def cap_str(value: str, limit: int = MAX_NAME_CHARS) -> str:
-    """``value`` if it has at most ``limit`` characters, else its first ``limit - 1`` and ``…``."""
+    """``value`` if it has at most ``limit`` characters, else its first ``limit - 1`` and ``…``
+    (made :func:`storable` first)."""
+    value = storable(value)
     if len(value) <= limit:
         return value
     return value[: limit - 1] + ELLIPSIS
@@ -83,9 +119,12 @@ def name_key(name: str) -> str:
     :data:`NAME_HEAD_CHARS` characters, ``…`` and 16 lowercase hex digits of
     :func:`stable_hash` of the whole name (MAX_NAME_CHARS characters). Not
     idempotent by design: a shown form sent as a name gets a key of its own.
-    A name shorter than MAX_NAME_CHARS is always its own key, so a lookup of
-    such a raw name among kept keys is exact (the builders' fast paths).
+    A name shorter than MAX_NAME_CHARS without U+0000 is
+    always its own key, so a lookup of such a raw name among kept keys is exact
+    (the builders' fast paths); a name holding one is keyed by its :func:`storable`
+    form (no kept key holds U+0000, so its raw lookup always misses).
     """
+    name = storable(name)
     size = len(name)
     if size < MAX_NAME_CHARS or (size == MAX_NAME_CHARS and name[NAME_HEAD_CHARS] != ELLIPSIS):
         return name
@@ -278,8 +317,8 @@ class Counts(CappedMap[int]):
         self.add(name_key(name), n)
 
     def as_dict(self) -> dict[str, int]:
-        """The kept counts, sorted by key."""
-        return dict(self.items())
+        """The kept counts, sorted by key (a count past the row's 64-bit range saturates)."""
+        return {key: clamp(n) for key, n in self.items()}
 
 
 # -- the final guard: the encoded size ----------------------------------------------

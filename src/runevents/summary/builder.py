@@ -19,6 +19,8 @@ from runevents.summary.bounds import (
     cap_str,
     fit_summary,
     json_size,
+    storable,
+    storable_value,
 )
 from runevents.summary.phases import Phases
 from runevents.summary.snippet import ConsoleSnippet
@@ -26,6 +28,7 @@ from runevents.summary.tables import Tables, ValidationSums, keyed_block
 from runevents.summary.telemetry import (
     Malformed,
     as_object,
+    clamp,
     duration_ms,
     opt_dict,
     opt_int,
@@ -39,6 +42,8 @@ SUMMARY_SCHEMA = "runevents.run_summary/v1"
 _KEEP_AS_SENT_BYTES = 4096
 _FAILURE_KEYS = ("stage", "code", "message")
 _EXECUTION_KEYS = ("exit_code", "started_at", "completed_at", "duration_ms")
+#: the row's exit_code column is a 32-bit INTEGER (on Postgres)
+_EXIT_CODE_MIN, _EXIT_CODE_MAX = -(2**31), 2**31 - 1
 
 _PHASE_TYPES: dict[str, tuple[str, bool]] = {
     "run.phase.started": ("run", True),
@@ -78,16 +83,22 @@ def _capped_value(value: Any, limit: int) -> Any:
     return None  # a nested object in an oversized block: dropped
 
 
-def _bounded_block(block: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """``block`` as sent if small, else only its pinned ``keys`` with strings capped."""
-    if block is None:
+def _bounded_block(block: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """``block`` as sent if small, else only its pinned ``keys`` with strings capped.
+
+    A ``block`` that is not an object (``"failure": "boom"``) is read as absent: the
+    rest of run.completed -- its status, its instant -- still counts (contract 2.1:
+    the summary's status is the payload's), where a Malformed would drop it all.
+    """
+    if not isinstance(block, dict):
         return None
     try:
         small = json_size(block) <= _KEEP_AS_SENT_BYTES
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         small = False  # not JSON (an in-process caller's object): keep the pinned keys
     if small:
-        return copy.deepcopy(block)
+        kept: dict[str, Any] = storable_value(block)  # a copy, strings as the row stores them
+        return kept
     limit = {"message": MAX_MESSAGE_CHARS}
     return {key: _capped_value(block.get(key), limit.get(key, 256)) for key in keys}
 
@@ -279,8 +290,8 @@ class RunSummaryBuilder:
         body = as_object(payload)
         # payload["summary"] is deliberately not read: the server replaces it.
         status = opt_str(body, "status")
-        failure = _bounded_block(opt_dict(body, "failure"), _FAILURE_KEYS)
-        execution = _bounded_block(opt_dict(body, "execution"), _EXECUTION_KEYS)
+        failure = _bounded_block(body.get("failure"), _FAILURE_KEYS)
+        execution = _bounded_block(body.get("execution"), _EXECUTION_KEYS)
         status = None if status is None else cap_str(status)
         self._completed = _Completed(created_at, status, failure, execution)
 
@@ -429,7 +440,7 @@ class RunSummaryBuilder:
                 "by_stream": self._by_stream.as_dict(),
                 "by_level": self._by_level.as_dict(),
                 "truncated": self._truncated,
-                "masked": self._masked,
+                "masked": clamp(self._masked),
             },
             "phases": list(self._phases.entries(completed.created_at if completed else None)),
             "tables": tables,
@@ -443,11 +454,13 @@ class RunSummaryBuilder:
         if completed is not None and completed.execution is not None:
             return copy.deepcopy(completed.execution)
         completed_at = completed.created_at if completed else None
+        started_at = self._first_started_at
         return {
             "exit_code": None,
-            "started_at": self._first_started_at,
-            "completed_at": completed_at,
-            "duration_ms": duration_ms(self._first_started_at, completed_at),
+            # the envelope's own strings: RFC 3339 from the server, but a log is any text
+            "started_at": None if started_at is None else storable(started_at),
+            "completed_at": None if completed_at is None else storable(completed_at),
+            "duration_ms": duration_ms(started_at, completed_at),
         }
 
 
@@ -471,6 +484,17 @@ def summarize_lines(lines: Iterable[bytes]) -> dict[str, Any]:
     for line in lines:
         builder.add_line(line)
     return builder.build()
+
+
+def row_exit_code(summary: dict[str, Any]) -> int | None:
+    """The row's ``exit_code``: the summary's ``execution.exit_code`` when it is an int the
+    column holds (32 bits), else None -- a producer's ``true`` or ``10**20`` must not fail
+    the completion (contract 2.1); the summary keeps the value as sent."""
+    execution = summary.get("execution")
+    code = execution.get("exit_code") if isinstance(execution, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code if _EXIT_CODE_MIN <= code <= _EXIT_CODE_MAX else None
+    return None
 
 
 def run_fields(summary: dict[str, Any]) -> dict[str, Any]:

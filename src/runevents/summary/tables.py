@@ -31,7 +31,7 @@ import hashlib
 from typing import Any
 
 from runevents.summary.bounds import MAX_ENTRIES, MAX_NAME_CHARS, CappedMap, Counts, name_key
-from runevents.summary.telemetry import SEVERITY_RANK, Validation, max_severity
+from runevents.summary.telemetry import SEVERITY_RANK, Validation, clamp, max_severity
 
 #: tables whose last summary is kept (so a later summary replaces it exactly)
 MAX_TRACKED_TABLES = 2048
@@ -101,7 +101,7 @@ class ValidationSums:
             if cut:
                 truncated[path] = cut
         return {
-            "issues_total": self.total,
+            "issues_total": clamp(self.total),
             "issues_by_severity": self.by_severity.as_dict(),
             "issues_by_code": self.by_code.as_dict(),
             "max_severity": max_severity(self.ranked, sorted(self.declared)),
@@ -125,12 +125,14 @@ def _table_key(table_id: str) -> str | bytes:
 
 
 def _keyed_counts(counts: dict[str, int]) -> dict[str, int]:
-    if all(len(name) < MAX_NAME_CHARS for name in counts):
-        return counts  # every name is its own key
+    if all(name_key(name) is name for name in counts):
+        return counts  # every name is its own key (name_key returns it unchanged)
     keyed: dict[str, int] = {}
     for name, n in counts.items():
         key = name_key(name)
-        keyed[key] = keyed.get(key, 0) + n  # distinct names, distinct keys: sums nothing
+        # distinct names, distinct keys: sums nothing, except names that differ only in
+        # what storable() replaces (``a\x00`` and ``a\ufffd``), one key as the row shows
+        keyed[key] = keyed.get(key, 0) + n
     return keyed
 
 
@@ -250,13 +252,14 @@ class Tables:
         tables = {
             "input_file_count": files.distinct(),
             "table_count": len(self._tracked) + self._folded,
-            "row_count": None if rows_null else rows,
+            # sums are exact here and shown saturated: the row's row_count is a BIGINT
+            "row_count": None if rows_null else clamp(rows),
             "by_file": [
                 {
                     "source_file": source_file,
                     "table_count": entry[0],
-                    "row_count": None if entry[2] else entry[1],
-                    "issues_total": entry[3],
+                    "row_count": None if entry[2] else clamp(entry[1]),
+                    "issues_total": clamp(entry[3]),
                 }
                 for source_file, entry in files.items()
             ],

@@ -2,7 +2,11 @@
 
 Each reader either returns a field of the right type or raises
 :class:`Malformed`; the builder turns that into ``events.ignored``. ``bool`` is
-never an integer count (``isinstance(True, int)`` is true in Python).
+never an integer count (``isinstance(True, int)`` is true in Python), and
+neither is an integer outside the 64-bit signed range (:data:`INT_MIN` ..
+:data:`INT_MAX`): the run row's integer columns hold no more, so such a value
+is malformed like any other wrong type. Sums of in-range values are kept exact
+(Python ints) and clamped to that range only when shown (:func:`clamp`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: the range of an integer the summary reads or shows: the row's BIGINT columns (row_count)
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
 
 
 class Malformed(Exception):
@@ -30,9 +37,16 @@ class Malformed(Exception):
 
 
 def is_int(value: object) -> bool:
-    """True for an int that is not a bool."""
-    # bool is a subclass of int, but True is not a count.
-    return isinstance(value, int) and not isinstance(value, bool)
+    """True for an int that is not a bool and fits in 64 signed bits."""
+    # bool is a subclass of int, but True is not a count. A larger int cannot reach the
+    # row's BIGINT columns (SQLite: OverflowError; Postgres: out of range), and a
+    # completion must never fail on the summary (contract 2.1): it is malformed.
+    return isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX
+
+
+def clamp(value: int) -> int:
+    """``value`` saturated to INT_MIN .. INT_MAX (a shown sum; the exact one may exceed it)."""
+    return INT_MAX if value > INT_MAX else INT_MIN if value < INT_MIN else value
 
 
 def as_object(payload: object) -> dict[str, Any]:
@@ -139,6 +153,7 @@ def parse_validation(payload: dict[str, Any]) -> Validation:
     by_code = opt_counts(payload, "issues_by_code")
     declared = opt_str(payload, "max_severity")
     if total is None:
+        # exact (it may pass INT_MAX): shown clamped, like every sum
         total = sum(by_severity.values()) if by_severity else 0
     return Validation(total, by_severity, by_code or {}, declared)
 
@@ -161,9 +176,9 @@ def validation_dict(
 ) -> dict[str, Any]:
     """The summary's ``validation`` object, maps sorted by key."""
     return {
-        "issues_total": total,
-        "issues_by_severity": dict(sorted(by_severity.items())),
-        "issues_by_code": dict(sorted(by_code.items())),
+        "issues_total": clamp(total),
+        "issues_by_severity": {k: clamp(n) for k, n in sorted(by_severity.items())},
+        "issues_by_code": {k: clamp(n) for k, n in sorted(by_code.items())},
         "max_severity": highest,
     }
 

@@ -309,6 +309,170 @@ async def test_reindex_rebuilds_rows_from_logs_alone(
         await fresh.close()
 
 
+def table_summary(table_id: str, row_count: Any) -> EventDraft:
+    return EventDraft(
+        type="run.table.summary",
+        payload={
+            "table_id": table_id,
+            "source_file": "f",
+            "table_index": 0,
+            "row_count": row_count,
+            "column_count": 1,
+        },
+    )
+
+
+async def reindex_into_fresh_database(settings: Any, tmp_path: Any) -> tuple[App, Any]:
+    """A second App on an empty SQLite database over the same logs, and its reindex report."""
+    from runevents.maintenance import reindex
+    from runevents.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    fresh = await App.open(Settings(**{**settings.model_dump(), "database_url": url}), worker=False)
+    try:
+        return fresh, await reindex(fresh.manager)
+    except BaseException:
+        await fresh.close()
+        raise
+
+
+async def test_huge_row_count_leaves_the_run_stuck_in_running(
+    app: App, settings: Any, tmp_path: Any
+) -> None:
+    # regression (summary defect 1): a row_count >= 2**63 (or two whose sum is) reached the
+    # row's BIGINT: SQLite failed the completion (500), Postgres never finished the row,
+    # cancel failed and reindex crashed. Now: malformed, or the sum saturates.
+    m = app.manager
+    half, int64_max = 2**62, 2**63 - 1
+    cases = {
+        "huge": ([table_summary("t", 2**63)], 0),
+        "huger": ([table_summary("t", 10**20)], 0),
+        "sum": ([table_summary("t", half), table_summary("u", half)], int64_max),
+    }
+    finished = {}
+    for name, (drafts, rows) in cases.items():
+        run = await m.create_run("acme", "ext", external=True)
+        # an exit code past the 32-bit column is kept in the summary, null in the row
+        execution = {"exit_code": 10**20, "duration_ms": 10**20}
+        await m.ingest("acme", "ext", run.id, [*drafts, completed(execution=execution)])
+        done = await m.get_run("acme", "ext", run.id)
+        assert done.status is RunStatus.SUCCEEDED and done.log_state is LogState.PLAIN, name
+        assert done.summary is not None and done.row_count == rows, name
+        assert done.summary["tables"]["row_count"] == rows, name
+        assert done.summary["events"]["ignored"] == (0 if name == "sum" else 1), name
+        assert done.summary["execution"]["exit_code"] == 10**20 and done.exit_code is None
+        finished[run.id] = done
+    # a cancel finishes the row from the same summary
+    cancel = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", cancel.id, cases["sum"][0])
+    cancelled = await m.cancel_run("acme", "ext", cancel.id)
+    assert cancelled.status is RunStatus.CANCELLED and cancelled.row_count == int64_max
+    finished[cancel.id] = await m.get_run("acme", "ext", cancel.id)
+    await app.manager.close()
+    fresh, report = await reindex_into_fresh_database(settings, tmp_path)
+    try:
+        assert report.runs == len(finished) and not report.errors
+        for before in finished.values():
+            after = await fresh.manager.get_run("acme", "ext", before.id)
+            assert after.summary == before.summary and after.row_count == before.row_count
+    finally:
+        await fresh.close()
+
+
+async def test_run_completed_with_a_non_object_failure_or_execution(
+    app: App, settings: Any, tmp_path: Any
+) -> None:
+    # regression (summary defect 2): {"failure": "boom"} made the whole run.completed
+    # malformed (summary status null while the row said failed), and reindex then
+    # aborted for the whole store (ValueError: None is not a valid RunStatus)
+    m = app.manager
+    runs = []
+    for key in ("failure", "execution"):
+        run = await m.create_run("acme", "ext", external=True)
+        await m.ingest("acme", "ext", run.id, [console("a"), completed("failed", **{key: "boom"})])
+        done = await m.get_run("acme", "ext", run.id)
+        assert done.status is RunStatus.FAILED and done.summary is not None
+        assert done.summary["status"] == "failed" and done.summary["events"]["ignored"] == 0
+        assert done.summary["execution"]["completed_at"] is not None
+        lines = await log_lines(app, done)
+        assert decode_event(lines[-1]).payload["summary"] == done.summary
+        runs.append(done)
+    await app.manager.close()
+    fresh, report = await reindex_into_fresh_database(settings, tmp_path)
+    try:
+        assert report.runs == 2 and not report.errors
+        for before in runs:
+            after = await fresh.manager.get_run("acme", "ext", before.id)
+            assert after.status is RunStatus.FAILED and after.summary == before.summary
+    finally:
+        await fresh.close()
+
+
+async def test_reindex_goes_on_past_a_run_whose_log_cannot_be_rebuilt(
+    app: App, settings: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # regression (summary defect 2): one run's unexpected error (a ValueError) aborted
+    # the rebuild of every other run; now it is reported and the pass goes on
+    from runevents.manager import RunManager
+
+    m = app.manager
+    ids = []
+    for _ in range(3):
+        run = await m.create_run("acme", "ext", external=True)
+        await m.ingest("acme", "ext", run.id, [console("a"), completed()])
+        ids.append(run.id)
+    await app.manager.close()
+    bad = ids[1]
+    real = RunManager.reindex_log
+
+    async def broken(self: RunManager, workspace_id: str, run_id: str) -> Any:
+        if run_id == bad:
+            raise ValueError("None is not a valid RunStatus")
+        return await real(self, workspace_id, run_id)
+
+    monkeypatch.setattr(RunManager, "reindex_log", broken)
+    fresh, report = await reindex_into_fresh_database(settings, tmp_path)
+    try:
+        assert report.runs == 2 and sorted(report.run_ids) == sorted(set(ids) - {bad})
+        assert len(report.errors) == 1 and report.errors[0].startswith(f"{bad}: ")
+        assert "ValueError" in report.errors[0]
+        for run_id in set(ids) - {bad}:
+            assert (await fresh.manager.get_run("acme", "ext", run_id)).status.ended
+        with pytest.raises(RunNotFound):
+            await fresh.manager.get_run("acme", "ext", bad)
+    finally:
+        await fresh.close()
+
+
+async def test_summary_string_containing_nul_is_the_same_in_row_and_log(
+    app: App, settings: Any, tmp_path: Any
+) -> None:
+    # regression (summary defect 3): the stored run.completed kept U+0000 where the row
+    # (Postgres cannot store it; SQLite scrubbed alike) said U+FFFD: GET {run} differed
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    phase = EventDraft(type="run.phase.started", payload={"phase": "p\u2028q\x00"})
+    error = EventDraft(
+        type="run.error", payload={"stage": "run", "code": "c\x00", "message": "m\x00"}
+    )
+    await m.ingest("acme", "ext", run.id, [phase, error, completed("failed")])
+    done = await m.get_run("acme", "ext", run.id)
+    assert done.summary is not None
+    assert done.summary["phases"][0]["phase"] == "p\u2028q\ufffd"
+    assert done.summary["failure"] == {"stage": "run", "code": "c\ufffd", "message": "m\ufffd"}
+    lines = await log_lines(app, done)
+    assert decode_event(lines[-1]).payload["summary"] == done.summary
+    assert summarize_lines(lines) == done.summary
+    await app.manager.close()
+    fresh, report = await reindex_into_fresh_database(settings, tmp_path)
+    try:
+        assert report.runs == 1 and not report.errors
+        rebuilt = await fresh.manager.get_run("acme", "ext", run.id)
+        assert rebuilt.summary == done.summary
+    finally:
+        await fresh.close()
+
+
 async def test_expired_run_keeps_row_and_reports_410(app: App) -> None:
     m = app.manager
     run = await m.create_run("acme", "ext", external=True)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runevents.exceptions import InvalidEvent
+from runevents.masking import MASKED_KEY
 from runevents.summary import (
     SNIPPET_BYTES,
     SUMMARY_SCHEMA,
@@ -762,3 +763,140 @@ def test_property_console_snippet_equals_the_tail_of_all_messages(messages: list
     for message in messages:
         builder.add(*console(message))
     assert builder.console_snippet == reference_snippet(messages)
+
+
+# -- regressions: integers the row cannot hold, non-object blocks, U+0000 ----------------
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("huge", [2**63, 10**20, -(2**63) - 1])
+def test_huge_row_count_leaves_the_run_stuck_in_running(huge: int) -> None:
+    # regression (summary defect 1): a row_count past 64 bits reached the row's BIGINT
+    # row_count and failed every completion (SQLite OverflowError; Postgres out of range)
+    summary = summarize([table("t1", "a", 3), table("t2", "a", huge), completed()])
+    assert summary["events"]["ignored"] == 1
+    assert summary["tables"]["row_count"] == 3
+    assert run_fields(summary)["row_count"] == 3
+
+
+def test_huge_row_count_sums_saturate_at_the_row_column_range() -> None:
+    # regression (summary defect 1): two in-range values whose sum overflows 64 bits
+    half = 2**62
+    block = {
+        "issues_total": half,
+        "issues_by_severity": {"error": half},
+        "issues_by_code": {"c": half},
+    }
+    events = [
+        table("t1", "a", half, validation=block),
+        table("t2", "a", half, validation=block),
+        table("t3", "b", -half),
+        ("console.line", ts(0), {"message": "m", MASKED_KEY: INT64_MAX}),
+        ("console.line", ts(0), {"message": "m", MASKED_KEY: INT64_MAX}),
+        completed(),
+    ]
+    summary = summarize(events)
+    assert summary["events"]["ignored"] == 0
+    # file a's exact sum (2**63) is shown saturated; the run's total is exact until shown
+    # (2**62 + 2**62 - 2**62), so the order tables come in never matters
+    assert summary["tables"]["row_count"] == half
+    assert summary["tables"]["by_file"][0]["row_count"] == INT64_MAX
+    assert summary["tables"]["by_file"][1]["row_count"] == -half
+    two = summarize([table("t1", "a", half), table("t2", "b", half), completed()])
+    assert two["tables"]["row_count"] == INT64_MAX
+    assert run_fields(two)["row_count"] == INT64_MAX
+    assert summary["tables"]["by_file"][0]["issues_total"] == INT64_MAX
+    validation = summary["validation"]
+    assert validation["issues_total"] == INT64_MAX
+    assert validation["issues_by_severity"] == {"error": INT64_MAX}
+    assert validation["issues_by_code"] == {"c": INT64_MAX}
+    assert summary["console"]["masked"] == INT64_MAX
+    # a run.validation.summary without issues_total sums its map: saturated too
+    alone = summarize(
+        [
+            (
+                "run.validation.summary",
+                ts(0),
+                {"issues_by_severity": block["issues_by_severity"] | {"info": half}},
+            )
+        ]
+    )
+    assert alone["validation"]["issues_total"] == INT64_MAX
+    for bad in (2**63, 10**20):
+        bad_block = {"issues_total": bad}
+        malformed = summarize([("run.validation.summary", ts(0), bad_block)])
+        assert malformed["events"]["ignored"] == 1
+
+
+def test_huge_row_count_exit_code_the_row_cannot_hold_is_null_in_the_row() -> None:
+    # regression (summary defect 1): execution.exit_code goes to a 32-bit column
+    from runevents.summary import row_exit_code  # here: new with the fix
+
+    for code, expected in ((3, 3), (2**31, None), (10**20, None), (True, None), ("1", None)):
+        summary = summarize([completed(status="failed", execution={"exit_code": code})])
+        assert summary["execution"]["exit_code"] == code  # the summary keeps it as sent
+        assert row_exit_code(summary) == expected
+
+
+@pytest.mark.parametrize("block", ["boom", 5, ["a"], True])
+@pytest.mark.parametrize("key", ["failure", "execution"])
+def test_run_completed_with_a_non_object_failure_or_execution(key: str, block: Any) -> None:
+    # regression (summary defect 2): the whole run.completed was malformed, so the
+    # summary said status null and completed_at null while the row said failed
+    error = ("run.error", ts(5), {"stage": "run", "code": "c", "message": "m"})
+    started = ("run.started", ts(1000), {"status": "running"})
+    summary = summarize([started, error, completed(at=3000, status="failed", **{key: block})])
+    assert summary["events"]["ignored"] == 0
+    assert summary["status"] == "failed"
+    assert summary["execution"]["completed_at"] == ts(3000)
+    if key == "failure":
+        # read as absent: the last run.error stands in (contract 2.1)
+        assert summary["failure"] == {"stage": "run", "code": "c", "message": "m"}
+        assert summary["execution"]["duration_ms"] == 2000
+    else:
+        assert summary["execution"] == {
+            "exit_code": None,
+            "started_at": ts(1000),
+            "completed_at": ts(3000),
+            "duration_ms": 2000,
+        }
+
+
+def test_summary_string_containing_nul_is_the_same_in_row_and_log() -> None:
+    # regression (summary defect 3): the row (db/rows.scrub: Postgres cannot store U+0000)
+    # showed U+FFFD where the stored run.completed kept U+0000: two different objects
+    from runevents.db.rows import scrub
+
+    nul = "\x00"
+    events: list[Ev] = [
+        ("run.phase.started", ts(0), {"phase": f"p\u2028q{nul}"}),
+        ("run.phase.completed", ts(1), {"phase": f"p\u2028q{nul}", "status": f"ok{nul}"}),
+        ("run.phase.started", ts(2), {"phase": f"{nul}" * 300}),  # a long name: hashed key
+        issue(f"err{nul}", f"c{nul}"),
+        issue("error", "c\ufffd"),  # the same shown key: counted together
+        table("t1", f"f{nul}.xlsx", 2),
+        console("m", stream=f"s{nul}", level=f"l{nul}"),
+        (f"x{nul}.custom", ts(3), {}),
+        ("run.error", ts(4), {"stage": f"s{nul}", "code": f"c{nul}", "message": f"m{nul}"}),
+        completed(
+            status="failed",
+            execution={"exit_code": 1, f"n{nul}": {"deep": [f"v{nul}"]}},
+        ),
+    ]
+    summary = summarize(events)
+    text = json.dumps(summary, ensure_ascii=False)
+    assert nul not in text
+    assert scrub(summary) == summary
+    assert summary["phases"][0]["phase"] == "p\u2028q\ufffd"
+    assert summary["phases"][0]["status"] == "ok\ufffd"
+    assert summary["validation"]["issues_by_code"] == {"c\ufffd": 2}
+    assert summary["failure"] == {"stage": "s\ufffd", "code": "c\ufffd", "message": "m\ufffd"}
+    assert summary["execution"]["n\ufffd"] == {"deep": ["v\ufffd"]}
+    assert summary["tables"]["by_file"][0]["source_file"] == "f\ufffd.xlsx"
+    # rebuilt from the log (JSON, where U+0000 survives as \u0000): the same object
+    lines = [envelope(i + 1, *e) for i, e in enumerate(events)]
+    assert summarize_lines(lines) == summary
+    # a table's validation keys too
+    keyed = summarize([table("t", "f", 1, validation={"issues_by_code": {f"k{nul}": 1}})])
+    assert keyed["validation"]["issues_by_code"] == {"k\ufffd": 1}
