@@ -202,6 +202,55 @@ def test_badge_follows_the_row_and_error_pages_are_plain(ui_server: Server, wide
     assert "badges" in options
 
 
+def test_a_hostile_phase_status_runs_no_script_in_the_run_view(
+    ui_server: Server, wide: Any
+) -> None:
+    """Regression (outside probe): a phase's ``status`` (the producer's string, stored as
+    sent: contract 2.1) went unescaped into the section header's class attribute via
+    innerHTML, so ``x"><img src=x onerror=...>`` ran in the browser of whoever opened the
+    run -- in the run view and, live, as the event arrived."""
+    page = wide
+    s = ui_server
+    hostile = 'x"><img class="pwn" src=x onerror="window.__pwned=1">'
+    run = s.create_run("hostile", "producer", external=True)
+    s.ingest(
+        "hostile",
+        "producer",
+        run["id"],
+        [
+            {"type": "run.phase.started", "payload": {"phase": "extract"}},
+            line("inside the phase"),
+            {"type": "run.phase.completed", "payload": {"phase": "extract", "status": hostile}},
+            {"type": "build.phase.started", "payload": {"phase": "deps"}},
+            {"type": "build.phase.completed", "payload": {"phase": "deps", "status": hostile}},
+            line("after"),
+        ],
+    )
+    page.goto(f"{s.url}/workspaces/hostile/runs/{run['id']}")
+    wait_view(page, "(v.total || v.count) >= 7")
+    page.locator(".ln-section-head").first.wait_for()
+    # live: the same status arriving over SSE while the page watches
+    s.ingest("hostile", "producer", run["id"], [
+        {"type": "run.phase.started", "payload": {"phase": "load"}},
+        {"type": "run.phase.completed", "payload": {"phase": "load", "status": hostile}},
+    ])  # fmt: skip
+    wait_view(page, "(v.total || v.count) >= 9")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img.pwn").count() == 0
+
+
+def test_a_malformed_percent_escape_in_the_url_shows_page_not_found(
+    ui_server: Server, browser: Any
+) -> None:
+    """Regression (outside probe): the router's decodeURIComponent threw a URIError on
+    ``/workspaces/%E0%A4%A``, and the page stayed blank under its top bar."""
+    page = new_page(browser)
+    page.goto(f"{ui_server.url}/workspaces/%E0%A4%A")
+    page.get_by_text("Page not found", exact=True).wait_for(timeout=5_000)
+    close_page(page)  # (and no uncaught error in the page)
+
+
 # ---- 2. sections, 3. open at the failure ----------------------------------------------------
 
 

@@ -107,6 +107,23 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+#: Headers of the UI's HTML. Its scripts are its own files, so nothing injected into a
+#: page (a producer's string that escaped escaping) can run; it is never shown inside
+#: another site's frame, where a user's clicks could act on it (contract 7 shuts web
+#: pages out, open mode included); and no run's URL leaves in a Referer. Inline styles
+#: stay allowed: rows set ``--depth`` and ANSI colours as style attributes.
+UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def _mount_web(app: FastAPI) -> None:
     index = WEB_DIR / "index.html"
     static = WEB_DIR / "static"
@@ -116,7 +133,7 @@ def _mount_web(app: FastAPI) -> None:
     async def page() -> Response:
         if not index.is_file():
             raise HTTPException(404, "the web UI is not installed")
-        return FileResponse(index, media_type="text/html")
+        return FileResponse(index, media_type="text/html", headers=UI_HEADERS)
 
     # deep links (/workspaces/{ws}/runs/{run}) are the SPA's: same page, its router decides
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
@@ -137,7 +154,8 @@ def _mount_web(app: FastAPI) -> None:
             and not api_or_static
             and index.is_file()
         ):
-            await FileResponse(index, media_type="text/html", status_code=404)(scope, receive, send)
+            page = FileResponse(index, media_type="text/html", status_code=404, headers=UI_HEADERS)
+            await page(scope, receive, send)
             return
         await fallback(scope, receive, send)
 

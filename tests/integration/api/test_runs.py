@@ -207,6 +207,23 @@ async def test_web_ui_and_deep_links(client: httpx.AsyncClient) -> None:
     assert docs.status_code == 200 and "/api/v1/health" in docs.json()["paths"]
 
 
+async def test_the_ui_cannot_be_framed_by_another_site_and_runs_only_its_own_scripts(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): the UI's pages sent no frame-ancestors / X-Frame-Options,
+    # so a foreign page could frame the open-mode UI and have a user's clicks cancel a
+    # run (contract 7: open mode still shuts out web pages), and no CSP
+    for path in ("/", "/workspaces/acme/runs/run_01JAAAAAAAAAAAAAAAAAAAAAAA", "/no/such/page"):
+        page = await client.get(path)
+        assert page.headers["content-type"].startswith("text/html"), path
+        assert page.headers["x-frame-options"] == "DENY", path
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, path
+        assert "unsafe-eval" not in policy and "script-src 'self' 'unsafe-inline'" not in policy
+        assert page.headers["x-content-type-options"] == "nosniff", path
+        assert page.headers["referrer-policy"] == "same-origin", path
+
+
 async def test_lookup_by_run_id_alone(client: httpx.AsyncClient) -> None:
     run = await create_external(client)
     found = await client.get(f"/api/v1/runs/{run['id']}")

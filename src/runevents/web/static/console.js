@@ -95,7 +95,7 @@ function rowClasses(event) {
 export function rowHtml(event, highlight = null, header = null, now = Date.now()) {
   const seq = event.sequence;
   const p = event.payload ?? {};
-  const time = `<span class="ln-time" title="${escapeHtml(`${formatDateTime(event.created_at)} ${timeZoneName()}`)}">${formatClock(event.created_at)}</span>`;
+  const time = `<span class="ln-time" title="${escapeHtml(`${formatDateTime(event.created_at)} ${timeZoneName()}`)}">${escapeHtml(formatClock(event.created_at))}</span>`;
   if (header) return `${`<a class="ln-no" href="#seq=${seq}" tabindex="-1" aria-label="Line ${seq}">${seq}</a>`}${time}${sectionHtml(event, header, now)}`;
   const no = `<a class="ln-no" href="#seq=${seq}" tabindex="-1" aria-label="Line ${seq}">${seq}</a>`;
   let tag = "";
@@ -114,11 +114,15 @@ export function rowHtml(event, highlight = null, header = null, now = Date.now()
 }
 
 const PHASE_ICON = { succeeded: "✓", failed: "✕", cancelled: "⊘", skipped: "–" };
+// A phase's status is the producer's string (contract 2.1 stores telemetry as sent): it
+// only picks a class from this list, never goes into the HTML itself.
+const STATUS_CLASS = new Set(["running", "done", "group", ...Object.keys(PHASE_ICON)]);
 
 /** A section's header row: fold toggle, status, name, duration. */
 function sectionHtml(event, { section, collapsed }, now) {
   const open = section.endSeq === null;
-  const status = section.kind === "phase" ? (open ? "running" : (section.status ?? "done")) : "group";
+  const given = section.kind === "phase" ? (open ? "running" : (section.status ?? "done")) : "group";
+  const status = STATUS_CLASS.has(given) ? given : "other";
   const icon = section.kind === "phase" ? (open ? "●" : (PHASE_ICON[section.status] ?? "•")) : "";
   const duration = Number.isFinite(section.durationMs)
     ? formatDuration(section.durationMs)

@@ -6,7 +6,12 @@
 
 /** The route of a pathname: `{name, params}`; name is "home", "runs", "run", "search" or "notFound". */
 export function parseRoute(pathname) {
-  const parts = pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    return { name: "notFound", params: {} }; // a malformed %-escape (URIError): no such page
+  }
   if (parts.length === 0) return { name: "home", params: {} };
   if (parts[0] === "workspaces" && parts.length === 2) {
     return { name: "runs", params: { workspaceId: parts[1] } };
