@@ -147,7 +147,12 @@ def _mount_web(app: FastAPI) -> None:
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        api_or_static = path.startswith(("/api/", "/static/")) or path in {"/api", "/static"}
+        # (/ds/v1 is API too: the Durable Streams protocol, contract 14)
+        api_or_static = path.startswith(("/api/", "/static/", "/ds/")) or path in {
+            "/api",
+            "/static",
+            "/ds",
+        }
         if (
             scope["type"] == "http"
             and scope["method"] in {"GET", "HEAD"}

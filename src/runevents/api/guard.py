@@ -88,13 +88,22 @@ class OpenModeGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host: str | None = None
+        hosts: list[str] = []
         origin: str | None = None
         for name, value in scope["headers"]:
             if name == b"host":
-                host = value.decode("latin-1")
+                hosts.append(value.decode("latin-1"))
             elif name == b"origin":
                 origin = value.decode("latin-1")
+        if len(hosts) > 1:
+            # RFC 9112 3.2: 400. Which one counts would differ between this check (the
+            # last) and the routes' same-origin test (the first): judge none of them
+            response = errors.error_response(
+                400, "bad_request", "a request must carry one Host header, not several"
+            )
+            await response(scope, receive, send)
+            return
+        host = hosts[0] if hosts else None
         if host is not None and not is_loopback_host(host):
             response = errors.error_response(
                 421,

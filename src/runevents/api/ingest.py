@@ -25,6 +25,7 @@ names it; nothing is appended.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import AsyncIterator
@@ -51,6 +52,17 @@ def check_content_type(content_type: str | None) -> None:
     if media != NDJSON:
         raise UnsupportedMediaType(
             f"send events as {NDJSON} (one JSON object per line), not {media or 'no content type'}"
+        )
+
+
+def check_content_encoding(encodings: list[str]) -> None:
+    """415 for a body sent with a content coding (gzip, br...): it is not decoded, so it
+    would be read -- and stored -- as if it were the NDJSON itself (RFC 9110 8.4.1)."""
+    codings = [c.strip().lower() for value in encodings for c in value.split(",") if c.strip()]
+    if any(coding != "identity" for coding in codings):
+        raise UnsupportedMediaType(
+            f"send the batch without a Content-Encoding (got {', '.join(codings)}): "
+            "compressed bodies are not decoded"
         )
 
 
@@ -92,6 +104,29 @@ def json_depth(value: object) -> int:
             deepest = max(deepest, depth)
             stack.extend((v, depth + 1) for v in item)
     return deepest
+
+
+def json_problem(value: object) -> str | None:
+    """What keeps a decoded JSON value from being stored exactly, else None: a number
+    past a float's range (``1e400`` decodes as infinity, which JSON cannot hold) or a
+    string or key with a lone surrogate (which UTF-8 cannot hold). Iterative, like
+    :func:`json_depth`; ingest's decoder refuses both in events already."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "a number is out of range (JSON holds finite numbers only)"
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate (\\uD800-\\uDFFF without its pair)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _draft(line: bytes, number: int, ids: tuple[str, str, str]) -> EventDraft:

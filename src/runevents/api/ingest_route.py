@@ -57,6 +57,7 @@ async def serve_batch(
     """
     workspace_id, configuration_id, run_id = ids
     ingest.check_content_type(request.headers.get("content-type"))
+    ingest.check_content_encoding(request.headers.getlist("content-encoding"))
     # the body is checked before the run is looked up: one database round trip
     # less per batch (the manager reads the row anyway)
     settings = state.settings

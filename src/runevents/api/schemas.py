@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
-from runevents.api.ingest import MAX_DEPTH, NDJSON, json_depth
+from runevents.api.ingest import MAX_DEPTH, NDJSON, json_depth, json_problem
 
 #: the largest sequence number a position parameter may name (fits a signed 64-bit int)
 MAX_SEQUENCE = 2**63 - 1
@@ -117,6 +117,12 @@ class CreateRunRequest(RequestModel):
         # options are written into the run.queued event: same nesting bound as events
         if json_depth(value) >= MAX_DEPTH:
             raise ValueError(f"options are nested deeper than {MAX_DEPTH} levels")
+        # refused here, before the log or the row is touched: Postgres refused the
+        # run.queued JSON after its log was written (503 and a log without a row), and
+        # SQLite stored infinity as null
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValueError(f"options: {problem}")
         return value
 
 

@@ -16,6 +16,7 @@ from tests.integration.api.helpers import (
     console,
     create_external,
     ingest,
+    ndjson,
     run_path,
     sse_events,
 )
@@ -497,3 +498,34 @@ async def test_compressed_logs_read_the_same(client: httpx.AsyncClient, runevent
     assert (await client.get(run_path(run))).json()["run"]["log_state"] == "compressed"
     assert await snapshot() == plain
     assert len(plain[0].splitlines()) == 32 and len(plain[4]["matches"]) == 11
+
+
+async def test_a_batch_with_a_content_encoding_is_415_and_not_stored_as_it_came(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): Content-Encoding was ignored -- a plain body declared
+    # gzip or br was appended as it was, and a real gzip body got 422 "invalid_event"
+    # blaming the producer's JSON; a coding that is not decoded is 415 (RFC 9110 8.4.1)
+    import gzip
+
+    run = await create_external(client)
+    plain = ndjson(console("declared gzip"))
+    for encoding, body in (("gzip", plain), ("br", plain), ("gzip", gzip.compress(plain))):
+        response = await ingest_raw(client, run, body, encoding)
+        assert response.status_code == 415, (encoding, response.text)
+        assert response.json()["error"]["code"] == "unsupported_media_type"
+    ok = await ingest_raw(client, run, plain, "identity")
+    assert ok.status_code == 200, ok.text
+    log = await client.get(run_path(run) + "/events", headers={"Accept": NDJSON["Content-Type"]})
+    events = [json.loads(line) for line in log.text.splitlines()]
+    assert [e["payload"].get("message") for e in events[1:]] == ["declared gzip"]
+
+
+async def ingest_raw(
+    client: httpx.AsyncClient, run: dict[str, Any], body: bytes, encoding: str
+) -> httpx.Response:
+    return await client.post(
+        run_path(run) + "/events",
+        content=body,
+        headers={"Content-Type": "application/x-ndjson", "Content-Encoding": encoding},
+    )

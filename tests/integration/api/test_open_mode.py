@@ -159,3 +159,19 @@ async def test_forwarded_headers_from_an_untrusted_address_are_ignored(
     asgi = create_app(settings, app=runevents_app, tokens=token_registry)
     cookie = await _sign_in_cookie(asgi, {"X-Forwarded-Proto": "https"})
     assert "; secure" not in cookie
+
+
+async def test_two_host_headers_are_refused_not_judged_by_the_last_one(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): the guard judged the last Host (127.0.0.1: let through)
+    # while the routes' same-origin check read the first (evil.example); RFC 9112 3.2
+    # says 400 for more than one
+    before = await _runs(client)
+    for hosts in (["evil.example", "127.0.0.1"], ["127.0.0.1", "evil.example"]):
+        response = await client.post(
+            EXTERNAL, json={"external": True}, headers=[("Host", h) for h in hosts]
+        )
+        assert response.status_code == 400, (hosts, response.text)
+        assert response.json()["error"]["code"] == "bad_request"
+    assert await _runs(client) == before

@@ -224,6 +224,40 @@ async def test_the_ui_cannot_be_framed_by_another_site_and_runs_only_its_own_scr
         assert page.headers["referrer-policy"] == "same-origin", path
 
 
+async def test_an_unmatched_durable_streams_path_is_a_json_404_not_the_ui_page(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): /ds/v1 is API (contract 14), but a path no route matched
+    # got the UI's HTML page; contract 4: errors are JSON
+    for path in ("/ds/v1/workspaces/acme/runs/", "/ds/v1/workspaces/a%2fb/runs/x", "/ds/nope"):
+        response = await client.get(path)
+        assert response.status_code == 404, (path, response.text[:200])
+        assert response.json()["error"]["code"] == "not_found", path
+
+
+async def test_options_that_json_cannot_hold_are_refused_before_anything_is_written(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): options {"n": 1e400} (infinity once decoded) got 503 on
+    # Postgres -- its run.queued was refused after the log was written, leaving a log
+    # with no row -- and were stored as null on SQLite; a lone surrogate became U+FFFD
+    url = "/api/v1/workspaces/acme/configurations/ext/runs"
+    before = (await client.get("/api/v1/workspaces/acme/runs")).json()["items"]
+    for body in (
+        b'{"external": true, "options": {"n": 1e400}}',
+        b'{"external": true, "options": {"deep": [1, -1e999]}}',
+        b'{"external": true, "options": {"s": "\\ud800"}}',
+        b'{"external": true, "options": {"\\udc00": 1}}',
+    ):
+        response = await client.post(
+            url, content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["code"] == "invalid_input", response.text
+    after = (await client.get("/api/v1/workspaces/acme/runs")).json()["items"]
+    assert after == before
+
+
 async def test_lookup_by_run_id_alone(client: httpx.AsyncClient) -> None:
     run = await create_external(client)
     found = await client.get(f"/api/v1/runs/{run['id']}")
