@@ -34,14 +34,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import TypeVar
 
 from runevents import metrics
-from runevents.eventlog import EventLog
+from runevents.compaction_journal import CompactionJournal
 from runevents.exceptions import (
     DatabaseError,
     MaintenanceBusy,
@@ -98,47 +96,6 @@ class Report:
 
 # ---------------------------------------------------------------------------
 # the compaction journal
-
-
-class CompactionJournal:
-    """Runs whose row may already say ``compressed`` while their plain log still exists.
-
-    One empty file per run, named by the run id, under the spool directory
-    (local to the process host, also for remote stores). ``compact_run``
-    creates it before the row update and removes it after the plain log is
-    dropped; a kill -9 in between leaves it for the next pass to finish. Run
-    ids are unique across workspaces, so the name alone finds the row.
-    """
-
-    def __init__(self, log: EventLog) -> None:
-        self.directory = log.spool_dir / "maintenance" / "compacting"
-
-    def _path(self, run_id: str) -> Path:
-        return self.directory / run_id
-
-    def add(self, run_id: str) -> None:
-        """Record that ``run_id`` is between the row update and the plain drop (durably)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(run_id), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.close(fd)
-        # the entry must survive a power loss too, or the plain log could leak
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def remove(self, run_id: str) -> None:
-        """Forget ``run_id`` (missing is fine: another pass finished it)."""
-        with contextlib.suppress(FileNotFoundError):
-            self._path(run_id).unlink()
-
-    def pending(self) -> list[str]:
-        """Run ids left by interrupted passes (usually none)."""
-        try:
-            return sorted(entry.name for entry in os.scandir(self.directory) if entry.is_file())
-        except FileNotFoundError:
-            return []
 
 
 async def _finish_interrupted(manager: RunManager, report: Report) -> None:

@@ -25,6 +25,7 @@ retried batch, masked the same way, compares equal to what the log holds.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -77,14 +78,18 @@ class RunMasks:
             self._cache.move_to_end(run.id)
             return masker
         masker = Masker(self._declared(run))
-        sealed = await self.repo.run_masks(run.id)
-        if sealed:
-            box = await self._secretbox()
-            masker.add(*[value for value in map(box.open, sealed) if value])
+        await self._add_stored(masker, run.id)
         self._cache[run.id] = masker
         while len(self._cache) > CACHE_RUNS:
             self._cache.popitem(last=False)
         return masker
+
+    async def _add_stored(self, masker: Masker, run_id: str) -> None:
+        """Add the run's stored (sealed) ``::add-mask::`` values to ``masker``."""
+        sealed = await self.repo.run_masks(run_id)
+        if sealed:
+            box = await self._secretbox()
+            masker.add(*[value for value in map(box.open, sealed) if value])
 
     async def mask_batch(
         self, run: Run, drafts: Sequence[EventDraft], *, held: bool, raw: bytes | None = None
@@ -115,13 +120,9 @@ class RunMasks:
         not applied, but its producer meant the value to stay hidden).
         """
         masker = Masker(self.declared(workspace_id, configuration_id))
-        try:
-            sealed = await self.repo.run_masks(run_id)
-            if sealed:
-                box = await self._secretbox()
-                masker.add(*[value for value in map(box.open, sealed) if value])
-        except StorageError:
-            pass  # the database is away: the declared secrets are still masked
+        # the database away: the declared secrets are still masked
+        with contextlib.suppress(StorageError):
+            await self._add_stored(masker, run_id)
         if has_add_mask(body):
             masker.add(*_body_add_masks(body))
         return masker.mask_text(message)[0] if masker else message

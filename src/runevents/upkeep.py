@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from runevents import metrics
+from runevents.compaction_journal import CompactionJournal
 from runevents.db.log_deletions import QueuedDeletion
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
@@ -227,7 +228,6 @@ class RunUpkeep:
             return await self._compact_run(run)
 
     async def _compact_run(self, run: Run) -> tuple[int, int] | None:
-        from runevents.maintenance import CompactionJournal  # the policy owns the journal
 
         # the caller's row may be a page old (and another process may have acted
         # since): act on the current one, read under the maintenance lock

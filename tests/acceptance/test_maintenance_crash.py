@@ -33,9 +33,10 @@ import httpx
 import pytest
 
 from runevents.app import App
+from runevents.compaction_journal import CompactionJournal
 from runevents.eventlog.compressed import FrameIndex
 from runevents.logstore.local import TEMP_PREFIX
-from runevents.maintenance import CompactionJournal, compact, retention
+from runevents.maintenance import compact, retention
 from runevents.models import LogState, Run, utcnow
 from runevents.settings import Settings
 from runevents.upkeep import run_ref

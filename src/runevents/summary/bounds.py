@@ -3,6 +3,8 @@
 - :func:`storable` replaces what the run row cannot store (U+0000) in every
   string the summary keeps, the way the row would (``db/rows.py``), so the
   summary in the row and in the log is one object.
+- :func:`bounded_block` keeps a run.completed ``failure`` / ``execution`` as sent
+  when small, else only its pinned keys, strings capped.
 - :func:`cap_str` cuts a producer string to a fixed number of characters (for
   values: a message, a status, a failure's code; never for a key).
 - :func:`name_key` is the key a producer's *name* is counted and shown under
@@ -109,6 +111,38 @@ def cap_str(value: str, limit: int = MAX_NAME_CHARS) -> str:
     if len(value) <= limit:
         return value
     return value[: limit - 1] + ELLIPSIS
+
+
+#: a run.completed ``failure`` / ``execution`` is kept as sent up to this many bytes of JSON
+KEEP_AS_SENT_BYTES = 4096
+
+
+def _capped_value(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return cap_str(value, limit)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return None  # a nested object in an oversized block: dropped
+
+
+def bounded_block(block: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """``block`` as sent if small, else only its pinned ``keys`` with strings capped.
+
+    A ``block`` that is not an object (``"failure": "boom"``) is read as absent: the
+    rest of run.completed -- its status, its instant -- still counts (contract 2.1:
+    the summary's status is the payload's), where a Malformed would drop it all.
+    """
+    if not isinstance(block, dict):
+        return None
+    try:
+        small = json_size(block) <= KEEP_AS_SENT_BYTES
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        small = False  # not JSON (an in-process caller's object): keep the pinned keys
+    if small:
+        kept: dict[str, Any] = storable_value(block)  # a copy, strings as the row stores them
+        return kept
+    limit = {"message": MAX_MESSAGE_CHARS}
+    return {key: _capped_value(block.get(key), limit.get(key, 256)) for key in keys}
 
 
 def name_key(name: str) -> str:

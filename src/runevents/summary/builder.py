@@ -16,11 +16,10 @@ from runevents.summary.bounds import (
     MAX_ENTRIES,
     MAX_MESSAGE_CHARS,
     Counts,
+    bounded_block,
     cap_str,
     fit_summary,
-    json_size,
     storable,
-    storable_value,
 )
 from runevents.summary.phases import Phases
 from runevents.summary.snippet import ConsoleSnippet
@@ -38,8 +37,6 @@ from runevents.summary.telemetry import (
 )
 
 SUMMARY_SCHEMA = "runevents.run_summary/v1"
-#: a run.completed ``failure`` / ``execution`` is kept as sent up to this many bytes of JSON
-_KEEP_AS_SENT_BYTES = 4096
 _FAILURE_KEYS = ("stage", "code", "message")
 _EXECUTION_KEYS = ("exit_code", "started_at", "completed_at", "duration_ms")
 #: the row's exit_code column is a 32-bit INTEGER (on Postgres)
@@ -73,34 +70,6 @@ class _Completed:
     status: str | None
     failure: dict[str, Any] | None
     execution: dict[str, Any] | None
-
-
-def _capped_value(value: Any, limit: int) -> Any:
-    if isinstance(value, str):
-        return cap_str(value, limit)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return None  # a nested object in an oversized block: dropped
-
-
-def _bounded_block(block: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """``block`` as sent if small, else only its pinned ``keys`` with strings capped.
-
-    A ``block`` that is not an object (``"failure": "boom"``) is read as absent: the
-    rest of run.completed -- its status, its instant -- still counts (contract 2.1:
-    the summary's status is the payload's), where a Malformed would drop it all.
-    """
-    if not isinstance(block, dict):
-        return None
-    try:
-        small = json_size(block) <= _KEEP_AS_SENT_BYTES
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
-        small = False  # not JSON (an in-process caller's object): keep the pinned keys
-    if small:
-        kept: dict[str, Any] = storable_value(block)  # a copy, strings as the row stores them
-        return kept
-    limit = {"message": MAX_MESSAGE_CHARS}
-    return {key: _capped_value(block.get(key), limit.get(key, 256)) for key in keys}
 
 
 class RunSummaryBuilder:
@@ -290,8 +259,8 @@ class RunSummaryBuilder:
         body = as_object(payload)
         # payload["summary"] is deliberately not read: the server replaces it.
         status = opt_str(body, "status")
-        failure = _bounded_block(body.get("failure"), _FAILURE_KEYS)
-        execution = _bounded_block(body.get("execution"), _EXECUTION_KEYS)
+        failure = bounded_block(body.get("failure"), _FAILURE_KEYS)
+        execution = bounded_block(body.get("execution"), _EXECUTION_KEYS)
         status = None if status is None else cap_str(status)
         self._completed = _Completed(created_at, status, failure, execution)
 

@@ -10,10 +10,11 @@ import pytest
 from runevents import maintenance
 from runevents.api.app import create_app
 from runevents.app import App
+from runevents.compaction_journal import CompactionJournal
 from runevents.eventlog.compressed import FrameIndex
 from runevents.events import decode_event
 from runevents.exceptions import MaintenanceBusy
-from runevents.maintenance import CompactionJournal, compact
+from runevents.maintenance import compact
 from runevents.models import LogState, RunStatus, utcnow
 from runevents.settings import Settings
 from runevents.summary import summarize_lines

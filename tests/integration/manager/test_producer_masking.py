@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sys
-import textwrap
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,7 +16,7 @@ from runevents.events import Event, EventDraft, decode_event
 from runevents.exceptions import RunEnded, WriterBusy, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
-from tests.fixtures.app import asgi_client
+from tests.fixtures.app import asgi_client, write_secret_config
 
 SECRET = "deploy-key-0123456789"
 LATE = "producer-fetched-token-77"
@@ -31,18 +29,8 @@ def console(message: str, **extra: object) -> EventDraft:
 
 
 def masked_settings(settings: Settings, tmp_path: Path) -> Settings:
-    path = tmp_path / "secret-configs.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [[configuration]]
-            workspace = "acme"
-            id = "deploy"
-            command = ["{sys.executable}", "-c", "pass"]
-            env = {{ DEPLOY_KEY = "{SECRET}" }}
-            secrets = ["DEPLOY_KEY"]
-            """
-        )
+    path = write_secret_config(
+        tmp_path, configuration_id="deploy", variable="DEPLOY_KEY", value=SECRET
     )
     return settings.model_copy(update={"config_file": path, "external_writer_release_seconds": 0.3})
 
