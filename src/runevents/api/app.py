@@ -45,6 +45,7 @@ from runevents.api.context import RequestContext
 from runevents.api.deps import ApiState
 from runevents.api.forward import Forwarder
 from runevents.api.guard import OpenModeGuard, is_loopback_host
+from runevents.api.head import HeadAsGet
 from runevents.app import App
 from runevents.auth import SessionSigner, TokenRegistry, load_tokens
 from runevents.db.replicas import ReplicaRepository
@@ -272,6 +273,8 @@ def create_app(
     api.include_router(outline.router)
     api.include_router(search.router)
     _mount_web(api)
+    # innermost: a HEAD goes through every check as the GET it stands for
+    api.add_middleware(HeadAsGet, routes=api.routes)
     api.add_middleware(
         BodyLimit, batch_bytes=settings.max_batch_bytes, other_bytes=settings.max_event_bytes
     )

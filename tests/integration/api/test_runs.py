@@ -235,6 +235,37 @@ async def test_an_unmatched_durable_streams_path_is_a_json_404_not_the_ui_page(
         assert response.json()["error"]["code"] == "not_found", path
 
 
+async def test_head_on_a_get_route_was_405(client: httpx.AsyncClient) -> None:
+    # Defect (outside probe): HEAD answered 405 on /health, /ready, a run, the lists and
+    # the UI (RFC 9110 9.3.2: HEAD wherever GET); load balancers probe with HEAD
+    run = await create_external(client)
+    await ingest(client, run, console("one"), console("two"))
+    paths = [
+        "/api/v1/health",
+        "/api/v1/ready",
+        "/api/v1/configurations",
+        "/api/v1/workspaces/acme/runs",
+        run_path(run),
+        run_path(run) + "/text",  # a streamed body: stopped at once
+        "/",
+        "/workspaces/acme",
+        "/api/v1/workspaces/acme/configurations/ext/runs/run_01JAAAAAAAAAAAAAAAAAAAAAAA",
+    ]
+    for path in paths:
+        get = await client.get(path)
+        head = await client.head(path)
+        assert head.status_code == get.status_code, (path, head.status_code, head.text)
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if "content-length" in get.headers and path != "/api/v1/ready":  # (ready: timings)
+            assert head.headers["content-length"] == get.headers["content-length"], path
+    # a route with a HEAD of its own keeps it (contract 14), and HEAD on a route with no
+    # GET is still 405
+    events = await client.head(run_path(run) + "/events")
+    assert events.status_code == 200 and events.headers["runevents-last-sequence"] == "3"
+    assert (await client.head(run_path(run) + "/cancel")).status_code == 405
+
+
 async def test_options_that_json_cannot_hold_are_refused_before_anything_is_written(
     client: httpx.AsyncClient,
 ) -> None:
