@@ -14,7 +14,9 @@
   else a random key created once in the database (``server_keys``), so every
   process on the same database accepts a session any of them issued. It names
   the token entry and a fingerprint of its hash, never the token, so removing
-  or rotating a token in the file ends its sessions too. It expires after ``session_ttl_seconds``.
+  or rotating a token in the file ends its sessions too. It expires after ``session_ttl_seconds``,
+  and carries a random session id: signing out records it as revoked in the
+  database (``db/sessions.py``), so a copy of the cookie is refused from then on.
 
 Nothing here knows about HTTP; ``api/deps.py`` and ``api/session.py`` use it.
 """
@@ -35,7 +37,7 @@ import time
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from runevents.exceptions import ConfigError
 from runevents.ids import NAME_RE
@@ -307,6 +309,15 @@ def _fingerprint(entry: TokenEntry) -> str:
     return hashlib.sha256(b"runevents-session\0" + entry.digest).hexdigest()[:32]
 
 
+class Session(NamedTuple):
+    """A verified browser session: who it acts as, its id, and when its cookie expires."""
+
+    principal: Principal
+    id: str
+    #: Unix time
+    expires: int
+
+
 class SessionSigner:
     """Issues and verifies ``runevents_session`` cookie values.
 
@@ -342,13 +353,27 @@ class SessionSigner:
             raise ValueError(f"no token entry named {principal.name!r}")
         expires = int((time.time() if now is None else now) + self.ttl_seconds)
         body = json.dumps(
-            {"n": principal.name, "f": _fingerprint(entry), "e": expires},
+            # "s": the session's own id, which signing out revokes (db/sessions.py)
+            {
+                "n": principal.name,
+                "f": _fingerprint(entry),
+                "e": expires,
+                "s": secrets.token_hex(16),
+            },
             separators=(",", ":"),
         ).encode()
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
     def verify(self, value: str, *, now: float | None = None) -> Principal | None:
-        """The principal of a cookie value, or None if forged, expired or revoked."""
+        """The principal of a cookie value, or None if forged, expired or its token revoked.
+
+        (Whether the session was signed out is the database's to say: see
+        :meth:`verify_session`.)"""
+        session = self.verify_session(value, now=now)
+        return None if session is None else session.principal
+
+    def verify_session(self, value: str, *, now: float | None = None) -> Session | None:
+        """The session of a cookie value, or None if forged, expired or its token revoked."""
         body_text, sep, mac_text = value.partition(".")
         if not sep or len(value) > 4096:
             return None
@@ -361,14 +386,16 @@ class SessionSigner:
             return None
         try:
             data = json.loads(body)
-            name, fingerprint, expires = data["n"], data["f"], data["e"]
+            name, fingerprint, expires, session_id = data["n"], data["f"], data["e"], data["s"]
         except (ValueError, KeyError, TypeError):
-            return None
+            return None  # (a cookie issued before sessions had ids: sign in again)
         if not isinstance(expires, int) or expires < (time.time() if now is None else now):
+            return None
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= 64:
             return None
         entry = self.tokens.entry(name) if isinstance(name, str) else None
         if entry is None or not isinstance(fingerprint, str):
             return None
         if not hmac.compare_digest(fingerprint.encode(), _fingerprint(entry).encode()):
             return None
-        return entry.principal
+        return Session(entry.principal, session_id, expires)

@@ -44,7 +44,7 @@ def _diff(sync_conn: sa.Connection) -> list[Any]:
 def _indexes(sync_conn: sa.Connection) -> dict[str, list[str | None]]:
     inspector = sa.inspect(sync_conn)
     found: dict[str, list[str | None]] = {}
-    for table in ("runs", "ingest_keys", "log_deletions"):
+    for table in ("runs", "ingest_keys", "log_deletions", "revoked_sessions"):
         for index in inspector.get_indexes(table):
             assert index["name"] is not None
             found[index["name"]] = list(index["column_names"])
@@ -71,6 +71,7 @@ async def test_upgrade_on_an_empty_database_reaches_head_and_matches_the_models(
                 "live_chunks",
                 "replicas",
                 "log_deletions",
+                "revoked_sessions",
                 "alembic_version",
             }
             indexes = await conn.run_sync(_indexes)
@@ -138,6 +139,7 @@ async def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
         "live_chunks",
         "replicas",
         "log_deletions",
+        "revoked_sessions",
         "alembic_version",
     }
 

@@ -110,6 +110,15 @@ class ApiState:
             self.signer.set_secret(bytes.fromhex(key))
         return self.signer
 
+    async def signed_out(self, session_id: str) -> bool:
+        """Whether the session was signed out, by any process of the deployment.
+
+        Asked of the database on every request a cookie signs: only the
+        browser's requests carry one, and a sign-out must hold everywhere at
+        once (a copied cookie is refused from the next request on).
+        """
+        return await self.manager.repo.session_revoked(session_id)
+
 
 # Dependencies are ``async def`` although none awaits: FastAPI runs a plain
 # ``def`` dependency in its thread pool, a thread hand-off per dependency per
@@ -158,12 +167,12 @@ async def principal(
             raise Unauthorized("unknown token")
         return found
     if cookie:
-        found = (await state.session_signer()).verify(cookie)
-        if found is None:
+        session = (await state.session_signer()).verify_session(cookie)
+        if session is None or await state.signed_out(session.id):
             raise Unauthorized("the session expired or is invalid; sign in again")
         if request.method not in SAFE_METHODS and not _same_origin(request):
             raise Forbidden("a request signed in by cookie must come from this site (Origin)")
-        return found
+        return session.principal
     raise Unauthorized()
 
 

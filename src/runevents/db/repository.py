@@ -15,7 +15,8 @@ mixins, one module each, sharing the database and its transactions
 - ``idempotency.py``: the stored answers of ingest ``Idempotency-Key`` s;
 - ``server_keys.py`` and ``run_masks.py``: deployment keys, sealed run masks;
 - ``maintenance_queries.py``: the runs retention, compaction and repair visit;
-- ``log_deletions.py``: expiring a run, and the expired bodies waiting to be deleted.
+- ``log_deletions.py``: expiring a run, and the expired bodies waiting to be deleted;
+- ``sessions.py``: browser sessions signed out before their cookie expired.
 
 Concurrency guarantees the manager and worker rely on:
 
@@ -35,6 +36,7 @@ from runevents.db.maintenance_queries import MaintenanceQueries
 from runevents.db.run_masks import RunMasks
 from runevents.db.run_rows import RunRows
 from runevents.db.server_keys import ServerKeys
+from runevents.db.sessions import Sessions
 from runevents.db.worker_leases import WorkerLeases
 from runevents.db.writer_leases import WriterLeases
 
@@ -52,5 +54,6 @@ class RunRepository(
     RunMasks,
     MaintenanceQueries,
     LogDeletions,
+    Sessions,
 ):
     """The ``runs`` table and the tables that hang off a run, one short transaction per call."""

@@ -228,3 +228,16 @@ log_deletions = sa.Table(
     #: when retention expired it: the body goes ``delete_delay_seconds`` later
     sa.Column("expired_at", UTCDateTime(), nullable=False, index=True),
 )
+
+# Browser sessions signed out before their cookie expired (contract 7: ``DELETE
+# /api/v1/session`` signs out). A cookie is self-contained (signed, with its
+# expiry), so without this row a copy of it would stay good until it expired.
+# Kept until that expiry; every process of the deployment checks it.
+revoked_sessions = sa.Table(
+    "revoked_sessions",
+    metadata,
+    #: the random id the cookie carries
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    #: the cookie's own expiry: past it the cookie is refused anyway, and the row can go
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
