@@ -454,7 +454,8 @@ class ProducerIngest:
                 if number != len(drafts):
                     raise InvalidEvent("run.completed must be the last event", line=number)
                 status = draft.payload.get("status")
-                if status not in FINAL_STATUSES:
+                # (a list or an object is no status either: never hashed, so never a 500)
+                if not isinstance(status, str) or status not in FINAL_STATUSES:
                     raise InvalidEvent(
                         "run.completed payload.status must be succeeded, failed or cancelled",
                         line=number,

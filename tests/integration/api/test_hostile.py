@@ -227,6 +227,22 @@ async def test_hostile_ingest_bodies(client: httpx.AsyncClient) -> None:
     assert [e["type"] for e in page["events"]] == ["run.queued"]
 
 
+async def test_a_run_completed_status_that_is_a_list_or_an_object_was_500(
+    client: httpx.AsyncClient,
+) -> None:
+    # Defect (outside probe): the status was looked up in a set, so an unhashable one
+    # (a list, an object) raised TypeError: 500 instead of 422 (contract 4)
+    run = await create_external(client)
+    url = run_path(run) + "/events"
+    for status in ('["succeeded"]', '{"a": 1}', "null", "7"):
+        body = b'{"type":"run.completed","payload":{"status":' + status.encode() + b"}}\n"
+        response = await client.post(url, content=body, headers=NDJSON)
+        assert response.status_code == 422, (status, response.text)
+        assert response.json()["error"]["code"] == "invalid_event"
+    got = await client.get(run_path(run))
+    assert got.json()["run"]["status"] == "queued"
+
+
 async def test_big_numbers_that_json_allows(client: httpx.AsyncClient) -> None:
     # a number too big for 64 bits is valid JSON: stored or refused, but never a 500
     run = await create_external(client)
