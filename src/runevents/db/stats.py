@@ -27,7 +27,8 @@ class RunCounts:
     by_status: dict[str, int]
     #: rows flagged ``logging_degraded``, per status
     degraded: dict[str, int]
-    #: created_at of the oldest queued run (None: the queue is empty)
+    #: created_at of the oldest queued run a worker executes (None: none waits; queued
+    #: external runs wait for their producer and are not counted)
     oldest_queued: datetime | None
     #: live runs with a worker lease
     leases_held: int
@@ -53,7 +54,9 @@ async def run_counts(database: Database) -> RunCounts:
         runs.c.status,
         sa.func.count(),
         _count_if(runs.c.logging_degraded.is_(True)),
-        sa.func.min(runs.c.created_at),
+        # the queue a worker drains: an external run waits for its producer, not a
+        # worker, so an idle one must not look like a stuck queue (RuneventsQueueStuck)
+        sa.func.min(sa.case((runs.c.external.is_(False), runs.c.created_at), else_=None)),
         _count_if(runs.c.lease_owner.is_not(None)),
         _count_if(runs.c.lease_expires_at < now),
     ).group_by(runs.c.status)

@@ -51,6 +51,21 @@ async def test_counts_statuses_degraded_rows_queue_and_leases(
     assert counts.leases_expired == 1
 
 
+async def test_idle_external_runs_counted_as_a_stuck_queue(
+    database: Database, repository: RunRepository, make_run: Callable[..., Run]
+) -> None:
+    # Defect (outside probe): an idle external run (waiting for its producer, which no
+    # worker takes) made runevents_queue_oldest_age_seconds grow, so the documented
+    # RuneventsQueueStuck alert fired on a healthy deployment
+    await repository.insert_run(make_run(external=True, created_at=utcnow() - timedelta(hours=1)))
+    counts = await run_counts(database)
+    assert counts.by_status["queued"] == 1  # still a queued run (runevents_runs{status})
+    assert counts.oldest_queued is None
+    executed = make_run(created_at=utcnow() - timedelta(minutes=5))
+    await repository.insert_run(executed)
+    assert (await run_counts(database)).oldest_queued == executed.created_at
+
+
 async def test_ping_fails_on_a_database_nobody_answers() -> None:
     down = create_engine("postgresql://runevents@127.0.0.1:1/runevents")
     try:
