@@ -5,6 +5,9 @@ person can act on. Appends retry what is safe to retry: a batch carries an
 ``Idempotency-Key`` (one per batch, the same on every attempt), so a retry
 after a lost answer appends nothing twice (contract section 6); 503 (and 502,
 504, 429) are retried after the server's ``Retry-After``.
+
+Nothing is sent before the ids that go into a path are checked (``checks.py``),
+and no message shows the credentials a server URL may carry.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
 
-from runevents.client.errors import ClientError
+from runevents.client.checks import check_token, checked_name, checked_run_id
+from runevents.client.errors import ClientError, ProducerError, redact
 from runevents.client.models import (
     AppendResult,
     Event,
@@ -31,8 +36,6 @@ from runevents.client.models import (
     run_path,
 )
 from runevents.client.sse import SSEParser
-from runevents.exceptions import InvalidInput
-from runevents.ids import check_run_id
 
 if TYPE_CHECKING:
     from runevents.client.producer import AsyncProducer
@@ -49,6 +52,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 #: what a run argument may be: a Run, the server's run object, or a run id
 RunRef = Run | Mapping[str, Any] | str
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +94,13 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        #: the server URL as messages show it: without credentials
+        self.shown_server = redact(self.server, self.server)
         self.retry = retry or RetryPolicy()
         self.reconnect_delay = reconnect_delay
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: producers made from this client: ``aclose`` flushes the ones still open
+        self._producers: weakref.WeakSet[AsyncProducer] = weakref.WeakSet()
+        headers = {"Authorization": f"Bearer {check_token(token)}"} if token else {}
         try:
             self._http = httpx.AsyncClient(
                 base_url=self.server,
@@ -100,9 +109,8 @@ class AsyncClient:
                 transport=transport,
             )
         except (httpx.InvalidURL, ValueError) as exc:
-            raise ClientError(
-                f"invalid server URL {server!r} ({exc}); use a form like http://127.0.0.1:8000"
-            ) from exc
+            shown = redact(f"invalid server URL {server!r} ({exc})", server)
+            raise ClientError(f"{shown}; use a form like http://127.0.0.1:8000") from None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -111,8 +119,24 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections."""
+        """Flush and close the producers still open, then close the connections.
+
+        Raises a producer's ProducerError (after closing everything) if one could
+        not deliver its events and never said so yet.
+        """
+        failure: ProducerError | None = None
+        for producer in list(self._producers):
+            if producer.closed or not producer.runs_here():
+                continue
+            reported = producer.error_reported
+            try:
+                await producer.aclose()
+            except ProducerError as exc:
+                if not reported:
+                    failure = failure or exc
         await self._http.aclose()
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ plumbing
     def _error(self, response: httpx.Response) -> ClientError:
@@ -128,10 +152,40 @@ class AsyncClient:
         return ClientError(message, response.status_code, code)
 
     def _unreachable(self, exc: Exception) -> ClientError:
+        reason = redact(f"{exc.__class__.__name__}: {exc}", self.server)
         return ClientError(
-            f"cannot reach the server at {self.server} ({exc.__class__.__name__}: {exc}); "
+            f"cannot reach the server at {self.shown_server} ({reason}); "
             "is `runevents serve` running? (--server / RUNEVENTS_SERVER)"
         )
+
+    def _unreadable(self, what: str, exc: Exception, status: int | None = None) -> ClientError:
+        # a proxy's HTML page, a truncated body, another service on that port...
+        reason = redact(f"{exc.__class__.__name__}: {exc}", self.server)
+        return ClientError(
+            f"the server at {self.shown_server} sent {what} this client cannot read "
+            f"({reason}); is it a runevents server?",
+            status,
+        )
+
+    def _read(self, response: httpx.Response, build: Callable[[Any], T]) -> T:
+        """``build(the answer's JSON)``; ClientError when it is not the JSON expected."""
+        try:
+            return build(orjson.loads(response.content))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            kind = response.headers.get("content-type", "no content type")
+            start = response.text[:100]
+            raise self._unreadable(
+                f"an answer (HTTP {response.status_code}, {kind}: {start!r})",
+                exc,
+                response.status_code,
+            ) from exc
+
+    def _read_line(self, data: bytes | str, build: Callable[[Any], T]) -> T:
+        """``build(one NDJSON line or SSE data)``; ClientError when it is not JSON."""
+        try:
+            return build(orjson.loads(data))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise self._unreadable(f"a line ({data[:100]!r})", exc) from exc
 
     async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
@@ -142,9 +196,10 @@ class AsyncClient:
             raise self._error(response)
         return response
 
-    async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
-        body: dict[str, Any] = (await self._request(method, url, **kw)).json()
-        return body
+    async def _json(
+        self, method: str, url: str, build: Callable[[dict[str, Any]], T], **kw: Any
+    ) -> T:
+        return self._read(await self._request(method, url, **kw), build)
 
     async def run_of(self, run: RunRef) -> Run:
         """``run`` as a :class:`Run` (a run id is looked up on the server)."""
@@ -169,29 +224,24 @@ class AsyncClient:
         mode: str = "execute",
     ) -> Run:
         """Queue a run of a registered configuration."""
-        body = await self._json(
+        return await self._json(
             "POST",
-            f"/api/v1/workspaces/{workspace_id}/configurations/{configuration_id}/runs",
+            _runs_path(workspace_id, configuration_id),
+            _run_answer,
             json={"mode": mode, "options": dict(options or {})},
         )
-        return Run.from_json(body["run"], body.get("summary"))
 
     async def create_external_run(self, workspace_id: str, configuration_id: str) -> Run:
         """Create a run whose events this program produces (``append`` / ``producer``)."""
-        body = await self._json(
-            "POST",
-            f"/api/v1/workspaces/{workspace_id}/configurations/{configuration_id}/runs",
-            json={"external": True},
+        return await self._json(
+            "POST", _runs_path(workspace_id, configuration_id), _run_answer, json={"external": True}
         )
-        return Run.from_json(body["run"], body.get("summary"))
 
     async def get_run(self, run: RunRef) -> Run:
         """The run now, with its summary once it ended."""
         if isinstance(run, str):
-            body = await self._json("GET", f"/api/v1/runs/{_checked_id(run)}")
-        else:
-            body = await self._json("GET", await self._path(run))
-        return Run.from_json(body["run"], body.get("summary"))
+            return await self._json("GET", f"/api/v1/runs/{checked_run_id(run)}", _run_answer)
+        return await self._json("GET", await self._path(run), _run_answer)
 
     async def list_runs(
         self,
@@ -205,6 +255,9 @@ class AsyncClient:
         cursor: str | None = None,
     ) -> RunPage:
         """A page of a workspace's runs, newest first."""
+        url = f"/api/v1/workspaces/{checked_name(workspace_id, 'workspace_id')}/runs"
+        if configuration_id is not None:
+            checked_name(configuration_id, "configuration_id")
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = [status] if isinstance(status, str) else list(status)
@@ -216,13 +269,22 @@ class AsyncClient:
         ):
             if value is not None:
                 params[key] = value
-        body = await self._json("GET", f"/api/v1/workspaces/{workspace_id}/runs", params=params)
-        return RunPage([Run.from_json(r) for r in body["items"]], body.get("next_cursor"))
+        return await self._json(
+            "GET",
+            url,
+            lambda body: RunPage(
+                [Run.from_json(r) for r in body["items"]], body.get("next_cursor")
+            ),
+            params=params,
+        )
 
     async def cancel(self, run: RunRef) -> Run:
         """Cancel a run (ClientError with status 409 if it already ended)."""
-        body = await self._json("POST", await self._path(run) + "/cancel")
-        return Run.from_json(body.get("run", body))
+        return await self._json(
+            "POST",
+            await self._path(run) + "/cancel",
+            lambda body: Run.from_json(body.get("run", body)),
+        )
 
     # ------------------------------------------------------------------ events
     async def events(
@@ -238,11 +300,15 @@ class AsyncClient:
         kw: dict[str, Any] = {"params": params}
         if timeout is not None:
             kw["timeout"] = timeout
-        body = await self._json("GET", path, **kw)
-        return EventPage(
-            [parse_event(e) for e in body["events"]],
-            int(body["next_after_sequence"]),
-            bool(body["has_more"]),
+        return await self._json(
+            "GET",
+            path,
+            lambda body: EventPage(
+                [parse_event(e) for e in body["events"]],
+                int(body["next_after_sequence"]),
+                bool(body["has_more"]),
+            ),
+            **kw,
         )
 
     async def download(self, run: RunRef, after: int = 0) -> AsyncIterator[bytes]:
@@ -303,7 +369,7 @@ class AsyncClient:
                     parser = SSEParser()
                     async for chunk in response.aiter_bytes():
                         for _, data in parser.feed(chunk):
-                            event = parse_event(orjson.loads(data))
+                            event = self._read_line(data, parse_event)
                             if event.sequence <= last:
                                 continue  # never twice, whatever the server resends
                             last = event.sequence
@@ -316,7 +382,7 @@ class AsyncClient:
                 if failures > MAX_RECONNECTS:
                     raise ClientError(
                         f"lost the event stream of {url} and could not reconnect "
-                        f"to {self.server}: {exc.__class__.__name__}"
+                        f"to {self.shown_server}: {exc.__class__.__name__}"
                     ) from exc
                 if on_retry is not None:
                     on_retry(failures, str(exc) or exc.__class__.__name__)
@@ -329,7 +395,7 @@ class AsyncClient:
         try:
             async with self._http.stream(
                 "GET",
-                f"/api/v1/workspaces/{workspace_id}/search",
+                f"/api/v1/workspaces/{checked_name(workspace_id, 'workspace_id')}/search",
                 params=dict(params),
                 timeout=httpx.Timeout(30.0, read=None),  # a long search sends nothing meanwhile
             ) as response:
@@ -341,7 +407,7 @@ class AsyncClient:
                     *lines, pending = (pending + chunk).split(b"\n")
                     for line in lines:
                         if line:
-                            yield orjson.loads(line)
+                            yield self._read_line(line, _json_object)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
@@ -374,8 +440,12 @@ class AsyncClient:
                 failure: ClientError = self._unreachable(exc)
             else:
                 if response.status_code < 400:
-                    answer = response.json()
-                    return AppendResult(answer["first_sequence"], answer["last_sequence"])
+                    return self._read(
+                        response,
+                        lambda answer: AppendResult(
+                            answer["first_sequence"], answer["last_sequence"]
+                        ),
+                    )
                 failure = self._error(response)
                 if response.status_code not in RETRY_STATUSES:
                     raise failure
@@ -403,8 +473,17 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
-def _checked_id(run_id: str) -> str:
-    try:
-        return check_run_id(run_id)
-    except InvalidInput as exc:
-        raise ClientError(f"{run_id!r}: {exc.message}") from exc
+def _runs_path(workspace_id: str, configuration_id: str) -> str:
+    workspace_id = checked_name(workspace_id, "workspace_id")
+    configuration_id = checked_name(configuration_id, "configuration_id")
+    return f"/api/v1/workspaces/{workspace_id}/configurations/{configuration_id}/runs"
+
+
+def _run_answer(body: dict[str, Any]) -> Run:
+    return Run.from_json(body["run"], body.get("summary"))
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"a JSON object was expected, not {type(value).__name__}")
+    return value

@@ -8,8 +8,14 @@ the formatted record (with the exception's traceback when there is one),
 ``level`` the record's level (``debug``/``info``/``warning``/``error``; CRITICAL is
 ``error``), ``logger`` the logger's name, ``stream`` ``stderr`` from WARNING up.
 Records go through a batching :class:`~runevents.client.Producer`, so logging
-never waits for the network; ``close()`` (called by ``logging.shutdown`` at
-exit) flushes, and with ``finish_run=True`` also ends the run.
+never waits for the network; ``close()`` (called at exit) flushes, and with
+``finish_run=True`` also ends the run.
+
+A job that dies of an uncaught exception must not end ``succeeded``: the
+handler chains itself into ``sys.excepthook`` (the hook found before is still
+called), ships the traceback as ``console.line`` events (``stderr``,
+``error``) and ends the run ``failed`` with the exception's type and text,
+unless :meth:`RuneventsHandler.set_outcome` chose an outcome already.
 
 Records of the client's own machinery (``httpx``, ``httpcore``,
 ``runevents.client``, and anything logged on the client's loop thread) are
@@ -21,8 +27,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import sys
 import threading
+import traceback
 import weakref
+from types import TracebackType
 from typing import Any
 
 from runevents.client.errors import ClientError
@@ -67,16 +76,35 @@ class RuneventsHandler(logging.Handler):
         self.run: Run | None = None
         #: how ``close`` ends the run when ``finish_run`` (see :meth:`set_outcome`)
         self.outcome: tuple[str, dict[str, Any] | None] = ("succeeded", None)
+        self._outcome_set = False
         # At exit the handler, not its producer, shuts down: it may still have to
         # end the run, which a producer closed first could no longer send.
         atexit.unregister(producer._exit_hook)
         self._exit_hook = _close_at_exit(weakref.ref(self))
         atexit.register(self._exit_hook)
+        _install_excepthook()
+        _HANDLERS.add(self)
 
     def set_outcome(self, status: str, failure: dict[str, Any] | None = None) -> None:
         """How the run ends at ``close`` (``finish_run``): ``failed`` with ``{stage, code,
-        message}``, or ``cancelled``; ``succeeded`` when never called."""
+        message}``, or ``cancelled``; ``succeeded`` when never called (and no uncaught
+        exception ended the process)."""
         self.outcome = (status, failure)
+        self._outcome_set = True
+
+    def uncaught(self, exc: BaseException, tb: TracebackType | None) -> None:
+        """Ship an uncaught exception's traceback, end the run ``failed`` (``sys.excepthook``)."""
+        if self._closed:
+            return
+        text = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n")
+        try:
+            for line in text.split("\n"):
+                self.producer.console(line, stream="stderr", level="error")
+        except ClientError:
+            self.dropped += 1
+        if not self._outcome_set:
+            failure = {"stage": "run", "code": type(exc).__name__, "message": str(exc)}
+            self.set_outcome("failed", failure)
 
     @classmethod
     def for_new_run(
@@ -136,16 +164,46 @@ class RuneventsHandler(logging.Handler):
         self._closed = True
         atexit.unregister(self._exit_hook)
         try:
-            if self.finish_run:
-                self.producer.complete(*self.outcome)
-            self.producer.close()
+            try:
+                if self.finish_run:
+                    self.producer.complete(*self.outcome)
+            finally:
+                self.producer.close()  # also when complete() failed: it stops the sender
         except ClientError as exc:
             self.dropped += 1
             logging.getLogger("runevents.client").warning("log records were lost: %s", exc)
         finally:
             if self._owns_client:
-                self.producer.client.close()
+                # its producer is closed and its failure reported just above
+                with contextlib.suppress(ClientError):
+                    self.producer.client.close()
             super().close()
+
+
+#: the handlers alive, for the excepthook
+_HANDLERS: weakref.WeakSet[RuneventsHandler] = weakref.WeakSet()
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _install_excepthook() -> None:
+    """Chain the handlers into ``sys.excepthook`` once; the hook before is called after them."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        _hook_installed = True
+        previous = sys.excepthook
+
+        def excepthook(
+            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+        ) -> None:
+            for handler in list(_HANDLERS):
+                with contextlib.suppress(Exception):  # the previous hook must still run
+                    handler.uncaught(exc, tb)
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = excepthook
 
 
 def _close_at_exit(ref: weakref.ReferenceType[RuneventsHandler]) -> Any:

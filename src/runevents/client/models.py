@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runevents.client.checks import checked_name, checked_run_id
+
 #: statuses of a run that has ended
 ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -75,7 +77,14 @@ class Run:
 
 
 def run_path(workspace_id: str, configuration_id: str, run_id: str) -> str:
-    """``/api/v1/workspaces/{ws}/configurations/{cfg}/runs/{run_id}``."""
+    """``/api/v1/workspaces/{ws}/configurations/{cfg}/runs/{run_id}``.
+
+    Each part is checked (ClientError otherwise): a run given as a mapping, or
+    an answer of a server that is not what it seems, must not name another route.
+    """
+    workspace_id = checked_name(workspace_id, "workspace_id")
+    configuration_id = checked_name(configuration_id, "configuration_id")
+    run_id = checked_run_id(run_id)
     return f"/api/v1/workspaces/{workspace_id}/configurations/{configuration_id}/runs/{run_id}"
 
 

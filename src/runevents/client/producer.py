@@ -15,6 +15,12 @@ stops the producer: its events are not in the log, and the next ``emit``,
 
 :class:`AsyncProducer` runs in the caller's event loop. The sync ``Producer``
 (``sync_producer.py``) runs the same sender in the sync client's loop thread.
+
+A producer registers with its client, whose close flushes it first: closing
+the client under an open producer would otherwise cut its sender off with
+events still buffered. An async producer that nobody closes (neither it nor
+its client before the event loop ends) cannot flush; it warns instead of
+losing events silently.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +46,8 @@ MAX_EVENTS = 1000
 MAX_BYTES = 1024 * 1024
 LINGER = 0.05
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+log = logging.getLogger("runevents.client")
 
 
 def encode_event(
@@ -130,11 +140,17 @@ class AsyncProducer:
         self._flushing = 0
         self._closing = False
         self._error: ProducerError | None = None
+        #: ``_error`` was raised to the caller once: the client's close need not repeat it
+        self.error_reported = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._url: str | None = None
+        #: aclose() ran (or is running): the client's close leaves it alone
+        self.closed = False
+        self._warned = False
+        client._producers.add(self)
 
     # ------------------------------------------------------------------ emitting
     async def emit(
@@ -201,6 +217,7 @@ class AsyncProducer:
 
     async def aclose(self) -> None:
         """Flush and stop the sender. Raises ProducerError if events could not be delivered."""
+        self.closed = True
         if self._task is None:
             self._check()
             return
@@ -224,6 +241,27 @@ class AsyncProducer:
                 await self.emit("run.completed", completed_payload("failed", failure))
         await self.aclose()
 
+    def runs_here(self) -> bool:
+        """Its sender (if started) runs in the running event loop: it can be closed from here."""
+        return self._loop is None or _in_loop(self._loop)
+
+    def _warn_lost(self, why: str) -> None:
+        """Say that buffered events will never be sent (once; no exception: it may run in GC)."""
+        lost = len(self._lines)  # no lock: this may run in GC, on any thread
+        if self._warned or self.closed or self._error is not None or not lost:
+            return
+        self._warned = True
+        message = (
+            f"a runevents producer {why} with {lost} events not delivered: they are lost; "
+            "close it (or its client) before the event loop ends"
+        )
+        with contextlib.suppress(Exception):  # at interpreter exit logging may be gone
+            log.warning(message)  # seen by default, unlike a ResourceWarning
+            warnings.warn(message, ResourceWarning, source=self, stacklevel=2)
+
+    def __del__(self) -> None:
+        self._warn_lost("was garbage-collected")
+
     # ------------------------------------------------------------------ the buffer
     def _add(self, line: bytes) -> QueueState:
         """Append a line (any thread); whether a batch just filled or the buffer is over.
@@ -231,8 +269,11 @@ class AsyncProducer:
         The hot path of every emit: kept to a few attribute reads.
         """
         with self._lock:
-            if self._error is not None or self._closing:
-                raise self._error or ProducerError("the producer is closed")
+            if self._error is not None:
+                self.error_reported = True
+                raise self._error
+            if self._closing:
+                raise ProducerError("the producer is closed")
             lines = self._lines
             lines.append(line)
             size = self._size = self._size + len(line)
@@ -296,6 +337,7 @@ class AsyncProducer:
 
     def _check(self) -> None:
         if self._error is not None:
+            self.error_reported = True
             raise self._error
 
     # ------------------------------------------------------------------ the sender
@@ -342,6 +384,14 @@ class AsyncProducer:
             )
 
     async def _send_loop(self) -> None:
+        try:
+            await self._send_all()
+        except asyncio.CancelledError:
+            # asyncio.run() ending, or the loop's owner cancelling everything
+            self._warn_lost("was cancelled (its event loop ended?)")
+            raise
+
+    async def _send_all(self) -> None:
         assert self._wake is not None
         wake = self._wake
         while True:

@@ -5,7 +5,10 @@ One implementation serves both APIs: :class:`Client` runs an
 of its own (the "portal") and waits for each call. So it works the same from
 plain scripts, from threads, and from code that already runs an event loop
 (where a blocking ``asyncio.run`` would not). Iterators (``follow``,
-``download``) step the async generator one item per call.
+``download``, ``search``) step the async generator one item per call.
+
+Every method delegates to the async client's, so the two flavours cannot
+drift apart (``tests/unit/client/test_client_defects.py`` compares them).
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
-from runevents.client.aio import AsyncClient, RetryPolicy, RunRef
+from runevents.client.aio import RECONNECT_DELAY, AsyncClient, RetryPolicy, RunRef
 from runevents.client.models import AppendResult, Event, EventPage, Run, RunPage
 from runevents.client.sync_producer import Producer
 
@@ -90,17 +93,44 @@ class Client:
         *,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        reconnect_delay: float = RECONNECT_DELAY,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._portal = Portal()
         try:
             self._async = self._portal.call(
-                _make(server, token, timeout=timeout, retry=retry, transport=transport)
+                _make(
+                    server,
+                    token,
+                    timeout=timeout,
+                    retry=retry,
+                    reconnect_delay=reconnect_delay,
+                    transport=transport,
+                )
             )
         except BaseException:
             self._portal.close()
             raise
         self.server = self._async.server
+        self.shown_server = self._async.shown_server
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How appends are retried (the async client's policy)."""
+        return self._async.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self._async.retry = policy
+
+    @property
+    def reconnect_delay(self) -> float:
+        """Seconds before ``follow`` reconnects a dropped stream."""
+        return self._async.reconnect_delay
+
+    @reconnect_delay.setter
+    def reconnect_delay(self, seconds: float) -> None:
+        self._async.reconnect_delay = seconds
 
     def __enter__(self) -> Client:
         return self
@@ -109,10 +139,16 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connections and the loop thread."""
+        """Flush and close the producers still open, then the connections and the loop thread.
+
+        Raises a producer's ProducerError (after closing everything) if one
+        could not deliver its events and never said so yet.
+        """
         if not self._portal.closed:
-            self._portal.call(self._async.aclose())
-            self._portal.close()
+            try:
+                self._portal.call(self._async.aclose())
+            finally:
+                self._portal.close()
 
     def create_run(
         self,
@@ -135,9 +171,33 @@ class Client:
         """The run now, with its summary once it ended."""
         return self._portal.call(self._async.get_run(run))
 
-    def list_runs(self, workspace_id: str, **filters: Any) -> RunPage:
-        """A page of a workspace's runs, newest first (filters as ``AsyncClient.list_runs``)."""
-        return self._portal.call(self._async.list_runs(workspace_id, **filters))
+    def run_of(self, run: RunRef) -> Run:
+        """``run`` as a :class:`Run` (a run id is looked up on the server)."""
+        return self._portal.call(self._async.run_of(run))
+
+    def list_runs(
+        self,
+        workspace_id: str,
+        *,
+        status: str | Sequence[str] | None = None,
+        configuration_id: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of a workspace's runs, newest first."""
+        return self._portal.call(
+            self._async.list_runs(
+                workspace_id,
+                status=status,
+                configuration_id=configuration_id,
+                created_after=created_after,
+                created_before=created_before,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
 
     def cancel(self, run: RunRef) -> Run:
         """Cancel a run (ClientError with status 409 if it already ended)."""
@@ -153,9 +213,22 @@ class Client:
         """The log as NDJSON bytes, streamed."""
         return self._portal.iterate(self._async.download(run, after))
 
-    def follow(self, run: RunRef, after: int = 0) -> Iterator[Event]:
-        """Typed events live until ``run.completed``, resuming after dropped connections."""
-        return self._portal.iterate(self._async.follow(run, after))
+    def follow(
+        self,
+        run: RunRef,
+        after: int = 0,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> Iterator[Event]:
+        """Typed events live until ``run.completed``, resuming after dropped connections.
+
+        ``on_retry(attempt, reason)`` is called before each reconnect, on the
+        client's loop thread: it must not call this client.
+        """
+        return self._portal.iterate(self._async.follow(run, after, on_retry))
+
+    def search(self, workspace_id: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """One search request (contract section 12): each hit, then the ``done`` record."""
+        return self._portal.iterate(self._async.search(workspace_id, params))
 
     def append(
         self,

@@ -41,7 +41,7 @@ class Producer:
 
     ``emit`` may be called from any thread; it returns at once unless the
     buffer is over its bound. The producer flushes on ``close``, on leaving its
-    ``with`` block, and when the process exits.
+    ``with`` block, when its client closes, and when the process exits.
     """
 
     def __init__(self, client: Client, run: RunRef, **options: Any) -> None:
@@ -119,7 +119,7 @@ class Producer:
         self._closed = True
         atexit.unregister(self._exit_hook)
         if self.client._portal.closed:
-            return
+            return  # the client's close flushed and closed the async producer first
         self.client._portal.call(self._inner.aclose())
 
     def __enter__(self) -> Producer:

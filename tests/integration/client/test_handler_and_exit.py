@@ -105,3 +105,45 @@ def test_a_job_that_just_exits_still_ships_its_records_and_ends_its_run(
         events = list(client.follow(run_id))
     assert [e.payload.get("message") for e in events[1:-1]] == [f"record {i}" for i in range(100)]
     assert isinstance(events[-1], RunCompleted) and events[-1].status == "succeeded"
+
+
+def test_a_crashed_job_ended_its_run_succeeded(thread_server: ThreadServer) -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        from runevents.client import RuneventsHandler
+
+        def earlier_hook(*exc_info):  # a hook installed before: it must still run
+            print("earlier hook ran", file=sys.stderr)
+            sys.__excepthook__(*exc_info)
+
+        sys.excepthook = earlier_hook
+        handler = RuneventsHandler.for_new_run({thread_server.url!r}, "acme", "crashing-job")
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        print(handler.run.id)
+        logging.info("starting")
+        raise RuntimeError("job crashed")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "earlier hook ran" in done.stderr and "RuntimeError: job crashed" in done.stderr
+    with Client(thread_server.url) as client:
+        events = list(client.follow(done.stdout.strip()))
+    lines = [e for e in events if isinstance(e, ConsoleLine)]
+    assert lines[0].message == "starting"
+    traceback = lines[1:]
+    assert traceback[0].message == "Traceback (most recent call last):"
+    assert traceback[-1].message == "RuntimeError: job crashed"
+    assert {(e.stream, e.level) for e in traceback} == {("stderr", "error")}
+    completed = events[-1]
+    assert isinstance(completed, RunCompleted) and completed.status == "failed"
+    assert completed.payload["failure"] == {
+        "stage": "run",
+        "code": "RuntimeError",
+        "message": "job crashed",
+    }
