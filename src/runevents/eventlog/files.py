@@ -52,10 +52,13 @@ class WriterLock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise StorageError(f"cannot open the lock file {path}: {exc}") from exc
+                raise StorageError(f"cannot open the lock file of {what}: {exc.strerror}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as exc:
+                if not isinstance(exc, BlockingIOError):
+                    os.close(fd)  # (ENOLCK and the like: the fd must not leak)
+                    raise StorageError(f"cannot lock the log of {what}: {exc.strerror}") from exc
                 holder = ""
                 with contextlib.suppress(OSError, ValueError):
                     holder = f" (pid {int(os.pread(fd, 32, 0).split()[0])})"

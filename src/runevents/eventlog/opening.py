@@ -12,6 +12,7 @@ loop when the file is large.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,21 +52,42 @@ async def open_writer(
     """Make the run's directories, take its file lock, await ``before_recovery``, recover
     and open the writer (``options``: RunWriter's keyword arguments from the facade).
     The lock is released again if any step fails."""
+    created: list[Path] = []
     try:
         created = _make_dirs(keys.live.parent)
+        for directory in created:
+            # new directories' entries, from the top: each must be durable in its parent
+            fsync_dir(directory.parent)
+        lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
     except OSError as exc:
-        raise StorageError(f"cannot create {keys.live.parent}: {exc}") from exc
-    for directory in created:
-        # new directories' entries, from the top: each must be durable in its parent
-        fsync_dir(directory.parent)
-    lock = WriterLock.acquire(keys.lock, f"run {ref.run_id}")
+        # (out of file descriptors, a full disk: 503, never a 500; the message names
+        # the run, not the server's paths)
+        _undo_new(keys, created)
+        raise StorageError(f"cannot create the log of run {ref.run_id}: {exc.strerror}") from exc
+    except BaseException:
+        _undo_new(keys, created)
+        raise
     try:
         if before_recovery is not None:
             await before_recovery()
         return await _open_locked(log, ref, keys, {**options, "lock": lock}, checkpoint, mark_cuts)
     except BaseException:
-        lock.release()
+        lock.release(unlink=bool(created))
+        _undo_new(keys, created)
         raise
+
+
+def _undo_new(keys: Keys, created: list[Path]) -> None:
+    """A writer that failed to open a brand-new run's log leaves nothing behind: no row
+    names the run yet, so nothing would ever clean up its directory (best effort)."""
+    if not created:
+        return  # the run's directory was there before: not ours to remove
+    for path in (keys.live, keys.live_index, keys.lock):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    for directory in reversed(created):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 async def _open_locked(
@@ -93,12 +115,16 @@ async def _open_locked(
     try:
         new = not keys.live.exists()
         fd = os.open(keys.live, os.O_RDWR | os.O_CREAT, 0o644)
-        if new:
+    except OSError as exc:
+        raise StorageError(f"cannot open the log of run {ref.run_id}: {exc.strerror}") from exc
+    if new:
+        try:
             # the new file's name must survive a crash before it is first acknowledged
             # (durability issue, defect 10): its directory entry is synced now
             fsync_dir(keys.live.parent)
-    except OSError as exc:
-        raise StorageError(f"cannot open {keys.live}: {exc}") from exc
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot open the log of run {ref.run_id}: {exc.strerror}") from exc
     try:
         recovered, (index, index_fd) = await _off_loop_if_large(
             fd, _recover, fd, keys, ref.run_id, log.config.index_every_bytes, checkpoint,

@@ -6,8 +6,10 @@ percent-escapes away, an attacker's raw socket does not.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -17,9 +19,13 @@ import pytest
 
 from runevents.api.app import create_app
 from runevents.app import App
+from runevents.eventlog import files as eventlog_files
+from runevents.eventlog import opening
 from runevents.ids import NAME_RE, RUN_ID_RE
 from runevents.settings import Settings
 from tests.integration.api.helpers import NDJSON, console, create_external, ndjson, run_path
+
+EXT_RUNS = "/api/v1/workspaces/acme/configurations/ext/runs"
 
 GOOD_RUN = "run_01JAAAAAAAAAAAAAAAAAAAAAAA"
 
@@ -241,6 +247,66 @@ async def test_a_run_completed_status_that_is_a_list_or_an_object_was_500(
         assert response.json()["error"]["code"] == "invalid_event"
     got = await client.get(run_path(run))
     assert got.json()["run"]["status"] == "queued"
+
+
+@pytest.mark.parametrize("step", ["directory", "lock", "file"])
+async def test_out_of_file_descriptors_at_create_was_500_and_left_a_run_directory(
+    client: httpx.AsyncClient,
+    api_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    # Defect (outside probe, a server under `prlimit --nofile=256`): EMFILE while a new
+    # run's directory was synced escaped as a 500 with a traceback, and every failed
+    # create left runs/<id>/ (a lock file, an empty log) that no row names, so nothing
+    # would ever remove it; the 503s that were answered named the server's paths
+    runs_dir = api_settings.data_dir
+    before = set(runs_dir.rglob("run_*"))
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    if step == "directory":
+        monkeypatch.setattr(opening, "fsync_dir", _raises(emfile))
+    elif step == "lock":
+        monkeypatch.setattr(
+            eventlog_files.os, "open", _raises_for(eventlog_files.os.open, ".lock", emfile)
+        )
+    else:
+        calls = iter(range(1_000))
+        real = opening.fsync_dir
+
+        def fsync_dir(path: Path) -> None:
+            # the directories' syncs pass; the new log file's entry fails
+            if path.name.startswith("run_") and next(calls) >= 0:
+                raise emfile
+            real(path)
+
+        monkeypatch.setattr(opening, "fsync_dir", fsync_dir)
+    response = await client.post(EXT_RUNS, json={"external": True})
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "storage_error"
+    assert str(runs_dir) not in error["message"], error["message"]
+    monkeypatch.undo()
+    assert set(runs_dir.rglob("run_*")) == before
+    listing = await client.get("/api/v1/workspaces/acme/runs")
+    assert listing.json()["items"] == []
+    # and the next create works
+    assert (await client.post(EXT_RUNS, json={"external": True})).status_code == 201
+
+
+def _raises(exc: OSError) -> Callable[..., None]:
+    def fail(*_: object) -> None:
+        raise exc
+
+    return fail
+
+
+def _raises_for(real: Callable[..., int], suffix: str, exc: OSError) -> Callable[..., int]:
+    def open_(path: object, *args: int) -> int:
+        if str(path).endswith(suffix):
+            raise exc
+        return real(path, *args)
+
+    return open_
 
 
 async def test_big_numbers_that_json_allows(client: httpx.AsyncClient) -> None:
