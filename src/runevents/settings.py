@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: one ingest request body at most (bytes)
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: ingest bodies one process reads and decodes at once, in bytes (``api/ingest_budget.py``:
+    #: memory stays bounded however many producers send; a batch waits for room, then 503)
+    max_inflight_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: how long a batch waits for room in that budget before its 503 (seconds)
+    inflight_wait_seconds: float = Field(default=10.0, ge=0)
     #: console lines longer than this are cut, with a visible marker (bytes)
     max_line_bytes: int = Field(default=64 * 1024, ge=64)
 

@@ -22,6 +22,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BeforeValidator, WithJsonSchema
 
 from runevents.api.forward import Forwarder
+from runevents.api.ingest_budget import IngestBudget
 from runevents.app import App
 from runevents.auth import (
     OPEN_PRINCIPAL,
@@ -91,6 +92,17 @@ class ApiState:
     app: App | None = None
     #: relays batches to the replica owning a run's writer (set by the lifespan)
     forwarder: Forwarder | None = None
+    #: ingest bytes in flight (made on first use: it needs the running loop)
+    _budget: IngestBudget | None = None
+
+    @property
+    def ingest_budget(self) -> IngestBudget:
+        """The budget of ingest bodies this process reads and decodes at once."""
+        if self._budget is None:
+            self._budget = IngestBudget(
+                self.settings.max_inflight_batch_bytes, self.settings.inflight_wait_seconds
+            )
+        return self._budget
 
     @property
     def manager(self) -> RunManager:

@@ -66,17 +66,23 @@ def check_content_encoding(encodings: list[str]) -> None:
         )
 
 
+def declared_length(content_length: str | None) -> int | None:
+    """The body size a ``Content-Length`` header declares (None without one)."""
+    if content_length is None:
+        return None
+    try:
+        return int(content_length)
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number") from None
+
+
 async def read_body(
     stream: AsyncIterator[bytes], content_length: str | None, max_bytes: int
 ) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``max_bytes``."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            raise InvalidInput("Content-Length is not a number") from None
-        if declared > max_bytes:
-            raise PayloadTooLarge(f"the batch is {declared} bytes; the limit is {max_bytes}")
+    declared = declared_length(content_length)
+    if declared is not None and declared > max_bytes:
+        raise PayloadTooLarge(f"the batch is {declared} bytes; the limit is {max_bytes}")
     # the parts are joined once at the end (growing a bytearray and copying it out
     # copied a batch about three times); a body that came in one part is not copied
     parts: list[bytes] = []

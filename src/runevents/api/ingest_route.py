@@ -55,9 +55,25 @@ async def serve_batch(
 
     ``ids`` (workspace, configuration, run) and the caller are already checked.
     """
-    workspace_id, configuration_id, run_id = ids
     ingest.check_content_type(request.headers.get("content-type"))
     ingest.check_content_encoding(request.headers.getlist("content-encoding"))
+    settings = state.settings
+    # memory stays bounded however many producers send at once (ingest_budget.py)
+    declared = ingest.declared_length(request.headers.get("content-length"))
+    async with state.ingest_budget.reserve(
+        settings.max_batch_bytes if declared is None else declared
+    ):
+        return await _serve_batch(request, state, manager, ids, idempotency_key)
+
+
+async def _serve_batch(
+    request: Request,
+    state: ApiState,
+    manager: RunManager,
+    ids: tuple[str, str, str],
+    idempotency_key: str | None,
+) -> Response:
+    workspace_id, configuration_id, run_id = ids
     # the body is checked before the run is looked up: one database round trip
     # less per batch (the manager reads the row anyway)
     settings = state.settings
