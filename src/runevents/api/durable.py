@@ -228,7 +228,7 @@ async def ds_read(
     if live == "long-poll" and start >= stop:
         if end.ended:
             return _no_content(start, cursor, closed=True)  # EOF at once, never a wait
-        waited = await wait_page(manager, run, start, DS_LIMIT, LONG_POLL_SECONDS)
+        waited = await wait_page(manager, run, start, DS_LIMIT, LONG_POLL_SECONDS, request)
         if not waited.page.lines:
             return _no_content(start, cursor, closed=waited.ended)
         page, stop = waited.page, waited.stop

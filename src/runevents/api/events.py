@@ -166,7 +166,7 @@ async def read_events(
         return await _ndjson(manager, run, end, position, if_none_match)
     kind = f"json{limit}"
     if wait and not end.ended and position >= end.last_sequence:
-        page = (await wait_page(manager, run, position, limit, wait)).page
+        page = (await wait_page(manager, run, position, limit, wait, request)).page
     else:
         stop = end.last_sequence
         # the page will hold position+1 .. last, and has_more says whether stop is past it

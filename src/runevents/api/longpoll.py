@@ -15,7 +15,10 @@ object. A run that has ended answers at once (the empty page after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
+
+from starlette.requests import Request
 
 from runevents import metrics
 from runevents.api.pages import Page, first_chunks, page_of
@@ -38,21 +41,43 @@ class Waited:
 
 
 async def wait_page(
-    manager: RunManager, run: Run, position: int, limit: int, wait: float
+    manager: RunManager, run: Run, position: int, limit: int, wait: float, request: Request
 ) -> Waited:
-    """The page of what arrives after ``position`` within ``wait`` seconds."""
+    """The page of what arrives after ``position`` within ``wait`` seconds.
+
+    A client that goes away ends the wait at once (its socket and its waiter are
+    freed, as an SSE follower's are): nobody would read the answer.
+    """
     chunks = manager.follow_events(run, position)
     timed_out = False
     metrics.longpoll_waiter(+1)
+    arrived = asyncio.ensure_future(first_chunks(chunks))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
         async with asyncio.timeout(wait):
-            got = await first_chunks(chunks)
+            await asyncio.wait((arrived, gone), return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
-        got, timed_out = [], True
+        pass
     finally:
+        gone.cancel()
+        if not arrived.done():
+            arrived.cancel()
         metrics.longpoll_waiter(-1)
+    if arrived.done() and not arrived.cancelled():
+        got = arrived.result()
+    else:
+        with contextlib.suppress(asyncio.CancelledError):
+            await arrived  # (let the follower close)
+        got, timed_out = [], True
     page = page_of(got, position, limit)
     if got:
         return Waited(page, got[-1].last_sequence, got[-1].ends_run and not page.has_more)
     # the follower ended without a chunk: the position is past run.completed
     return Waited(page, position, not timed_out)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (a GET has no body: the only message left to
+    receive is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from runevents import metrics
 from runevents.api.caching import IMMUTABLE, NO_STORE
 from tests.integration.api.helpers import COMPLETED, console, create_external, ingest, run_path
 
@@ -252,3 +254,42 @@ async def test_wait_zero_answers_the_page_at_once(client: httpx.AsyncClient) -> 
         assert got.json()["events"] == [] and got.json()["has_more"] is False
     assert (await client.get(url, params={"wait": "-1"})).status_code == 422
     assert (await client.get(url, params={"wait": "61"})).status_code == 422
+
+
+async def test_a_long_poll_whose_client_went_away_held_its_waiter_for_the_whole_wait(
+    live_server: Any,
+) -> None:
+    # Defect (outside probe): 1,000 long-polls opened with wait=60 and closed at once
+    # kept 1,040 fds and the runevents_longpoll_waiters gauge at 1000 for 60 s (20 s
+    # for Durable Streams long-poll); SSE noticed its disconnects within a second
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        run = await create_external(http)
+    url = urlsplit(live_server.url)
+    paths = [
+        run_path(run) + "/events?after_sequence=1&wait=30",
+        f"/ds/v1/workspaces/acme/runs/{run['id']}?offset={1:020d}&live=long-poll",
+    ]
+    for path in paths:
+        before = _waiters()
+        writers = []
+        for _ in range(5):
+            _reader, writer = await asyncio.open_connection(url.hostname, url.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            await writer.drain()
+            writers.append(writer)
+        for _ in range(200):
+            if _waiters() == before + 5:
+                break
+            await asyncio.sleep(0.01)
+        assert _waiters() == before + 5, (path, _waiters(), before)
+        for writer in writers:
+            writer.close()
+        for _ in range(300):  # well under the wait
+            if _waiters() == before:
+                break
+            await asyncio.sleep(0.01)
+        assert _waiters() == before, path
+
+
+def _waiters() -> float:
+    return float(metrics.LONGPOLL_WAITERS._value.get())
