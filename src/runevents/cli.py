@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,49 +23,83 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from runevents import logs
 from runevents.exceptions import ConfigError, RuneventsError
 from runevents.settings import Settings
+
+
+def stdout_closed() -> typer.Exit:
+    """The reader of stdout went away (``runevents runs ls | head -1``): a normal end, exit 0.
+
+    stdout is pointed at /dev/null so that the interpreter's last flush of what is
+    still buffered does not fail again on the way out.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return typer.Exit(code=0)
+
+
+class _Commands(TyperGroup):
+    """The ``runevents`` group: a closed stdout ends any command with exit 0.
+
+    Left to Typer, a broken pipe exits 1, for whichever command happened to be
+    writing when the reader left.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            result = super().invoke(ctx)
+            # what is still buffered must reach the pipe (or fail) here, not at exit
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:
+            raise stdout_closed() from None
+
 
 app = typer.Typer(
     name="runevents",
     help="Event log store for runs: append-only NDJSON logs, SQL run index, live SSE.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 console = Console(stderr=True)
 
+# "\\[env: ...]" in help texts: Rich markup would take "[env: ...]" for a tag and drop it
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Local data directory [env: RUNEVENTS_DATA_DIR]"),
+    typer.Option("--data-dir", help="Local data directory \\[env: RUNEVENTS_DATA_DIR]"),
 ]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="postgresql://user:pw@host:5432/db or sqlite:///path.db [env: RUNEVENTS_DATABASE_URL]",
+        help="postgresql://user:pw@host:5432/db or sqlite:///path.db "
+        "\\[env: RUNEVENTS_DATABASE_URL]",
     ),
 ]
 StorageUrl = Annotated[
     str | None,
     typer.Option(
         "--storage-url",
-        help="file:///path or s3://bucket/prefix [env: RUNEVENTS_STORAGE_URL]",
+        help="file:///path or s3://bucket/prefix \\[env: RUNEVENTS_STORAGE_URL]",
     ),
 ]
 LogFormatOption = Annotated[
     str | None,
     typer.Option(
         "--log-format",
-        help="Server log lines: text, or json (one object per line) [env: RUNEVENTS_LOG_FORMAT]",
+        help="Server log lines: text, or json (one object per line) \\[env: RUNEVENTS_LOG_FORMAT]",
     ),
 ]
 LogLevelOption = Annotated[
     str | None,
-    typer.Option("--log-level", help="Log level [env: RUNEVENTS_LOG_LEVEL]"),
+    typer.Option("--log-level", help="Log level \\[env: RUNEVENTS_LOG_LEVEL]"),
 ]
 
 
@@ -81,22 +117,27 @@ def _bad_setting(exc: ValidationError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _fail(exc: RuneventsError) -> typer.Exit:
+def usage_error(message: str) -> typer.Exit:
+    """One ``error:`` line on stderr and the usage exit code (2), instead of a traceback."""
     # the message is data, not markup ("[[token]]" must survive), and must not wrap
-    console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+def _fail(exc: RuneventsError) -> typer.Exit:
+    return usage_error(exc.message)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [env: RUNEVENTS_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env: RUNEVENTS_PORT]")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address \\[env: RUNEVENTS_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[env: RUNEVENTS_PORT]")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     storage_url: StorageUrl = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="Configurations TOML [env: RUNEVENTS_CONFIG_FILE]"),
+        typer.Option("--config", help="Configurations TOML \\[env: RUNEVENTS_CONFIG_FILE]"),
     ] = None,
     demo: Annotated[
         bool,
@@ -106,14 +147,14 @@ def serve(
     ] = False,
     tokens: Annotated[
         Path | None,
-        typer.Option("--tokens", help="Tokens TOML; turns on auth [env: RUNEVENTS_TOKENS_FILE]"),
+        typer.Option("--tokens", help="Tokens TOML; turns on auth \\[env: RUNEVENTS_TOKENS_FILE]"),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
             "--workers",
             help="Runs the embedded worker executes at once; 0 = none "
-            "[env: RUNEVENTS_WORKER_CONCURRENCY]",
+            "\\[env: RUNEVENTS_WORKER_CONCURRENCY]",
         ),
     ] = None,
     forwarded_allow_ips: Annotated[
@@ -122,7 +163,7 @@ def serve(
             "--forwarded-allow-ips",
             help="Proxies trusted for X-Forwarded-Proto/-For (comma-separated, or '*'), "
             "so the session cookie is Secure behind a TLS-terminating proxy "
-            "[env: RUNEVENTS_FORWARDED_ALLOW_IPS]",
+            "\\[env: RUNEVENTS_FORWARDED_ALLOW_IPS]",
         ),
     ] = None,
     advertise_url: Annotated[
@@ -131,7 +172,7 @@ def serve(
             "--advertise-url",
             help="Where the other replicas of a deployment reach this one (http://host:port); "
             "default: the bind address, a wildcard bind advertising this machine's address "
-            "[env: RUNEVENTS_ADVERTISE_URL]",
+            "\\[env: RUNEVENTS_ADVERTISE_URL]",
         ),
     ] = None,
     log_level: LogLevelOption = None,
@@ -218,8 +259,11 @@ def _announce(settings: Settings, *, open_mode: bool) -> None:
     console.print("  Ctrl-C stops the server; the runs it executes end cancelled (server_shutdown)")
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
     """Fail with what to do when ``host:port`` is taken (issue 19: a second ``dev.py demo``)."""
+    if not 0 <= port <= 65535:
+        # socket.bind would raise OverflowError (a traceback) for --port 99999
+        raise ConfigError(f"invalid {flag} {port}: use a port from 1 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # uvicorn sets SO_REUSEADDR too: only a port someone listens on counts as busy
@@ -229,6 +273,10 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            if flag != "--port":
+                raise ConfigError(
+                    f"port {port} on {host} is already in use; pick another: {flag} {port + 1}"
+                ) from exc
             raise ConfigError(
                 f"port {port} on {host} is already in use (is another runevents serve or "
                 f"`dev.py demo` running?). Stop it, or pick another port: --port {port + 1} "
@@ -284,11 +332,20 @@ def worker(
         )
     except ValidationError as exc:
         raise _bad_setting(exc) from exc
-    logs.configure(settings.log_level, settings.log_format)
     if metrics_port is not None:
         from runevents.metrics import serve_metrics
 
-        serve_metrics(metrics_host, metrics_port)
+        try:
+            # a busy port fails here with a message, as `serve --port` does
+            _check_port(metrics_host, metrics_port, "--metrics-port")
+            serve_metrics(metrics_host, metrics_port)
+        except ConfigError as exc:
+            raise _fail(exc) from exc
+        except OSError as exc:  # someone took the port between the check and the bind
+            raise usage_error(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+            ) from exc
+    logs.configure(settings.log_level, settings.log_format)
 
     async def main() -> None:
         app_ = await App.open(settings, worker=True)
@@ -314,7 +371,11 @@ def worker(
         raise _fail(exc) from exc
 
 
-@token_app.command("new")
+# given here, escaped: as a docstring Rich markup would print "the [] entry"
+@token_app.command(
+    "new",
+    help=escape("Print a new random token once, and the [[token]] entry for the tokens file."),
+)
 def token_new(
     name: Annotated[str, typer.Option(help="Token name (shown in logs)")],
     role: Annotated[str, typer.Option(help="read | write | admin")],

@@ -25,16 +25,22 @@ from typing import Annotated, Any, Literal, NoReturn, TypeVar
 import typer
 from rich.markup import escape
 
-from runevents.cli import app, console
-from runevents.cli_format import run_details, runs_table, strip_ansi
+from runevents.cli import app, console, stdout_closed, usage_error
+from runevents.cli_format import run_details, runs_table
+from runevents.cli_output import redact, terminal_safe
 from runevents.client import AsyncClient, ClientError, Event
+from runevents.exceptions import InvalidInput
+from runevents.ids import check_name, check_run_id
 from runevents.settings import ClientSettings
 
 runs_app = typer.Typer(help="List and inspect runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
-Server = Annotated[str | None, typer.Option("--server", help="Server URL [env: RUNEVENTS_SERVER]")]
-Token = Annotated[str | None, typer.Option("--token", help="Bearer token [env: RUNEVENTS_TOKEN]")]
+# "\\[": Rich markup would take "[env: ...]" for a tag and drop it from --help
+Server = Annotated[
+    str | None, typer.Option("--server", help="Server URL \\[env: RUNEVENTS_SERVER]")
+]
+Token = Annotated[str | None, typer.Option("--token", help="Bearer token \\[env: RUNEVENTS_TOKEN]")]
 Color = Annotated[
     Literal["auto", "always", "never"],
     typer.Option("--color", help="ANSI colours of the console lines: auto = only on a terminal"),
@@ -83,13 +89,35 @@ def _server_url(server: str | None) -> str:
 
 
 def web_url(server: str | None, run: dict[str, Any]) -> str:
-    """The run's page in the web UI (contract section 9)."""
-    return f"{_server_url(server)}/workspaces/{run['workspace_id']}/runs/{run['id']}"
+    """The run's page in the web UI (contract section 9), without the URL's credentials."""
+    url = _server_url(server)
+    return redact(f"{url}/workspaces/{run['workspace_id']}/runs/{run['id']}", url)
+
+
+def checked_name(value: str, what: str) -> str:
+    """``value`` if it is a valid workspace/configuration id (contract 1), else a clean exit 2.
+
+    Checked before any request: a path-like id (``..``, ``../../../metrics?``) would
+    otherwise reach another URL of the server.
+    """
+    try:
+        return check_name(value, what)
+    except InvalidInput as exc:
+        raise usage_error(f"{terminal_safe(repr(value), keep_sgr=False)}: {exc.message}") from None
+
+
+def checked_run_id(value: str) -> str:
+    """``value`` if it is a run id (``run_`` + ULID), else a clean exit 2 before any request."""
+    try:
+        return check_run_id(value)
+    except InvalidInput as exc:
+        raise usage_error(f"{terminal_safe(repr(value), keep_sgr=False)}: {exc.message}") from None
 
 
 def _retrying(attempt: int, reason: str) -> None:
+    shown = escape(terminal_safe(redact(reason), keep_sgr=False))
     console.print(
-        f"[yellow]reconnecting…[/] the event stream was lost ({escape(reason)}); attempt {attempt}",
+        f"[yellow]reconnecting…[/] the event stream was lost ({shown}); attempt {attempt}",
         highlight=False,
         soft_wrap=True,
     )
@@ -141,18 +169,17 @@ def _call(
             interrupted()
         raise typer.Exit(code=EXIT_CANCELLED) from None
     except ClientError as exc:
-        # the message is text, not markup ("[[token]]"), and is never wrapped mid-path
-        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from exc
+        # the message quotes the server URL (no password in it) and the server's own
+        # text (no control sequences from it)
+        url = server or ClientSettings().server
+        raise usage_error(terminal_safe(redact(exc.message, url), keep_sgr=False)) from exc
     except KeyboardInterrupt:
         if interrupted is not None:
             interrupted()
         raise typer.Exit(code=EXIT_CANCELLED) from None
     except BrokenPipeError:
         # the reader of our stdout went away (`runevents events ... | head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(code=0) from None
+        raise stdout_closed() from None
 
 
 def _wants_color(color: str) -> bool:
@@ -163,21 +190,26 @@ def _wants_color(color: str) -> bool:
 
 
 def _print_event(event: Event, color: bool = True) -> None:
-    """Console lines go to stdout/stderr (ANSI kept when ``color``); other events as dim notes."""
+    """Console lines go to stdout/stderr (colours kept when ``color``); other events as dim notes.
+
+    Everything shown is the producer's text: only SGR colours may reach the terminal
+    (``cli_output.terminal_safe``), never a clipboard write, a title or a screen clear.
+    """
     payload = event.get("payload") or {}
     if event.get("type") == "console.line":
         out = sys.stderr if payload.get("stream") == "stderr" else sys.stdout
         message = str(payload.get("message", ""))
-        print(message if color else strip_ansi(message), file=out, flush=True)
+        print(terminal_safe(message, keep_sgr=color), file=out, flush=True)
     elif event.get("type") in {"run.phase.started", "build.phase.started"}:
-        phase = escape(str(payload.get("phase", "")))
+        phase = escape(terminal_safe(str(payload.get("phase", "")), keep_sgr=False))
         console.print(f"[dim]── {event['type']}: {phase}[/]", highlight=False)
     elif event.get("type") == "run.completed":
         # a producer's own run.error is the summary's failure when the payload has none
         failure = payload.get("failure") or (payload.get("summary") or {}).get("failure") or {}
         reason = f" ({failure.get('code')}: {failure.get('message')})" if failure else ""
+        status = terminal_safe(f"{payload.get('status')}{reason}", keep_sgr=False)
         console.print(
-            f"[bold]run.completed[/]: {payload.get('status')}{escape(reason)}",
+            f"[bold]run.completed[/]: {escape(status)}",
             highlight=False,
             soft_wrap=True,
         )
@@ -211,6 +243,15 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
+            continue
+        try:
+            # Python reads NaN, Infinity and 1e999 as floats that JSON cannot carry
+            json.dumps(options[key], allow_nan=False)
+        except ValueError:
+            raise usage_error(
+                f"--option {pair}: {value} is not a number JSON can carry; "
+                f"for the text, quote it: -o '{key}=\"{value}\"'"
+            ) from None
     return options
 
 
@@ -229,6 +270,8 @@ def run_cmd(
 
     Ctrl-C stops following; the run goes on on the server (tail or cancel it).
     """
+    checked_name(workspace_id, "workspace id")
+    checked_name(configuration_id, "configuration id")
     options = _parse_options(option or [])
     colored = _wants_color(color)
     started: dict[str, Any] = {}
@@ -249,7 +292,7 @@ def run_cmd(
         if not started:
             return
         run_id = started["id"]
-        flag = f" --server {_server_url(server)}" if server else ""
+        flag = f" --server {redact(_server_url(server))}" if server else ""
         console.print(
             f"\n[bold]Stopped following {run_id}[/]; the run goes on on the server.\n"
             f"  follow it:  runevents tail {run_id}{flag}\n"
@@ -271,6 +314,7 @@ def tail_cmd(
     color: Color = "auto",
 ) -> None:
     """Follow a run's events live (replaying after --after), resuming after drops."""
+    checked_run_id(run_id)
     colored = _wants_color(color)
 
     async def work(client: Client) -> int:
@@ -299,6 +343,10 @@ def events_cmd(
     """Download a run's log (NDJSON as stored, or the console text)."""
     if fmt not in {"ndjson", "text"}:
         raise typer.BadParameter("use ndjson or text", param_hint="--format")
+    checked_run_id(run_id)
+    # the text as stored into a pipe or file; on a terminal, nothing but its colours
+    # may drive the terminal (as for tail)
+    terminal = sys.stdout.isatty()
 
     async def work(client: Client) -> None:
         run = (await client.lookup(run_id))["run"]
@@ -312,7 +360,8 @@ def events_cmd(
             for line in lines:
                 event = json.loads(line)
                 if event.get("type") == "console.line":
-                    print(event["payload"].get("message", ""))
+                    message = str(event["payload"].get("message", ""))
+                    print(terminal_safe(message, keep_sgr=True) if terminal else message)
         sys.stdout.flush()
 
     _call(server, token, work)
@@ -321,6 +370,7 @@ def events_cmd(
 @app.command("cancel")
 def cancel_cmd(run_id: str, server: Server = None, token: Token = None) -> None:
     """Cancel a run."""
+    checked_run_id(run_id)
 
     async def work(client: Client) -> dict[str, Any]:
         run = (await client.lookup(run_id))["run"]
@@ -342,6 +392,9 @@ def runs_ls(
     token: Token = None,
 ) -> None:
     """List runs, newest first (whole values in a pipe; fitted to a terminal)."""
+    checked_name(workspace, "workspace id")
+    if configuration is not None:
+        checked_name(configuration, "configuration id")
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
@@ -354,7 +407,11 @@ def runs_ls(
         return
     terminal = sys.stdout.isatty()
     width = shutil.get_terminal_size((80, 24)).columns
-    for text in runs_table(page["items"], terminal=terminal, width=width):
+    header, *lines = runs_table(page["items"], terminal=terminal, width=width)
+    # README: in a pipe, one run per line -- every stdout line is a run, so the column
+    # names go to stderr there, for the person watching
+    typer.echo(header, err=not terminal)
+    for text in lines:
         typer.echo(text)
     if page.get("next_cursor"):
         console.print(f"[dim]more runs: raise --limit (showing {len(page['items'])})[/]")
@@ -368,9 +425,11 @@ def runs_show(
     token: Token = None,
 ) -> None:
     """A run's metadata and summary (as JSON with --json)."""
+    checked_run_id(run_id)
     answer = _call(server, token, lambda c: c.lookup(run_id))
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         return
     for text in run_details(answer, web_url(server, answer["run"])):
-        typer.echo(text)
+        # a failure message or a phase name is the producer's text
+        typer.echo(terminal_safe(text, keep_sgr=False))

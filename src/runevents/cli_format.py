@@ -2,7 +2,8 @@
 
 * Not a terminal (a pipe, ``grep``, a file): every value whole (full run ids,
   RFC 3339 times with their zone), one run per line, columns padded with
-  spaces; nothing is ever cut.
+  spaces; nothing is ever cut. An empty cell (no exit code yet) is ``-``, so
+  every line has the same fields for ``awk``.
 * A terminal: fitted to its width. Run ids are shortened first
   (``run_01JD3…T6V8W``), then the least useful columns go; a status is never cut.
   Times are local, with the zone.
@@ -17,6 +18,8 @@ from typing import Any
 #: CSI / OSC / two-byte escape sequences (colours, cursor moves, titles)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 GAP = "  "
+#: an empty cell: a blank would shift the fields ``awk`` splits on whitespace
+EMPTY = "-"
 #: columns dropped, in this order, when a terminal is too narrow
 DROP_ORDER = ("events", "rows", "exit", "configuration")
 
@@ -80,7 +83,7 @@ def _cell(value: object) -> str:
 
 
 def runs_table(runs: list[dict[str, Any]], *, terminal: bool, width: int = 80) -> list[str]:
-    """The ``runs ls`` lines (a header first)."""
+    """The ``runs ls`` lines (a header first), ``EMPTY`` in every empty cell."""
     columns = ["run", "configuration", "status", "created", "duration", "exit", "events", "rows"]
     rows = []
     for run in runs:
@@ -96,6 +99,7 @@ def runs_table(runs: list[dict[str, Any]], *, terminal: bool, width: int = 80) -
                 "rows": _cell(run.get("row_count")),
             }
         )
+        rows[-1] = {name: value or EMPTY for name, value in rows[-1].items()}
 
     def widths(cols: list[str]) -> dict[str, int]:
         return {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}

@@ -10,15 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runevents.cli import DatabaseUrl, DataDir, StorageUrl, _fail, app, build_settings, console
+from runevents.cli import (
+    DatabaseUrl,
+    DataDir,
+    StorageUrl,
+    _bad_setting,
+    _fail,
+    app,
+    build_settings,
+    console,
+    usage_error,
+)
 from runevents.exceptions import RuneventsError
-from runevents.settings import parse_duration
+from runevents.settings import Settings, parse_duration
 
 if TYPE_CHECKING:
     # imported lazily at run time: every CLI command (also the HTTP client ones)
@@ -49,7 +60,11 @@ def _run_pass(
     work: Callable[[App, Callable[[Run | None, int | None], None]], Awaitable[Report]],
     as_json: bool,
 ) -> None:
-    settings = build_settings(**settings_kw, maintenance_interval_seconds=0)
+    try:
+        settings = build_settings(**settings_kw, maintenance_interval_seconds=0)
+    except ValidationError as exc:
+        raise _bad_setting(exc) from exc
+    _check_data_dir(settings)
 
     async def main() -> Report:
         from runevents.app import App
@@ -105,11 +120,36 @@ def _run_pass(
         raise typer.Exit(code=1)
 
 
+def _check_data_dir(settings: Settings) -> None:
+    """Refuse a data dir that does not exist when the data is in it (the default database or
+    log store): opening the App would create a fresh, empty one there, and the pass would
+    report success on nothing (a typo in --data-dir, or the wrong working directory).
+
+    With both --database-url and --storage-url given the data dir only holds this
+    process's scratch files (contract 10: it may be empty or new), so it may be missing.
+    """
+    if settings.data_dir.is_dir():
+        return
+    if settings.database_url and settings.storage_url:
+        return
+    where = settings.data_dir.resolve()
+    raise usage_error(
+        f"data directory {where} does not exist: pass the --data-dir of the server's data "
+        "(or RUNEVENTS_DATA_DIR), or --database-url and --storage-url"
+    )
+
+
 def _duration(text: str) -> timedelta:
     try:
-        return parse_duration(text)
+        age = parse_duration(text)
+        # the passes count from now: an age past year 1 (or 9999) overflows there
+        datetime.now(UTC) - age
+        datetime.now(UTC) + age
     except RuneventsError as exc:
         raise _fail(exc) from exc
+    except OverflowError:
+        raise usage_error(f"invalid duration {text!r}: too long") from None
+    return age
 
 
 @app.command("compact")

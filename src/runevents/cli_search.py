@@ -21,7 +21,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from runevents.cli import app
-from runevents.cli_client import Client, Server, Token, _call
+from runevents.cli_client import Client, Server, Token, _call, checked_name
+from runevents.cli_output import terminal_safe
 from runevents.exceptions import InvalidInput
 from runevents.settings import parse_duration
 
@@ -44,10 +45,11 @@ def _params(
         params["regex"] = "true"
     if since:
         try:
-            age = parse_duration(since)
+            params["created_after"] = (datetime.now(UTC) - parse_duration(since)).isoformat()
         except InvalidInput as exc:
             raise typer.BadParameter(exc.message, param_hint="--since") from None
-        params["created_after"] = (datetime.now(UTC) - age).isoformat()
+        except OverflowError:  # further back than year 1
+            raise typer.BadParameter(f"{since!r} is too long", param_hint="--since") from None
     if config:
         params["configuration_id"] = config
     if status:
@@ -59,11 +61,26 @@ def _params(
     return params
 
 
-def hit_text(hit: dict[str, Any]) -> Text:
-    """``run_id:sequence: message`` with the matches highlighted (as grep --color)."""
-    message = Text(hit["message"])
-    for start, end in hit["match"]:
-        message.stylize("bold red", start, end)
+def hit_text(hit: dict[str, Any], *, terminal: bool = False) -> Text:
+    """``run_id:sequence: message`` with the matches highlighted (as grep --color).
+
+    For a ``terminal`` the message is the producer's text made safe
+    (``cli_output.terminal_safe``): piece by piece between the match offsets, which
+    count in the message as stored.
+    """
+    raw: str = hit["message"]
+    if not terminal:
+        message = Text(raw)
+        for start, end in hit["match"]:
+            message.stylize("bold red", start, end)
+    else:
+        message, done = Text(), 0
+        for start, end in sorted(hit["match"]):
+            start = max(start, done)
+            message.append(terminal_safe(raw[done:start], keep_sgr=False))
+            message.append(terminal_safe(raw[start:end], keep_sgr=False), "bold red")
+            done = max(done, end)
+        message.append(terminal_safe(raw[done:], keep_sgr=False))
     return Text.assemble(
         (hit["run_id"], "magenta"),
         (":", "cyan"),
@@ -93,6 +110,9 @@ def search_cmd(
     token: Token = None,
 ) -> None:
     """Search the console lines of a workspace's runs, newest runs first."""
+    checked_name(workspace, "workspace id")
+    if config is not None:
+        checked_name(config, "configuration id")
     params = _params(
         pattern, regex=regex, since=since, config=config, status=status, stream=stream, level=level
     )
@@ -124,7 +144,7 @@ def search_cmd(
                     if as_json:
                         sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
                     elif out.is_terminal:
-                        out.print(hit_text(line))
+                        out.print(hit_text(line, terminal=True))
                     else:
                         sys.stdout.write(hit_text(line).plain + "\n")
                     progress.update(task, description=f"searching: {printed} hits")

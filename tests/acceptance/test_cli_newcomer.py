@@ -166,7 +166,10 @@ def test_runs_ls_in_a_pipe_prints_whole_values(server: Server, finished: dict[st
     run = finished["run"]
     listed = cli("runs", "ls", "-w", "demo", server=server.url)
     assert listed.returncode == 0, listed.stderr
-    header, *rows = listed.stdout.splitlines()
+    # one run per line on stdout (README); the column names go to stderr
+    rows = listed.stdout.splitlines()
+    assert all(RUN_ID_RE.match(r) and len(r.split()) == 8 for r in rows), rows
+    header = listed.stderr.splitlines()[0]
     assert header.split() == [
         "RUN",
         "CONFIGURATION",
