@@ -271,25 +271,75 @@ class RunManager(ProducerIngest, RunUpkeep):
         """Take the log of a run this worker claimed; None if it is not ours to run.
 
         Returns None when another process holds the writer or the run already ended.
+
+        A cancel accepted while the worker claims the run is never lost: the
+        run's cancel signal is registered *before* the row is read, and
+        :meth:`_flag_cancel` sets the signal after it flags the row -- so a flag
+        this read misses finds the signal. The row is read again once the log
+        is ours: a run another process cancelled (and completed) meanwhile is
+        let go unwritten. A flag set by another process after that read reaches
+        the worker's cancel watch (``Worker``, every ``CANCEL_POLL_SECONDS``).
         """
-        async with self.held.lock(run.id):
-            current = await self.repo.get_run(run.id)
-            if current.status.ended or current.lease_owner != worker_id:
-                return None
-            try:
-                # an executor's console lines are buffered and retried on failure:
-                # nobody was promised them
-                held = await self.held.take(current, source="worker", atomic=False)
-            except WriterMoving:
-                return None
         cancel = asyncio.Event()
+        async with self.held.lock(run.id):
+            self._cancel_signals[run.id] = cancel
+            try:
+                current = await self.repo.get_run(run.id)
+                if current.status.ended or current.lease_owner != worker_id:
+                    self._drop_signal(run.id, cancel)
+                    return None
+                try:
+                    # an executor's console lines are buffered and retried on failure:
+                    # nobody was promised them
+                    held = await self.held.take(current, source="worker", atomic=False)
+                except WriterMoving:
+                    self._drop_signal(run.id, cancel)
+                    return None
+                try:
+                    current = await self.repo.get_run(run.id)
+                except BaseException:
+                    await held.let_go(f"run {run.id}: its row could not be read", fenced=False)
+                    raise
+                if current.status.ended or current.lease_owner != worker_id:
+                    # ended (a cancel completed it) or taken by another worker between
+                    # the read and the take: not ours to run, nothing to write
+                    await held.let_go(
+                        f"run {run.id} ended, or was claimed by another worker, before "
+                        "this worker took its log: letting it go",
+                        fenced=False,
+                    )
+                    self._drop_signal(run.id, cancel)
+                    return None
+                if held.writer.ended:
+                    # the log ends with run.completed, the row lagged (a crash between):
+                    # finish the row from the log rather than run the command again
+                    try:
+                        await self.finish_from_log(held)
+                    except BaseException:
+                        await held.let_go(f"run {run.id}: finishing it failed", fenced=False)
+                        raise
+                    self._drop_signal(run.id, cancel)
+                    return None
+            except BaseException:
+                self._drop_signal(run.id, cancel)
+                raise
+            held.run = current
         if current.cancel_requested:
             cancel.set()
-        self._cancel_signals[run.id] = cancel
         return RunSession(self, held, cancel)
 
+    def _drop_signal(self, run_id: str, cancel: asyncio.Event) -> None:
+        if self._cancel_signals.get(run_id) is cancel:
+            del self._cancel_signals[run_id]
+
+    async def cancels_requested(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` (runs this process's worker executes) have a cancel
+        request on their row -- set by another process (its API, the CLI)."""
+        return await self.repo.cancel_requested_among(run_ids)
+
     def executes(self, run_id: str) -> bool:
-        """Whether a worker of this process executes ``run_id`` (its session is open)."""
+        """Whether a worker of this process executes ``run_id`` (its session is open, or
+        being opened: ``start_session`` registers the run's signal before it reads the row)."""
         return run_id in self._cancel_signals
 
     def end_session(self, run_id: str) -> None:
@@ -342,10 +392,9 @@ class RunManager(ProducerIngest, RunUpkeep):
         run = await self.get_run(workspace_id, configuration_id, run_id)
         if run.status.ended:
             raise RunEnded(f"run {run_id} has already ended ({run.status.value})")
-        local = self._cancel_signals.get(run_id)
-        if local is not None:
-            local.set()
-            return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
+        if self.executes(run_id):
+            # this process's worker executes the run (or is taking it): signal it
+            return await self._flag_cancel(run_id)
         if run.external or run.lease_owner is None:
             async with self.held.lock(run_id):
                 held = self.held.get(run_id)
@@ -373,11 +422,21 @@ class RunManager(ProducerIngest, RunUpkeep):
 
     async def _flag_cancel(self, run_id: str) -> Run:
         """Ask whoever executes or holds the run to cancel it (signalled at once when it is
-        this process's worker)."""
+        this process's worker).
+
+        The signal is looked up again *after* the row is flagged: a worker here that
+        read the row before the flag registered its signal before that read
+        (:meth:`start_session`), so one of the two sees the cancel."""
+        self._signal_local(run_id)
+        try:
+            return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
+        finally:
+            self._signal_local(run_id)
+
+    def _signal_local(self, run_id: str) -> None:
         local = self._cancel_signals.get(run_id)
         if local is not None:
             local.set()
-        return await self.repo.update_run(run_id, expect=LIVE_STATUSES, cancel_requested=True)
 
     # ------------------------------------------------------------------ reading events
     async def open_events(self, workspace_id: str, configuration_id: str, run_id: str) -> Run:

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from runevents import metrics
+from runevents import ids, metrics
 from runevents.compaction_journal import CompactionJournal
 from runevents.db.log_deletions import QueuedDeletion
 from runevents.eventlog import EventLog, RunRef
 from runevents.events import Event, EventDraft, decode_event
 from runevents.exceptions import (
+    InvalidInput,
     LogNotFound,
     MaintenanceBusy,
     RunNotFound,
@@ -42,6 +45,7 @@ from runevents.summary import RunSummaryBuilder, row_exit_code, run_fields
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from runevents.db.repository import RunRepository
     from runevents.db.runlocks import RunLocks
@@ -76,6 +80,14 @@ def reap_interval(lease_seconds: float) -> float:
     """How often a process runs the lease reaper: a third of the lease, at least a second,
     at most ``REAP_INTERVAL_MAX`` (a round after the expiry is then well within 10 s)."""
     return min(REAP_INTERVAL_MAX, max(1.0, lease_seconds / 3))
+
+
+def _dir_names(root: Path) -> list[str]:
+    try:
+        with os.scandir(root) as entries:
+            return sorted(entry.name for entry in entries if entry.is_dir())
+    except FileNotFoundError:
+        return []
 
 
 def _failed(code: str, message: str) -> EventDraft:
@@ -136,7 +148,42 @@ class RunUpkeep:
             if finished is not None:
                 reaped.append(finished)
                 metrics.run_reaped()  # metrics hook
+                # the dead worker's scratch directory, when it shared this data dir
+                await self.remove_scratch_dir(run.id)
         return reaped
+
+    def _scratch_root(self) -> Path:
+        """Where this process's executor makes the runs' scratch directories
+        (``<data-dir>/tmp/{run_id}``, ``executor.execute``)."""
+        return self.settings.data_dir.resolve() / "tmp"
+
+    async def remove_scratch_dir(self, run_id: str) -> None:
+        """Remove run ``run_id``'s scratch directory in this data dir, if there is one
+        (the executor removes it at the end of a run; a worker killed mid-run cannot)."""
+        path = self._scratch_root() / ids.check_run_id(run_id)
+        if await asyncio.to_thread(path.exists):
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def remove_ended_scratch_dirs(self) -> int:
+        """Remove the scratch directories of this data dir's runs that have ended (or
+        have no row): left by a worker killed (kill -9) while it executed them, whose
+        run another process finished ``worker_lost`` from another data dir. A live
+        run's directory stays (a worker sharing the data dir may be executing it).
+        Returns how many were removed (a worker calls it when it starts)."""
+        removed = 0
+        for name in await asyncio.to_thread(_dir_names, self._scratch_root()):
+            try:
+                ids.check_run_id(name)
+            except InvalidInput:
+                continue  # not a run's directory
+            try:
+                ended = (await self.repo.get_run(name)).status.ended
+            except RunNotFound:
+                ended = True
+            if ended:
+                await self.remove_scratch_dir(name)
+                removed += 1
+        return removed
 
     async def fail_orphan(
         self, run: Run, *, code: str, message: str, expired_lease: bool = False

@@ -1,12 +1,16 @@
 """The worker: claims queued runs with a lease and executes them.
 
 One loop claims runs while it has free slots (``concurrency``); each claimed
-run gets a heartbeat task that renews its lease and relays a cancel request
-set by another process. A run whose worker died is noticed by any worker's
-reaper when its lease expires and is finished ``failed`` with the reason --
-never left ``running`` forever (a server process without workers reaps too:
-``App``). The file lock on the run's log is the final
-arbiter: a reaper cannot finish a run whose writer is still alive.
+run gets a heartbeat task that renews its lease. A cancel requested in this
+process signals the run at once (``RunManager._flag_cancel``); one requested
+by another process (an API replica, the CLI) is seen by the cancel watch,
+which reads the flags of every run in flight every ``CANCEL_POLL_SECONDS``
+(one query by primary key), not at the next heartbeat. A run whose worker
+died is noticed by any worker's reaper when its lease expires and is
+finished ``failed`` with the reason -- never left ``running`` forever (a
+server process without workers reaps too: ``App``). The file lock on the
+run's log is the final arbiter: a reaper cannot finish a run whose writer is
+still alive.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: how long the claim loop sleeps when the queue is empty (seconds)
 IDLE_POLL_SECONDS = 0.5
+#: how often the cancel watch reads the cancel flags of the runs in flight (seconds)
+CANCEL_POLL_SECONDS = 0.5
 #: backoff of a completion that could not be made durable (seconds)
 COMPLETE_RETRY_MIN, COMPLETE_RETRY_MAX = 0.2, 5.0
 #: issue 19: the reason a run ends ``cancelled`` when its server is stopped (Ctrl-C, SIGTERM)
@@ -98,6 +104,22 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and execute until stopped."""
+        watch = asyncio.create_task(self._watch_cancels(), name=f"cancel watch {self.worker_id}")
+        try:
+            await self.manager.remove_ended_scratch_dirs()
+        except asyncio.CancelledError:
+            watch.cancel()
+            raise
+        except Exception:
+            log.exception("removing the scratch directories of ended runs failed")
+        try:
+            await self._claim_loop()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _claim_loop(self) -> None:
         next_reap = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
@@ -164,6 +186,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self.manager.end_session(session.run.id)
+            # the executor removes it; this is for an execution cut short before it could
+            await asyncio.shield(self.manager.remove_scratch_dir(run.id))
 
     async def _complete(self, session: RunSession, **outcome: Any) -> None:
         """Write run.completed; while the log cannot be made durable, keep it buffered and
@@ -218,6 +242,7 @@ class Worker:
                 work_dir=self.settings.data_dir.resolve(),
                 max_line_bytes=self.settings.max_line_bytes,
                 kill_grace_seconds=self.settings.kill_grace_seconds,
+                withheld_env=self.manager.configs.secret_names(),
             )
         except asyncio.CancelledError:
             raise
@@ -246,6 +271,31 @@ class Worker:
                 "duration_ms": _ms_between(result.started_at, result.completed_at),
             },
         )
+
+    async def _watch_cancels(self) -> None:
+        """Signal the runs in flight whose cancel another process requested, within
+        ``CANCEL_POLL_SECONDS`` (a cancel requested here is signalled at once)."""
+        failing = False
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            watched = [rid for rid, s in self._sessions.items() if not s.cancel.is_set()]
+            if not watched:
+                continue
+            try:
+                requested = await self.manager.cancels_requested(watched)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # the heartbeat relays the flag too; say it once per outage
+                if not failing:
+                    log.warning("reading cancel requests failed (%s); will retry", exc)
+                failing = True
+                continue
+            failing = False
+            for run_id in requested:
+                session = self._sessions.get(run_id)
+                if session is not None:
+                    session.cancel.set()
 
     async def _heartbeat(self, session: RunSession) -> None:
         interval = max(0.2, self.settings.lease_seconds / 3)

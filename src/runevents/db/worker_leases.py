@@ -11,6 +11,7 @@ which worker process runs a job; it is not the writer lease
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -96,6 +97,19 @@ class WorkerLeases(RepositoryBase):
         if not exists:
             raise RunNotFound(f"run {run_id} not found")
         raise Conflict(f"worker {worker_id} no longer holds the lease on run {run_id}")
+
+    async def cancel_requested_among(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` have not ended and carry a cancel request (one read by
+        primary key: a worker's cancel watch asks it about its runs every half second)."""
+        if not run_ids:
+            return set()
+        stmt = sa.select(runs.c.id).where(
+            runs.c.id.in_(sorted(set(run_ids))),
+            runs.c.cancel_requested.is_(True),
+            runs.c.status.in_(NOT_ENDED_VALUES),
+        )
+        async with self._tx() as conn:
+            return set((await conn.scalars(stmt)).all())
 
     async def release_lease(self, run_id: str, worker_id: str) -> None:
         """Drop the lease if ``worker_id`` still holds it (otherwise do nothing)."""
