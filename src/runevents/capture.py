@@ -12,6 +12,19 @@ Two pure, synchronous pieces the process runner (``process.py``) drives:
   objects: a JSON object with a string ``type`` is the producer's structured
   event, anything else a ``console.line`` (contract section 2).
 
+What a job may print as a structured event is what a producer may POST
+(contract 6), by the same rules (``events.type_problem`` and
+``events.console_problem``, which ``producer.py`` applies to a batch): not a
+type only the server writes (``run.queued``, ``log.recovered``) nor, the run
+being executed, one of its lifecycle (``run.started``, ``run.completed``,
+``build.*``); a ``payload`` that is an object (left out: ``{}``); a
+``created_at`` in RFC 3339; ``source`` and ``build_id`` strings if given; a
+``console.line`` with a string ``message`` and the contract's ``scope``,
+``stream`` and ``level`` (one left out is the line's own: the translator's
+scope, the stream it was printed on, that stream's level). Where a producer
+gets 422, the job's line is kept as a plain ``console.line`` of its raw text:
+nothing printed is lost, and no malformed event is stored.
+
 Both are hot paths (a child may print a million lines as fast as it can), so
 the common case -- a short line -- avoids copies and per-line branches.
 """
@@ -23,30 +36,28 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from runevents.events import EventDraft, normalize_created_at
+from runevents import events
+from runevents.events import (
+    CONSOLE_LINE,
+    EventDraft,
+    console_problem,
+    normalize_created_at,
+    type_problem,
+)
 from runevents.exceptions import InvalidInput
 
 Stream = Literal["stdout", "stderr"]
 Scope = Literal["run", "build"]
 
-#: lifecycle events only the server writes; a child printing one gets a console line
-#: instead, so ``run.completed`` stays exactly once and last
-RESERVED_TYPES: Final = frozenset(
-    {
-        "run.queued",
-        "run.started",
-        "run.completed",
-        "build.created",
-        "build.started",
-        "build.completed",
-    }
-)
+#: types a job may not print (the line stays a plain console line): the server's
+#: own and the executed run's lifecycle, so ``run.completed`` stays exactly once and last
+RESERVED_TYPES: Final = events.SERVER_ONLY_TYPES | events.EXECUTOR_TYPES
 #: console level per stream (contract: stderr is ``warning``)
-STREAM_LEVELS: Final[dict[str, str]] = {"stdout": "info", "stderr": "warning"}
+STREAM_LEVELS: Final = events.STREAM_LEVELS
 #: ``logger`` of the console lines the executor itself writes (notices, spawn errors)
 NOTICE_LOGGER: Final = "runevents"
 #: longest structured event ``type`` accepted (longer ones become console lines)
-MAX_TYPE_CHARS: Final = 128
+MAX_TYPE_CHARS: Final = events.MAX_TYPE_CHARS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -260,7 +271,7 @@ class ConsoleTranslator:
                 append(self._cut(stream, line))
                 continue
             if structured and (line[:1] == b"{" or line.lstrip()[:1] == b"{"):
-                event = self._structured(line)
+                event = self._structured(line, stream)
                 if event is not None:
                     append(event)
                     continue
@@ -304,7 +315,9 @@ class ConsoleTranslator:
             payload["phase"] = self.phase
         return EventDraft(type="console.line", payload=payload, build_id=self.build_id)
 
-    def _structured(self, line: bytes) -> EventDraft | None:
+    def _structured(self, line: bytes, stream: Stream) -> EventDraft | None:
+        """The structured event ``line`` holds; None: a plain console line (rules:
+        the module docstring)."""
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -312,23 +325,27 @@ class ConsoleTranslator:
         if not isinstance(obj, dict):
             return None
         kind = obj.get("type")
-        if (
-            not isinstance(kind, str)
-            or not kind
-            or len(kind) > MAX_TYPE_CHARS
-            or kind in RESERVED_TYPES
-        ):
+        if not isinstance(kind, str) or type_problem(kind, executed=True) is not None:
             return None
-        raw_payload = obj.get("payload")
-        # a payload that is not an object cannot be stored as one; documented: it becomes {}
-        payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
+        payload = obj.get("payload", {})
+        if not isinstance(payload, dict):
+            return None
+        for key in ("source", "build_id"):
+            if not isinstance(obj.get(key, ""), str | None):
+                return None
         created_at = obj.get("created_at")
         stamp: str | None = None
-        if isinstance(created_at, str):
+        if created_at is not None:
+            if not isinstance(created_at, str):
+                return None
             try:
                 stamp = normalize_created_at(created_at)
             except InvalidInput:
-                stamp = None
+                return None
+        if kind == CONSOLE_LINE and (
+            console_problem(payload, scope=self.scope, stream=stream) is not None
+        ):
+            return None
         self._observe(kind, payload)
         return EventDraft(type=kind, payload=payload, created_at=stamp, build_id=self.build_id)
 

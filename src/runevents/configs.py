@@ -181,5 +181,10 @@ class ConfigRegistry:
             if every or (workspaces is not None and key[0] in workspaces)
         ]
 
+    def secret_names(self) -> frozenset[str]:
+        """Every variable name some configuration declares a secret: a job gets one
+        only if its own configuration declares it (``executor.child_environment``)."""
+        return frozenset(name for config in self._configs.values() for name in config.secrets)
+
     def __len__(self) -> int:
         return len(self._configs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -58,6 +58,136 @@ CONTRACT_TYPES = frozenset(
         "log.recovered",
     }
 )
+#: event types only the server writes: no producer sends them, no job prints them
+SERVER_ONLY_TYPES = frozenset({"run.queued", "log.recovered"})
+#: the lifecycle of an executed run, written by its executor and manager: its job's
+#: output may not forge them (an external run's producer owns its own lifecycle)
+EXECUTOR_TYPES = frozenset(
+    {
+        "run.started",
+        "run.completed",
+        "build.created",
+        "build.started",
+        "build.phase.started",
+        "build.phase.completed",
+        "build.completed",
+    }
+)
+#: longest event ``type`` a producer or a job may send
+MAX_TYPE_CHARS = 128
+#: the type of a line of output (contract section 2)
+CONSOLE_LINE = "console.line"
+#: a console line's pinned values (contract section 2)
+CONSOLE_SCOPES = frozenset({"run", "build"})
+CONSOLE_STREAMS = frozenset({"stdout", "stderr"})
+CONSOLE_LEVELS = frozenset({"debug", "info", "warning", "error"})
+#: the level of a console line that names none: its stream's (stderr is ``warning``)
+STREAM_LEVELS: dict[str, str] = {"stdout": "info", "stderr": "warning"}
+#: the payload keys the contract pins per event type (sections 2 and 2.1), nested
+#: objects as their own map; a set lists the values of an enum. Masking never
+#: rewrites these keys, nor an enum's value (``masking.py``); every other
+#: string -- their other values included -- is masked as usual.
+PayloadSpec: TypeAlias = dict[str, "PayloadSpec | frozenset[str] | None"]
+_PHASE_KEYS: PayloadSpec = dict.fromkeys(("phase", "message", "status", "duration_ms"))
+_BUILD_KEYS: PayloadSpec = dict.fromkeys(
+    ("status", "reason", "phase", "exit_code", "duration_ms", "content_hash", "index", "command")
+)
+_VALIDATION_KEYS: PayloadSpec = dict.fromkeys(
+    ("issues_total", "issues_by_severity", "issues_by_code", "max_severity")
+)
+PINNED_PAYLOAD_KEYS: dict[str, PayloadSpec] = {
+    "run.queued": dict.fromkeys(("status", "mode", "options")),
+    "run.started": dict.fromkeys(("status", "command")),
+    "build.created": _BUILD_KEYS,
+    "build.started": _BUILD_KEYS,
+    "build.phase.started": _BUILD_KEYS,
+    "build.phase.completed": _BUILD_KEYS,
+    "build.completed": _BUILD_KEYS,
+    "run.phase.started": _PHASE_KEYS,
+    "run.phase.completed": _PHASE_KEYS,
+    CONSOLE_LINE: {
+        "scope": CONSOLE_SCOPES,
+        "stream": CONSOLE_STREAMS,
+        "level": CONSOLE_LEVELS,
+        "message": None,
+        "phase": None,
+        "logger": None,
+        "truncated": None,
+        "truncated_bytes": None,
+    },
+    "run.table.summary": {
+        **dict.fromkeys(
+            ("table_id", "source_file", "source_sheet", "table_index", "row_count", "column_count")
+        ),
+        "validation": _VALIDATION_KEYS,
+    },
+    "run.validation.summary": _VALIDATION_KEYS,
+    "run.validation.issue": dict.fromkeys(("severity", "code", "field", "row", "message")),
+    "run.error": dict.fromkeys(("stage", "code", "message", "phase")),
+    "log.recovered": dict.fromkeys(("cut_bytes", "cut_events", "reason")),
+    "run.completed": {
+        "status": FINAL_STATUSES,
+        "failure": dict.fromkeys(("stage", "code", "message")),
+        "execution": dict.fromkeys(("exit_code", "started_at", "completed_at", "duration_ms")),
+        "artifacts": dict.fromkeys(("output_paths", "events_path")),
+        "summary": None,
+    },
+}
+#: run.completed's ``failure`` (the executor's result is masked with these keys kept)
+FAILURE_KEYS: PayloadSpec = dict.fromkeys(("stage", "code", "message"))
+
+
+def type_problem(kind: str, *, executed: bool) -> str | None:
+    """Why an event of type ``kind`` may not come from a producer (``executed``: from a
+    job's output), else None. The one rule for both (contract sections 2 and 6)."""
+    if not kind:
+        return "type must be a non-empty string"
+    if len(kind) > MAX_TYPE_CHARS:
+        return f"type is longer than {MAX_TYPE_CHARS} characters"
+    if kind in SERVER_ONLY_TYPES:
+        return f"{kind} is written by the server only"
+    if executed and kind in EXECUTOR_TYPES:
+        return f"{kind} of an executed run is written by the server only"
+    return None
+
+
+def console_problem(
+    payload: dict[str, Any], *, scope: str = "run", stream: str = "stdout"
+) -> str | None:
+    """Why ``payload`` is not a console line's (contract section 2), else None.
+
+    ``message`` must be a string; ``scope``, ``stream`` and ``level`` one of
+    their values. One left out is filled in place (the checks passed): the
+    given ``scope`` and ``stream`` (a job's: where it printed the line; a
+    producer's: ``run``, ``stdout``) and that stream's level.
+    """
+    message = payload.get("message")
+    if type(message) is not str:
+        return "a console.line's payload.message must be a string"
+    scope = payload.get("scope", scope)
+    line_stream = payload.get("stream", stream)
+    level = payload.get("level", _NO_LEVEL)
+    if type(scope) is not str or scope not in CONSOLE_SCOPES:
+        return "a console.line's payload.scope must be run or build"
+    if type(line_stream) is not str or line_stream not in CONSOLE_STREAMS:
+        return "a console.line's payload.stream must be stdout or stderr"
+    if level is not _NO_LEVEL and (type(level) is not str or level not in CONSOLE_LEVELS):
+        return "a console.line's payload.level must be debug, info, warning or error"
+    if "scope" not in payload or "stream" not in payload or level is _NO_LEVEL:
+        filled = {
+            "scope": scope,
+            "stream": line_stream,
+            "level": STREAM_LEVELS[line_stream] if level is _NO_LEVEL else level,
+            **payload,
+        }
+        payload.clear()
+        payload.update(filled)
+    return None
+
+
+_NO_LEVEL: Any = object()
+
+
 #: how an encoded run.completed line starts (the type is the first field)
 RUN_COMPLETED_PREFIX = b'{"type":"run.completed",'
 #: how the LAST line of every write unit (one ingest batch, one executor emit, one

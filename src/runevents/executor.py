@@ -13,16 +13,20 @@ returned :class:`ExecutionResult` -- never the executor):
 The child process (:mod:`runevents.process`) runs in its own session and gets:
 
 * cwd: ``config.cwd``, else a per-run scratch directory;
-* env: this process's environment without ``RUNEVENTS_*`` (server settings such
-  as a database URL are not the job's business), ``PYTHONUNBUFFERED=1`` unless
-  set (so Python jobs stream live), the configuration's ``env``, then
+* env: this process's environment without the server's own variables
+  (:data:`SERVER_ENV_PREFIXES`: ``RUNEVENTS_*`` settings such as the database
+  URL, the object store's ``AWS_*`` credentials, libpq's ``PG*``) and without
+  any variable another configuration declares a secret (``withheld_env``),
+  ``PYTHONUNBUFFERED=1`` unless set (so Python jobs stream live), the
+  configuration's ``env``, then
   ``RUNEVENTS_RUN_ID``, ``RUNEVENTS_WORKSPACE_ID``, ``RUNEVENTS_CONFIGURATION_ID``,
   ``RUNEVENTS_OPTIONS_FILE`` (the run options as a JSON object, as stored: a
   declared secret in them is ``***``; the child has its value in the environment),
   ``RUNEVENTS_RUN_DIR`` (the scratch directory, removed after the run) and, with
   a build step, ``RUNEVENTS_BUILD_DIR``;
 * the configuration's secrets (``secrets``): their values, also when they
-  come from this process's environment under a ``RUNEVENTS_`` name;
+  come from this process's environment under a withheld name (a job that needs
+  the worker's ``AWS_SECRET_ACCESS_KEY`` declares it, and it is masked);
 * argv placeholders: ``{python}`` is replaced by the interpreter running
   runevents (so a configuration can run Python without depending on ``PATH``)
   and ``{config_dir}`` by the directory of the configuration's TOML file.
@@ -59,7 +63,7 @@ import dataclasses
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +75,7 @@ from runevents.build import BuildCache
 from runevents.capture import ConsoleTranslator
 from runevents.configs import Configuration
 from runevents.emitter import Emitter
-from runevents.events import EventDraft
+from runevents.events import FAILURE_KEYS, EventDraft
 from runevents.masking import Masker
 from runevents.models import RunStatus, rfc3339, utcnow
 from runevents.process import ProcessOutcome, run_process
@@ -84,6 +88,12 @@ PYTHON_PLACEHOLDER = "{python}"
 CONFIG_DIR_PLACEHOLDER = "{config_dir}"
 #: name of the options file in the run's scratch directory
 OPTIONS_FILE = "options.json"
+#: variables of this process that are the server's own, never a job's: its settings
+#: (``RUNEVENTS_*``: database URL, session secret, tokens file), the object store's
+#: credentials (``AWS_*``, read by obstore) and the database client's (``PG*``, libpq's
+#: variables: ``PGPASSWORD``, ``PGPASSFILE``...). A configuration passes one on by
+#: naming it in its ``env`` or ``secrets``.
+SERVER_ENV_PREFIXES = ("RUNEVENTS_", "AWS_", "PG")
 
 
 class EventSink(Protocol):
@@ -140,12 +150,15 @@ async def execute(
     max_line_bytes: int,
     kill_grace_seconds: float,
     base_env: Mapping[str, str] | None = None,
+    withheld_env: Collection[str] = (),
 ) -> ExecutionResult:
     """Run ``config`` once for run ``run_id``; see the module docstring for events and results.
 
     ``work_dir`` holds build caches (``builds/``) and per-run scratch
     directories (``tmp/{run_id}``). ``base_env`` is the environment children
-    inherit (default: this process's). Raises only what ``sink`` raises (or
+    inherit (default: this process's); ``withheld_env`` names left out of it
+    unless ``config`` declares them (every configuration's secrets:
+    ``ConfigRegistry.secret_names``). Raises only what ``sink`` raises (or
     ``CancelledError``); the child's process group is gone before it returns or
     raises.
     """
@@ -161,9 +174,10 @@ async def execute(
         max_line_bytes=max_line_bytes,
         kill_grace_seconds=kill_grace_seconds,
         base_env=base_env,
+        withheld_env=withheld_env,
     )
     if result.failure is not None and masker:
-        failure, _ = masker.mask_value(result.failure)
+        failure, _ = masker.mask_pinned(result.failure, FAILURE_KEYS)
         result = dataclasses.replace(result, failure=failure)
     return result
 
@@ -180,6 +194,7 @@ async def _execute(
     max_line_bytes: int,
     kill_grace_seconds: float,
     base_env: Mapping[str, str] | None,
+    withheld_env: Collection[str],
 ) -> ExecutionResult:
     if cancel.is_set():
         return _ended("cancelled", None, None, None)
@@ -199,6 +214,7 @@ async def _execute(
                 "RUNEVENTS_OPTIONS_FILE": str(options_file),
                 "RUNEVENTS_RUN_DIR": str(run_dir),
             },
+            withheld_env,
         )
         async with AsyncExitStack() as stack:
             if config.build is not None:
@@ -314,10 +330,18 @@ def expand_argv(argv: Sequence[str], config: Configuration) -> list[str]:
 
 
 def child_environment(
-    base: Mapping[str, str], config: Configuration, runevents_vars: Mapping[str, str]
+    base: Mapping[str, str],
+    config: Configuration,
+    runevents_vars: Mapping[str, str],
+    withheld: Collection[str] = (),
 ) -> dict[str, str]:
     """The child's environment (rules in the module docstring)."""
-    env = {key: value for key, value in base.items() if not key.startswith("RUNEVENTS_")}
+    withheld = set(withheld)
+    env = {
+        key: value
+        for key, value in base.items()
+        if not key.startswith(SERVER_ENV_PREFIXES) and key not in withheld
+    }
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(config.env)
     # declared secrets reach the child whatever their name (they were resolved at load)

@@ -21,17 +21,33 @@ Why these forms (GitHub Actions masks the same ones):
   at least :data:`MIN_SECRET_CHARS` characters is masked on its own.
 
 What is masked: the draft's ``type``, ``source``, ``build_id`` and every
-string of its payload (keys too). Two things never are, because they carry
-the contract's structure rather than the run's data, and a value that happens
-to equal one of their words (``::add-mask::failed``) must not change how a run
-ends or is read:
+string of its payload (keys too). The contract's structure never is, because
+it is not the run's data, and a value that happens to equal one of its words
+(``::add-mask::failed``, ``::add-mask::stdout``, ``::add-mask::row_count``)
+must not change how a run ends or is read:
 
 * a ``type`` that is one of the contract's pinned event types
   (:data:`runevents.events.CONTRACT_TYPES`: ``run.completed``, ``console.line``...);
   any other type is masked like any string;
-* the ``status`` key of a ``run.completed`` payload and its value when it is
-  ``succeeded``, ``failed`` or ``cancelled``. The rest of that payload (the
-  failure's message, say) is masked.
+* the payload keys the contract pins for those types
+  (:data:`runevents.events.PINNED_PAYLOAD_KEYS`, nested objects too: a
+  console line's ``scope``/``stream``/``level``/``message``, a table summary's
+  ``row_count``, ``validation.issues_total``...); their values are masked;
+* a pinned enum's value when it is one of the contract's: a console line's
+  ``scope``, ``stream`` and ``level``, ``run.completed``'s ``status``.
+
+The same code masks an executed run's output and a producer's batch. In the
+encoded-JSON pass a pinned key is written as ``0`` and an enum's kept value
+left out (:func:`_pinned_form`), so no form can match them; the string walk
+skips them the same way (:meth:`Masker.mask_pinned`).
+
+Short ``::add-mask::`` values: one shorter than :data:`MIN_ADD_MASK_CHARS` is
+not applied (it would mask letters all over the log), but its own line still
+reads ``::add-mask::***``. Declared secrets need 8 characters
+(:data:`MIN_SECRET_CHARS`) because a bad configuration can be refused at
+start-up; a job's value cannot be refused, so the bar is lower: a 6-character
+PIN left in clear would be a leak. GitHub Actions applies any length; Azure
+Pipelines and most maskers skip values under 4 to 6.
 
 Overlapping values: the masked ranges are the union of every occurrence of
 every form, overlaps joined into one ``***`` (secrets ``abcdefgh12`` and
@@ -73,7 +89,13 @@ from urllib.parse import quote
 import orjson
 from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, MatchKind
 
-from runevents.events import CONTRACT_TYPES, FINAL_STATUSES, RUN_COMPLETED, EventDraft
+from runevents.events import (
+    CONSOLE_LINE,
+    CONTRACT_TYPES,
+    PINNED_PAYLOAD_KEYS,
+    EventDraft,
+    PayloadSpec,
+)
 
 #: what a secret value is replaced with
 MASK: Final = "***"
@@ -98,8 +120,12 @@ MIN_SECRET_CHARS: Final = 8
 MIN_DERIVED_CHARS: Final = 6
 #: the payload key counting replacements in one event (server-owned)
 MASKED_KEY: Final = "masked"
-#: the type of the events whose ``message`` may carry ``::add-mask::``
-CONSOLE_LINE: Final = "console.line"
+#: shortest ``::add-mask::`` value applied: a shorter one (``e``, ``ab``) would mask
+#: ordinary letters and words all over the log and hides nothing worth hiding; its
+#: own line still shows ``***`` in its place. Not 8 like a declared secret (which
+#: can be refused at start-up): a job's value cannot be refused, and a 6-character
+#: PIN the job asked to hide left in clear would be a leak (see the module docstring)
+MIN_ADD_MASK_CHARS: Final = 4
 
 
 def encoded_forms(value: str) -> set[str]:
@@ -193,41 +219,84 @@ def _merged(matches: Iterable[tuple[int, int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _pinned_status(draft: EventDraft) -> tuple[int, str] | None:
-    """(position, value) of a ``run.completed`` draft's final ``status``, else None.
+def _spec(draft: EventDraft) -> PayloadSpec | None:
+    """The payload keys the contract pins for the draft's type (None: none)."""
+    return PINNED_PAYLOAD_KEYS.get(draft.type)
 
-    That key and value decide how the run ends: they are never masked.
-    """
-    if draft.type != RUN_COMPLETED:
+
+def _kept(pin: PayloadSpec | frozenset[str] | None, value: Any) -> bool:
+    """Whether a pinned key's value is one of its enum's values (kept whole)."""
+    return isinstance(pin, frozenset) and type(value) is str and value in pin
+
+
+#: a pinned key in :func:`_maskable`'s form (its place tells which key it is)
+_PIN: Final = 0
+
+
+def _pinned_form(payload: dict[str, Any], spec: PayloadSpec) -> list[Any]:
+    """``payload`` as the masker sees it: ``[key, value]`` per item, where a pinned
+    key is ``0`` (ints are never masked: the key cannot change) and an enum's value
+    is left out (``[0]``); a pinned object with pinned keys of its own, the same
+    way. :func:`_from_pinned_form` puts the payload back together."""
+    items: list[Any] = []
+    for key, value in payload.items():
+        pin = spec.get(key, None) if key in spec else _UNPINNED
+        if pin is _UNPINNED:
+            items.append([key, value])
+        elif _kept(pin, value):
+            items.append([_PIN])
+        elif isinstance(pin, dict) and isinstance(value, dict):
+            items.append([_PIN, _pinned_form(value, pin)])
+        else:
+            items.append([_PIN, value])
+    return items
+
+
+def _from_pinned_form(
+    items: Any, spec: PayloadSpec, original: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The payload of a masked :func:`_pinned_form`; None if its shape changed."""
+    if not isinstance(items, list) or len(items) != len(original):
         return None
-    status = draft.payload.get("status")
-    if not isinstance(status, str) or status not in FINAL_STATUSES:
-        return None
-    return list(draft.payload).index("status"), status
+    out: dict[str, Any] = {}
+    for item, (key, value) in zip(items, original.items(), strict=True):
+        if not isinstance(item, list) or not 1 <= len(item) <= 2:
+            return None
+        if key not in spec:
+            if len(item) != 2 or not isinstance(item[0], str):
+                return None
+            out[item[0]] = item[1]
+            continue
+        if item[0] != _PIN:
+            return None
+        pin = spec[key]
+        if _kept(pin, value):
+            out[key] = value
+        elif len(item) != 2:
+            return None
+        elif isinstance(pin, dict) and isinstance(value, dict):
+            inner = _from_pinned_form(item[1], pin, value)
+            if inner is None:
+                return None
+            out[key] = inner
+        else:
+            out[key] = item[1]
+    return out
 
 
-def _without_status(payload: dict[str, Any], pinned: tuple[int, str] | None) -> dict[str, Any]:
-    if pinned is None:
-        return payload
-    return {key: value for key, value in payload.items() if key != "status"}
-
-
-def _with_status(payload: dict[str, Any], pinned: tuple[int, str] | None) -> dict[str, Any]:
-    """``payload`` with the pinned status back at its place (the stored key order)."""
-    if pinned is None:
-        return payload
-    items = list(payload.items())
-    items.insert(pinned[0], ("status", pinned[1]))
-    return dict(items)
+_UNPINNED: Any = object()
 
 
 def _maskable(draft: EventDraft) -> list[Any]:
-    """The parts of a draft that are masked: a contract type and a final status are not."""
+    """The parts of a draft that are masked: a contract type, the keys the contract
+    pins for it and its enums' values (``stream``, ``level``, a final ``status``)
+    are not."""
+    spec = _spec(draft)
     return [
         "" if draft.type in CONTRACT_TYPES else draft.type,
         draft.source,
         draft.build_id,
-        _without_status(draft.payload, _pinned_status(draft)),
+        draft.payload if spec is None else _pinned_form(draft.payload, spec),
     ]
 
 
@@ -438,18 +507,20 @@ class Masker:
             position = end
         parts.append(piece[position:])
         try:
-            kind, source, build_id, payload = orjson.loads(b"".join(parts))
+            kind, source, build_id, masked = orjson.loads(b"".join(parts))
         except (orjson.JSONDecodeError, ValueError, TypeError):
             # a match that ran into the JSON's own syntax: walk the strings instead
             self._mask_draft(draft)
             return
-        if not isinstance(kind, str) or not isinstance(payload, dict):  # pragma: no cover
+        spec = _spec(draft)
+        payload = masked if spec is None else _from_pinned_form(masked, spec, draft.payload)
+        if not isinstance(kind, str) or not isinstance(payload, dict):
+            # (a pinned form whose shape changed: a match in its syntax, walk instead)
             self._mask_draft(draft)
             return
         if draft.type not in CONTRACT_TYPES:
             draft.type = kind
         draft.source, draft.build_id = source, build_id
-        payload = _with_status(payload, _pinned_status(draft))
         draft.payload.clear()
         draft.payload.update(payload)
         draft.payload.pop(MASKED_KEY, None)
@@ -459,7 +530,8 @@ class Masker:
     def _mask_all(self, drafts: list[EventDraft]) -> list[EventDraft]:
         # two passes: the batch is written whole or not at all, so a value added
         # anywhere in it masks all of it (a line before the command included)
-        self.add(*[value for value in map(_draft_add_mask, drafts) if value is not None])
+        values = [value for value in map(_draft_add_mask, drafts) if value is not None]
+        self.add(*filter(add_mask_applies, values))
         for draft in drafts:
             self._mask_draft(draft)
         return drafts
@@ -468,12 +540,19 @@ class Masker:
         payload = draft.payload
         # the count is the server's: a producer cannot claim replacements
         payload.pop(MASKED_KEY, None)
+        total = 0
         value = _draft_add_mask(draft)
         if value is not None:
-            self.add(value)
+            if add_mask_applies(value):
+                self.add(value)
+            else:
+                # too short to mask the log with; its own line still hides it
+                payload["message"] = _hide_add_mask(payload["message"])
+                total += 1
         if self._text is None:
+            if total:
+                payload[MASKED_KEY] = total
             return
-        total = 0
         if draft.type not in CONTRACT_TYPES:
             draft.type, n = self.mask_text(draft.type)
             total += n
@@ -483,11 +562,49 @@ class Masker:
         if draft.build_id is not None:
             draft.build_id, n = self.mask_text(draft.build_id)
             total += n
-        pinned = _pinned_status(draft)
-        masked, n = self.mask_value(_without_status(payload, pinned))
+        spec = _spec(draft)
+        if spec is None:
+            masked, n = self.mask_value(payload)
+        else:
+            masked, n = self.mask_pinned(payload, spec)
         total += n
         if n:
             payload.clear()
-            payload.update(_with_status(masked, pinned))
+            payload.update(masked)
         if total:
             payload[MASKED_KEY] = total
+
+    def mask_pinned(self, value: dict[str, Any], spec: PayloadSpec) -> tuple[dict[str, Any], int]:
+        """``value`` masked like :meth:`mask_value`, but the keys ``spec`` pins (the
+        contract's structure, ``events.PINNED_PAYLOAD_KEYS``) stay as they are, and
+        so does a pinned enum's value (``stream: "stdout"``). Their other values,
+        and every other key and value, are masked."""
+        total = 0
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if key not in spec:
+                if isinstance(key, str):
+                    key, n = self.mask_text(key)
+                    total += n
+                item, n = self.mask_value(item)
+            else:
+                pin = spec[key]
+                if _kept(pin, item):
+                    n = 0
+                elif isinstance(pin, dict) and isinstance(item, dict):
+                    item, n = self.mask_pinned(item, pin)
+                else:
+                    item, n = self.mask_value(item)
+            total += n
+            out[key] = item
+        return (out, total) if total else (value, 0)
+
+
+def add_mask_applies(value: str) -> bool:
+    """Whether an ``::add-mask::`` value is long enough to be masked from now on."""
+    return len(value) >= MIN_ADD_MASK_CHARS
+
+
+def _hide_add_mask(message: str) -> str:
+    """An ``::add-mask::VALUE`` line with its value replaced by ``***``."""
+    return message[: message.index(ADD_MASK) + len(ADD_MASK)] + MASK

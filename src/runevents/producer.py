@@ -35,7 +35,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from runevents.eventlog import EventLog
-from runevents.events import FINAL_STATUSES, RUN_COMPLETED, EventDraft, decode_event
+from runevents.events import (
+    FINAL_STATUSES,
+    MAX_TYPE_CHARS,
+    RUN_COMPLETED,
+    SERVER_ONLY_TYPES,
+    EventDraft,
+    decode_event,
+    type_problem,
+)
 from runevents.exceptions import (
     Conflict,
     IdempotencyKeyReused,
@@ -57,13 +65,12 @@ if TYPE_CHECKING:
     from runevents.run_masks import RunMasks
     from runevents.settings import Settings
 
+_TYPE_OF = operator.attrgetter("type")
+
 log = logging.getLogger(__name__)
 
-#: event types only the server writes; producers may not send them
-SERVER_ONLY_TYPES = frozenset({"run.queued", "log.recovered"})
 #: ``Idempotency-Key`` longer than this is rejected (characters)
 MAX_IDEMPOTENCY_KEY = 200
-_TYPE_OF = operator.attrgetter("type")
 
 
 def producer_timeout(seconds: float) -> EventDraft:
@@ -196,7 +203,7 @@ class ProducerIngest:
                 # known to be damaged (StorageError, 503, if the cut fails)
                 held = await self.held.repair(held)
             if record is not None and await self._held_answer(held, record, drafts):
-                return {k: int(v) for k, v in record.answer.items()}
+                return _stored_answer(record)
             completing = drafts[-1].type == RUN_COMPLETED
             if completing:
                 # batches committed before it and still syncing are in the log before
@@ -320,7 +327,7 @@ class ProducerIngest:
         self, run: Run, record: IdempotencyRecord, drafts: Sequence[EventDraft]
     ) -> dict[str, int] | None:
         """The first answer for a retried batch of an ended run, if the log holds the batch."""
-        answer = {k: int(v) for k, v in record.answer.items()}
+        answer = _stored_answer(record)
         try:
             if await self._line_is(run, answer["first_sequence"], record, drafts[0]):
                 return answer
@@ -442,15 +449,29 @@ class ProducerIngest:
         return ended
 
     def _validate_batch(self, drafts: Sequence[EventDraft]) -> None:
+        """Refuse a batch holding an event a producer may not send (``events.type_problem``,
+        the rule a job's structured output follows too).
+
+        A producer's console lines are stored as sent (the summary counts what it
+        can read of them): checking every line's values would cost the hot path
+        about a tenth of a batch's CPU, and a job's output, which is checked
+        (``capture.py``), goes through a per-line path anyway.
+        """
         if not drafts:
             raise InvalidEvent("the batch holds no events")
-        types = list(map(_TYPE_OF, drafts))
-        if RUN_COMPLETED not in types and SERVER_ONLY_TYPES.isdisjoint(types):
-            return  # the common batch: one C pass, no Python code per event
+        kinds = set(map(_TYPE_OF, drafts))
+        if (
+            RUN_COMPLETED not in kinds
+            and SERVER_ONLY_TYPES.isdisjoint(kinds)
+            and max(map(len, kinds)) <= MAX_TYPE_CHARS
+        ):
+            return  # the common batch: a few C passes, no Python code per event
         for number, draft in enumerate(drafts, start=1):
-            if draft.type in SERVER_ONLY_TYPES:
-                raise InvalidEvent(f"{draft.type} is written by the server only", line=number)
-            if draft.type == RUN_COMPLETED:
+            kind = draft.type
+            problem = type_problem(kind, executed=False)
+            if problem is not None:
+                raise InvalidEvent(problem, line=number)
+            if kind == RUN_COMPLETED:
                 if number != len(drafts):
                     raise InvalidEvent("run.completed must be the last event", line=number)
                 status = draft.payload.get("status")
@@ -460,6 +481,16 @@ class ProducerIngest:
                         "run.completed payload.status must be succeeded, failed or cancelled",
                         line=number,
                     )
+
+
+def _stored_answer(record: IdempotencyRecord) -> dict[str, int]:
+    """A keyed batch's first answer, in the first answer's key order (Postgres' jsonb
+    keeps keys sorted by length: a replay's bytes differed from the first answer's)."""
+    answer = record.answer
+    return {
+        "first_sequence": int(answer["first_sequence"]),
+        "last_sequence": int(answer["last_sequence"]),
+    }
 
 
 def _idle_since(run: Run) -> float:

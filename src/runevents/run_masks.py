@@ -33,9 +33,15 @@ import orjson
 
 from runevents.configs import ConfigRegistry
 from runevents.db.repository import RunRepository
-from runevents.events import EventDraft
+from runevents.events import CONSOLE_LINE, EventDraft
 from runevents.exceptions import ConfigurationNotFound, StorageError
-from runevents.masking import ADD_MASK_BYTES, CONSOLE_LINE, Masker, add_mask_value, has_add_mask
+from runevents.masking import (
+    ADD_MASK_BYTES,
+    Masker,
+    add_mask_applies,
+    add_mask_value,
+    has_add_mask,
+)
 from runevents.models import Run
 from runevents.secretbox import SecretBox, new_key
 
@@ -145,6 +151,6 @@ def _body_add_masks(body: bytes) -> list[str]:
         message = payload.get("message") if isinstance(payload, dict) else None
         if isinstance(message, str):
             value = add_mask_value(message)
-            if value is not None:
+            if value is not None and add_mask_applies(value):
                 values.append(value)
     return values

@@ -186,19 +186,22 @@ def test_json_object_with_string_type_is_a_structured_event() -> None:
     assert out.created_at is None
 
 
-def test_structured_created_at_is_normalized_or_dropped() -> None:
+def test_structured_created_at_is_normalized_or_the_line_stays_text() -> None:
+    # contract 2: a created_at that is not RFC 3339 makes the line invalid (a
+    # producer gets 422): the job's line is kept as a plain console line
     tr = ConsoleTranslator(scope="run")
     good = b'{"type": "x.y", "created_at": "2026-01-02T03:04:05+02:00"}'
     bad = b'{"type": "x.y", "created_at": "yesterday"}'
     [a, b] = tr.translate("stdout", [good, bad])
     assert a.created_at == "2026-01-02T01:04:05.000000Z"
-    assert b.created_at is None
-    assert a.payload == b.payload == {}
+    assert a.payload == {}
+    assert b.type == "console.line" and b.payload["message"] == bad.decode()
 
 
-def test_structured_payload_that_is_not_an_object_becomes_empty() -> None:
-    [out] = ConsoleTranslator(scope="run").translate("stdout", [b'{"type": "x", "payload": [1]}'])
-    assert (out.type, out.payload) == ("x", {})
+def test_structured_payload_that_is_not_an_object_stays_text() -> None:
+    line = b'{"type": "x", "payload": [1]}'
+    [out] = ConsoleTranslator(scope="run").translate("stdout", [line])
+    assert out.type == "console.line" and out.payload["message"] == line.decode()
 
 
 @pytest.mark.parametrize(
@@ -294,3 +297,54 @@ def test_notice_is_marked_as_coming_from_runevents() -> None:
         "message": "runevents: stopping",
         "logger": "runevents",
     }
+
+
+@pytest.mark.parametrize(
+    "kind", ["log.recovered", "build.phase.started", "build.phase.completed", "run.queued"]
+)
+def test_a_job_could_emit_log_recovered(kind: str) -> None:
+    # Defect: log.recovered (the server's) and build.phase.* were stored as real
+    # events from a job's stdout, while build.* / run.started were refused
+    line = orjson.dumps({"type": kind, "payload": {"phase": "x", "cut_bytes": 1}})
+    [out] = ConsoleTranslator(scope="run").translate("stdout", [line])
+    assert out.type == "console.line" and out.payload["message"] == line.decode()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "console.line", "payload": {"stream": "bogus", "message": "m"}},
+        {"type": "console.line", "payload": {"level": "fatal", "message": "m"}},
+        {"type": "console.line", "payload": {"scope": "job", "message": "m"}},
+        {"type": "console.line", "payload": {"level": ["info"], "message": "m"}},
+        {"type": "console.line", "payload": {"message": 12345}},
+        {"type": "console.line", "payload": {}},
+        {"type": "console.line", "payload": "not an object"},
+        {"type": "x.y", "payload": None},
+        {"type": "console.line", "created_at": "not-a-date", "payload": {"message": "m"}},
+        {"type": "x.y", "created_at": 5},
+        {"type": "x.y", "source": 5},
+        {"type": "x" * 129},
+    ],
+)
+def test_a_job_could_emit_an_invalid_console_line(event: dict[str, object]) -> None:
+    # Defect: these were stored as malformed events (a payload string became {}, its
+    # text lost); a producer gets 422 for each: the job's line stays its raw text
+    line = orjson.dumps(event)
+    [out] = ConsoleTranslator(scope="run").translate("stderr", [line])
+    assert out.type == "console.line"
+    assert out.payload == {
+        "scope": "run",
+        "stream": "stderr",
+        "level": "warning",
+        "message": line.decode(),
+    }
+
+
+def test_a_structured_console_line_gets_the_fields_it_left_out() -> None:
+    tr = ConsoleTranslator(scope="build")
+    [out] = tr.translate("stderr", [b'{"type": "console.line", "payload": {"message": "m"}}'])
+    assert out.payload == {"scope": "build", "stream": "stderr", "level": "warning", "message": "m"}
+    given = b'{"type":"console.line","payload":{"stream":"stdout","level":"debug","message":"m"}}'
+    [out] = tr.translate("stderr", [given])
+    assert out.payload == {"scope": "build", "stream": "stdout", "level": "debug", "message": "m"}

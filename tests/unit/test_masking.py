@@ -13,8 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runevents.api.ingest import parse_batch
-from runevents.events import EventDraft
-from runevents.masking import MASK, Masker, add_mask_value, encoded_forms, nothing_to_mask
+from runevents.events import FAILURE_KEYS, EventDraft
+from runevents.masking import (
+    MASK,
+    MIN_ADD_MASK_CHARS,
+    Masker,
+    add_mask_value,
+    encoded_forms,
+    nothing_to_mask,
+)
 
 SECRET = "s3cr3t-Passw0rd/+="
 
@@ -396,3 +403,121 @@ def test_an_add_mask_value_earlier_in_the_same_batch_is_masked() -> None:
         "then ***",
     ]
     assert masker.values == ("sameBatch12345",)
+
+
+def _structure_drafts() -> list[EventDraft]:
+    """A console line of each stream, a table summary with a validation, a failed run."""
+    return [
+        line("plain text"),
+        EventDraft(
+            type="console.line",
+            payload={"scope": "build", "stream": "stderr", "level": "warning", "message": "w"},
+        ),
+        EventDraft(
+            type="run.table.summary",
+            payload={
+                "table_id": "t1",
+                "source_file": "a.csv",
+                "table_index": 0,
+                "row_count": 3,
+                "column_count": 2,
+                "validation": {"issues_total": 1, "issues_by_code": {"row_count_low": 1}},
+                "my_row_count": "row_count of mine",
+            },
+        ),
+        EventDraft(
+            type="run.completed",
+            payload={"status": "failed", "failure": {"stage": "run", "code": "c", "message": "m"}},
+        ),
+    ]
+
+
+# the same batch (the strings are walked) or a later one (the batch's JSON is searched)
+@pytest.mark.parametrize("same_batch", [True, False])
+@pytest.mark.parametrize(
+    "value", ["scope", "stream", "stdout", "stderr", "warning", "level", "message", "build"]
+)
+def test_an_add_mask_value_corrupted_console_line_keys(same_batch: bool, value: str) -> None:
+    # Defect: ::add-mask::VALUE rewrote the contract's structure: ::add-mask::stdout
+    # made stream "***", ::add-mask::level renamed the key ("***"), and the summary's
+    # by_stream / by_level became {}
+    masker = Masker()
+    command = line(f"::add-mask::{value}")
+    if same_batch:
+        out = masker.mask_drafts([command, *_structure_drafts()])[1:]
+    else:
+        masker.mask_drafts([command])
+        out = masker.mask_drafts(_structure_drafts())
+    plain, err = out[0].payload, out[1].payload
+    assert {k: plain[k] for k in ("scope", "stream", "level", "message")} == {
+        "scope": "run",
+        "stream": "stdout",
+        "level": "info",
+        "message": "plain text",
+    }, value
+    assert {k: err[k] for k in ("scope", "stream", "level")} == {
+        "scope": "build",
+        "stream": "stderr",
+        "level": "warning",
+    }, value
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+def test_an_add_mask_value_renamed_a_table_summary_field(same_batch: bool) -> None:
+    # Defect: ::add-mask::row_count renamed run.table.summary's row_count ("***"), so
+    # the summary skipped the table
+    masker = Masker()
+    command = line("::add-mask::row_count")
+    if same_batch:
+        out = masker.mask_drafts([command, *_structure_drafts()])[1:]
+    else:
+        masker.mask_drafts([command])
+        out = masker.mask_drafts(_structure_drafts())
+    table = out[2].payload
+    assert list(table) == [
+        "table_id",
+        "source_file",
+        "table_index",
+        "row_count",
+        "column_count",
+        "validation",
+        "my_***",
+        "masked",
+    ]
+    assert table["row_count"] == 3
+    # the keys the contract does not pin, and every value, are still masked
+    assert table["validation"]["issues_by_code"] == {"***_low": 1}
+    assert table["my_***"] == "*** of mine"
+    assert table["masked"] == 3
+    completed = out[3].payload
+    assert completed["status"] == "failed" and completed["failure"]["code"] == "c"
+
+
+def test_an_add_mask_value_kept_the_run_completed_failure_keys() -> None:
+    # the executor's failure is masked with its keys kept (code, message, stage)
+    masker = Masker(["message", "code-value-1"])
+    failure = {"stage": "run", "code": "code-value-1", "message": "the message"}
+    masked, count = masker.mask_pinned(failure, FAILURE_KEYS)
+    assert masked == {"stage": "run", "code": "***", "message": "the ***"} and count == 2
+
+
+def test_a_short_add_mask_value_masked_every_letter() -> None:
+    # Defect: ::add-mask::e masked every "e" of the rest of the log; a value shorter
+    # than MIN_ADD_MASK_CHARS is not applied, but its own line still hides it
+    masker = Masker()
+    out = masker.mask_drafts(
+        [line("::add-mask::e"), line("hello there everyone"), line("  ::add-mask::abc ")]
+    )
+    assert [d.payload["message"] for d in out] == [
+        "::add-mask::***",
+        "hello there everyone",
+        "  ::add-mask::***",
+    ]
+    assert out[0].payload["masked"] == 1 and "masked" not in out[1].payload
+    assert masker.values == ()
+    (later,) = masker.mask_drafts([line("e abc")])
+    assert later.payload["message"] == "e abc"
+    # from MIN_ADD_MASK_CHARS on, a value is masked everywhere
+    masker.mask_drafts([line("::add-mask::" + "p" * MIN_ADD_MASK_CHARS)])
+    (pin,) = masker.mask_drafts([line("pin " + "p" * MIN_ADD_MASK_CHARS)])
+    assert pin.payload["message"] == "pin ***"

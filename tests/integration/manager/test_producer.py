@@ -13,7 +13,7 @@ import pytest
 
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
-from runevents.exceptions import RunEnded, WriterMoving
+from runevents.exceptions import InvalidEvent, RunEnded, WriterMoving
 from runevents.models import Run, RunStatus
 from runevents.settings import Settings
 
@@ -191,3 +191,23 @@ async def test_idle_external_runs_writer_is_released_to_the_replica_that_gets_th
     finally:
         await other.close()
         await holder.close()
+
+
+@pytest.mark.parametrize(
+    "draft",
+    [
+        EventDraft(type="log.recovered", payload={"cut_bytes": 1, "reason": "forged"}),
+        EventDraft(type="x" * 129),
+    ],
+)
+async def test_a_producer_could_post_log_recovered_or_an_overlong_type(
+    app: App, draft: EventDraft
+) -> None:
+    # the rule a job's structured output follows too (events.type_problem); a
+    # producer's console lines are stored as sent (producer._validate_batch says why)
+    run = await app.manager.create_run("acme", "ext", external=True)
+    with pytest.raises(InvalidEvent) as refused:
+        await app.manager.ingest("acme", "ext", run.id, [console("ok"), draft])
+    assert refused.value.line == 2
+    # nothing of the batch was appended
+    assert (await last_event_type_and_status(app, run))[0] == "run.queued"

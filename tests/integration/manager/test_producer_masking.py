@@ -297,3 +297,49 @@ async def test_an_add_mask_value_earlier_in_the_same_batch_is_masked(
         }
     finally:
         await app.close()
+
+
+async def test_an_add_mask_value_corrupted_a_producers_console_lines(settings: Settings) -> None:
+    # Defect: a producer's ::add-mask::stdout / level / row_count turned stream into
+    # "***", renamed level and row_count, and the summary lost by_stream / by_level
+    # and the table's rows; a batch is masked like an executed run's output
+    app = await App.open(settings, worker=False)
+    try:
+        run = await app.manager.create_run("acme", "ext", external=True)
+        await app.manager.ingest(
+            "acme",
+            "ext",
+            run.id,
+            [
+                console(f"::add-mask::{value}", level="info")
+                for value in ("stdout", "level", "row_count")
+            ],
+        )
+        table = {"table_id": "t", "source_file": "f", "table_index": 0, "row_count": 4}
+        await app.manager.ingest(
+            "acme",
+            "ext",
+            run.id,
+            [
+                console("stdout is a word here", level="info"),
+                EventDraft(type="run.table.summary", payload=table),
+                EventDraft(type="run.completed", payload={"status": "succeeded"}),
+            ],
+        )
+        events = await events_of(app, run)
+        line = events[-3]["payload"]
+        assert line == {
+            "scope": "run",
+            "stream": "stdout",
+            "level": "info",
+            "message": "*** is a word here",
+            "masked": 1,
+        }
+        assert events[-2]["payload"] == table
+        done = await app.manager.get_run("acme", "ext", run.id)
+        assert done.summary is not None
+        assert done.summary["console"]["by_stream"] == {"stdout": 4}
+        assert done.summary["console"]["by_level"] == {"info": 4}
+        assert done.row_count == 4
+    finally:
+        await app.close()
