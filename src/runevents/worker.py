@@ -304,6 +304,10 @@ class Worker:
             try:
                 await self.manager.heartbeat(session, self.worker_id)
             except Conflict:
+                if session.cancel.is_set():
+                    # the run is being cancelled (the cancel watch was first): its
+                    # completion moved the row on before this renewal -- expected
+                    return
                 # the execution lease is never taken from a live worker (the reaper
                 # needs the run's log first); a row that moved on means the run ended
                 log.error("run %s: execution lease gone; stopping", session.run.id)
