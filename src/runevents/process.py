@@ -1,20 +1,26 @@
 """Run one child process, capture its output as events, and stop it for good.
 
 :func:`run_process` is the single primitive the build step and the run command
-share. The child gets its own session (``start_new_session=True``), so the
-child and everything it spawns can be signalled as one process group;
-stdout and stderr are read concurrently through a small
+share. stdout and stderr are read concurrently through a small
 :class:`asyncio.SubprocessProtocol` that pauses a pipe when its consumer falls
 behind (the pipe then fills and the child blocks: bounded memory, no deadlock).
 Everything that arrived in one read becomes one ``sink.emit`` call.
 
-Stopping (cancel, timeout, or processes left behind by a command that exited):
-SIGTERM to the group, SIGKILL after the grace period, then reap. On Linux the
-session is also enumerated through ``/proc`` so a descendant that moved to its
-own process group (``setpgid``) is found too, and so dead-but-unreaped
-members (zombies: an init that reaps slowly) do not count as running.
-Only a descendant that starts a new *session* of its own escapes; if it still
-holds our pipes we stop reading after :data:`DRAIN_SECONDS`. The group's
+On Linux the command runs under :mod:`runevents.supervisor` (our direct child,
+in a session of its own; the command inherits the pipes, nothing is copied):
+a child subreaper, so every descendant of the command stays within reach --
+one that moved to its own process group or called ``setsid`` included -- and
+it stops them all when this process dies (``kill -9`` of the server or
+worker). Stopping (cancel, timeout, or processes left behind by a command that
+exited): the supervisor sends SIGTERM once to each process, SIGKILL after the
+grace period, reaps them, and exits with the command's own status. A command
+that cannot be started is reported by the supervisor (``command_not_found``...).
+
+Elsewhere the command itself is the child, with its own session
+(``start_new_session=True``): SIGTERM to the group (and, with ``/proc``, to
+session members outside it), SIGKILL after the grace period; a descendant that
+starts a new *session* escapes there. Either way, if something outside our
+reach still holds our pipes we stop reading after :data:`DRAIN_SECONDS`. The
 signalling lives in ``process_group.py``; what the output becomes (events,
 masked, in order) in ``emitter.py``.
 """
@@ -24,16 +30,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
+from runevents import supervisor
 from runevents.capture import LineSplitter, Stream
 from runevents.emitter import Emitter
-from runevents.process_group import die_with_parent, group_alive, signal_group, stop_group
+from runevents.process_group import (
+    Stopped,
+    SupervisorStatus,
+    die_with_parent,
+    group_alive,
+    kill_supervised,
+    signal_group,
+    stop_group,
+    stop_supervised,
+)
 
 #: a pipe stops being read once this many bytes wait for the consumer
 HIGH_WATER: Final = 256 * 1024
@@ -41,6 +58,8 @@ HIGH_WATER: Final = 256 * 1024
 DRAIN_SECONDS: Final = 2.0
 # the parent-death signal (process_group.die_with_parent) is Linux's prctl
 _LINUX = sys.platform.startswith("linux")
+#: run commands under runevents.supervisor (Linux); tests turn it off to check the fallback
+SUPERVISE: bool = supervisor.available()
 
 Ending = Literal["exited", "cancelled", "timeout", "spawn_failed"]
 
@@ -166,45 +185,67 @@ async def run_process(
     """Run ``argv`` to its end, emitting its output; stop it on cancel or timeout.
 
     Raises only what ``emitter`` raises (sink failures) or ``CancelledError``;
-    in both cases the process group is killed and reaped first.
+    in both cases every process of the command is killed and reaped first.
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     protocol = _ChildProtocol(loop)
+    supervised = SUPERVISE
+    spawn: dict[str, Any] = {"preexec_fn": die_with_parent if _LINUX else None}
+    child_argv = list(argv)
+    status_read = status_write = -1
+    if supervised:
+        status_read, status_write = os.pipe()
+        child_argv = supervisor.command(
+            argv, status_fd=status_write, grace_seconds=kill_grace_seconds, parent=os.getpid()
+        )
+        spawn = {"pass_fds": (status_write,)}
     try:
         transport, _ = await loop.subprocess_exec(
             lambda: protocol,
-            *argv,
+            *child_argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=die_with_parent if _LINUX else None,
+            **spawn,
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        where = exc.filename if exc.filename is not None else argv[0]
-        what = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
-        if str(where) == str(cwd):
-            code, message = "spawn_failed", f"working directory not usable: {cwd} ({exc.strerror})"
-        else:
-            code, message = "command_not_found", f"command {what}: {where}"
-        return _spawn_failed(code, message, started)
     except OSError as exc:
-        return _spawn_failed("spawn_failed", f"cannot start {argv[0]}: {exc}", started)
+        if status_read >= 0:
+            os.close(status_read)
+        return _spawn_failed(exc, argv, cwd, started)
+    finally:
+        if status_write >= 0:
+            os.close(status_write)  # the supervisor holds it now: end of file when it is gone
 
-    pgid = transport.get_pid()
-    pumps = [
-        asyncio.create_task(_pump(protocol, 1, "stdout", emitter, max_line_bytes)),
-        asyncio.create_task(_pump(protocol, 2, "stderr", emitter, max_line_bytes)),
-    ]
+    # the child: the command, or the supervisor running it (the target of our requests)
+    pid = transport.get_pid()
+    status_file = os.fdopen(status_read, "rb", buffering=0) if supervised else None
+    status: SupervisorStatus | None = None
+    status_transport: asyncio.BaseTransport | None = None
+    pumps: list[asyncio.Task[None]] = []
     try:
-        ending = await _wait(protocol.exited, pumps, cancel, timeout_seconds, started)
+        job_ended: asyncio.Future[None] = protocol.exited
+        if status_file is not None:
+            status = SupervisorStatus(loop)
+            status_transport, _ = await loop.connect_read_pipe(lambda: status, status_file)
+            job = await status.started
+            if isinstance(job, OSError):  # the supervisor could not start the command
+                await asyncio.shield(protocol.exited)
+                transport.close()
+                return _spawn_failed(job, argv, cwd, started)
+            job_ended = _first(loop, protocol.exited, status.left)
+        pumps = [
+            asyncio.create_task(_pump(protocol, 1, "stdout", emitter, max_line_bytes)),
+            asyncio.create_task(_pump(protocol, 2, "stderr", emitter, max_line_bytes)),
+        ]
+        ending = await _wait(job_ended, pumps, cancel, timeout_seconds, started)
         if ending == "exited":
-            if group_alive(pgid):
+            if _left_running(pid, protocol.exited, status):
                 await emitter.notice("the command exited but left processes running; stopping them")
-                await stop_group(pgid, protocol.exited, kill_grace_seconds)
+                await _stop(pid, protocol.exited, kill_grace_seconds, status)
         else:
             why = (
                 "cancel requested"
@@ -215,19 +256,29 @@ async def run_process(
                 f"{why}; sending SIGTERM to the process group"
                 f" (SIGKILL after {kill_grace_seconds:g}s)"
             )
-            used = await stop_group(pgid, protocol.exited, kill_grace_seconds)
+            used = await _stop(pid, protocol.exited, kill_grace_seconds, status)
             if used == "SIGKILL":
                 await emitter.notice("the process group did not exit after SIGTERM; killed")
+        # the supervisor exits last (with the command's status), once all is gone
+        await asyncio.shield(protocol.exited)
         await _drain(pumps, emitter)
     except BaseException:
         # sink failure or our own cancellation: never leave the child behind
-        signal_group(pgid, signal.SIGKILL)
         for pump in pumps:
             pump.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.shield(protocol.exited)
+            if status is not None:
+                await kill_supervised(pid, protocol.exited)
+            else:
+                signal_group(pid, signal.SIGKILL)
+                await asyncio.shield(protocol.exited)
         transport.close()
         raise
+    finally:
+        if status_transport is not None:
+            status_transport.close()
+        elif status_file is not None:
+            status_file.close()
     transport.close()
     returncode = transport.get_returncode()
     assert returncode is not None
@@ -240,6 +291,35 @@ async def run_process(
         error_message=None,
         duration_ms=_ms_since(started),
     )
+
+
+def _first(loop: asyncio.AbstractEventLoop, *futures: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A future done when the first of ``futures`` is."""
+    first: asyncio.Future[None] = loop.create_future()
+
+    def done(_: asyncio.Future[None]) -> None:
+        if not first.done():
+            first.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(done)
+    return first
+
+
+def _left_running(pid: int, exited: asyncio.Future[None], status: SupervisorStatus | None) -> bool:
+    """After the command exited: do processes it started still run?"""
+    if status is None:
+        return group_alive(pid)
+    # the supervisor says so, and waits for us to stop them
+    return status.left.done() and not exited.done()
+
+
+async def _stop(
+    pid: int, exited: asyncio.Future[None], grace_seconds: float, status: SupervisorStatus | None
+) -> Stopped:
+    if status is None:
+        return await stop_group(pid, exited, grace_seconds)
+    return await stop_supervised(pid, exited, grace_seconds)
 
 
 async def _pump(
@@ -306,7 +386,17 @@ async def _drain(pumps: list[asyncio.Task[None]], emitter: Emitter) -> None:
         )
 
 
-def _spawn_failed(code: str, message: str, started: float) -> ProcessOutcome:
+def _spawn_failed(exc: OSError, argv: Sequence[str], cwd: Path, started: float) -> ProcessOutcome:
+    """The outcome of a command that could not be started, and why."""
+    if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
+        where = exc.filename if exc.filename is not None else argv[0]
+        what = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
+        if str(where) == str(cwd):
+            code, message = "spawn_failed", f"working directory not usable: {cwd} ({exc.strerror})"
+        else:
+            code, message = "command_not_found", f"command {what}: {where}"
+    else:
+        code, message = "spawn_failed", f"cannot start {argv[0]}: {_with_filename(exc, argv[0])}"
     return ProcessOutcome(
         ending="spawn_failed",
         exit_code=None,
@@ -319,3 +409,10 @@ def _spawn_failed(code: str, message: str, started: float) -> ProcessOutcome:
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+def _with_filename(exc: OSError, filename: object) -> OSError:
+    """``exc`` as subprocess reports it: with the file it was about."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, filename)
