@@ -10,7 +10,8 @@ returned :class:`ExecutionResult` -- never the executor):
 3. the command's output: ``console.line`` per line, or the producer's own
    structured events (:mod:`runevents.capture`).
 
-The child process (:mod:`runevents.process`) runs in its own session and gets:
+The child process (:mod:`runevents.process`; on Linux under its supervisor, which has
+the session and stops every descendant) gets:
 
 * cwd: ``config.cwd``, else a per-run scratch directory;
 * env: this process's environment without the server's own variables
