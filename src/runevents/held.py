@@ -129,7 +129,11 @@ class HeldRun:
         degraded = self.logging_degraded and not self.run.logging_degraded
         if not force and not degraded and now - self._progress_at < PROGRESS_SECONDS:
             return self.run
-        if self.run.event_count == writer.durable_sequence and not degraded:
+        if (
+            self.run.event_count == writer.durable_sequence
+            and self.run.events_bytes == writer.visible_offset
+            and not degraded
+        ):
             self._progress_at = now
             return self.run
         self._progress_at = now
@@ -248,15 +252,33 @@ class HeldRun:
 
     # ------------------------------------------------------------------ letting go
     async def release(self) -> None:
-        """Let go of a live run: its writer closed (all of it durable), the lease given up."""
+        """Let go of a live run: its writer closed (all of it durable), the lease given up.
+
+        The lease is given back only when the run is let go *cleanly*: the row's
+        counters are the log's end, and the log holds no run.completed the row lacks
+        (a completion whose row update failed). Otherwise it is left to lapse, and
+        the repair loop, which takes only runs that may need it (``repair.py``),
+        takes this one. The fold's state is kept (``HeldRuns.keep_fold``): taking
+        the run again folds only the log after it.
+        """
         if self.phase is LogPhase.OWNED:
             self._step(Step.RELEASE)
-        with contextlib.suppress(StorageError):
-            if not self.lease.lost:
+        clean = not self.lease.lost and not (self.writer.ended and not self.run.status.ended)
+        if clean:
+            try:
                 await self.record_progress(force=True)
+            except StorageError:
+                clean = False
         await self.writer.close()
+        checkpoint = None if self.writer.ended else self.fold.checkpoint()
         self.fold.cancel()
         self.registry.forget(self)
+        if checkpoint is not None:
+            self.registry.keep_fold(self.run.id, checkpoint)
+        if not clean and not self.lease.lost:
+            # not given back: it lapses within the lease, and the repair loop takes the run
+            self.registry.ownership.forget(self.lease)
+            return
         with contextlib.suppress(StorageError):
             await self.lease.release()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from runevents.keyed_locks import KeyedLocks
 from runevents.lifecycle import LogPhase, Step, advance
 from runevents.models import Run
 from runevents.ownership import Lease, Ownership
-from runevents.summary_fold import SummaryFold
+from runevents.summary_fold import FoldCheckpoint, SummaryFold
 
 if TYPE_CHECKING:
     from runevents.db.repository import RunRepository
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 #: (the same logger as held.py: taking and repairing runs logs under one name)
 log = logging.getLogger("runevents.held")
+
+#: the folds of let-go runs kept for their next take (each bounded: summary/bounds.py)
+KEPT_FOLDS = 256
 
 
 class HeldRuns:
@@ -60,6 +64,16 @@ class HeldRuns:
         self._repairs: dict[str, asyncio.Task[bool]] = {}
         #: ended runs whose damaged log is left as it is (said once)
         self._final_damage: set[str] = set()
+        #: the folds of runs this process let go, newest last (at most KEPT_FOLDS):
+        #: taking one again folds only the log after its checkpoint
+        self._folds: OrderedDict[str, FoldCheckpoint] = OrderedDict()
+
+    def keep_fold(self, run_id: str, checkpoint: FoldCheckpoint) -> None:
+        """Keep the fold of a run let go (``HeldRun.release``) for its next take."""
+        self._folds[run_id] = checkpoint
+        self._folds.move_to_end(run_id)
+        while len(self._folds) > KEPT_FOLDS:
+            self._folds.popitem(last=False)
 
     def get(self, run_id: str) -> HeldRun | None:
         return self._held.get(run_id)
@@ -120,7 +134,11 @@ class HeldRuns:
         def on_damaged(exc: LogDamaged) -> None:
             self.damage_found(run.id, exc.offset)
 
-        fold = SummaryFold(self.log, run_ref(run), existing, on_damaged)
+        # a fold kept when this process let the run go: only the log after it is read (its
+        # boundary checked first); a full recovery (damage) trusts no earlier state
+        kept = self._folds.pop(run.id, None)
+        resume = None if full or writer.recovered is not None else kept
+        fold = SummaryFold(self.log, run_ref(run), existing, on_damaged, resume)
         held = HeldRun(run, writer, lease, fold, self)
         held.phase = advance(phase, Step.TAKE)
         self._held[run.id] = held
@@ -166,6 +184,7 @@ class HeldRuns:
         """
         if run_id in self._final_damage:
             return  # an ended run's final log: left as it is, said so already
+        self._folds.pop(run_id, None)
         if run_id not in self.damaged:
             log.warning("run %s: a read found damaged bytes at offset %s", run_id, offset)
             self.damaged[run_id] = offset

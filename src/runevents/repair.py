@@ -21,6 +21,19 @@ finding                 how it is recognized                        repair
 Each pass also deletes the expired bodies whose ``delete_delay_seconds``
 have passed (``RunUpkeep.delete_due_bodies``): routine, not a finding.
 
+Only runs that may need it are taken (issue: every pass took every idle live run,
+so an idle server burned CPU in proportion to its live runs): a run whose row
+ended, one whose writer lease lapsed without being given back (its holder died
+or stalled: ``live_runs_with_lapsed_writers``), and a local run whose live log
+is not exactly as long as its row's checkpoint (``events_bytes``: a row behind
+its log, a torn or zeroed tail, a log shorter than the row) -- one ``stat``.
+A run let go cleanly is none of these: ``HeldRun.release`` writes the row's
+counters, then gives the lease back; one it cannot (the row not written, or
+run.completed in the log but not in the row) keeps its lease until it lapses.
+A take finds nothing else: recovery from a checkpoint checks the log from
+there on. Several machines: every live run's chunks are asked whether they end
+the run (``LiveTier.ends_run``), as before.
+
 Runs another process holds are skipped (taking their log fails: file lock
 or writer lease); the next pass looks again. Lost workers are the lease
 reaper's (``RunManager.reap_expired_leases``), idle producers
@@ -32,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runevents import metrics
@@ -61,13 +75,14 @@ async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
                         found["stuck_completion"] += 1
             except RuneventsError as exc:
                 log.warning("run %s: completion still failing: %s", held.run.id, exc)
+    lapsed = await manager.repo.live_runs_with_lapsed_writers()
     after: str | None = None
     while True:
         runs = await manager.repo.live_runs(limit=page, after_id=after)
         if not runs:
             break
         after = runs[-1].id
-        for run in runs:
+        for run in await _needing_repair(manager, runs, lapsed):
             if manager.held.get(run.id) is not None:
                 continue
             try:
@@ -92,6 +107,37 @@ async def repair_pass(manager: RunManager, *, page: int = 500) -> Counter[str]:
         for kind, count in found.items():
             metrics.repair_found(kind, count)
     return found
+
+
+async def _needing_repair(manager: RunManager, runs: list[Run], lapsed: set[str]) -> list[Run]:
+    """The runs of ``runs`` that may need a repair (see the module doc), in their order."""
+    chosen: set[str] = set()
+    local: list[Run] = []
+    for run in runs:
+        if manager.held.get(run.id) is not None:
+            continue
+        if run.status.ended or run.id in lapsed or manager.tier is not None:
+            chosen.add(run.id)
+        elif run.external or run.lease_owner is None:
+            local.append(run)  # (a worker's run: the lease reaper's)
+    if local:
+        paths = [manager.log.keys(run_ref(run)).live for run in local]
+        sizes = await asyncio.to_thread(_sizes, paths)
+        for run, size in zip(local, sizes, strict=True):
+            if size is not None and size != (run.events_bytes or 0):
+                chosen.add(run.id)
+    return [run for run in runs if run.id in chosen]
+
+
+def _sizes(paths: list[Path]) -> list[int | None]:
+    """Each file's size; None for a missing one (a live log on another machine)."""
+    sizes: list[int | None] = []
+    for path in paths:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(None)
+    return sizes
 
 
 async def _repair_one(manager: RunManager, run: Run) -> str | None:

@@ -18,7 +18,7 @@ from runevents.db.listing import NEWEST_FIRST
 from runevents.db.rows import check_aware
 from runevents.db.tables import runs
 from runevents.exceptions import InvalidInput
-from runevents.models import LogState, Run
+from runevents.models import LogState, Run, utcnow
 
 
 class MaintenanceQueries(RepositoryBase):
@@ -52,6 +52,18 @@ class MaintenanceQueries(RepositoryBase):
         if after_id is not None:
             where.append(runs.c.id > after_id)
         return await self._runs(runs.select().where(*where).order_by(runs.c.id).limit(limit))
+
+    async def live_runs_with_lapsed_writers(self) -> set[str]:
+        """Ids of the runs whose log is ``live`` and whose writer lease expired without being
+        given back (its holder died or stalled): the repair loop takes those. A writer let go
+        cleanly (``release_writer``) clears ``writer_owner``; those are not listed."""
+        stmt = sa.select(runs.c.id).where(
+            runs.c.log_state == LogState.LIVE.value,
+            runs.c.writer_owner.is_not(None),
+            runs.c.writer_expires_at < utcnow(),
+        )
+        async with self._tx() as conn:
+            return {str(row[0]) for row in (await conn.execute(stmt)).all()}
 
     async def runs_with_log_states(
         self,
