@@ -96,6 +96,7 @@ from runevents.events import (
     EventDraft,
     PayloadSpec,
 )
+from runevents.masking_structure import from_pinned_form, kept_whole, maskable_parts
 
 #: what a secret value is replaced with
 MASK: Final = "***"
@@ -217,87 +218,6 @@ def _merged(matches: Iterable[tuple[int, int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
-
-
-def _spec(draft: EventDraft) -> PayloadSpec | None:
-    """The payload keys the contract pins for the draft's type (None: none)."""
-    return PINNED_PAYLOAD_KEYS.get(draft.type)
-
-
-def _kept(pin: PayloadSpec | frozenset[str] | None, value: Any) -> bool:
-    """Whether a pinned key's value is one of its enum's values (kept whole)."""
-    return isinstance(pin, frozenset) and type(value) is str and value in pin
-
-
-#: a pinned key in :func:`_maskable`'s form (its place tells which key it is)
-_PIN: Final = 0
-
-
-def _pinned_form(payload: dict[str, Any], spec: PayloadSpec) -> list[Any]:
-    """``payload`` as the masker sees it: ``[key, value]`` per item, where a pinned
-    key is ``0`` (ints are never masked: the key cannot change) and an enum's value
-    is left out (``[0]``); a pinned object with pinned keys of its own, the same
-    way. :func:`_from_pinned_form` puts the payload back together."""
-    items: list[Any] = []
-    for key, value in payload.items():
-        pin = spec.get(key, None) if key in spec else _UNPINNED
-        if pin is _UNPINNED:
-            items.append([key, value])
-        elif _kept(pin, value):
-            items.append([_PIN])
-        elif isinstance(pin, dict) and isinstance(value, dict):
-            items.append([_PIN, _pinned_form(value, pin)])
-        else:
-            items.append([_PIN, value])
-    return items
-
-
-def _from_pinned_form(
-    items: Any, spec: PayloadSpec, original: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The payload of a masked :func:`_pinned_form`; None if its shape changed."""
-    if not isinstance(items, list) or len(items) != len(original):
-        return None
-    out: dict[str, Any] = {}
-    for item, (key, value) in zip(items, original.items(), strict=True):
-        if not isinstance(item, list) or not 1 <= len(item) <= 2:
-            return None
-        if key not in spec:
-            if len(item) != 2 or not isinstance(item[0], str):
-                return None
-            out[item[0]] = item[1]
-            continue
-        if item[0] != _PIN:
-            return None
-        pin = spec[key]
-        if _kept(pin, value):
-            out[key] = value
-        elif len(item) != 2:
-            return None
-        elif isinstance(pin, dict) and isinstance(value, dict):
-            inner = _from_pinned_form(item[1], pin, value)
-            if inner is None:
-                return None
-            out[key] = inner
-        else:
-            out[key] = item[1]
-    return out
-
-
-_UNPINNED: Any = object()
-
-
-def _maskable(draft: EventDraft) -> list[Any]:
-    """The parts of a draft that are masked: a contract type, the keys the contract
-    pins for it and its enums' values (``stream``, ``level``, a final ``status``)
-    are not."""
-    spec = _spec(draft)
-    return [
-        "" if draft.type in CONTRACT_TYPES else draft.type,
-        draft.source,
-        draft.build_id,
-        draft.payload if spec is None else _pinned_form(draft.payload, spec),
-    ]
 
 
 def _json_escaped(form: str) -> bytes:
@@ -483,7 +403,7 @@ class Masker:
         if not any(a.find_matches_as_indexes(blob) for a in self._json):
             return drafts  # the common case: one encoding, one scan
         # which drafts: encode them one by one (a batch with a hit is the rare case)
-        pieces = [orjson.dumps(_maskable(d)) for d in drafts]
+        pieces = [orjson.dumps(maskable_parts(d)) for d in drafts]
         joined = b"\n".join(pieces)  # encoded JSON holds no raw newline
         ends = list(itertools.accumulate(len(piece) + 1 for piece in pieces))
         hits = {
@@ -512,8 +432,8 @@ class Masker:
             # a match that ran into the JSON's own syntax: walk the strings instead
             self._mask_draft(draft)
             return
-        spec = _spec(draft)
-        payload = masked if spec is None else _from_pinned_form(masked, spec, draft.payload)
+        spec = PINNED_PAYLOAD_KEYS.get(draft.type)
+        payload = masked if spec is None else from_pinned_form(masked, spec, draft.payload)
         if not isinstance(kind, str) or not isinstance(payload, dict):
             # (a pinned form whose shape changed: a match in its syntax, walk instead)
             self._mask_draft(draft)
@@ -562,7 +482,7 @@ class Masker:
         if draft.build_id is not None:
             draft.build_id, n = self.mask_text(draft.build_id)
             total += n
-        spec = _spec(draft)
+        spec = PINNED_PAYLOAD_KEYS.get(draft.type)
         if spec is None:
             masked, n = self.mask_value(payload)
         else:
@@ -589,7 +509,7 @@ class Masker:
                 item, n = self.mask_value(item)
             else:
                 pin = spec[key]
-                if _kept(pin, item):
+                if kept_whole(pin, item):
                     n = 0
                 elif isinstance(pin, dict) and isinstance(item, dict):
                     item, n = self.mask_pinned(item, pin)
