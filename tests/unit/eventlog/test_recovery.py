@@ -154,6 +154,12 @@ def run_cut_and_append(
     max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    # The cut's bound is the sample log's length, which differs by a few bytes from one
+    # session to the next (write-unit markers): examples saved by an earlier session do
+    # not replay (FlakyStrategyDefinition, seen in CI), so none are saved, and the
+    # examples are the same ones every run
+    database=None,
+    derandomize=True,
 )
 @given(data=st.data())
 def test_cut_anywhere_reopen_append_and_read(
