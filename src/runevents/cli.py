@@ -10,12 +10,14 @@ talk to a running server live in ``cli_client.py`` and are registered here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import os
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +25,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from runevents import logs
 from runevents.exceptions import ConfigError, RuneventsError
@@ -57,6 +59,56 @@ class _Commands(TyperGroup):
             return result
         except BrokenPipeError:
             raise stdout_closed() from None
+
+
+#: the usage exit code (Click's), of every command but those that pass a run's code through
+EXIT_USAGE = 2
+#: the exit code of ``run`` and ``tail`` when the command itself fails (bad arguments, server
+#: unreachable, bad token, run not found): they exit with the run's own code otherwise, so a
+#: failure must not look like a run that exited 2 (``docker run``'s convention)
+EXIT_CLI_FAILED = 125
+#: the exit code of a failure of the command running now (``PassThrough`` sets it)
+_FAILURE_CODE = contextvars.ContextVar("failure_code", default=EXIT_USAGE)
+
+
+class PassThrough(TyperCommand):
+    """A command whose exit code is a run's: every failure of its own exits 125.
+
+    Click's parse errors (a missing argument, a bad option) are raised before the
+    callback runs, an error of ours as :func:`usage_error` (which asks
+    :func:`failure_code`), anything unforeseen as a traceback that would exit 1.
+    """
+
+    # ``Any``: the Context type is that of the Click Typer bundles (as ``_Commands`` has it)
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:  # Click's usage errors (Typer bundles Click)
+            exc.exit_code = EXIT_CLI_FAILED
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        token = _FAILURE_CODE.set(EXIT_CLI_FAILED)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # an exit code chosen already; a closed stdout is the group's (exit 0)
+        except typer.TyperException as exc:
+            exc.exit_code = EXIT_CLI_FAILED
+            raise
+        except Exception:
+            # a bug of ours: shown as Python would, with an exit code no run has
+            traceback.print_exc()
+            raise typer.Exit(code=EXIT_CLI_FAILED) from None
+        finally:
+            _FAILURE_CODE.reset(token)
+
+
+def failure_code() -> int:
+    """The exit code of a failure of the command running now: 125 in ``run``/``tail``, else 2."""
+    return _FAILURE_CODE.get()
 
 
 app = typer.Typer(
@@ -118,10 +170,11 @@ def _bad_setting(exc: ValidationError) -> typer.Exit:
 
 
 def usage_error(message: str) -> typer.Exit:
-    """One ``error:`` line on stderr and the usage exit code (2), instead of a traceback."""
+    """One ``error:`` line on stderr and the usage exit code (2; 125 in ``run`` and ``tail``,
+    see :data:`EXIT_CLI_FAILED`), instead of a traceback."""
     # the message is data, not markup ("[[token]]" must survive), and must not wrap
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=failure_code())
 
 
 def _fail(exc: RuneventsError) -> typer.Exit:
@@ -301,7 +354,10 @@ def worker(
     storage_url: StorageUrl = None,
     config: Annotated[Path | None, typer.Option("--config", help="Configurations TOML")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Register the demo configuration")] = False,
-    concurrency: Annotated[int, typer.Option(help="Runs executed at once")] = 4,
+    concurrency: Annotated[
+        # 0 would start a worker that never takes a run: refused like any bad value (exit 2)
+        int, typer.Option(min=1, help="Runs executed at once (at least 1)")
+    ] = 4,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
     metrics_port: Annotated[
@@ -325,7 +381,7 @@ def worker(
             storage_url=storage_url,
             config_file=config,
             demo=demo or None,
-            worker_concurrency=max(1, concurrency),
+            worker_concurrency=concurrency,
             maintenance_interval_seconds=0,
             log_level=log_level,
             log_format=log_format,

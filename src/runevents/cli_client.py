@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, NoReturn, TypeVar
 import typer
 from rich.markup import escape
 
-from runevents.cli import app, console, stdout_closed, usage_error
+from runevents.cli import PassThrough, app, console, stdout_closed, usage_error
 from runevents.cli_format import run_details, runs_table
 from runevents.cli_output import redact, terminal_safe
 from runevents.client import AsyncClient, ClientError, Event
@@ -255,7 +255,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-@app.command("run")
+@app.command("run", cls=PassThrough)
 def run_cmd(
     workspace_id: str,
     configuration_id: str,
@@ -269,6 +269,7 @@ def run_cmd(
     """Start a run, follow its console live, and exit with the run's exit code.
 
     Ctrl-C stops following; the run goes on on the server (tail or cancel it).
+    A failure of the command itself exits 125.
     """
     checked_name(workspace_id, "workspace id")
     checked_name(configuration_id, "configuration id")
@@ -305,7 +306,7 @@ def run_cmd(
     raise typer.Exit(code=_call(server, token, work, interrupted))
 
 
-@app.command("tail")
+@app.command("tail", cls=PassThrough)
 def tail_cmd(
     run_id: str,
     after: Annotated[int, typer.Option("--after", help="Start after this sequence")] = 0,
@@ -313,7 +314,10 @@ def tail_cmd(
     token: Token = None,
     color: Color = "auto",
 ) -> None:
-    """Follow a run's events live (replaying after --after), resuming after drops."""
+    """Follow a run's events live (replaying after --after), resuming after drops.
+
+    Exits with the run's exit code; a failure of the command itself exits 125.
+    """
     checked_run_id(run_id)
     colored = _wants_color(color)
 

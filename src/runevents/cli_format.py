@@ -4,9 +4,11 @@
   RFC 3339 times with their zone), one run per line, columns padded with
   spaces; nothing is ever cut. An empty cell (no exit code yet) is ``-``, so
   every line has the same fields for ``awk``.
-* A terminal: fitted to its width. Run ids are shortened first
-  (``run_01JD3…T6V8W``), then the least useful columns go; a status is never cut.
-  Times are local, with the zone.
+* A terminal: fitted to its width, every line (the header too) at most that
+  many columns. Run ids are shortened first (``run_01JD3…T6V8W``), then the
+  least useful columns go (``LAYOUTS``), and below the run and its status alone
+  the ids keep only their end (``…Q0R2S4T6V8W``); a status is never cut. Times
+  are local, with the zone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|
 GAP = "  "
 #: an empty cell: a blank would shift the fields ``awk`` splits on whitespace
 EMPTY = "-"
-#: columns dropped, in this order, when a terminal is too narrow
-DROP_ORDER = ("events", "rows", "exit", "configuration")
+#: every column of `runs ls`, in order (a pipe always gets them all)
+COLUMNS = ("run", "configuration", "status", "created", "duration", "exit", "events", "rows")
+#: the columns a terminal shows when all do not fit: the first of these that fits. The
+#: least useful go first; then, of the two times, the one that still fits (created, the
+#: wider, preferred); the run and its status always stay
+LAYOUTS = (
+    COLUMNS,
+    ("run", "configuration", "status", "created", "duration", "exit", "rows"),
+    ("run", "configuration", "status", "created", "duration", "exit"),
+    ("run", "configuration", "status", "created", "duration"),
+    ("run", "status", "created", "duration"),
+    ("run", "status", "created"),
+    ("run", "status", "duration"),
+    ("run", "status"),
+)
 
 
 def strip_ansi(text: str) -> str:
@@ -78,13 +93,18 @@ def short_id(run_id: str) -> str:
     return run_id if len(run_id) <= 16 else f"{run_id[:9]}…{run_id[-5:]}"
 
 
+def tail_id(run_id: str, room: int) -> str:
+    """``run_id`` in ``room`` columns: ``…`` and its end (a ULID's random part tells runs apart)."""
+    return run_id if len(run_id) <= room else "…" + run_id[len(run_id) - room + 1 :]
+
+
 def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
 def runs_table(runs: list[dict[str, Any]], *, terminal: bool, width: int = 80) -> list[str]:
     """The ``runs ls`` lines (a header first), ``EMPTY`` in every empty cell."""
-    columns = ["run", "configuration", "status", "created", "duration", "exit", "events", "rows"]
+    columns = list(COLUMNS)
     rows = []
     for run in runs:
         rows.append(
@@ -112,10 +132,15 @@ def runs_table(runs: list[dict[str, Any]], *, terminal: bool, width: int = 80) -
         if total(columns) > width:
             for r in rows:
                 r["run"] = short_id(r["run"])
-        for name in DROP_ORDER:
-            if total(columns) <= width:
-                break
-            columns.remove(name)
+        # the run and its status alone are the last layout, used even when they do not fit
+        columns = next((list(c) for c in LAYOUTS if total(list(c)) <= width), list(LAYOUTS[-1]))
+        over = total(columns) - width
+        if over > 0:
+            # narrower still: the ids give up what is missing (never below the header's
+            # width); a status is never cut
+            room = max(len("run"), widths(["run"])["run"] - over)
+            for r, run in zip(rows, runs, strict=True):
+                r["run"] = tail_id(run["id"], room)
     w = widths(columns)
     out = [GAP.join(c.upper().ljust(w[c]) for c in columns).rstrip()]
     for r in rows:

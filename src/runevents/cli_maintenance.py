@@ -98,12 +98,7 @@ def _run_pass(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        verb = "would change" if report.dry_run else "changed"
-        console.print(
-            f"[bold]{report.action}[/]: {verb} {report.runs} run(s); "
-            f"bytes {_human(report.bytes_before)} -> {_human(report.bytes_after)} "
-            f"(saved {_human(report.bytes_saved)})"
-        )
+        console.print(_summary(report))
         if report.recovered:
             console.print(
                 f"finished {len(report.recovered)} compaction(s) an interrupted pass left"
@@ -118,6 +113,27 @@ def _run_pass(
         console.print(f"[red]error:[/] {error}")
     if report.errors:
         raise typer.Exit(code=1)
+
+
+def _summary(report: Report) -> str:
+    """The last line of a pass: what it changed, or with --dry-run what it would change."""
+    head = f"[bold]{report.action}[/]: "
+    if not report.dry_run:
+        return (
+            f"{head}changed {report.runs} run(s); bytes {_human(report.bytes_before)} -> "
+            f"{_human(report.bytes_after)} (saved {_human(report.bytes_saved)})"
+        )
+    if report.action == "compact":
+        # a dry run compresses nothing, so the compressed size (and the saving) is unknown:
+        # what it would compact is the plain logs' bytes
+        return (
+            f"{head}would change {report.runs} run(s); {_human(report.bytes_before)} of plain "
+            "logs to compress (the saving is known only by compacting)"
+        )
+    return (
+        f"{head}would change {report.runs} run(s); bytes {_human(report.bytes_before)} -> "
+        f"{_human(report.bytes_after)} (would save {_human(report.bytes_saved)})"
+    )
 
 
 def _check_data_dir(settings: Settings) -> None:

@@ -27,7 +27,9 @@ either mode, since they count rows, not process activity.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -336,6 +338,18 @@ def sse_follower(delta: int) -> None:
     """An SSE stream opened (+1) or closed (-1)."""
     if _enabled:
         SSE_FOLLOWERS.inc(delta)
+
+
+@contextlib.contextmanager
+def sse_following() -> Iterator[None]:
+    """Count one open SSE stream while the block runs, and no more once it ends, however
+    it ends (the run's end, the client gone, an error): the body of every SSE route,
+    the events stream and the Durable Streams ``live=sse`` alike."""
+    sse_follower(+1)
+    try:
+        yield
+    finally:
+        sse_follower(-1)
 
 
 def longpoll_waiter(delta: int) -> None:

@@ -203,8 +203,9 @@ def test_run_exits_with_the_run_s_exit_code(demo_server: Server) -> None:
     assert bad.returncode == run["exit_code"], bad.stderr
     assert "run.completed: failed" in bad.stderr
 
+    # the command's own failure: 125 (docker run's), never a code a run could exit with
     unknown = cli("run", "demo", "no-such-config", server=demo_server.url)
-    assert unknown.returncode == 2
+    assert unknown.returncode == 125
     assert "no-such-config" in unknown.stderr and "HTTP 404" in unknown.stderr
 
 
@@ -289,7 +290,7 @@ def test_clear_errors_for_an_unreachable_server_and_bad_run_ids(demo_server: Ser
     assert "invalid run_id" in malformed.stderr
 
     unknown = cli("tail", "run_" + "0" * 26, server=demo_server.url)
-    assert unknown.returncode == 2
+    assert unknown.returncode == 125  # tail exits with the run's code: its own failures 125
     assert "HTTP 404" in unknown.stderr
 
 

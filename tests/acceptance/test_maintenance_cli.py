@@ -91,6 +91,14 @@ async def test_compact_older_than_0s_compresses_every_ended_run(settings: Settin
         running = await live_run(app)
         await app.manager.close()  # the CLI is another process: let go of the writer
 
+    dry = runevents(settings, "compact", "--older-than", "0s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(dry.stdout.split()) == sorted(r.id for r in data.runs.values())
+    plain = sum(r.events_bytes for r in data.runs.values())
+    # what it would do, never "saved 0 B" (nothing is compressed in a dry run)
+    assert f"compact: would change 2 run(s); {plain / 1024:.1f} KiB of plain logs" in dry.stderr
+    assert "saved" not in dry.stderr
+
     result = runevents(settings, "compact", "--older-than", "0s")
 
     assert result.returncode == 0, result.stderr

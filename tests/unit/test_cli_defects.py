@@ -7,9 +7,11 @@ about the process (a closed stdout) runs as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import pty
 import re
 import socket
 import subprocess
@@ -24,8 +26,11 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from runevents import cli, cli_client, cli_maintenance, cli_search  # noqa: F401 (commands)
+from runevents.client import ClientError
 
 RUN_ID = "run_01JD3Z8K2M4N6P8Q0R2S4T6V8W"
+#: the exit code of `run` and `tail` when the command itself fails (docker run's)
+CLI_FAILED = 125
 ESC = "\x1b"
 
 
@@ -117,9 +122,11 @@ HOSTILE_IDS = ["../../../metrics?", "..", ".", "../x", "a?x", "a/b", "_x", "x" *
 def test_a_hostile_workspace_id_crashed_runs_ls(command: list[str], made: list[Any]) -> None:
     """Regression: `runs ls -w '../../../metrics?'` went to /metrics and crashed on its
     answer; `run acme ..` got 405. Contract 1 ids are checked before any request."""
+    # `run` and `tail` pass a run's exit code through: their own failures exit 125
+    expected = CLI_FAILED if command[0] in {"run", "tail"} else 2
     for bad in HOSTILE_IDS:
         result = invoke(*[bad if part == "{}" else part for part in command])
-        assert result.exit_code == 2, (bad, result.output)
+        assert result.exit_code == expected, (bad, result.output)
         assert result.stderr.startswith("error: ") and "invalid" in result.stderr, result.stderr
         assert made == [], bad  # no client, so no request
 
@@ -176,9 +183,10 @@ def test_runs_ls_in_a_pipe_shifted_awk_fields_and_printed_a_header(made: list[An
 )
 def test_nan_options_and_huge_durations_gave_tracebacks(args: list[str], made: list[Any]) -> None:
     """Regression: `-o x=NaN` / `1e999` raised ValueError in the JSON encoder,
-    `--older-than 99999999999999d` OverflowError: now one line and the usage exit code."""
+    `--older-than 99999999999999d` OverflowError: now one line and the usage exit code
+    (125 from `run`, whose exit code is otherwise its run's)."""
     result = invoke(*args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == (CLI_FAILED if args[0] == "run" else 2), result.output
     assert "Traceback" not in result.output
     assert made == []
 
@@ -316,3 +324,171 @@ def test_a_password_in_server_was_printed_in_errors_and_web_links(
     assert unreachable.exit_code == 2
     assert "cannot reach the server at http://***@127.0.0.1:9" in unreachable.stderr
     assert "s3cret" not in shown.output + unreachable.output
+
+
+# -- 9. runs ls wider than the terminal ------------------------------------------------
+def _on_a_terminal(args: list[str], width: int) -> tuple[list[str], str, int]:
+    """The CLOSED_STDOUT program's stdout lines on a pseudo-terminal ``width`` columns wide."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLOSED_STDOUT, *args],
+        stdout=child,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": str(width), "NO_COLOR": "1"},
+    )
+    os.close(child)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO: the program closed the terminal
+        while data := os.read(main, 65536):
+            shown += data
+    os.close(main)
+    assert proc.stderr is not None
+    errors = proc.stderr.read().decode()
+    proc.stderr.close()
+    return shown.decode().replace("\r\n", "\n").splitlines(), errors, proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("width", [40, 52, 60, 61, 80, 120])
+def test_runs_ls_header_overflowed_the_terminal_width(width: int) -> None:
+    """Regression: `COLUMNS=60 runevents runs ls` on a terminal printed a 61-column header
+    (and rows): with every optional column dropped the table was still 61 wide, and
+    nothing narrower was tried. README: on a terminal it fits the width."""
+    lines, errors, code = _on_a_terminal(["runs", "ls"], width)
+    assert code == 0, errors
+    header, *rows = lines
+    assert header.split()[0] == "RUN" and "STATUS" in header.split(), lines
+    assert len(rows) == 50, lines
+    assert [x for x in lines if len(x) > width] == []
+    assert all(" succeeded" in x for x in rows)  # a status is never cut
+
+
+# -- 10. compact --dry-run said "saved 0 B" ----------------------------------------------
+def test_compact_dry_run_reported_saved_0_b(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `compact --dry-run` ended with "bytes 4.0 KiB -> 4.0 KiB (saved 0 B)";
+    a dry run compresses nothing: it says what it would compact (like `retention
+    --dry-run`), the runs and their plain log bytes."""
+    from runevents import app as app_module
+    from runevents import maintenance
+
+    ids = [a_run(i)["id"] for i in range(2)]
+
+    class Opened:
+        manager = None
+
+        async def close(self) -> None:
+            return None
+
+    async def opened(settings: object, worker: bool) -> Opened:
+        return Opened()
+
+    async def dry(manager: object, age: object, **kw: Any) -> maintenance.Report:
+        assert kw["dry_run"] is True
+        return maintenance.Report(
+            "compact", dry_run=True, runs=2, bytes_before=4096, bytes_after=4096, run_ids=ids
+        )
+
+    monkeypatch.setattr(app_module.App, "open", opened)
+    monkeypatch.setattr(maintenance, "compact", dry)
+    done = invoke("compact", "--older-than", "1d", "--dry-run", "--data-dir", str(tmp_path))
+    assert done.exit_code == 0, done.output
+    assert "compact: would change 2 run(s); 4.0 KiB of plain logs to compress" in done.stderr
+    assert "saved" not in done.stderr
+    assert done.stdout.split() == ids  # the runs it would compact, one a line
+
+
+# -- 11. worker --concurrency 0 ----------------------------------------------------------
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_worker_concurrency_0_was_accepted_and_ran_nothing(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `worker --concurrency 0` (or -1) started a worker; refused now as
+    Click refuses any bad value: one usage error, exit 2, no worker started."""
+    from runevents import app as app_module
+
+    async def opened(settings: object, worker: bool) -> None:
+        raise AssertionError(f"a worker started with --concurrency {value}")
+
+    monkeypatch.setattr(app_module.App, "open", opened)
+    monkeypatch.setattr("runevents.logs.configure", lambda *args: None)  # our own logging
+    done = invoke("worker", "--concurrency", value, "--data-dir", str(tmp_path))
+    assert done.exit_code == 2, done.output
+    assert "--concurrency" in done.stderr and "greater than or equal to 1" in done.stderr
+
+
+# -- 12. a failure of `run` itself looked like a run that exited 2 -------------------------
+def completed(exit_code: int) -> dict[str, Any]:
+    payload = {"status": "failed", "execution": {"exit_code": exit_code}}
+    return {"type": "run.completed", "sequence": 9, "payload": payload}
+
+
+class Failing(FakeClient):
+    """The server answers every request with ``error`` (a bad token, an unknown run)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__([a_run(0)])
+        self.error = error
+
+    async def create_json(self, workspace: str, config: str, options: Any) -> dict[str, Any]:
+        raise self.error
+
+    async def lookup(self, run_id: str) -> dict[str, Any]:
+        raise self.error
+
+
+UNAUTHORIZED = ClientError("HTTP 401: a valid bearer token is required (--token)", 401)
+NOT_FOUND = ClientError("HTTP 404: run not found", 404, "run_not_found")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["run", "acme", "etl", "--server", "http://127.0.0.1:9"], None),  # unreachable
+        (["tail", RUN_ID, "--server", "http://127.0.0.1:9"], None),
+        (["run", "acme", "etl"], UNAUTHORIZED),
+        (["tail", RUN_ID], NOT_FOUND),
+        (["run", "acme", "etl"], RuntimeError("a bug of ours")),  # a traceback exited 1
+        (["run", "acme"], None),  # Click's own usage errors
+        (["run", "acme", "etl", "--no-such-flag"], None),
+        (["run", "acme", "etl", "-o", "x"], None),
+        (["run", "acme", "etl", "-o", "x=NaN"], None),
+        (["run", "acme", "../etl"], None),
+        (["tail", "not-a-run-id"], None),
+        (["tail", RUN_ID, "--after", "many"], None),
+    ],
+)
+def test_a_cli_error_of_run_exited_2_like_a_run_that_exited_2(
+    args: list[str], error: Exception | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `run` exits with its run's exit code, but its own failures (server
+    unreachable, bad token, run not found, bad arguments) exited 2 too, so a script
+    could not tell them from a run that exited 2. Now 125, as `docker run` does."""
+    if error is not None:
+        monkeypatch.setattr(cli_client, "_client", lambda server, token: Failing(error))
+    elif "--server" in args:
+        monkeypatch.setattr(cli_client, "_client", cli_client.Client)  # the real one
+    else:
+        monkeypatch.setattr(cli_client, "_client", lambda server, token: FakeClient([]))
+    done = invoke(*args)
+    assert done.exit_code == CLI_FAILED, done.output
+    assert done.stderr.strip(), "the failure is said on stderr"
+
+
+@pytest.mark.parametrize("command", [["run", "acme", "etl"], ["tail", RUN_ID]])
+def test_a_run_that_exited_2_still_exits_2_and_other_commands_keep_2(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the exit 125 regression: a run's own 2 passes through, and the
+    commands that pass no run's code through still exit 2 on their own failures."""
+
+    class Follows(FakeClient):
+        async def follow(self, run: Any, after: int = 0, on_retry: Any = None) -> Any:
+            yield completed(2)
+
+    monkeypatch.setattr(cli_client, "_client", lambda server, token: Follows([a_run(0)]))
+    assert invoke(*command).exit_code == 2
+    monkeypatch.setattr(cli_client, "_client", lambda server, token: Failing(NOT_FOUND))
+    for other in (["runs", "show", RUN_ID], ["cancel", RUN_ID], ["events", RUN_ID]):
+        assert invoke(*other).exit_code == 2, other
+    assert invoke("runs", "ls", "--limit", "many").exit_code == 2

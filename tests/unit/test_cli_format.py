@@ -72,3 +72,29 @@ def test_run_details_reads_as_text() -> None:
         "web            http://x/r",
     ):
         assert part in text, part
+
+
+def test_runs_ls_overflowed_terminals_narrower_than_61_columns() -> None:
+    """Regression: below 61 columns every line (the header too) was 61 wide: with every
+    optional column gone, run, status, created and duration were still shown whole.
+    README: on a terminal it fits the width, ids shortened first, statuses never cut."""
+    runs = [
+        run(1),
+        run(2, "cancelled", configuration_id="c" * 128, exit_code=None),
+        run(3, "queued", started_at=None, completed_at=None, exit_code=None, event_count=None),
+    ]
+    for width in range(16, 200):
+        lines = runs_table(runs, terminal=True, width=width)
+        assert [x for x in lines if len(x) > width] == [], width
+        header = lines[0].split()
+        assert header[0] == "RUN" and "STATUS" in header, (width, lines[0])
+        for line, shown in zip(lines[1:], runs, strict=True):
+            cells = line.split()  # no blank in a cell before STATUS's
+            cell, status = cells[0], cells[header.index("STATUS")]
+            assert status == shown["status"], (width, line)
+            # the run still shows which it is: its id, shortened, or its end
+            assert cell in (shown["id"], short_id(shown["id"])) or (
+                cell.startswith("…") and shown["id"].endswith(cell[1:])
+            ), (width, line)
+    assert "CREATED" in runs_table(runs, terminal=True, width=60)[0]
+    assert "DURATION" in runs_table(runs, terminal=True, width=40)[0]

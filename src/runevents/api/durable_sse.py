@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 import orjson
 
+from runevents import metrics
 from runevents.api.sse import close_quietly
 from runevents.eventlog import Chunk
 from runevents.logview import LogEnd
@@ -72,40 +73,42 @@ async def ds_frames(
     max_seconds: float = CONNECTION_SECONDS,
 ) -> AsyncIterator[bytes]:
     """The SSE body: data/control pairs from ``start``; ``end``: the log's end at the request."""
-    position = start
-    try:
-        if end.ended and start >= end.last_sequence:
-            yield control_event(encode_offset(start), cursor=None, up_to_date=True, closed=True)
-            return
-        if start >= end.last_sequence:
-            # nothing to replay: say at once that the client is caught up
-            yield control_event(encode_offset(start), cursor=next_cursor(), up_to_date=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_seconds
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(anext(chunks), remaining)
-            except TimeoutError:
-                return  # time to reconnect (the client resumes from its last offset)
-            except StopAsyncIteration:
-                # the follower ends without a chunk only past run.completed
-                yield control_event(
-                    encode_offset(position), cursor=None, up_to_date=True, closed=True
+    # a follower like one of the events stream (contract 13's gauge), for as long as it is open
+    with metrics.sse_following():
+        position = start
+        try:
+            if end.ended and start >= end.last_sequence:
+                yield control_event(encode_offset(start), cursor=None, up_to_date=True, closed=True)
+                return
+            if start >= end.last_sequence:
+                # nothing to replay: say at once that the client is caught up
+                yield control_event(encode_offset(start), cursor=next_cursor(), up_to_date=True)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max_seconds
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), remaining)
+                except TimeoutError:
+                    return  # time to reconnect (the client resumes from its last offset)
+                except StopAsyncIteration:
+                    # the follower ends without a chunk only past run.completed
+                    yield control_event(
+                        encode_offset(position), cursor=None, up_to_date=True, closed=True
+                    )
+                    return
+                lines = _lines_after(chunk, position)
+                if not lines:
+                    continue
+                position = chunk.last_sequence
+                yield data_event(lines) + control_event(
+                    encode_offset(position),
+                    cursor=next_cursor(),
+                    # replayed chunks before the end the request saw are not up to date;
+                    # live ones are delivered as they are made visible
+                    up_to_date=position >= end.last_sequence,
+                    closed=chunk.ends_run,
                 )
-                return
-            lines = _lines_after(chunk, position)
-            if not lines:
-                continue
-            position = chunk.last_sequence
-            yield data_event(lines) + control_event(
-                encode_offset(position),
-                cursor=next_cursor(),
-                # replayed chunks before the end the request saw are not up to date;
-                # live ones are delivered as they are made visible
-                up_to_date=position >= end.last_sequence,
-                closed=chunk.ends_run,
-            )
-            if chunk.ends_run:
-                return
-    finally:
-        await close_quietly(chunks)
+                if chunk.ends_run:
+                    return
+        finally:
+            await close_quietly(chunks)

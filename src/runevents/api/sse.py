@@ -100,23 +100,22 @@ async def frames(chunks: AsyncIterator[Chunk], position: int) -> AsyncIterator[b
     Ends after the chunk that holds ``run.completed``; always closes ``chunks``
     (which releases the log reader), also when the client goes away.
     """
-    metrics.sse_follower(+1)
-    try:
-        yield OPENING
-        async for chunk in chunks:
-            data = chunk_frames(chunk, position)
-            if data:
-                position = chunk.last_sequence
-                yield data
-            if chunk.ends_run:
-                break
-    except Exception:
-        # headers are out: the only thing left to do is to end the stream; the
-        # client reconnects with Last-Event-ID and resumes where it stopped
-        log.exception("SSE stream ended by an error after sequence %d", position)
-    finally:
-        metrics.sse_follower(-1)
-        await close_quietly(chunks)
+    with metrics.sse_following():
+        try:
+            yield OPENING
+            async for chunk in chunks:
+                data = chunk_frames(chunk, position)
+                if data:
+                    position = chunk.last_sequence
+                    yield data
+                if chunk.ends_run:
+                    break
+        except Exception:
+            # headers are out: the only thing left to do is to end the stream; the
+            # client reconnects with Last-Event-ID and resumes where it stopped
+            log.exception("SSE stream ended by an error after sequence %d", position)
+        finally:
+            await close_quietly(chunks)
 
 
 async def close_quietly(iterator: AsyncIterator[Any]) -> None:

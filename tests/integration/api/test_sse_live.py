@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from runevents import metrics
 from runevents.api.app import create_app
 from runevents.app import App
 from runevents.settings import Settings
 from tests.fixtures.app import LiveServer, serve
+from tests.fixtures.metrics import parse, value
 from tests.integration.api.helpers import COMPLETED, console, create_external, ingest, run_path
 
 
@@ -212,3 +214,36 @@ async def test_a_stuck_client_is_dropped_without_hurting_others(
         # the connection was closed before the whole run was sent
         assert len(ids) < 3002
         assert b'"type":"run.completed"' not in received
+
+
+async def test_durable_streams_sse_followers_were_not_counted_in_the_gauge(
+    live_server: LiveServer,
+) -> None:
+    """Regression (contract 13): a `/ds/v1/...?live=sse` follower left
+    `runevents_sse_followers` unmoved. Counted while connected, then no more, whether the
+    client goes away or the run ends."""
+
+    def followers() -> float:
+        return value(parse(metrics.render()), "runevents_sse_followers")
+
+    async def settles(expected: float) -> None:
+        async with asyncio.timeout(10):  # the server sees a disconnect a moment later
+            while followers() != expected:
+                await asyncio.sleep(0.02)
+
+    before = followers()
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        run = await create_external(http)
+        url = f"/ds/v1/workspaces/{run['workspace_id']}/runs/{run['id']}"
+        for ending in ("client gone", "run end"):
+            stream, context = await open_stream(http, url, params={"offset": "-1", "live": "sse"})
+            try:
+                await stream.read_until(lambda raw: b"event: control" in raw)
+                await settles(before + 1)
+                if ending == "run end":
+                    await ingest(http, run, COMPLETED)
+                    await stream.read_to_end()
+                    assert b'"streamClosed":true' in stream.raw
+            finally:
+                await context.__aexit__(None, None, None)
+            await settles(before)
