@@ -14,6 +14,10 @@ scratch database. Durable against durable, relaxed against relaxed:
   (``synchronous_commit=on``), alternated twice, best of each [>= 3x].
 - **Relaxed ingest** (a server with ``RUNEVENTS_FSYNC=never``: page cache, no
   fsync) vs COPY with ``synchronous_commit=off``, interleaved.
+- **The floor** (``floor_server.py``): the least any Python server pays for
+  a durable batch, on the same HTTP stack, measured the same way against the
+  same COPY in the same run: whether a target is out of reach for the design
+  or for the runtime on this machine.
 - **fsyncs per acknowledged batch** with 8 producers on 8 runs and with 8
   producers on *one* run (group commit: batches that arrive while an fsync
   is in flight share the next). Counted in the server: the bench's server
@@ -69,6 +73,8 @@ SECTION = "Durability"
 #: batches per turn in the warm variant of the one-producer row
 WARM_TURN = 20
 WS, CFG = "bench", "durable"
+#: each interleaved comparison copies into a table of its own
+_TABLE_NUMBERS = itertools.count()
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
@@ -149,6 +155,17 @@ def _server(data_dir: Path, fsync: str) -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
+def _floor_server(data_dir: Path) -> Iterator[str]:
+    """The floor of durable ingest in Python (``floor_server.py``), on the same HTTP stack."""
+    floor = str(Path(__file__).with_name("floor_server.py"))
+    with server_process(lambda port: [sys.executable, floor, str(port), str(data_dir)]) as (
+        url,
+        _,
+    ):
+        yield url
+
+
 # ---------------------------------------------------------------------------- producers and COPY
 
 
@@ -180,7 +197,7 @@ async def _interleaved(
 
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"SET synchronous_commit = {synchronous_commit}")
-    table = f"one_{synchronous_commit}_{block}_{os.getpid()}"
+    table = f"one_{synchronous_commit}_{block}_{os.getpid()}_{next(_TABLE_NUMBERS)}"
     await conn.execute(COPY_TABLE.format(name=table))
     ingest_s = copy_s = 0.0
     done = 0
@@ -322,7 +339,7 @@ async def _big_completion(url: str, big_bytes: int) -> list[Row]:
 async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
     rows: list[Row] = []
     reason = await pg_unreachable_reason()
-    with _server(tmp / "durable", "flush") as url:
+    with _server(tmp / "durable", "flush") as url, _floor_server(tmp / "floor") as floor_url:
         if reason:
             rows.append(skipped_row(SECTION, "ingest vs Postgres COPY", reason))
         else:
@@ -337,6 +354,17 @@ async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
                     row(SECTION, "Postgres COPY, synchronous_commit=on, one session", copy,
                         "events/s", note="1,000-row transactions, asyncpg, jsonb rows"),
                 ]  # fmt: skip
+                _progress(f"the floor (bare Python ingest) vs COPY, {sizes.one:,} events")
+                floor_one, floor_copy = await _interleaved(floor_url, dsn, sizes.one, "on")
+                rows.append(
+                    row(SECTION, "  floor: bare Python durable ingest, one producer", floor_one,
+                        "events/s", "COPY, synchronous_commit=on",
+                        ratio(floor_one, floor_copy),
+                        f"COPY {floor_copy:,.0f}/s; floor_server.py: the same HTTP stack, "
+                        "decode + number + encode + write + fsync only (no auth, index, "
+                        "summary, masking or keys); runevents reaches "
+                        f"{ingest / floor_one:.0%} of it")
+                )  # fmt: skip
                 # The row above leaves each side idle while the other works, so every
                 # batch starts cold; this one shows what that costs each side.
                 _progress(f"the same, in turns of {WARM_TURN} batches")
@@ -349,12 +377,14 @@ async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
                         "after a COPY) is the target's")
                 )  # fmt: skip
                 _progress(f"8 producers on 8 runs vs 8 COPY sessions, {sizes.eight:,} each")
-                best_ingest = best_copy = 0.0
+                best_ingest = best_copy = best_floor = 0.0
                 per_batch = float("nan")
                 for _ in range(2):
                     copies = await _eight_copies(dsn, sizes.eight)
                     rate, per_batch = await _eight_producers(url, sizes.eight, one_run=False)
+                    floor, _ = await _eight_producers(floor_url, sizes.eight, one_run=False)
                     best_copy, best_ingest = max(best_copy, copies), max(best_ingest, rate)
+                    best_floor = max(best_floor, floor)
                 rows += [
                     row(SECTION, "durable ingest, 8 producers on 8 runs", best_ingest,
                         "events/s", "8 COPY sessions, synchronous_commit=on",
@@ -363,6 +393,11 @@ async def _collect(sizes: Sizes, tmp: Path) -> list[Row]:
                         f"best of each; COPY: {best_copy:,.0f}/s; target >= 3x"),
                     row(SECTION, "  fsyncs per acknowledged batch, 8 runs", per_batch,
                         "fsyncs/batch", note="counted at the write path's fsync seam"),
+                    row(SECTION, "  floor: bare Python durable ingest, 8 producers on 8 runs",
+                        best_floor, "events/s", "the same 8 COPY sessions",
+                        ratio(best_floor, best_copy),
+                        "floor_server.py, alternated with the rows above, best of 2; "
+                        f"runevents reaches {best_ingest / best_floor:.0%} of it"),
                 ]  # fmt: skip
         _progress("8 producers on one run (group commit)")
         rate, per_batch = await _eight_producers(url, sizes.eight, one_run=True)
