@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, cast
 
 from runevents import metrics
+from runevents.configs import ConfigRegistry
 from runevents.events import EventDraft
 from runevents.exceptions import StorageError, WriterMoving
 from runevents.held import HeldRun
@@ -35,6 +36,7 @@ class ExecutedRuns:
 
     settings: Settings
     repo: RunRepository
+    configs: ConfigRegistry
     held: HeldRuns
     #: cancel signals of runs executed by this process's worker (an immediate local cancel)
     _cancel_signals: dict[str, asyncio.Event]
@@ -45,8 +47,16 @@ class ExecutedRuns:
         async def finish_from_log(self, held: HeldRun) -> Run: ...
 
     async def claim_next(self, worker_id: str) -> Run | None:
-        """Claim the oldest queued run for ``worker_id`` with a lease (None if none)."""
-        return await self.repo.claim_queued(worker_id, self.settings.lease_seconds)
+        """Claim the oldest queued run this process has the configuration of, for
+        ``worker_id`` with a lease (None if none).
+
+        A run of a configuration this process does not know stays queued for a
+        worker that knows it (workers sharing one database may load different
+        configuration files), as a CI runner takes only the jobs that match it;
+        until one comes the run waits, and a user can cancel it.
+        """
+        known = [(c.workspace_id, c.configuration_id) for c in self.configs.list()]
+        return await self.repo.claim_queued(worker_id, self.settings.lease_seconds, known)
 
     async def heartbeat(self, session: RunSession, worker_id: str) -> None:
         """Renew the execution lease of a run this worker executes; relay a remote cancel.

@@ -61,6 +61,25 @@ def final_status(summary: dict[str, Any]) -> RunStatus:
     return RunStatus.FAILED
 
 
+#: the events the server writes into every log itself: a log of only these is a run
+#: that nothing (no producer, no command) ever ran
+SERVER_ONLY_EVENTS = ("run.queued", "run.completed", "log.recovered")
+
+
+def producer_talked(summary: dict[str, Any]) -> bool:
+    """Whether the log a summary describes holds an event besides the server's own
+    (``SERVER_ONLY_EVENTS``): for an external run, whether its producer ever sent one."""
+    events = summary.get("events")
+    if not isinstance(events, dict):
+        return False
+    by_type = events.get("by_type")
+    by_type = by_type if isinstance(by_type, dict) else {}
+    # a by_type cut at its cap may lack the server's names: the total is then larger
+    # anyway, and with that many types the producer did talk
+    server = sum(int(by_type.get(name) or 0) for name in SERVER_ONLY_EVENTS)
+    return int(events.get("total") or 0) > server
+
+
 def run_ref(run: Run) -> RunRef:
     """The log address of a run."""
     return RunRef(
@@ -147,13 +166,19 @@ class HeldRun:
         return self.run
 
     # ------------------------------------------------------------------ completing
-    async def complete(self, events: list[Event], *, server_clock: bool = True) -> Run:
+    async def complete(
+        self, events: list[Event], *, server_clock: bool = True, by_server: bool = False
+    ) -> Run:
         """Commit ``events`` (from ``writer.prepare``; the last is run.completed) and finish
         the run: durable first, then the row, then the seal (see the module doc).
 
         ``server_clock``: run.completed's ``created_at`` is the server's (not a
         producer's); the row's ``completed_at`` is then that very instant, so a row
         rebuilt from the log (reindex) is the same row (contract 2).
+        ``by_server``: the server wrote this run.completed (a lost worker, a cancel,
+        a timeout, a worker that could not run the command): one without an
+        ``execution`` gets the one the summary derives from the log (contract 2:
+        every run.completed carries it; a producer's is stored as sent).
         """
         completed = events[-1]
         assert completed.type == RUN_COMPLETED
@@ -174,6 +199,10 @@ class HeldRun:
         # same summary as the row, which folds them once they are durable (contract 2.1)
         earlier = [event for unit in self.writer.undurable_units for event in unit]
         payload["summary"] = builder.with_events([*earlier, *events]).build()
+        if by_server and not isinstance(payload.get("execution"), dict):
+            # exit_code null; started_at the first run.started's created_at or null; the
+            # summary, folded again from the stored event, then reads the same object
+            payload["execution"] = dict(payload["summary"]["execution"])
         # the server's own event: its summary is bounded, the producer's limit does not apply
         ticket = self.writer.commit(events, check_size=False)
         await self.writer.sync(ticket)
@@ -212,7 +241,11 @@ class HeldRun:
             "lease_expires_at": None,
             **run_fields(summary),
         }
-        if run.started_at is None:
+        if run.started_at is None and run.external and producer_talked(summary):
+            # an external run starts when its producer first talks (``_after_batch``); a
+            # batch that also ended it never got there. An executed run's started_at is
+            # its run.started's instant (``set_status``): without one it never started
+            # (cancelled while queued, its build failed) and stays null (contract 2.1)
             fields["started_at"] = now
         if not run.status.ended:
             self.run = await repo.finish_owned(

@@ -207,7 +207,8 @@ class RunManager(ProducerIngest, ExecutedRuns, RunUpkeep):
 
     # ------------------------------------------------------------------ completion
     async def complete_held(self, held: HeldRun, draft: EventDraft) -> Run:
-        """End a held run with ``draft`` (a run.completed). Caller holds ``held.lock``."""
+        """End a held run with ``draft``, a run.completed the server writes (never a
+        producer's: ``HeldRun.complete``, ``by_server``). Caller holds ``held.lock``."""
         held.run = await self.repo.get_run(held.run.id)  # the row may carry a newer flag
         if held.run.status.ended:
             if not held.writer.ended:
@@ -216,7 +217,7 @@ class RunManager(ProducerIngest, ExecutedRuns, RunUpkeep):
                 raise WriterFenced(f"run {held.run.id} was ended by another process")
             # only possible for a row finished by an older epoch: the log is the judge
             return await self.finish_from_log(held)
-        return await held.complete(held.writer.prepare([draft]))
+        return await held.complete(held.writer.prepare([draft]), by_server=True)
 
     async def complete_run(
         self,

@@ -38,7 +38,7 @@ from runevents.exceptions import (
     WriterFenced,
     WriterMoving,
 )
-from runevents.held import LIVE_STATUSES, HeldRun, final_status, run_ref
+from runevents.held import LIVE_STATUSES, SERVER_ONLY_EVENTS, HeldRun, final_status, run_ref
 from runevents.held_runs import HeldRuns
 from runevents.models import LogState, Run, RunStatus, parse_timestamp, utcnow
 from runevents.summary import RunSummaryBuilder, row_exit_code, run_fields
@@ -397,16 +397,16 @@ class RunUpkeep:
         first: Event | None = None
         last_type = ""
         started_at: str | None = None
-        second_at: str | None = None  # created_at of the event after run.queued
+        began_at: str | None = None  # the first event after run.queued not the server's
         completed_at: str | None = None  # run.completed's
         async for chunk in self.log.read(probe):
             for line in chunk.data.split(b"\n")[:-1]:
+                head = _decode_head(line)
                 if first is None:
                     first = decode_event(line)
-                elif second_at is None:
-                    second_at = decode_event(line).created_at
+                elif began_at is None and head.type not in SERVER_ONLY_EVENTS:
+                    began_at = decode_event(line).created_at
                 builder.add_line(line)
-                head = _decode_head(line)
                 last_type = head.type
                 if head.type == "run.started" and started_at is None:
                     started_at = decode_event(line).created_at
@@ -442,9 +442,9 @@ class RunUpkeep:
                 existing = await self.repo.get_run(run_id)
                 if not existing.status.ended:
                     return existing
-            if base.external and second_at is not None:
+            if base.external and began_at is not None:
                 # an external run runs from its producer's first batch
-                started_at = started_at or second_at
+                started_at = started_at or began_at
             status = RunStatus.RUNNING if started_at else RunStatus.QUEUED
             started = parse_timestamp(started_at) if started_at else None
             live = base.evolve(status=status, started_at=started)
@@ -469,9 +469,10 @@ class RunUpkeep:
                     ),
                 )
         summary = builder.build()
-        if base.external and started_at is None and second_at is not None:
-            # an external run runs from its producer's first batch (as the live row says)
-            base = base.evolve(started_at=parse_timestamp(second_at))
+        if base.external and started_at is None and began_at is not None:
+            # an external run runs from its producer's first batch (as the live row says;
+            # one that never sent one never started: HeldRun.settle)
+            base = base.evolve(started_at=parse_timestamp(began_at))
         # the live row's completed_at is run.completed's own instant (when the server
         # stamped it: HeldRun.complete), so the rebuilt row is the same row
         assert completed_at is not None  # last_type is run.completed
@@ -496,7 +497,5 @@ class RunUpkeep:
                 if local is not None
                 else object_url(self.log.store, keys.compressed)
             )
-        if run.started_at is None:
-            run = run.evolve(started_at=run.completed_at)
         await self.repo.upsert_run(run)
         return run

@@ -1,6 +1,7 @@
 """The worker: claims queued runs with a lease and executes them.
 
-One loop claims runs while it has free slots (``concurrency``); each claimed
+One loop claims runs while it has free slots (``concurrency``) -- only runs of
+configurations this process has (``RunManager.claim_next``); each claimed
 run gets a heartbeat task that renews its lease. A cancel requested in this
 process signals the run at once (``RunManager._flag_cancel``); one requested
 by another process (an API replica, the CLI) is seen by the cancel watch,
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runevents import ids, logs, metrics
+from runevents.configs import Configuration
 from runevents.exceptions import (
     ConfigurationNotFound,
     Conflict,
@@ -154,6 +156,15 @@ class Worker:
         logs.bind_run(run.id)  # log lines of this task name the run
         metrics.bind_source("executor")  # metrics hook: its events count as the executor's
         try:
+            config = self.manager.configs.get(run.workspace_id, run.configuration_id)
+        except ConfigurationNotFound:
+            # claim_next takes only runs of configurations this process has; should one
+            # come anyway, it is another worker's to run, never this one's to fail
+            log.warning("run %s: no configuration for it here; giving it back", run.id)
+            with contextlib.suppress(RuneventsError):
+                await self.manager.release(run, self.worker_id)
+            return
+        try:
             session = await self.manager.start_session(run, self.worker_id)
         except RuneventsError as exc:
             # the database (or the disk) failed while starting: give the run back
@@ -167,7 +178,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(session))
         self._sessions[run.id] = session
         try:
-            await self._run_session(session)
+            await self._run_session(session, config)
         except asyncio.CancelledError:
             # worker shutdown: release the writer; the lease reaper (here after a
             # restart, or another worker) finishes the run as failed with the reason
@@ -220,18 +231,8 @@ class Worker:
                 log.warning("run %s: completion still failing: %s", session.run.id, exc)
                 delay = min(delay * 2, COMPLETE_RETRY_MAX)
 
-    async def _run_session(self, session: RunSession) -> None:
+    async def _run_session(self, session: RunSession, config: Configuration) -> None:
         run = session.run
-        try:
-            config = self.manager.configs.get(run.workspace_id, run.configuration_id)
-        except ConfigurationNotFound as exc:
-            await self._complete(
-                session,
-                status="failed",
-                failure={"stage": "run", "code": "configuration_not_found", "message": exc.message},
-                execution=None,
-            )
-            return
         try:
             result = await execute(
                 config,

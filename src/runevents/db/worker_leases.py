@@ -26,8 +26,18 @@ from runevents.models import Run, RunStatus, utcnow
 class WorkerLeases(RepositoryBase):
     """Claim, renew, release and reap the worker lease of runs."""
 
-    async def claim_queued(self, worker_id: str, lease_seconds: float) -> Run | None:
+    async def claim_queued(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        configurations: Collection[tuple[str, str]] | None = None,
+    ) -> Run | None:
         """Lease the oldest queued, non-external run that no live lease holds; None if none.
+
+        ``configurations``: the ``(workspace_id, configuration_id)`` pairs the
+        claiming worker can execute; a run of any other configuration is left
+        queued for a worker that has it (workers of one database may load
+        different configuration files). None: any configuration.
 
         Never hands the same run to two concurrent callers. A queued run whose
         lease expired (its worker died before starting it) is claimable again.
@@ -35,11 +45,14 @@ class WorkerLeases(RepositoryBase):
         now = utcnow()
         free = sa.or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now)
         queued = runs.c.status == RunStatus.QUEUED.value
+        conditions = [queued, runs.c.external == sa.false(), free]
+        if configurations is not None:
+            # an empty set renders as a false condition: such a worker claims nothing
+            pairs = sorted(set(configurations))
+            key = sa.tuple_(runs.c.workspace_id, runs.c.configuration_id)
+            conditions.append(key.in_(pairs))
         pick = (
-            sa.select(runs.c.id)
-            .where(queued, runs.c.external == sa.false(), free)
-            .order_by(runs.c.created_at, runs.c.id)
-            .limit(1)
+            sa.select(runs.c.id).where(*conditions).order_by(runs.c.created_at, runs.c.id).limit(1)
         )
         if self._db.dialect == "postgresql":
             # skip rows another claimer has locked instead of queueing behind it

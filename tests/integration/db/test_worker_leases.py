@@ -35,6 +35,30 @@ async def test_claim_takes_the_oldest_queued_non_external_run(
     assert await repository.claim_queued("w3", 30) is None
 
 
+async def test_a_worker_without_the_configuration_failed_the_run_claim_takes_only_its_own(
+    repository: RunRepository, make_run: Callable[..., Run]
+) -> None:
+    """A claim took the oldest queued run whatever its configuration, and a worker that
+    did not have it failed the run ``configuration_not_found``. A claim now names the
+    configurations its worker has; the others' runs stay queued, unleased."""
+    foreign = make_run(workspace_id="acme", configuration_id="elsewhere")
+    same_name_other_workspace = make_run(workspace_id="beta", configuration_id="etl")
+    mine = make_run(workspace_id="acme", configuration_id="etl")
+    for run in (foreign, same_name_other_workspace, mine):
+        await repository.insert_run(run)
+    known = [("acme", "etl"), ("acme", "other")]
+    claimed = await repository.claim_queued("w1", 30, known)
+    assert claimed is not None and claimed.id == mine.id
+    assert await repository.claim_queued("w1", 30, known) is None
+    assert await repository.claim_queued("w2", 30, []) is None  # knows nothing: takes nothing
+    for run in (foreign, same_name_other_workspace):
+        left = await repository.get_run(run.id)
+        assert (left.status, left.lease_owner) == (RunStatus.QUEUED, None)
+    # a worker that has it takes it (the oldest of its own)
+    theirs = await repository.claim_queued("w3", 30, [("beta", "etl"), ("acme", "elsewhere")])
+    assert theirs is not None and theirs.id == foreign.id
+
+
 async def test_a_queued_run_with_an_expired_lease_can_be_claimed_again(
     repository: RunRepository, make_run: Callable[..., Run]
 ) -> None:
