@@ -231,9 +231,12 @@ class Processes:
         data_dir: Path,
         env: dict[str, str] | None = None,
         token: str | None = None,
+        port: int | None = None,
     ) -> Server:
-        """``runevents serve --host 127.0.0.1 --port FREE --data-dir D ARGS``; waits for health."""
-        port = free_port()
+        """``runevents serve --host 127.0.0.1 --port FREE --data-dir D ARGS``; waits for health.
+
+        ``port``: this one instead of a free one (a server restarted where it listened)."""
+        port = port or free_port()
         argv = [
             sys.executable, "-m", "runevents", "serve",
             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),

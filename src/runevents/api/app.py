@@ -188,6 +188,7 @@ async def _forwarding(state: ApiState, app: App) -> AsyncIterator[None]:
         stale_after=stale_after(app.settings.writer_lease_seconds),
         # a frozen owner's leases are all gone after one writer lease (forward.py)
         unresponsive_seconds=app.settings.writer_lease_seconds,
+        url=app.presence.url if app.presence is not None else None,
     )
     try:
         yield

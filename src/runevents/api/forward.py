@@ -173,13 +173,22 @@ def decide(
     replica: Replica | None,
     stale_after: float,
     now: datetime | None = None,
+    my_url: str | None = None,
 ) -> Decision:
-    """Where a batch that met another writer goes (pure: the module doc's rules)."""
+    """Where a batch that met another writer goes (pure: the module doc's rules).
+
+    ``my_url``: the address this process is registered at. An owner registered at
+    that very address is an earlier process that listened there -- this one was
+    restarted after it died (kill -9) -- so it is gone: relaying to it would send
+    the batch back to this process (once, a restarted server did exactly that and
+    answered its own relay "forwarded here, and not forwarded again")."""
     if forwarded_by is not None:
         return Decision(Outcome.NOT_AGAIN, owner=owner)
     if owner is None or owner == me:
         return Decision(Outcome.NO_OWNER, owner=owner)
     if replica is None or replica.owner != owner or not replica.fresh(stale_after, now):
+        return Decision(Outcome.NO_OWNER, owner=owner)
+    if my_url is not None and replica.url.rstrip("/") == my_url.rstrip("/"):
         return Decision(Outcome.NO_OWNER, owner=owner)
     return Decision(Outcome.ANSWERED, replica=replica, owner=owner)
 
@@ -219,9 +228,12 @@ class Forwarder:
         probe_after: float = PROBE_AFTER,
         probe_seconds: float = PROBE_SECONDS,
         client: httpx.AsyncClient | None = None,
+        url: str | None = None,
     ) -> None:
         self.replicas = replicas
         self.me = me
+        #: the address this process is registered at (``decide``'s ``my_url``)
+        self.url = url
         self.stale_after = stale_after
         #: how long a relayed run's owner is trusted without asking the database
         self.hint_seconds = hint_seconds
@@ -249,7 +261,7 @@ class Forwarder:
         if forwarded_by is not None:
             return decide(
                 forwarded_by=forwarded_by, me=self.me, owner=moving.owner, replica=None,
-                stale_after=self.stale_after,
+                stale_after=self.stale_after, my_url=self.url,
             )  # fmt: skip
         if moving.owner is not None:
             owner: str | None = moving.owner
@@ -260,7 +272,7 @@ class Forwarder:
             owner, replica = await self.replicas.writer_replica(run_id)
         return decide(
             forwarded_by=None, me=self.me, owner=owner, replica=replica,
-            stale_after=self.stale_after, now=utcnow(),
+            stale_after=self.stale_after, now=utcnow(), my_url=self.url,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the known owners
@@ -319,7 +331,7 @@ class Forwarder:
             owner, found = await self.replicas.writer_replica(run_id)
             decision = decide(
                 forwarded_by=None, me=self.me, owner=owner, replica=found,
-                stale_after=self.stale_after,
+                stale_after=self.stale_after, my_url=self.url,
             )  # fmt: skip
             if decision.replica is None:
                 return None

@@ -234,6 +234,14 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 #: a Postgres statement with no answer for this long fails (DatabaseError, 503): a
 #: network that drops packets leaves an open connection waiting for ever otherwise
 COMMAND_TIMEOUT_SECONDS = 30.0
+#: Postgres ends a session of ours that sits in an open transaction this long without a
+#: statement (``idle_in_transaction_session_timeout``). Our transactions run their
+#: statements back to back; one idle for seconds belongs to a process that is frozen
+#: (SIGSTOP, a hung VM) or stalled, and its row locks would block every other process
+#: until it woke -- a frozen replica stopped the others from taking over the runs whose
+#: rows it had locked. Below the writer lease (8 s): a frozen owner's locks are gone
+#: before its lease can be taken over.
+IDLE_IN_TRANSACTION_MS = 5000
 
 
 def create_engine(url: str, *, command_timeout: float = COMMAND_TIMEOUT_SECONDS) -> Database:
@@ -264,7 +272,10 @@ def create_engine(url: str, *, command_timeout: float = COMMAND_TIMEOUT_SECONDS)
             connect_args={
                 "timeout": 10,
                 "command_timeout": command_timeout,
-                "server_settings": {"application_name": "runevents"},
+                "server_settings": {
+                    "application_name": "runevents",
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+                },
             },
         )
     rendered = sa_url.render_as_string(hide_password=False)

@@ -66,6 +66,16 @@ def test_no_live_owner_to_forward_to(owner: str | None, found: Replica | None) -
     assert (d.outcome, d.url) == (Outcome.NO_OWNER, None)
 
 
+def test_a_restarted_server_forwarded_batches_to_itself_an_owner_at_its_own_address() -> None:
+    """An owner registered at this process's own address is the dead process this one
+    replaced there (tests/acceptance/test_restart.py): never relayed to."""
+    d = decide(
+        forwarded_by=None, me=ME, owner=OWNER, replica=replica(), stale_after=12,
+        my_url="http://10.0.0.1:8000/",
+    )  # fmt: skip
+    assert (d.outcome, d.url) == (Outcome.NO_OWNER, None)
+
+
 # ---------------------------------------------------------------------------- headers
 
 
