@@ -177,6 +177,8 @@ class GroupCommit(WriteFailures):
             self._failing = False
             self._retry_delay = RETRY_MIN
             log.warning("run %s: log writes work again", self.ref.run_id)
+        # (after the units' fold and publication below: the marker is a unit of its own)
+        mark_lost = self._lost > 0
         metrics.events_appended(last_durable - first + 1)  # metrics hook (per flush)
         units, fold = self._units, self.on_durable
         while units and units[0][-1].sequence <= last_durable:
@@ -185,6 +187,8 @@ class GroupCommit(WriteFailures):
                 fold(unit)
         if self._on_visible is not None:
             self._on_visible(self, start, data, first, last_durable)  # type: ignore[arg-type]
+        if mark_lost:
+            self._mark_lost()  # lines were dropped, and this write worked: say so now
         return None
 
     def _write_all(self, buf: bytearray, n: int, start: int) -> None:

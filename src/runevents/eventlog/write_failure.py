@@ -23,6 +23,16 @@ The policy is fixed per writer (see ARCHITECTURE.md, failure table):
   ``run.completed`` is never dropped). ``sync`` still raises on a failed
   attempt, so a completion knows it is not durable yet.
 
+Dropped drafts leave a trace where they are missing: a *lost-lines marker*
+(:func:`lost_lines_marker`), a ``console.line`` of the server's saying how
+many were lost and why, with the count in ``payload.lost_lines``. Readers of
+the log (SSE, downloads, the UI) see it in place of the gap, and ``reindex``
+reads it to keep the row's ``logging_degraded`` (the row is rebuilt from the
+log alone). It is committed as soon as writes work again
+(:meth:`WriteFailures._mark_lost`), else as the first event of the next unit
+``prepare`` numbers -- so at the latest just before ``run.completed``. Only a
+buffered writer drops, so an atomic writer (a producer's) never writes one.
+
 A file that cannot even be cut back holds bytes nobody acknowledged: the
 writer is *broken* (nothing more is written) until :meth:`retry_cut` works.
 """
@@ -37,10 +47,10 @@ from typing import TYPE_CHECKING
 
 from runevents.eventlog.files import FileOps
 from runevents.eventlog.types import RunRef
-from runevents.events import Event
+from runevents.events import CONSOLE_LINE, RUN_COMPLETED, Event, EventDraft
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from runevents.eventlog.writer import RunWriter, WriterConfig
 
@@ -49,6 +59,47 @@ log = logging.getLogger("runevents.eventlog.writer")
 
 #: retry backoff after a failed write (seconds)
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
+
+#: the lost-lines marker's count field: not a contract console field (scope, stream, level,
+#: message, phase, logger) nor the server's other counts there (``truncated``,
+#: ``truncated_bytes``, ``masked``), so the summary counts the marker as one plain line
+LOST_LINES_KEY = "lost_lines"
+#: the marker's ``source``: the server's own (an executed run's lines say ``worker``, and a
+#: job cannot set ``source`` -- ``capture.ConsoleTranslator`` does not pass it on)
+MARKER_SOURCE = "server"
+#: the ``logger`` of the server's own console lines (``capture.NOTICE_LOGGER``)
+MARKER_LOGGER = "runevents"
+
+
+def lost_lines_marker(count: int, error: OSError | None) -> EventDraft:
+    """The console line that stands where ``count`` dropped lines are missing."""
+    reason = (error.strerror or str(error)) if error is not None else None
+    lines = f"{count:,} line of output was" if count == 1 else f"{count:,} lines of output were"
+    return EventDraft(
+        type=CONSOLE_LINE,
+        source=MARKER_SOURCE,
+        payload={
+            "scope": "run",
+            "stream": "stderr",
+            "level": "warning",
+            "message": f"runevents: {lines} lost: the log could not be written"
+            + (f" ({reason})" if reason else ""),
+            "logger": MARKER_LOGGER,
+            LOST_LINES_KEY: count,
+        },
+    )
+
+
+def lost_lines(type: str, source: str | None, payload: object) -> int:
+    """How many lines the event says were lost if it is the server's lost-lines marker,
+    else 0 (a job's look-alike has another ``source``; a producer's is told apart by the
+    caller: only an executed run's writer drops lines)."""
+    if type != CONSOLE_LINE or source != MARKER_SOURCE or not isinstance(payload, dict):
+        return 0
+    count = payload.get(LOST_LINES_KEY)
+    if count.__class__ is not int or payload.get("logger") != MARKER_LOGGER:
+        return 0
+    return max(count, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +126,9 @@ class WriteFailures:
     last_error: OSError | None
     on_degraded: Callable[[RunWriter], None] | None
     broken: str | None
+    dropped_events: int
+    _lost: int
+    _numbered: int
     _cut_pending: int | None
     _fd: int | None
     _ops: FileOps
@@ -94,6 +148,7 @@ class WriteFailures:
     _retry: asyncio.TimerHandle | None
     _retry_delay: float
     _failing: bool
+    _due: bool
 
     if TYPE_CHECKING:
         # provided by RunWriter (writer.py) and GroupCommit (group_commit.py)
@@ -102,6 +157,10 @@ class WriteFailures:
         def pending_events(self) -> int: ...
 
         def _background_flush(self) -> None: ...
+
+        def prepare(self, drafts: Sequence[EventDraft]) -> list[Event]: ...
+
+        def commit(self, events: list[Event], *, check_size: bool = True) -> Ticket: ...
 
     @property
     def buffer_full(self) -> bool:
@@ -155,6 +214,51 @@ class WriteFailures:
                 self.on_degraded(self)  # type: ignore[arg-type]  # self is the RunWriter
             except Exception:
                 log.exception("run %s: on_degraded callback failed", self.ref.run_id)
+
+    def _drop_or_mark(self, drafts: Sequence[EventDraft]) -> Sequence[EventDraft]:
+        """A buffered writer's ``prepare`` while writes fail or lines were lost: drop the
+        drafts a full buffer cannot take (counted; a final run.completed is kept), and
+        put the lost-lines marker first once there is a unit to put it in."""
+        if self.buffer_full:
+            kept = [drafts[-1]] if drafts and drafts[-1].type == RUN_COMPLETED else []
+            self.dropped_events += len(drafts) - len(kept)
+            self._lost += len(drafts) - len(kept)
+            drafts = kept
+            if not drafts:
+                return drafts  # the gap goes on: the marker waits for its end
+        if self._lost:
+            # counted off in commit, when the unit that carries it is committed
+            return [lost_lines_marker(self._lost, self.last_error), *drafts]
+        return drafts
+
+    def _marker_committed(self, events: list[Event]) -> None:
+        """``commit`` of a unit while lines are lost: the marker (always its first event,
+        ``_drop_or_mark``) is in the log's order now; lines dropped after it was
+        numbered wait for the next one."""
+        first = events[0]
+        self._lost = max(self._lost - lost_lines(first.type, first.source, first.payload), 0)
+
+    def _mark_lost(self) -> None:
+        """Writes work again after lines were dropped: commit the marker now, where they
+        are missing (everything before it is written, nothing after it was taken).
+
+        Not when a caller holds a prepared unit it has not committed yet (a completion
+        awaiting its summary): that unit begins with the marker already, and committing
+        another unit first would take its sequences."""
+        if (
+            not self._lost
+            or self.ended
+            or self._closed
+            or self.broken is not None
+            or self._numbered != self.last_sequence
+        ):
+            return
+        events = self.prepare([])
+        if events:
+            self.commit(events)
+            if self._due:  # (no caller awaits flush_if_due for the server's own unit)
+                self._due = False
+                self._background_flush()
 
     def retry_cut(self) -> bool:
         """A writer broken because a failed write could not be cut back: try the cut again

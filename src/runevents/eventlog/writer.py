@@ -152,6 +152,8 @@ class RunWriter(GroupCommit):
         self.write_errors = 0
         #: drafts dropped by prepare because the buffer was full
         self.dropped_events = 0
+        #: of those, the ones no lost-lines marker in the log counts yet
+        self._lost = 0
         #: run.completed has been committed: nothing more may be appended
         self.ended = ended
         #: the last write error, for messages
@@ -258,17 +260,18 @@ class RunWriter(GroupCommit):
 
         Raises RunEnded after run.completed, InvalidEvent for a bad draft
         (``line`` is its 1-based position). A non-atomic writer whose writes
-        fail and whose buffer is full drops drafts (the result may be shorter).
+        fail and whose buffer is full drops drafts (the result may be shorter);
+        once it takes drafts again, the first event is the lost-lines marker
+        (``write_failure.py``; the result may then be longer, and then also for
+        no drafts).
         """
         self._check_open()
         if self.ended:
             raise RunEnded(f"run {self.ref.run_id} has already ended (run.completed is in its log)")
+        if not self.atomic and (self._lost or self.buffer_full):
+            drafts = self._drop_or_mark(drafts)  # (off the hot path: writes failed)
         if not drafts:
             return []
-        if not self.atomic and self.buffer_full:
-            kept = [drafts[-1]] if drafts[-1].type == RUN_COMPLETED else []
-            self.dropped_events += len(drafts) - len(kept)
-            drafts = kept
         ref = self.ref
         ws, cfg, run_id = ref.workspace_id, ref.configuration_id, ref.run_id
         sequence = first = self.last_sequence + 1
@@ -362,6 +365,8 @@ class RunWriter(GroupCommit):
         buf += data
         buf[-1:] = UNIT_END
         self.last_sequence = last
+        if self._lost:
+            self._marker_committed(events)
         if events[-1].type == RUN_COMPLETED:
             self.ended = True
         ticket = Ticket(base + size, self._era)
@@ -410,6 +415,12 @@ class RunWriter(GroupCommit):
             log.warning("run %s: cannot append to the index: %s", self.ref.run_id, exc)
 
     # ------------------------------------------------------------------ closing
+    def _cancel_timers(self) -> None:
+        for handle in (self._timer, self._retry):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._retry = None
+
     def refuse_writes(self, reason: str) -> None:
         """Never write again (this process lost the run, or must not touch it any more):
         :meth:`close` then makes nothing more durable."""
@@ -425,10 +436,10 @@ class RunWriter(GroupCommit):
         """
         if self._closed:
             return None
-        for handle in (self._timer, self._retry):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._retry = None
+        # the last chance to say lines are missing (flushed below): whoever ends the run
+        # (a reaper, after a worker shut down) opens a new writer, which knows nothing of them
+        self._mark_lost()
+        self._cancel_timers()
         if self._cut_pending is not None:
             # never leave unacknowledged bytes behind: a reopen's recovery would keep
             # them (they are whole units)
@@ -437,6 +448,8 @@ class RunWriter(GroupCommit):
             if self.broken is None and self._buf:
                 with contextlib.suppress(WriterFenced):
                     await self.flush()
+                    if self._buf and not self._failing:
+                        await self.flush()  # the lost-lines marker that write let in
             for task in list(self._tasks):
                 with contextlib.suppress(Exception):
                     await task
@@ -449,6 +462,7 @@ class RunWriter(GroupCommit):
                 )
         finally:
             self._closed = True
+            self._cancel_timers()  # (a marker's commit above may have set one)
             for fd in (self._fd, self._index_fd):
                 if fd is not None:
                     with contextlib.suppress(OSError):

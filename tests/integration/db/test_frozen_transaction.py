@@ -59,7 +59,7 @@ async def test_a_frozen_process_holding_a_transaction_blocked_other_processes_wr
         repo = RunRepository(database)
         run = new_run()
         await repo.insert_run(run)
-        holder = subprocess.Popen(
+        holder = subprocess.Popen(  # noqa: ASYNC220  (it must hold the lock while we write)
             [sys.executable, "-c", _HOLDER, pg_database_url, run.id],
             stdout=subprocess.PIPE,
             text=True,

@@ -142,12 +142,14 @@ async def test_a_full_buffer_drops_new_events_before_they_get_a_sequence(
     assert writer.dropped_events > 0 and writer.buffer_full
     assert len(accepted) + writer.dropped_events == 40
     assert [e.sequence for e in accepted] == list(range(1, len(accepted) + 1))
-    # the final event is never dropped, even with the buffer full
-    [final] = await writer.append([completed()])
-    assert final.sequence == len(accepted) + 1
+    # the final event is never dropped, even with the buffer full (the lost-lines
+    # marker goes just before it)
+    marker, final = await writer.append([completed()])
+    assert marker.payload["lost_lines"] == writer.dropped_events
+    assert final.sequence == len(accepted) + 2
     ops.error = None
     await writer.close()
-    assert await read_sequences(log, ref) == list(range(1, len(accepted) + 2))
+    assert await read_sequences(log, ref) == list(range(1, len(accepted) + 3))
 
 
 async def test_closing_while_the_disk_fails_releases_the_lock(
