@@ -60,7 +60,7 @@ from typing import Any
 from runevents.configs import BuildStep, Configuration
 from runevents.exceptions import ConfigError, InvalidInput
 from runevents.ids import check_name
-from runevents.masking import MIN_SECRET_CHARS
+from runevents.masking_forms import MIN_SECRET_CHARS
 from runevents.settings import parse_duration
 
 _ENTRY_KEYS = (

@@ -8,17 +8,7 @@ its percent-encoded form -- in every string of an event draft by ``***``
 line, a spool or quarantine file, a compressed frame, a summary, a snippet or
 an SSE frame.
 
-Why these forms (GitHub Actions masks the same ones):
-
-* base64: a value inside a base64 blob (``Authorization: Basic ...``, a
-  Kubernetes secret) shows up in one of three alignments. For each alignment the
-  characters that depend only on the value's bytes are masked; the one or two
-  edge characters that mix in the neighbours' bits stay, and they cannot tell
-  the value. The whole padded form is masked too.
-* percent-encoding: every byte but ``A-Za-z0-9-._~`` encoded, with upper- and
-  lower-case hex digits (both are standard).
-* a multi-line value: lines are split before masking, so each of its lines of
-  at least :data:`MIN_SECRET_CHARS` characters is masked on its own.
+Why these forms: ``masking_forms.py`` (GitHub Actions masks the same ones).
 
 What is masked: the draft's ``type``, ``source``, ``build_id`` and every
 string of its payload (keys too). The contract's structure never is, because
@@ -44,7 +34,7 @@ skips them the same way (:meth:`Masker.mask_pinned`).
 Short ``::add-mask::`` values: one shorter than :data:`MIN_ADD_MASK_CHARS` is
 not applied (it would mask letters all over the log), but its own line still
 reads ``::add-mask::***``. Declared secrets need 8 characters
-(:data:`MIN_SECRET_CHARS`) because a bad configuration can be refused at
+(:data:`~runevents.masking_forms.MIN_SECRET_CHARS`) because a bad configuration can be refused at
 start-up; a job's value cannot be refused, so the bar is lower: a 6-character
 PIN left in clear would be a leak. GitHub Actions applies any length; Azure
 Pipelines and most maskers skip values under 4 to 6.
@@ -78,13 +68,10 @@ than the bytes check (``bench/bench_masking.py``).
 
 from __future__ import annotations
 
-import base64
 import bisect
 import itertools
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
-from urllib.parse import quote
 
 import orjson
 from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, MatchKind
@@ -96,6 +83,7 @@ from runevents.events import (
     EventDraft,
     PayloadSpec,
 )
+from runevents.masking_forms import encoded_forms
 from runevents.masking_structure import from_pinned_form, kept_whole, maskable_parts
 
 #: what a secret value is replaced with
@@ -113,12 +101,6 @@ def has_add_mask(data: bytes) -> bool:
     return bool(_ADD_MASK_SEARCH.find_matches_as_indexes(data))
 
 
-#: shortest secret a configuration may declare (GitLab's rule: shorter values
-#: would mask ordinary words)
-MIN_SECRET_CHARS: Final = 8
-#: shortest *derived* form (a base64 slice) that is masked; shorter ones would
-#: hit ordinary text. The value itself is always masked, whatever its length.
-MIN_DERIVED_CHARS: Final = 6
 #: the payload key counting replacements in one event (server-owned)
 MASKED_KEY: Final = "masked"
 #: shortest ``::add-mask::`` value applied: a shorter one (``e``, ``ab``) would mask
@@ -127,32 +109,6 @@ MASKED_KEY: Final = "masked"
 #: can be refused at start-up): a job's value cannot be refused, and a 6-character
 #: PIN the job asked to hide left in clear would be a leak (see the module docstring)
 MIN_ADD_MASK_CHARS: Final = 4
-
-
-def encoded_forms(value: str) -> set[str]:
-    """The strings to mask for ``value``: itself, base64 (3 alignments) and percent-encoded."""
-    forms: set[str] = set()
-    pieces = [value]
-    if "\n" in value:
-        # each line of a multi-line value reaches the log on its own line
-        pieces += [line.rstrip("\r") for line in value.split("\n") if len(line) >= MIN_SECRET_CHARS]
-    for piece in pieces:
-        if not piece:
-            continue
-        forms.add(piece)
-        raw = piece.encode("utf-8", "surrogateescape")
-        forms.add(base64.b64encode(raw).decode("ascii"))
-        for shift in range(3):
-            encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii").rstrip("=")
-            # characters 6 bits each: skip those holding bits of the shift bytes,
-            # stop before the one that would hold bits of whatever follows
-            first = -(-8 * shift // 6)
-            last = 8 * (shift + len(raw)) // 6
-            forms.add(encoded[first:last])
-        percent = quote(raw, safe="")
-        forms.add(percent)
-        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), percent))
-    return {f for f in forms if f and (f in pieces or len(f) >= MIN_DERIVED_CHARS)}
 
 
 #: the ``masked`` key as JSON spells it without escapes

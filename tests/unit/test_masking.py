@@ -19,9 +19,9 @@ from runevents.masking import (
     MIN_ADD_MASK_CHARS,
     Masker,
     add_mask_value,
-    encoded_forms,
     nothing_to_mask,
 )
+from runevents.masking_forms import encoded_forms
 
 SECRET = "s3cr3t-Passw0rd/+="
 
