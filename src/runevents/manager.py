@@ -289,10 +289,27 @@ class RunManager(ProducerIngest, ExecutedRuns, RunUpkeep):
                     except WriterMoving:
                         held = None
                 if held is not None:
-                    return await self.complete_held(held, cancelled_by_request())
+                    return await self._cancel_held(held)
         # a worker -- or, for an external run, the process holding its writer --
         # sees the flag on its next heartbeat / watch_held_runs
         return await self._flag_cancel(run_id)
+
+    async def _cancel_held(self, held: HeldRun) -> Run:
+        """Complete ``held`` as cancelled. Once its run.completed is durable the cancel
+        has happened, whatever fails after it (the row: the database; the seal: the
+        object store): the answer is the run as it stands (202), never a 503, which
+        would promise the cancel did not take (a retry then got 409 ``run_ended``). The
+        repair loop finishes the row and the seal, as for a completing batch."""
+        try:
+            return await self.complete_held(held, cancelled_by_request())
+        except StorageError as exc:
+            if not held.writer.completed_durably:
+                raise
+            log.warning(
+                "run %s: cancelled (run.completed is durable); finishing the run failed "
+                "(%s), the repair loop finishes it", held.run.id, exc,
+            )  # fmt: skip
+            return held.run
 
     async def _flag_cancel(self, run_id: str) -> Run:
         """Ask whoever executes or holds the run to cancel it (signalled at once when it is

@@ -234,6 +234,11 @@ class RunWriter(GroupCommit):
         return self._durable_sequence
 
     @property
+    def completed_durably(self) -> bool:
+        """run.completed is in the log and durable (whatever failed after it)."""
+        return self._durable_ended
+
+    @property
     def pending_events(self) -> int:
         """Committed events not yet durable."""
         return self.last_sequence - self._durable_sequence

@@ -678,3 +678,41 @@ async def test_a_completing_batch_whose_row_update_fails_after_it_is_durable_is_
     await repair_pass(m)
     row = await m.get_run("acme", "ext", run.id)
     assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.PLAIN
+
+
+@pytest.mark.parametrize("down", ["database", "object store"])
+async def test_a_cancel_answered_503_after_its_run_completed_was_durable(
+    app: App, monkeypatch: pytest.MonkeyPatch, down: str
+) -> None:
+    """Found from outside: a cancel whose run.completed was durable got 503 because
+    finishing the row (a full disk under SQLite) or the seal (S3 away) failed; its retry
+    then got 409 ``run_ended``, so the client could not tell its cancel had worked. The
+    cancel has happened: it is answered (202), and the repair loop finishes the row."""
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError(f"the {down} is unreachable")
+
+    async def upload_fails(ref: Any, lock: Any = None, checkpoint: Any = None) -> Any:
+        if lock is not None:
+            lock.release(unlink=True)  # as the real seal does, whatever happens
+        raise StorageError(f"the {down} is unreachable")
+
+    if down == "database":
+        monkeypatch.setattr(m.repo, "finish_owned", unreachable)
+    else:
+        monkeypatch.setattr(m.log, "seal", upload_fails)
+    answered = await m.cancel_run("acme", "ext", run.id)  # (raised StorageError: 503)
+    assert answered.id == run.id
+    monkeypatch.undo()
+    stored = await events_of(app, run)
+    assert stored[-1].type == "run.completed"
+    assert stored[-1].payload["status"] == "cancelled"
+    with pytest.raises(RunEnded):
+        await m.ingest("acme", "ext", run.id, [console("late")])
+    await repair_pass(m)
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.CANCELLED and row.log_state is LogState.PLAIN
+    assert [e.type for e in await events_of(app, run)].count("run.completed") == 1
