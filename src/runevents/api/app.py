@@ -197,6 +197,26 @@ async def _forwarding(state: ApiState, app: App) -> AsyncIterator[None]:
         await forwarder.close()
 
 
+def _hidden_in_errors(settings: Settings) -> dict[str, str]:
+    """Where this server keeps its files, as its error messages spell it, and what a
+    client reads instead (``errors.install``)."""
+    storage = settings.resolved_storage_url.rstrip("/")
+    places = {storage: "the log store", str(settings.data_dir.resolve()): "the data directory"}
+    if storage.startswith("file://"):
+        places[urlsplit(storage).path.rstrip("/")] = "the log store"
+    endpoint = (settings.s3_endpoint_url or "").rstrip("/")
+    if storage.startswith("s3://"):
+        # the object store's own error text spells the object's URL path-style
+        located = storage.removeprefix("s3://")
+        places[located] = "the log store"
+        if endpoint:
+            places[f"{endpoint}/{located}"] = "the log store"
+    if endpoint:
+        places[endpoint] = "the object store"
+    # (a root or a very short path would turn every "/" of a message into words)
+    return {place: said for place, said in places.items() if len(place) > 3}
+
+
 def create_app(
     settings: Settings, *, app: App | None = None, tokens: TokenRegistry | None = None
 ) -> FastAPI:
@@ -263,7 +283,7 @@ def create_app(
         openapi_url="/api/v1/openapi.json",
     )
     api.state.api = state
-    errors.install(api)
+    errors.install(api, hidden=_hidden_in_errors(settings))
     openapi.install(api, open_mode=tokens.open)
     api.include_router(runs.router)
     api.include_router(events.router)

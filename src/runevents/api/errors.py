@@ -95,7 +95,11 @@ async def _runevents_error(request: Request, error: Exception) -> Response:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, error.code, error)
     # the first bad line of an ingest batch (InvalidEvent.line, or PayloadTooLarge's detail)
     line = getattr(error, "line", None) or error.details.get("line")
-    return error_response(status, error.code, error.message, headers=headers, line=line)
+    message = error.message
+    for hidden, said in getattr(request.app.state, "hidden_in_errors", ()):
+        # the server's own whereabouts stay in its log (above), out of the answer
+        message = message.replace(hidden, said)
+    return error_response(status, error.code, message, headers=headers, line=line)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -173,8 +177,19 @@ async def _unexpected(request: Request, error: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error")
 
 
-def install(app: FastAPI) -> None:
-    """Register every handler on ``app``."""
+def install(app: FastAPI, hidden: dict[str, str] | None = None) -> None:
+    """Register every handler on ``app``.
+
+    ``hidden``: strings an error message must not show a client, and what to say
+    instead -- the server's storage URL, its object store's endpoint, its data
+    directory. A storage failure's message names them for the operator (the
+    server log keeps it whole); a client learns which run failed and why, not
+    where the server keeps its files (an outside probe saw a 503 name the bucket,
+    the prefix and the S3 endpoint). Longest first, so a URL is hidden whole
+    before a part of it is.
+    """
+    pairs = sorted((hidden or {}).items(), key=lambda pair: len(pair[0]), reverse=True)
+    app.state.hidden_in_errors = [(text, said) for text, said in pairs if text]
     app.add_exception_handler(exc.RuneventsError, _runevents_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
