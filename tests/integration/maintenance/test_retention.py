@@ -9,7 +9,7 @@ import pytest
 from runevents import maintenance
 from runevents.api.app import create_app
 from runevents.app import App
-from runevents.exceptions import LogExpired, RunEnded
+from runevents.exceptions import LogExpired, RunEnded, StorageError
 from runevents.maintenance import retention
 from runevents.models import LogState, Run, RunQuery, RunStatus, utcnow
 from runevents.repair import repair_pass
@@ -199,3 +199,25 @@ async def test_the_repair_loop_deletes_a_body_whose_delay_has_passed(app: App) -
     assert files_of(app, due) == [] and not await m.repo.log_deletion_queued(due.id)
     assert files_of(app, young) != [] and await m.repo.log_deletion_queued(young.id)
     assert (await m.repo.get_run(young.id)).log_state is LogState.EXPIRED
+
+
+async def test_retention_during_an_object_store_outage_reported_an_error_alone(
+    app: App, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: with S3 away, ``retention --older-than 0s --delete-delay 0s``
+    exited with only "error: S3 list ... failed" (no report, ``--json`` printed nothing)
+    although it had expired every run; a second pass then reported 0 runs. The report
+    now lists the runs it expired, and says their bodies wait for deletion."""
+    m = app.manager
+    old = await finished_run(app, age=3 * DAY)
+
+    async def store_away(*args: object, **kwargs: object) -> int:
+        raise StorageError("S3 list of the log store failed: cannot reach the object store")
+
+    monkeypatch.setattr(m, "delete_due_bodies", store_away)
+    report = await retention(m, 2 * DAY)  # (raised StorageError)
+    assert report.run_ids == [old.id] and report.runs == 1
+    assert any("queued for deletion" in error for error in report.errors), report.errors
+    monkeypatch.undo()
+    await assert_expired(app, settings, old)
+    await assert_deleted_after_the_delay(app, settings, old)
