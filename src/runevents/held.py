@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -43,12 +44,17 @@ from runevents.summary import row_exit_code, run_fields
 from runevents.summary_fold import SummaryFold
 
 if TYPE_CHECKING:
+    from runevents.eventlog.files import WriterLock
     from runevents.held_runs import HeldRuns
+
+log = logging.getLogger(__name__)
 
 #: statuses a run can be finished from (the conditional UPDATE's expectation)
 LIVE_STATUSES = frozenset(RunStatus) - ENDED_STATUSES
 #: a live run's event_count is written to its row at most this often (seconds)
 PROGRESS_SECONDS = 1.0
+#: how long a completion waits for its log's seal before it answers (``HeldRun.seal``)
+SEAL_WAIT_SECONDS = 5.0
 
 
 def final_status(summary: dict[str, Any]) -> RunStatus:
@@ -256,20 +262,49 @@ class HeldRun:
         return await self.seal()
 
     async def seal(self) -> Run:
-        """Make the ended log final under the writer's own file lock, then say so in the row."""
+        """Make the ended log final under the writer's own file lock, then say so in the row.
+
+        Waits at most ``SEAL_WAIT_SECONDS`` for it: with an object store the seal is
+        an upload, and a store that hangs held a completion's answer (and every
+        keyed retry behind the run's lock) about 30 s, past many producers'
+        timeouts, for a run whose run.completed was durable and whose row was
+        finished. Past the wait the seal goes on in the background (under the file
+        lock, so nobody takes the log meanwhile) and the answer is the ended row
+        (``log_state: live``, reads served from the spool); a seal that fails is
+        the repair loop's, as before (failure table: object store down at seal).
+        """
         checkpoint = (self.writer.durable_sequence, self.writer.visible_offset)
         lock = await self.writer.close(keep_lock=True)
         self.registry.forget(self)
+        sealing = asyncio.get_running_loop().create_task(self._seal_locked(lock, checkpoint))
+        try:
+            return await asyncio.wait_for(asyncio.shield(sealing), SEAL_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "run %s: ended; its seal is slow (the object store?) and goes on in the "
+                "background", self.run.id,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            self.registry.seal_later(self.run.id, sealing)
+            raise
+        self.registry.seal_later(self.run.id, sealing)
+        return self.run
+
+    async def _seal_locked(self, lock: WriterLock | None, checkpoint: tuple[int, int]) -> Run:
         tier = self.registry.tier
+        handed = False  # the seal releases the lock, whatever happens to it
         try:
             uploaded = None
             if tier is not None and self.writer.path.exists():
                 uploaded = await tier.checksum_file(self.writer.path)
+            handed = True
             info = await self.registry.log.seal(self.ref, lock, checkpoint)
             if tier is not None:
                 # verified in storage, then the chunks go: the tier holds live runs only
                 await tier.sealed(self.ref, uploaded)
         finally:
+            if not handed and lock is not None:
+                lock.release()  # (the repair loop takes the log again)
             self.fold.cancel()
         self.run = await self.registry.repo.update_run(
             self.run.id,

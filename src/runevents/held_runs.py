@@ -37,6 +37,8 @@ log = logging.getLogger("runevents.held")
 
 #: the folds of let-go runs kept for their next take (each bounded: summary/bounds.py)
 KEPT_FOLDS = 256
+#: how long a shutdown waits for seals still running past their answer (seconds)
+SEAL_CLOSE_SECONDS = 5.0
 
 
 class HeldRuns:
@@ -62,6 +64,8 @@ class HeldRuns:
         self.damaged: dict[str, int | None] = {}
         #: the repair task of each flagged run (one at a time per run)
         self._repairs: dict[str, asyncio.Task[bool]] = {}
+        #: seals still running after their completion was answered (``seal_later``)
+        self._sealing: set[asyncio.Task[Run]] = set()
         #: ended runs whose damaged log is left as it is (said once)
         self._final_damage: set[str] = set()
         #: the folds of runs this process let go, newest last (at most KEPT_FOLDS):
@@ -83,6 +87,21 @@ class HeldRuns:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def seal_later(self, run_id: str, sealing: asyncio.Task[Run]) -> None:
+        """Keep a seal that goes on past its completion's answer (``HeldRun.seal``) until
+        it ends; a failure is said, and left to the repair loop."""
+        self._sealing.add(sealing)
+
+        def ended(task: asyncio.Task[Run]) -> None:
+            self._sealing.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "run %s: sealing its log failed (%s); the repair loop seals it",
+                    run_id, task.exception(),
+                )  # fmt: skip
+
+        sealing.add_done_callback(ended)
 
     def forget(self, held: HeldRun) -> None:
         if self._held.get(held.run.id) is held:
@@ -293,6 +312,13 @@ class HeldRuns:
         """Let go of every held run (shutdown): all of it is durable, the leases given up."""
         for task in list(self._repairs.values()):
             task.cancel()
+        if self._sealing:
+            # a seal past its answer: given a moment to end, else stopped (its file lock
+            # is released either way; the repair loop seals what is left)
+            _, late = await asyncio.wait(list(self._sealing), timeout=SEAL_CLOSE_SECONDS)
+            for seal in late:
+                seal.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for held in list(self._held.values()):
             try:
                 await held.release()

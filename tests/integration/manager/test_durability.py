@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from runevents import held as held_module
 from runevents.app import App
 from runevents.eventlog import EventLog
 from runevents.events import EventDraft, decode_event
@@ -715,4 +716,48 @@ async def test_a_cancel_answered_503_after_its_run_completed_was_durable(
     await repair_pass(m)
     row = await m.get_run("acme", "ext", run.id)
     assert row.status is RunStatus.CANCELLED and row.log_state is LogState.PLAIN
+    assert [e.type for e in await events_of(app, run)].count("run.completed") == 1
+
+
+async def test_a_hanging_object_store_held_the_completions_answer_for_its_timeout(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: with S3 blackholed, a completing batch was answered 200 only
+    after the store's 30 s timeout (its keyed retries, queued behind the run's lock, as
+    late or 503): past many producers' timeouts, for a run whose run.completed was
+    durable and whose row was finished. The answer now waits for the seal at most
+    ``SEAL_WAIT_SECONDS``; the seal goes on, and a failed one is the repair loop's."""
+    monkeypatch.setattr(held_module, "SEAL_WAIT_SECONDS", 0.3, raising=False)
+    m = app.manager
+    run = await m.create_run("acme", "ext", external=True)
+    await m.ingest("acme", "ext", run.id, [console("a")])
+
+    async def hanging_store(ref: Any, lock: Any = None, checkpoint: Any = None) -> Any:
+        try:
+            await asyncio.sleep(2.0)  # the store's timeout
+            raise StorageError("S3 write of the log store failed: cannot reach it")
+        finally:
+            if lock is not None:
+                lock.release(unlink=True)  # as the real seal does, whatever happens
+
+    monkeypatch.setattr(m.log, "seal", hanging_store)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await m.ingest(
+        "acme", "ext", run.id, [console("b"), completed()], idempotency_key="end"
+    )
+    assert loop.time() - started < 1.5, "the answer waited for the hanging store"
+    assert answer == {"first_sequence": 3, "last_sequence": 4}
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.status is RunStatus.SUCCEEDED and row.log_state is LogState.LIVE
+    started = loop.time()
+    again = await m.ingest(
+        "acme", "ext", run.id, [console("b"), completed()], idempotency_key="end"
+    )
+    assert again == answer and loop.time() - started < 1.5
+    await asyncio.sleep(2.2)  # the background seal failed (said in the log)
+    monkeypatch.undo()
+    await repair_pass(m)
+    row = await m.get_run("acme", "ext", run.id)
+    assert row.log_state is LogState.PLAIN
     assert [e.type for e in await events_of(app, run)].count("run.completed") == 1
