@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runevents.app import App
+from runevents.models import Run
 from runevents.settings import Settings
 
 
@@ -45,12 +47,13 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings_with(tmp_path: Path, database_url: str, config: Path) -> Settings:
+    """The settings of one process of a test: the shared data dir and database, quick
+    leases and kills, no background passes."""
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
-        config_file=write_config(tmp_path),
+        config_file=config,
         worker_concurrency=0,
         maintenance_interval_seconds=0,
         lease_seconds=2.0,
@@ -60,9 +63,27 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return settings_with(tmp_path, database_url, write_config(tmp_path))
+
+
+@pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
     app = await App.open(settings, worker=False)
     try:
         yield app
     finally:
         await app.close()
+
+
+async def wait_ended(app: App, run: Run, timeout: float = 30.0, why: str = "") -> Run:
+    """The run's row once it has ended (fails after ``timeout`` seconds, saying ``why``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        current = await app.manager.repo.get_run(run.id)
+        if current.status.ended:
+            return current
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"run still {current.status.value} after {timeout} s{why}"
+        )
+        await asyncio.sleep(0.02)

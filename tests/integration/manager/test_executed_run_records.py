@@ -29,8 +29,8 @@ import pytest
 from runevents.app import App
 from runevents.events import EventDraft, decode_event
 from runevents.models import Run, RunStatus, parse_timestamp, rfc3339, utcnow
-from runevents.settings import Settings
 from runevents.worker import IDLE_POLL_SECONDS, Worker
+from tests.integration.manager.conftest import settings_with, wait_ended
 
 PY = sys.executable
 CONFIGS = {
@@ -56,39 +56,15 @@ def config_file(path: Path, *names: str) -> Path:
     return path
 
 
-def settings_for(tmp_path: Path, database_url: str, config: Path) -> Settings:
-    # every process of the test shares the database and the data dir (the log store)
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        config_file=config,
-        worker_concurrency=0,
-        maintenance_interval_seconds=0,
-        lease_seconds=2.0,
-        kill_grace_seconds=1.0,
-        flush_interval_ms=5,
-    )
-
-
 @pytest.fixture
 async def api(tmp_path: Path, database_url: str) -> AsyncIterator[App]:
     """A server (no worker of its own) that has every configuration."""
     config = config_file(tmp_path / "all.toml", *CONFIGS)
-    app = await App.open(settings_for(tmp_path, database_url, config), worker=False)
+    app = await App.open(settings_with(tmp_path, database_url, config), worker=False)
     try:
         yield app
     finally:
         await app.close()
-
-
-async def wait_ended(app: App, run: Run, timeout: float = 30.0) -> Run:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        current = await app.manager.repo.get_run(run.id)
-        if current.status.ended:
-            return current
-        assert asyncio.get_running_loop().time() < deadline, f"run still {current.status}"
-        await asyncio.sleep(0.05)
 
 
 async def events_of(app: App, run: Run) -> list[Any]:
@@ -105,7 +81,7 @@ async def test_a_worker_without_the_configuration_failed_the_run(
     without ``elsewhere`` claimed its run (the oldest queued) and failed it
     ``configuration_not_found``. It must leave it queued for the worker that has it."""
     partial = config_file(tmp_path / "partial.toml", "hello")
-    other = await App.open(settings_for(tmp_path, database_url, partial), worker=False)
+    other = await App.open(settings_with(tmp_path, database_url, partial), worker=False)
     try:
         waiting = await api.manager.create_run("acme", "elsewhere")
         worker = Worker(other.manager, concurrency=1)

@@ -14,16 +14,7 @@ from runevents.events import decode_event
 from runevents.models import Run, RunStatus, utcnow
 from runevents.settings import Settings
 from runevents.worker import Worker
-
-
-async def wait_ended(app: App, run: Run, timeout: float = 30.0) -> Run:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        current = await app.manager.repo.get_run(run.id)
-        if current.status.ended:
-            return current
-        assert asyncio.get_running_loop().time() < deadline, f"run still {current.status}"
-        await asyncio.sleep(0.05)
+from tests.integration.manager.conftest import wait_ended
 
 
 async def wait_running(app: App, run: Run) -> None:

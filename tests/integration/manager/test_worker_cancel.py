@@ -30,6 +30,7 @@ from runevents.models import Run, RunStatus, utcnow
 from runevents.session import RunSession
 from runevents.settings import Settings
 from runevents.worker import Worker
+from tests.integration.manager.conftest import wait_ended
 
 #: the heartbeat comes every lease/3 = 10 s: a cancel seen only there fails PROMPT
 LEASE_SECONDS = 30.0
@@ -146,19 +147,6 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) 
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-async def wait_ended(app: App, run: Run, timeout: float) -> Run:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        current = await app.manager.repo.get_run(run.id)
-        if current.status.ended:
-            return current
-        assert asyncio.get_running_loop().time() < deadline, (
-            f"run still {current.status.value} {timeout}s after the cancel was accepted "
-            f"(cancel_requested={current.cancel_requested})"
-        )
         await asyncio.sleep(0.02)
 
 
