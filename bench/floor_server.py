@@ -36,7 +36,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from runevents.events import Event, EventDraft, utc_timestamp
+from runevents.events import Event, EventDraft
+from runevents.timestamps import utc_timestamp
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

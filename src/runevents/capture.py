@@ -41,10 +41,10 @@ from runevents.events import (
     CONSOLE_LINE,
     EventDraft,
     console_problem,
-    normalize_created_at,
     type_problem,
 )
 from runevents.exceptions import InvalidInput
+from runevents.timestamps import normalize_created_at
 
 Stream = Literal["stdout", "stderr"]
 Scope = Literal["run", "build"]

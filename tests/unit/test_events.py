@@ -21,11 +21,10 @@ from runevents.events import (
     encode_batch,
     encode_event,
     mark_unit_end,
-    normalize_created_at,
     parse_draft,
-    utc_timestamp,
 )
 from runevents.exceptions import InvalidEvent, InvalidInput
+from runevents.timestamps import normalize_created_at, utc_timestamp
 
 RUN = "run_01JABCDEFGHJKMNPQRSTVWXYZ0"
 

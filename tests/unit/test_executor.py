@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from runevents.configs import BuildStep, Configuration
-from runevents.events import normalize_created_at
 from runevents.exceptions import RunEnded
 from runevents.executor import ExecutionResult, execute, expand_argv
 from runevents.models import RunStatus
+from runevents.timestamps import normalize_created_at
 from tests.unit._sinks import ListSink, live_pids, session_pids
 
 PY = sys.executable

@@ -31,12 +31,12 @@ from runevents.auth import (
     SessionSigner,
     TokenRegistry,
 )
-from runevents.events import normalize_created_at
 from runevents.exceptions import Forbidden, InvalidInput, Unauthorized
 from runevents.ids import check_name
 from runevents.manager import RunManager
 from runevents.secretbox import new_key
 from runevents.settings import Settings
+from runevents.timestamps import normalize_created_at
 
 #: workspace and configuration ids (contract section 1; "." and ".." cannot match)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -47,7 +47,7 @@ RunId = Annotated[str, Path(pattern=r"^run_[0-9A-HJKMNP-TV-Z]{26}$", description
 
 
 def _rfc3339(value: object) -> object:
-    # what events.normalize_created_at reads (RFC 3339 only, UTC), clamped to
+    # what timestamps.normalize_created_at reads (RFC 3339 only, UTC), clamped to
     # years 0001-9999, so a filter bound never fails past validation
     if isinstance(value, datetime):
         return value

@@ -32,13 +32,14 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from runevents.events import RUN_COMPLETED, EventDraft, normalize_created_at, parse_draft
+from runevents.events import RUN_COMPLETED, EventDraft, parse_draft
 from runevents.exceptions import (
     InvalidEvent,
     InvalidInput,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from runevents.timestamps import normalize_created_at
 
 #: the media type of an ingest body
 NDJSON = "application/x-ndjson"

@@ -31,10 +31,11 @@ from runevents.eventlog.recovery import (
 )
 from runevents.eventlog.types import RunRef
 from runevents.eventlog.writer import RunWriter
-from runevents.events import Event, encode_batch, mark_unit_end, utc_timestamp
+from runevents.events import Event, encode_batch, mark_unit_end
 from runevents.exceptions import StorageError
 from runevents.ids import new_ulid
 from runevents.logstore.local import fsync_dir
+from runevents.timestamps import utc_timestamp
 
 if TYPE_CHECKING:
     from runevents.eventlog import EventLog

@@ -53,8 +53,6 @@ from runevents.events import (
     Event,
     EventDraft,
     encode_batch,
-    normalize_created_at,
-    utc_timestamp,
 )
 from runevents.exceptions import (
     InvalidEvent,
@@ -65,6 +63,7 @@ from runevents.exceptions import (
     WriterFenced,
 )
 from runevents.ids import new_ulid
+from runevents.timestamps import normalize_created_at, utc_timestamp
 
 # the write path's names, importable from here wherever they are defined
 __all__ = [
