@@ -12,6 +12,7 @@ import pytest
 
 from runevents.app import App
 from runevents.models import Run
+from runevents.session import RunSession
 from runevents.settings import Settings
 
 
@@ -87,3 +88,17 @@ async def wait_ended(app: App, run: Run, timeout: float = 30.0, why: str = "") -
             f"run still {current.status.value} after {timeout} s{why}"
         )
         await asyncio.sleep(0.02)
+
+
+async def started_session(
+    app: App, configuration: str = "sleepy", worker: str = "w1"
+) -> RunSession:
+    """A new executed run of ``acme/configuration``, claimed by ``worker`` and started
+    (its writer open, ``run.started`` not yet written): what a worker holds."""
+    m = app.manager
+    await m.create_run("acme", configuration)
+    run = await m.claim_next(worker)
+    assert run is not None
+    session = await m.start_session(run, worker)
+    assert session is not None
+    return session

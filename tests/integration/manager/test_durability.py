@@ -34,6 +34,7 @@ from runevents.repair import repair_pass
 from runevents.session import RunSession
 from runevents.settings import Settings
 from tests.fixtures.faults import FaultyOps
+from tests.integration.manager.conftest import started_session
 
 
 def console(message: str) -> EventDraft:
@@ -323,14 +324,10 @@ async def test_reindex_on_a_live_server_keeps_a_running_workers_lease(app: App) 
     from runevents.maintenance import reindex
 
     m = app.manager
-    await m.create_run("acme", "sleepy")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app)
     report = await reindex(m)
     assert not report.errors
-    row = await m.repo.get_run(run.id)
+    row = await m.repo.get_run(session.run.id)
     assert row.lease_owner == "w1" and not row.status.ended
     await session.complete(status="succeeded", failure=None, execution=None)
 
@@ -635,15 +632,11 @@ async def test_the_stored_run_completed_of_an_executed_run_counts_its_buffered_l
     when it completed were left out of the summary written into its run.completed, so
     the stored event said 3 events while the row, and a rebuild from the log, said 6."""
     m = app.manager
-    await m.create_run("acme", "sleepy")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app)
     await session.emit([console(f"line {i}") for i in range(3)])
     assert session.writer.pending_events > 0  # buffered: the flush policy has not run
     await session.complete(status="succeeded", failure=None, execution=None)
-    done = await m.get_run("acme", "sleepy", run.id)
+    done = await m.get_run("acme", "sleepy", session.run.id)
     stored = (await events_of(app, done))[-1]
     assert stored.type == "run.completed"
     assert stored.payload["summary"] == done.summary

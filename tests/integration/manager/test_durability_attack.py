@@ -21,6 +21,7 @@ from runevents.events import ENVELOPE_ALLOWANCE, EventDraft, decode_event
 from runevents.exceptions import DatabaseError, InvalidInput, PayloadTooLarge, StorageError
 from runevents.held import run_ref
 from tests.fixtures.faults import FaultyOps
+from tests.integration.manager.conftest import started_session
 
 
 def console(message: str) -> EventDraft:
@@ -335,11 +336,7 @@ async def test_settle_after_a_completion_that_failed_before_run_completed_writes
     finishes the row (status "failed" from an empty summary) and seals a log that has no
     run.completed: the row says ended/plain, followers wait forever (issue 13 defect 2)."""
     m = app.manager
-    run = await m.create_run("acme", "hello")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app, "hello")
     await session.emit([console("working")])
     real = m.repo.get_run
 

@@ -33,6 +33,7 @@ from runevents.worker import Worker
 from tests.acceptance.conftest import small_tmpfs  # noqa: F401  (the real-disk fixture)
 from tests.fixtures.faults import FaultyOps
 from tests.integration.maintenance.conftest import row_view
+from tests.integration.manager.conftest import started_session
 
 #: a retry buffer this small fills with a few dozen lines
 BUFFER_BYTES = 4096
@@ -80,12 +81,7 @@ def ops(app: App) -> FaultyOps:
 async def lose_lines(app: App, ops: FaultyOps) -> tuple[RunSession, int]:
     """An executed run whose writes fail ENOSPC long enough to drop lines, then work
     again; returns its session and how many lines were dropped."""
-    m = app.manager
-    await m.create_run("acme", "sleepy")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app)
     await session.emit([console("before")])
     await session.writer.sync()
     ops.error = errno.ENOSPC
@@ -186,11 +182,7 @@ async def test_reindex_keeps_logging_degraded_off_for_a_jobs_look_alike_marker(
     """A job may print a structured console.line with ``lost_lines``: it is the job's
     (source ``worker``), not the server's marker, and the run lost nothing."""
     m = app.manager
-    await m.create_run("acme", "sleepy")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app)
     look_alike = console("runevents: 5 lines of output were lost")
     look_alike.payload.update(logger="runevents", lost_lines=5)
     await session.emit([look_alike])

@@ -20,6 +20,7 @@ from runevents.app import App
 from runevents.events import EventDraft, decode_event
 from runevents.models import Run
 from runevents.summary import summarize_lines
+from tests.integration.manager.conftest import started_session
 
 #: events per unit (an executor's read, a producer's batch)
 UNIT = 100
@@ -87,12 +88,7 @@ async def test_server_memory_grew_with_every_event_of_a_live_executed_run(
     run.queued, so its summary fold started with a background read of that log, and
     every unit made durable afterwards was kept (``SummaryFold._tail``) until
     completion, which alone emptied it: every event of the run, envelope and payload."""
-    m = app.manager
-    await m.create_run("acme", "sleepy")
-    run = await m.claim_next("w1")
-    assert run is not None
-    session = await m.start_session(run, "w1")
-    assert session is not None
+    session = await started_session(app)
 
     async def unit(start: int) -> None:
         await session.emit([console(start + i) for i in range(UNIT)])
@@ -104,7 +100,7 @@ async def test_server_memory_grew_with_every_event_of_a_live_executed_run(
 
     tracemalloc.stop()
     await session.complete(status="succeeded", failure=None, execution=None)
-    await _assert_summary_is_the_logs(app, run)
+    await _assert_summary_is_the_logs(app, session.run)
 
 
 async def test_server_memory_grew_with_every_event_of_a_live_producer_run_taken_again(
